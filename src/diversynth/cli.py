@@ -1,0 +1,135 @@
+"""The `diversynth` command line: `run` for the whole pipeline, one command per stage."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from diversynth.config import ConfigError, RunConfig, load_config
+from diversynth.pipeline import STAGE_NAMES, PipelineError, parse_stage_list, run_stages
+from diversynth.progress import console
+from diversynth.rundir import RunDir
+
+app = typer.Typer(
+    help="Diversified synthetic images for image-classifier training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config (see configs/).", show_default=False)]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory (created or resumed).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: key.path=value (YAML value). Repeatable."),
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    for line in message.splitlines():
+        console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path, overrides: list[str] | None) -> RunConfig:
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise  # unreachable; for type checkers
+
+
+def _run(config: Path, out: Path, stages: list[str], force: list[str], overrides: list[str] | None) -> None:
+    cfg = _load(config, overrides)
+    try:
+        run_stages(cfg, RunDir(out), stages=stages, force=force)
+    except (PipelineError, ValueError, OSError, RuntimeError) as exc:
+        # Errors with a message meant for the user; anything else keeps its traceback.
+        _fail(f"{type(exc).__name__}: {exc}", code=1)
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    out: OutOpt,
+    stages: Annotated[
+        str | None,
+        typer.Option(help=f"Comma-separated stages to run (default all: {','.join(STAGE_NAMES)})."),
+    ] = None,
+    force: Annotated[
+        list[str] | None, typer.Option(help="Rerun this stage and the stages after it. Repeatable.")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run the pipeline: classes, prompts, generate, train, evaluate, report.
+
+    Stages whose inputs and settings are unchanged are skipped; a rerun resumes where an
+    interrupted run stopped.
+    """
+    try:
+        selected = parse_stage_list(stages)
+        forced = parse_stage_list(",".join(force)) if force else []
+    except PipelineError as exc:
+        _fail(str(exc))
+        return
+    _run(config, out, selected, forced, set_)
+
+
+def _stage_command(name: str, summary: str) -> None:
+    def command(
+        config: ConfigArg,
+        out: OutOpt,
+        force: Annotated[bool, typer.Option(help="Rerun even if up to date.")] = False,
+        set_: SetOpt = None,
+    ) -> None:
+        _run(config, out, [name], [name] if force else [], set_)
+
+    command.__doc__ = f"{summary}\n\nRuns only this stage; the stages it reads must have run in the same run directory."
+    app.command(name=name)(command)
+
+
+_stage_command("classes", "Resolve the class list into the names prompts use (classes.jsonl).")
+_stage_command("prompts", "Write the prompts and per-image seeds (prompts.jsonl).")
+_stage_command("generate", "Generate images into WebDataset shards and manifest.parquet.")
+_stage_command("train", "Train a classifier on real + synthetic images.")
+_stage_command("evaluate", "Evaluate the trained classifier (eval.json).")
+_stage_command("report", "Write the HTML report (report/index.html).")
+
+
+@app.command("make-tiny-models")
+def make_tiny_models_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to write the kit into.")],
+    force: Annotated[bool, typer.Option(help="Rebuild even if the kit is there.")] = False,
+) -> None:
+    """Build tiny random-weight models (diffusers pipeline, open_clip) for offline runs."""
+    from diversynth.modelkit import make_tiny_models
+
+    paths = make_tiny_models(out, force=force)
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")
+
+
+@app.command()
+def status(run_dir: Annotated[Path, typer.Option("--run", help="Run directory.")]) -> None:
+    """Show which stages of a run have finished, when, and their summaries."""
+    from rich.table import Table
+
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        _fail(f"--run: no run directory at {str(run_dir)!r}")
+    table = Table("stage", "state", "seconds", "summary")
+    for name in STAGE_NAMES:
+        state = run.read_state(name)
+        if state is None:
+            table.add_row(name, "not run", "", "")
+        else:
+            table.add_row(name, "done", f"{state.seconds:.1f}", str(state.summary), style=None)
+    console.print(table, markup=False)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

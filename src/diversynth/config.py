@@ -1,0 +1,281 @@
+"""Run configuration: YAML in, pydantic-validated, resolved YAML saved in the run directory.
+
+Every check that can fail runs here, before any stage touches the run directory, and a
+failure names the full field path and the bad value on one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# A hub id is "name" or "org/name"; anything else that does not exist on disk is an error.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_PATH_PREFIXES = ("/", "./", "../", "~", "local-dir:")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message is one line per problem."""
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(_PATH_PREFIXES) or ref.count("/") >= 2 or not _HUB_ID.match(ref)
+
+
+def _resolve_path(value: str | Path) -> Path:
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ValueError("path does not exist")
+    return path.resolve()
+
+
+def _model_ref(value: str) -> str:
+    """A hub id (kept as is) or a local model folder (must exist; made absolute)."""
+    if not value.strip():
+        raise ValueError("model reference is empty")
+    if Path(value).expanduser().exists() or _looks_like_path(value):
+        return str(_resolve_path(value))
+    return value
+
+
+def _clip_ref(value: str) -> str:
+    """An open_clip model: `local-dir:PATH`, `hf-hub:ORG/NAME`, or a built-in name."""
+    if value.startswith("local-dir:"):
+        return "local-dir:" + str(_resolve_path(value.removeprefix("local-dir:")))
+    if value.startswith("hf-hub:"):
+        return value
+    if _looks_like_path(value):
+        raise ValueError("not an open_clip model name (use local-dir:PATH for a local folder)")
+    return value
+
+
+ExistingPath = Annotated[Path, AfterValidator(_resolve_path)]
+ModelRef = Annotated[str, AfterValidator(_model_ref)]
+ClipRef = Annotated[str, AfterValidator(_clip_ref)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Dtype = Literal["float32", "float16", "bfloat16"]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ClassesConfig(Section):
+    """Where the class list comes from: inline `names`, or a `file` (.txt, .json, .yaml)."""
+
+    names: list[str] | None = None
+    file: ExistingPath | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ClassesConfig:
+        if (self.names is None) == (self.file is None):
+            raise ValueError("give exactly one of classes.names or classes.file")
+        return self
+
+
+class PromptsConfig(Section):
+    strategy: Literal["naive"] = "naive"
+    templates: list[str] = Field(default_factory=lambda: ["a photo of a {name}."], min_length=1)
+    per_class: PositiveInt = 8
+    images_per_prompt: PositiveInt = 1
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_name_the_class(cls, templates: list[str]) -> list[str]:
+        for i, template in enumerate(templates):
+            if "{name}" not in template:
+                raise ValueError(f"template {i} has no {{name}} field: {template!r}")
+        return templates
+
+
+class ClipConfig(Section):
+    """The CLIP model that scores images (open_clip)."""
+
+    model: ClipRef
+    pretrained: str | None = None
+    device: Device = "auto"
+
+
+class GenerateConfig(Section):
+    engine: Literal["local"] = "local"
+    model: ModelRef
+    dtype: Dtype = "float16"
+    device: Device = "auto"
+    scheduler: str | None = None
+    steps: PositiveInt = 30
+    guidance_scale: float = Field(7.5, ge=0)
+    height: PositiveInt = 512
+    width: PositiveInt = 512
+    negative_prompt: str | None = None
+    batch_size: PositiveInt = 8
+    images_per_shard: PositiveInt = 1000
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    store_size: PositiveInt | None = None  # shorter side of stored images; None keeps it
+    clip_score: bool = True
+    trust_remote_code: bool = False
+
+    @field_validator("height", "width")
+    @classmethod
+    def _multiple_of_8(cls, size: int) -> int:
+        if size % 8:
+            raise ValueError("must be a multiple of 8")
+        return size
+
+
+class RealDataConfig(Section):
+    """The real labelled images: Fashion-MNIST IDX files or an ImageFolder (train/, val/)."""
+
+    format: Literal["fashion-mnist", "imagefolder"] = "fashion-mnist"
+    root: ExistingPath
+    train_limit: PositiveInt | None = None
+    test_limit: PositiveInt | None = None
+
+
+class TrainConfig(Section):
+    model: str = "resnet18"
+    image_size: PositiveInt = 32
+    epochs: PositiveInt = 1
+    batch_size: PositiveInt = 64
+    synthetic_fraction: float = Field(0.5, ge=0, lt=1)  # share of each batch that is synthetic
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    device: Device = "auto"
+    workers: int = Field(0, ge=0)
+
+
+class EvaluateConfig(Section):
+    batch_size: PositiveInt = 256
+
+
+class ReportConfig(Section):
+    images_per_class: PositiveInt = 16
+    prompts_per_class: PositiveInt = 5
+    thumbnail_size: PositiveInt = 128
+
+
+class RunConfig(Section):
+    name: str = "run"
+    seed: int = 0
+    classes: ClassesConfig
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    generate: GenerateConfig
+    clip: ClipConfig | None = None
+    data: RealDataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _clip_when_scoring(self) -> RunConfig:
+        if self.generate.clip_score and self.clip is None:
+            raise ValueError("generate.clip_score is true but no clip model is configured")
+        return self
+
+    def section(self, *names: str) -> dict[str, Any]:
+        """The named parts of the config as plain JSON data (for fingerprints)."""
+        return {name: self.model_dump(mode="json")[name] for name in names}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """`key.path=value` pairs; values are YAML (`4`, `true`, `[a, b]`, `null`)."""
+    pairs = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or not re.fullmatch(r"[\w.-]+", key.strip()):
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        pairs.append((key.strip(), yaml.safe_load(raw) if raw.strip() else raw))
+    return pairs
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Known field names at the parent of `loc`, for 'did you mean' hints."""
+    node: Any = model
+    for part in loc[:-1]:
+        fields = getattr(node, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        node = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if node is None:
+            return []
+    return list(getattr(node, "model_fields", {}))
+
+
+def _format_errors(error: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for item in error.errors():
+        loc = tuple(part for part in item["loc"] if not str(part).startswith("function-after"))
+        where = ".".join(str(part) for part in loc) or "config"
+        value = item.get("input")
+        if item["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(str(loc[-1]), _field_names(model, loc), n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            lines.append(f"{where}: unknown key (value: {value!r}){suggestion}")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            lines.append(f"{where}: required field is missing")
+        elif isinstance(value, dict):  # a whole section: the message says what is wrong
+            lines.append(f"{where}: {message}")
+        else:
+            lines.append(f"{where}: {message} (got {value!r})")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a YAML config; raise ConfigError with one line per problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config: file does not exist: {str(path)!r}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {path} must hold a mapping, got {type(data).__name__}")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(data, key, value)
+    return validate_config(data)
+
+
+def validate_config(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, RunConfig)) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""The generate stage: prompts -> WebDataset shards, shard stats and a parquet manifest."""

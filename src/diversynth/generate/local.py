@@ -1,0 +1,79 @@
+"""The local engine: one process, one device, shards one after another."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from diversynth.config import RunConfig
+from diversynth.generate.plan import ImageJob, ShardSpec, shard_jobs
+from diversynth.generate.shards import ShardWriter, encode_jpeg
+from diversynth.rundir import Timer
+from diversynth.vision.clip import ClipScorer
+from diversynth.vision.generator import TextToImage
+
+
+class LocalEngine:
+    def __init__(self, config: RunConfig, class_names: dict[int, str]):
+        self.config = config
+        self.class_names = class_names
+        self.t2i = TextToImage.load(config.generate)
+        self.clip = ClipScorer.load(config.clip) if config.generate.clip_score and config.clip else None
+
+    def _batches(self, jobs: list[ImageJob]) -> list[list[ImageJob]]:
+        size = self.config.generate.batch_size
+        return [jobs[i : i + size] for i in range(0, len(jobs), size)]
+
+    def run_shard(
+        self,
+        shard: ShardSpec,
+        prompts: list[dict[str, Any]],
+        folder: Path,
+        on_images: Callable[[int], None] = lambda n: None,
+    ) -> dict[str, Any]:
+        cfg = self.config.generate
+        timer = Timer()
+        writer = ShardWriter(folder, shard.name)
+        rows = []
+        try:
+            for batch in self._batches(shard_jobs(shard, prompts)):
+                texts = [job.prompt["text"] for job in batch]
+                images = self.t2i(texts, [job.seed for job in batch])
+                clip_prompt = clip_class = [None] * len(batch)
+                if self.clip is not None:
+                    names = [self.class_names[job.prompt["class_index"]] for job in batch]
+                    clip_prompt = self.clip.pair_scores(images, texts)
+                    clip_class = self.clip.pair_scores(images, names)
+                for job, image, s_prompt, s_class in zip(
+                    batch, images, clip_prompt, clip_class, strict=True
+                ):
+                    row = {
+                        "key": job.key,
+                        "shard": shard.name,
+                        "class_index": job.prompt["class_index"],
+                        "prompt_id": job.prompt["prompt_id"],
+                        "image_index": job.image_index,
+                        "strategy": job.prompt["strategy"],
+                        "seed": job.seed,
+                        "attempt": 0,
+                        "clip_prompt": s_prompt,
+                        "clip_class": s_class,
+                        "flags": [],
+                    }
+                    meta = {**row, "prompt": job.prompt["text"]}
+                    writer.write(job.key, encode_jpeg(image, cfg.jpeg_quality, cfg.store_size), meta)
+                    rows.append(row)
+                on_images(len(batch))
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.commit(
+            {
+                "shard": shard.name,
+                "prompt_start": shard.prompt_start,
+                "prompt_stop": shard.prompt_stop,
+                "seconds": round(timer.seconds, 3),
+                "rows": rows,
+            }
+        )

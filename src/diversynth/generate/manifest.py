@@ -1,0 +1,38 @@
+"""manifest.parquet: one row per image, gathered from the shard stats files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from diversynth.rundir import atomic_open
+
+SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("class_index", pa.int32()),
+        ("prompt_id", pa.int64()),
+        ("image_index", pa.int32()),
+        ("strategy", pa.string()),
+        ("seed", pa.int64()),
+        ("attempt", pa.int32()),
+        ("clip_prompt", pa.float32()),
+        ("clip_class", pa.float32()),
+        ("flags", pa.list_(pa.string())),
+    ]
+)
+
+
+def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+    rows = sorted(rows, key=lambda row: row["key"])
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    with atomic_open(path, "wb") as handle:
+        pq.write_table(table, handle)
+
+
+def read_manifest(path: Path) -> pa.Table:
+    return pq.read_table(path)

@@ -1,0 +1,53 @@
+"""The shard plan: prompt ranges per shard, fixed before any image is generated.
+
+A shard is done or not done whatever engine ran it, so a restart redoes only the shards
+whose stats file is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    index: int
+    prompt_start: int  # first prompt id (inclusive)
+    prompt_stop: int  # last prompt id (exclusive)
+    images: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:06d}"
+
+
+def plan_shards(num_prompts: int, images_per_prompt: int, images_per_shard: int) -> list[ShardSpec]:
+    prompts_per_shard = max(1, images_per_shard // images_per_prompt)
+    return [
+        ShardSpec(i, start, min(start + prompts_per_shard, num_prompts),
+                  (min(start + prompts_per_shard, num_prompts) - start) * images_per_prompt)
+        for i, start in enumerate(range(0, num_prompts, prompts_per_shard))
+    ]
+
+
+def image_key(prompt_id: int, image_index: int) -> str:
+    """Sample key in the shards and the manifest: ids only, never text (no dots: WebDataset
+    splits a member name at its first dot)."""
+    return f"p{prompt_id:08d}_i{image_index:03d}"
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    key: str
+    prompt: dict[str, Any]
+    image_index: int
+    seed: int
+
+
+def shard_jobs(shard: ShardSpec, prompts: list[dict[str, Any]]) -> list[ImageJob]:
+    jobs = []
+    for prompt in prompts[shard.prompt_start : shard.prompt_stop]:
+        for i, seed in enumerate(prompt["image_seeds"]):
+            jobs.append(ImageJob(image_key(prompt["prompt_id"], i), prompt, i, seed))
+    return jobs

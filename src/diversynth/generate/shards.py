@@ -1,0 +1,91 @@
+"""Shard files on disk: a WebDataset tar (`key.jpg` + `key.json`) and a stats file.
+
+The tar is written under a temp name and renamed when whole; the stats JSON, written
+atomically after it, marks the shard done (as img2dataset does). Anything else found in
+the shard folder on restart (temp files, a tar without stats) is a leftover and removed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from PIL import Image
+
+from diversynth.rundir import sha256_file, write_json
+
+# Fixed tar member mtime: the same images give byte-identical shards on every run.
+TAR_MTIME = 0.0
+
+
+def shard_paths(folder: Path, name: str) -> tuple[Path, Path]:
+    return folder / f"{name}.tar", folder / f"{name}.json"
+
+
+def is_done(folder: Path, name: str) -> bool:
+    tar, stats = shard_paths(folder, name)
+    return tar.is_file() and stats.is_file()
+
+
+def clean_leftovers(folder: Path, planned: set[str]) -> int:
+    """Remove temp files, unfinished shards and shards not in the plan; return the count."""
+    removed = 0
+    for path in folder.iterdir():
+        if not path.is_file() or path.name == "plan.json":
+            continue
+        stem, _, ext = path.name.partition(".")
+        temp = path.name.endswith(".tmp")
+        unfinished = ext in ("tar", "json") and not (stem in planned and is_done(folder, stem))
+        if temp or unfinished:
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def encode_jpeg(image: Image.Image, quality: int, store_size: int | None) -> bytes:
+    image = image.convert("RGB")
+    if store_size and min(image.size) != store_size:
+        scale = store_size / min(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+class ShardWriter:
+    """Writes one shard: samples go to `NAME.tar.tmp`, renamed to `NAME.tar` on close."""
+
+    def __init__(self, folder: Path, name: str):
+        self.tar_path, self.stats_path = shard_paths(folder, name)
+        self.tmp_path = self.tar_path.with_suffix(".tar.tmp")
+        self._file = self.tmp_path.open("wb")
+        self._writer = wds.TarWriter(self._file, mtime=TAR_MTIME, encoder=False)
+        self.count = 0
+
+    def write(self, key: str, jpeg: bytes, meta: dict[str, Any]) -> None:
+        meta_bytes = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
+        self._writer.write({"__key__": key, "jpg": jpeg, "json": meta_bytes})
+        self.count += 1
+
+    def commit(self, stats: dict[str, Any]) -> dict[str, Any]:
+        self._writer.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        stats = {**stats, "count": self.count, "sha256": sha256_file(self.tmp_path)}
+        os.replace(self.tmp_path, self.tar_path)
+        write_json(self.stats_path, stats)
+        return stats
+
+    def abort(self) -> None:
+        self._file.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def read_stats(folder: Path, name: str) -> dict[str, Any]:
+    return json.loads(shard_paths(folder, name)[1].read_text())

@@ -1,0 +1,83 @@
+"""The `generate` stage: prompts.jsonl -> shards/NNNNNN.{tar,json} + manifest.parquet.
+
+Resumable at shard granularity. `shards/plan.json` records the fingerprint the shards
+were made for: a changed config or changed prompts discard every shard; the same one keeps
+the finished shards and generates only the missing ones.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+from diversynth.config import RunConfig
+from diversynth.generate.manifest import write_manifest
+from diversynth.generate.plan import ShardSpec, plan_shards
+from diversynth.generate.shards import clean_leftovers, is_done, read_stats
+from diversynth.progress import console, progress_bar
+from diversynth.rundir import RunDir, Timer, digest_json, read_jsonl, sha256_file, write_json
+
+
+def _prepare_folder(run: RunDir, fingerprint: str, shards: list[ShardSpec]) -> None:
+    plan_path = run.shards / "plan.json"
+    plan = {
+        "fingerprint": fingerprint,
+        "shards": [s.__dict__ for s in shards],
+    }
+    if plan_path.is_file() and json.loads(plan_path.read_text()) != plan:
+        console.print("  generate: settings or prompts changed; discarding old shards")
+        shutil.rmtree(run.shards)
+        run.manifest.unlink(missing_ok=True)
+    run.shards.mkdir(parents=True, exist_ok=True)
+    removed = clean_leftovers(run.shards, {s.name for s in shards})
+    if removed:
+        console.print(f"  generate: removed {removed} unfinished file(s) from an earlier run")
+    if not plan_path.is_file():
+        write_json(plan_path, plan)
+
+
+def planned_shards(config: RunConfig, run: RunDir) -> list[ShardSpec]:
+    num_prompts = sum(1 for _ in run.prompts.open())
+    return plan_shards(num_prompts, config.prompts.images_per_prompt, config.generate.images_per_shard)
+
+
+def run_generate(config: RunConfig, run: RunDir, fingerprint: str) -> dict[str, Any]:
+    prompts = read_jsonl(run.prompts)
+    shards = plan_shards(len(prompts), config.prompts.images_per_prompt, config.generate.images_per_shard)
+    _prepare_folder(run, fingerprint, shards)
+    todo = [s for s in shards if not is_done(run.shards, s.name)]
+    console.print(f"  generate: {len(shards) - len(todo)} of {len(shards)} shards already done")
+    timer = Timer()
+    generated = 0
+    if todo:
+        from diversynth.generate.local import LocalEngine  # heavy imports only when needed
+
+        classes = {c["index"]: c["name"] for c in read_jsonl(run.classes)}
+        engine = LocalEngine(config, classes)
+        with progress_bar() as bar:
+            task = bar.add_task("generate", total=sum(s.images for s in todo), unit="images")
+            for shard in todo:
+                stats = engine.run_shard(shard, prompts, run.shards, lambda n: bar.advance(task, n))
+                generated += stats["count"]
+    rows = [row for s in shards for row in read_stats(run.shards, s.name)["rows"]]
+    write_manifest(run.manifest, rows)
+    return {
+        "shards": len(shards),
+        "shards_generated": len(todo),
+        "images": len(rows),
+        "images_generated": generated,
+        "images_per_second": round(generated / timer.seconds, 3) if generated else None,
+    }
+
+
+def generate_is_complete(config: RunConfig, run: RunDir) -> bool:
+    if not run.manifest.is_file() or not run.prompts.is_file():
+        return False
+    return all(is_done(run.shards, s.name) for s in planned_shards(config, run))
+
+
+def generate_output_digest(config: RunConfig, run: RunDir) -> str:
+    """Manifest bytes plus each tar's sha256 (timings in the stats files are left out)."""
+    shas = [read_stats(run.shards, s.name)["sha256"] for s in planned_shards(config, run)]
+    return digest_json({"manifest": sha256_file(run.manifest), "tars": shas})

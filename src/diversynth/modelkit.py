@@ -1,0 +1,166 @@
+"""Offline model kit: tiny random-weight models of the real architectures, stored as hubs store them.
+
+No text-to-image or CLIP weights can be had offline, so tests and the offline demo build
+tiny models of the same classes (a diffusers `StableDiffusionPipeline`, an open_clip
+`CLIP`) with random weights, save them with `save_pretrained` / the open_clip `local-dir:`
+layout, and load them back through exactly the code path a user's hub model takes.
+The CLIP tokenizer is real: built from the BPE vocabulary inside the open_clip wheel.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+KIT_VERSION = "1"
+SD_DIR = "stable-diffusion"
+CLIP_DIR = "open-clip"
+
+# Tiny open_clip model: same CLIP class as ViT-B-32, a few thousand times smaller.
+TINY_OPEN_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def _bpe_vocab_path() -> Path:
+    import open_clip.tokenizer
+
+    return Path(open_clip.tokenizer.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def write_clip_tokenizer_files(folder: Path) -> None:
+    """vocab.json and merges.txt for transformers' CLIPTokenizer, from open_clip's BPE file.
+
+    The vocabulary is built the way CLIP's own SimpleTokenizer builds it (byte symbols,
+    their end-of-word forms, the first 48,894 merges, two special tokens): 49,408 ids, the
+    same as the released CLIP models.
+    """
+    from open_clip.tokenizer import bytes_to_unicode
+
+    with gzip.open(_bpe_vocab_path(), "rt", encoding="utf-8") as handle:
+        merges = handle.read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    pairs = [tuple(line.split()) for line in merges]
+    vocab = list(bytes_to_unicode().values())
+    vocab += [v + "</w>" for v in vocab]
+    vocab += ["".join(pair) for pair in pairs]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def build_tiny_sd_pipeline(seed: int = 0, tokenizer_dir: Path | None = None):
+    """A StableDiffusionPipeline with tiny random weights (64 px images, 32-channel UNet)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=64,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=32,
+        )
+    )
+    if tokenizer_dir is None:
+        raise ValueError("tokenizer_dir is required: write_clip_tokenizer_files() makes one")
+    tokenizer = CLIPTokenizer(
+        str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), pad_token="<|endoftext|>",
+        model_max_length=77,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_tiny_open_clip(folder: Path, seed: int = 0) -> None:
+    """A tiny open_clip CLIP in the `local-dir:` layout (config JSON + safetensors)."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_OPEN_CLIP_CFG)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model_cfg": TINY_OPEN_CLIP_CFG,
+        "preprocess_cfg": {
+            "mean": list(open_clip.OPENAI_DATASET_MEAN),
+            "std": list(open_clip.OPENAI_DATASET_STD),
+        },
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+
+
+def make_tiny_models(out: Path, force: bool = False) -> dict[str, Path]:
+    """Write the kit under `out`; skipped when a kit of this version is already there."""
+    out = Path(out)
+    paths = {"stable-diffusion": out / SD_DIR, "open-clip": out / CLIP_DIR}
+    marker = out / "KIT_VERSION"
+    if not force and marker.is_file() and marker.read_text().strip() == KIT_VERSION:
+        if all(p.is_dir() for p in paths.values()):
+            return paths
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer_dir = staging / "tokenizer-src"
+    write_clip_tokenizer_files(tokenizer_dir)
+    pipeline = build_tiny_sd_pipeline(tokenizer_dir=tokenizer_dir)
+    pipeline.save_pretrained(staging / SD_DIR, safe_serialization=True)
+    save_tiny_open_clip(staging / CLIP_DIR)
+    shutil.rmtree(tokenizer_dir)
+    (staging / "KIT_VERSION").write_text(KIT_VERSION + "\n")
+    # Swap in whole, so an interrupted build never leaves a half kit under `out`.
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return paths

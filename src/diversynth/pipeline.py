@@ -1,0 +1,198 @@
+"""Stages in order, fingerprints, and the skip / rerun decision.
+
+A stage's fingerprint hashes its config section, the output digests of the stages it reads,
+and the identity of outside inputs (model folders, datasets). `run` skips a stage whose
+recorded fingerprint matches and whose outputs are all there; otherwise it runs it, and the
+stages after it see a new input digest only if its outputs really changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diversynth.config import RunConfig, dump_config
+from diversynth.progress import console
+from diversynth.rundir import (
+    RunDir,
+    StageState,
+    Timer,
+    digest_json,
+    path_signature,
+    sha256_file,
+    write_text,
+)
+
+# Bump a stage's version when its code changes what it writes.
+STAGE_VERSIONS = {"classes": 1, "prompts": 1, "generate": 1, "train": 1, "evaluate": 1, "report": 1}
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]  # config sections (plus the run seed) it depends on
+    needs: tuple[str, ...]  # earlier stages whose outputs it reads
+    run: Callable[[RunConfig, RunDir, str], dict[str, Any]]
+    outputs: Callable[[RunConfig, RunDir], list[Path]]
+    complete: Callable[[RunConfig, RunDir], bool] | None = None
+    digest: Callable[[RunConfig, RunDir], str] | None = None
+    inputs: Callable[[RunConfig], list[str | Path]] = field(default=lambda config: [])
+    reads: tuple[str, ...] = ()  # earlier stages whose outputs it uses when they exist
+
+    def is_complete(self, config: RunConfig, run: RunDir) -> bool:
+        if self.complete is not None:
+            return self.complete(config, run)
+        return all(path.exists() for path in self.outputs(config, run))
+
+    def output_digest(self, config: RunConfig, run: RunDir) -> str:
+        if self.digest is not None:
+            return self.digest(config, run)
+        files = [p for p in self.outputs(config, run) if p.is_file()]
+        return digest_json({str(p.relative_to(run.root)): sha256_file(p) for p in files})
+
+
+def _external(ref: str | Path) -> Any:
+    """Identity of an outside input: a folder or file signature, or the reference itself."""
+    text = str(ref).removeprefix("local-dir:")
+    path = Path(text)
+    return path_signature(path) if path.exists() else text
+
+
+def _stages() -> list[Stage]:
+    # Stage modules import torch, diffusers and timm; import them only when a stage runs.
+    def lazy(module: str, func: str, with_fingerprint: bool = False):
+        def call(config: RunConfig, run: RunDir, fingerprint: str) -> dict[str, Any]:
+            import importlib
+
+            target = getattr(importlib.import_module(module), func)
+            return target(config, run, fingerprint) if with_fingerprint else target(config, run)
+
+        return call
+
+    def generate_check(name: str):
+        def call(config: RunConfig, run: RunDir) -> Any:
+            from diversynth.generate import stage
+
+            return getattr(stage, name)(config, run)
+
+        return call
+
+    return [
+        Stage("classes", ("classes",), (), lazy("diversynth.classes.stage", "run_classes"),
+              lambda c, r: [r.classes],
+              inputs=lambda c: [c.classes.file] if c.classes.file else []),
+        Stage("prompts", ("prompts", "seed"), ("classes",), lazy("diversynth.prompts.stage", "run_prompts"),
+              lambda c, r: [r.prompts]),
+        Stage("generate", ("generate", "clip", "prompts"), ("classes", "prompts"),
+              lazy("diversynth.generate.stage", "run_generate", with_fingerprint=True),
+              lambda c, r: [r.manifest],
+              complete=generate_check("generate_is_complete"),
+              digest=generate_check("generate_output_digest"),
+              inputs=lambda c: [c.generate.model] + ([c.clip.model] if c.clip else [])),
+        Stage("train", ("train", "data", "seed"), ("classes", "generate"),
+              lazy("diversynth.train.loop", "run_train"),
+              lambda c, r: [r.checkpoint, r.train_metrics],
+              inputs=lambda c: [c.data.root]),
+        Stage("evaluate", ("evaluate", "data", "train"), ("classes", "train"),
+              lazy("diversynth.train.evaluate", "run_evaluate"),
+              lambda c, r: [r.eval],
+              inputs=lambda c: [c.data.root]),
+        Stage("report", ("report", "name"), ("classes", "prompts"),
+              lazy("diversynth.report.html", "run_report"),
+              lambda c, r: [r.report_dir / "index.html"],
+              reads=("generate", "train", "evaluate")),
+    ]  # fmt: skip
+
+
+STAGES = _stages()
+STAGE_NAMES = [stage.name for stage in STAGES]
+
+
+def parse_stage_list(text: str | None) -> list[str]:
+    if not text:
+        return list(STAGE_NAMES)
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in STAGE_NAMES]
+    if unknown:
+        raise PipelineError(f"--stages: unknown stage(s) {unknown}; choose from {STAGE_NAMES}")
+    return [n for n in STAGE_NAMES if n in names]
+
+
+def fingerprint(stage: Stage, config: RunConfig, run: RunDir) -> str:
+    data = config.model_dump(mode="json")
+    upstream = {}
+    for name in stage.needs:
+        state = run.read_state(name)
+        if state is None:
+            raise PipelineError(
+                f"stage {stage.name!r} needs {name!r}, which has not run in {run.root}; "
+                f"add it to --stages"
+            )
+        upstream[name] = state.output_digest
+    for name in stage.reads:
+        state = run.read_state(name)
+        upstream[name] = state.output_digest if state else None
+    return digest_json(
+        {
+            "stage": stage.name,
+            "version": STAGE_VERSIONS[stage.name],
+            "config": {s: data.get(s) for s in stage.sections},
+            "upstream": upstream,
+            "inputs": [_external(ref) for ref in stage.inputs(config)],
+        }
+    )
+
+
+def run_stages(
+    config: RunConfig,
+    run: RunDir,
+    stages: list[str] | None = None,
+    force: list[str] | None = None,
+) -> dict[str, str]:
+    """Run the selected stages in order; return {stage: 'ran' | 'skipped'}."""
+    selected = stages or list(STAGE_NAMES)
+    forced_from = min((STAGE_NAMES.index(f) for f in force or []), default=len(STAGE_NAMES))
+    run.root.mkdir(parents=True, exist_ok=True)
+    resolved = dump_config(config)
+    if not run.config.is_file() or run.config.read_text() != resolved:
+        write_text(run.config, resolved)
+    outcome = {}
+    for stage in STAGES:
+        if stage.name not in selected:
+            continue
+        fp = fingerprint(stage, config, run)
+        state = run.read_state(stage.name)
+        forced = STAGE_NAMES.index(stage.name) >= forced_from
+        if not forced and state and state.fingerprint == fp and stage.is_complete(config, run):
+            console.print(f"[green]{stage.name}[/green]: skipped: up to date")
+            outcome[stage.name] = "skipped"
+            continue
+        if forced and stage.name == "generate":
+            # a forced generate starts from an empty shard folder
+            import shutil
+
+            shutil.rmtree(run.shards, ignore_errors=True)
+        console.print(f"[bold cyan]{stage.name}[/bold cyan]: running")
+        run.clear_state(stage.name)
+        timer = Timer()
+        summary = stage.run(config, run, fp)
+        run.write_state(
+            StageState(
+                stage=stage.name,
+                fingerprint=fp,
+                output_digest=stage.output_digest(config, run),
+                finished_at=time.time(),
+                seconds=round(timer.seconds, 3),
+                summary=summary,
+            )
+        )
+        console.print(f"[bold cyan]{stage.name}[/bold cyan]: done in {timer.seconds:.1f}s {summary}")
+        outcome[stage.name] = "ran"
+    return outcome

@@ -1,0 +1,159 @@
+"""The run directory: the unit of work and of resumption.
+
+Every artifact is written to a temporary name in the same folder and renamed into place,
+so a crash at any moment leaves either the old file or the new one, never half of one.
+Each finished stage leaves `.state/STAGE.json` with the fingerprint of its inputs and a
+digest of its outputs; later stages fingerprint those digests, not the upstream config,
+so a stage that reruns and produces the same bytes does not invalidate the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temp file beside `path`; on success fsync and rename it to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_open(path) as handle:
+        handle.write(text)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
+    count = 0
+    with atomic_open(path) as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open() as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digest_json(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def path_signature(path: Path) -> list[tuple[str, int, int]]:
+    """Cheap identity of a file or folder tree: relative names, sizes and mtimes.
+
+    Hashing a multi-GB model or dataset on every run would cost more than the stages it
+    guards; size and mtime change whenever a file is replaced.
+    """
+    path = Path(path)
+    if path.is_file():
+        stat = path.stat()
+        return [(path.name, stat.st_size, stat.st_mtime_ns)]
+    rows = []
+    for child in sorted(path.rglob("*")):
+        if child.is_file():
+            stat = child.stat()
+            rows.append((str(child.relative_to(path)), stat.st_size, stat.st_mtime_ns))
+    return rows
+
+
+@dataclass(frozen=True)
+class StageState:
+    stage: str
+    fingerprint: str
+    output_digest: str
+    finished_at: float
+    seconds: float
+    summary: dict[str, Any]
+
+
+class RunDir:
+    """Paths of one run's artifacts, and the per-stage state records."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # artifacts (names as in docs/run-directory.md)
+    config = property(lambda self: self.root / "config.yaml")
+    classes = property(lambda self: self.root / "classes.jsonl")
+    prompts = property(lambda self: self.root / "prompts.jsonl")
+    shards = property(lambda self: self.root / "shards")
+    manifest = property(lambda self: self.root / "manifest.parquet")
+    train_dir = property(lambda self: self.root / "train")
+    checkpoint = property(lambda self: self.root / "train" / "model.safetensors")
+    train_metrics = property(lambda self: self.root / "train" / "metrics.jsonl")
+    eval = property(lambda self: self.root / "eval.json")
+    report_dir = property(lambda self: self.root / "report")
+    state_dir = property(lambda self: self.root / ".state")
+
+    def state_path(self, stage: str) -> Path:
+        return self.state_dir / f"{stage}.json"
+
+    def read_state(self, stage: str) -> StageState | None:
+        path = self.state_path(stage)
+        if not path.is_file():
+            return None
+        try:
+            return StageState(**json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            return None  # unreadable state is the same as no state: the stage reruns
+
+    def write_state(self, state: StageState) -> None:
+        write_json(self.state_path(state.stage), state.__dict__)
+
+    def clear_state(self, stage: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path(stage).unlink()
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,1 @@
+"""Classifier training on real + synthetic images, and its evaluation."""

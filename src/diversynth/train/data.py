@@ -1,0 +1,119 @@
+"""Real and synthetic image datasets, with labels always in the class catalog's index order."""
+
+from __future__ import annotations
+
+import gzip
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from diversynth.config import RealDataConfig
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class DataError(ValueError):
+    pass
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX array (the MNIST file format), plain or gzipped.
+
+    torchvision's FashionMNIST wants its own folder layout and unpacks into it; Debian's
+    read-only /usr/share copy is read here in place instead.
+    """
+    if not path.exists() and path.with_suffix(".gz").exists():
+        path = path.with_suffix(".gz")
+    if not path.exists():
+        path = path.with_name(path.name + ".gz")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def catalog_to_dataset_labels(class_names: list[str], dataset_names: list[str]) -> list[int]:
+    """For each catalog class (in index order), the dataset's label for it."""
+    lookup = {name.casefold(): i for i, name in enumerate(dataset_names)}
+    missing = [name for name in class_names if name.casefold() not in lookup]
+    if missing:
+        raise DataError(
+            f"data: classes not in the real dataset: {missing} (it has {dataset_names})"
+        )
+    return [lookup[name.casefold()] for name in class_names]
+
+
+class ArrayImages(Dataset):
+    """Images held as a uint8 array (N, H, W) with catalog-index labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def fashion_mnist(
+    config: RealDataConfig, split: str, class_names: list[str], transform: Callable
+) -> ArrayImages:
+    image_file, label_file = _FASHION_FILES[split]
+    images = _read_idx(config.root / image_file)
+    labels = _read_idx(config.root / label_file)
+    to_catalog = {ds: cat for cat, ds in enumerate(catalog_to_dataset_labels(class_names, FASHION_MNIST_CLASSES))}
+    keep = np.isin(labels, list(to_catalog))
+    images, labels = images[keep], np.array([to_catalog[int(x)] for x in labels[keep]])
+    limit = config.train_limit if split == "train" else config.test_limit
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return ArrayImages(images, labels, transform)
+
+
+def real_dataset(
+    config: RealDataConfig, split: str, class_names: list[str], transform: Callable
+) -> Dataset:
+    if config.format == "fashion-mnist":
+        return fashion_mnist(config, split, class_names, transform)
+    raise DataError(f"data.format: {config.format!r} is not supported yet")
+
+
+def image_transform(size: int, train: bool) -> Callable[[Image.Image], torch.Tensor]:
+    """RGB tensor at `size` px, normalised; grey images become three equal channels."""
+    steps: list[Any] = [v2.RGB(), v2.Resize((size, size), antialias=True)]
+    if train:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
+    return v2.Compose(steps)
+
+
+def synthetic_dataset(shards: list[Path], transform: Callable, seed: int) -> Any:
+    """The run's shards as an endless shuffled stream of (image tensor, class index)."""
+    import webdataset as wds
+
+    urls = [str(path) for path in shards]
+    return (
+        wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, seed=seed)
+        .shuffle(1000, rng=random.Random(seed))
+        .decode("pil")
+        .to_tuple("jpg", "json")
+        .map(lambda sample: (transform(sample[0]), int(sample[1]["class_index"])))
+        .repeat()  # endless: the real set sets the epoch length
+    )

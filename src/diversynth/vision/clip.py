@@ -1,0 +1,47 @@
+"""CLIP scoring with open_clip: cosine similarity of images against texts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from diversynth.config import ClipConfig
+from diversynth.vision.device import pick_device
+
+
+@dataclass
+class ClipScorer:
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    device: torch.device
+
+    @classmethod
+    def load(cls, config: ClipConfig) -> ClipScorer:
+        import open_clip
+
+        device = pick_device(config.device)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            config.model, pretrained=config.pretrained, device=device
+        )
+        model.eval()
+        return cls(model, preprocess, open_clip.get_tokenizer(config.model), device)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        features = self.model.encode_text(self.tokenizer(texts).to(self.device))
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        batch = torch.stack([self.preprocess(image.convert("RGB")) for image in images])
+        features = self.model.encode_image(batch.to(self.device))
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    def pair_scores(self, images: list[Image.Image], texts: list[str]) -> list[float]:
+        """Cosine similarity of image i with text i."""
+        sims = (self.encode_images(images) * self.encode_texts(texts)).sum(dim=-1)
+        return [round(float(s), 6) for s in sims]

@@ -1,0 +1,72 @@
+"""Text-to-image generation with any diffusers pipeline, one torch.Generator per image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from diversynth.config import GenerateConfig
+from diversynth.vision.device import pick_device, pick_dtype
+
+
+class GeneratorLoadError(RuntimeError):
+    pass
+
+
+def _load_scheduler(pipe: Any, name: str) -> Any:
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise GeneratorLoadError(f"generate.scheduler: no diffusers scheduler named {name!r}")
+    return cls.from_config(pipe.scheduler.config)
+
+
+@dataclass
+class TextToImage:
+    """A loaded pipeline and the settings it runs with."""
+
+    pipe: Any
+    config: GenerateConfig
+    device: torch.device
+
+    @classmethod
+    def load(cls, config: GenerateConfig) -> TextToImage:
+        from diffusers import AutoPipelineForText2Image
+
+        device = pick_device(config.device)
+        dtype = pick_dtype(config.dtype, device)
+        try:
+            pipe = AutoPipelineForText2Image.from_pretrained(
+                config.model,
+                dtype=dtype,
+                use_safetensors=True,  # never unpickle weights
+                trust_remote_code=config.trust_remote_code,
+            )
+        except (OSError, ValueError) as exc:
+            raise GeneratorLoadError(f"generate.model: cannot load {config.model!r}: {exc}") from exc
+        if config.scheduler:
+            pipe.scheduler = _load_scheduler(pipe, config.scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        pipe = pipe.to(device)
+        return cls(pipe=pipe, config=config, device=device)
+
+    def __call__(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        """One image per (prompt, seed); each image depends only on its own seed."""
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        negative = [self.config.negative_prompt] * len(prompts) if self.config.negative_prompt else None
+        with torch.inference_mode():
+            out = self.pipe(
+                prompt=prompts,
+                negative_prompt=negative,
+                num_inference_steps=self.config.steps,
+                guidance_scale=self.config.guidance_scale,
+                height=self.config.height,
+                width=self.config.width,
+                generator=generators,
+                output_type="pil",
+            )
+        return list(out.images)
