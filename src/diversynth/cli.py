@@ -43,7 +43,9 @@ def _load(config: Path, overrides: list[str] | None) -> RunConfig:
         raise  # unreachable; for type checkers
 
 
-def _run(config: Path, out: Path, stages: list[str], force: list[str], overrides: list[str] | None) -> None:
+def _run(
+    config: Path, out: Path, stages: list[str], force: list[str], overrides: list[str] | None
+) -> None:
     cfg = _load(config, overrides)
     try:
         run_stages(cfg, RunDir(out), stages=stages, force=force)
@@ -88,7 +90,10 @@ def _stage_command(name: str, summary: str) -> None:
     ) -> None:
         _run(config, out, [name], [name] if force else [], set_)
 
-    command.__doc__ = f"{summary}\n\nRuns only this stage; the stages it reads must have run in the same run directory."
+    command.__doc__ = (
+        f"{summary}\n\nRuns only this stage; the stages it reads must have run in the same "
+        "run directory."
+    )
     app.command(name=name)(command)
 
 

@@ -146,7 +146,7 @@ class RealDataConfig(Section):
 
 
 class TrainConfig(Section):
-    model: str = "resnet18"
+    model: str = "resnet50"
     image_size: PositiveInt = 32
     epochs: PositiveInt = 1
     batch_size: PositiveInt = 64
@@ -227,7 +227,9 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
             return []
         annotation = fields[part].annotation
         candidates = [annotation, *getattr(annotation, "__args__", ())]
-        node = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        node = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
         if node is None:
             return []
     return list(getattr(node, "model_fields", {}))

@@ -1,4 +1,4 @@
-"""Offline model kit: tiny random-weight models of the real architectures, stored as hubs store them.
+"""Offline model kit: tiny random-weight models of real architectures, stored as hubs store them.
 
 No text-to-image or CLIP weights can be had offline, so tests and the offline demo build
 tiny models of the same classes (a diffusers `StableDiffusionPipeline`, an open_clip
@@ -56,7 +56,12 @@ def write_clip_tokenizer_files(folder: Path) -> None:
 def build_tiny_sd_pipeline(seed: int = 0, tokenizer_dir: Path | None = None):
     """A StableDiffusionPipeline with tiny random weights (64 px images, 32-channel UNet)."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -99,7 +104,9 @@ def build_tiny_sd_pipeline(seed: int = 0, tokenizer_dir: Path | None = None):
     if tokenizer_dir is None:
         raise ValueError("tokenizer_dir is required: write_clip_tokenizer_files() makes one")
     tokenizer = CLIPTokenizer(
-        str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), pad_token="<|endoftext|>",
+        str(tokenizer_dir / "vocab.json"),
+        str(tokenizer_dir / "merges.txt"),
+        pad_token="<|endoftext|>",
         model_max_length=77,
     )
     scheduler = DDIMScheduler(

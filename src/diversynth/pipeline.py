@@ -8,11 +8,16 @@ stages after it see a new input digest only if its outputs really changed.
 
 from __future__ import annotations
 
+import importlib
+import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from rich.markup import escape
 
 from diversynth.config import RunConfig, dump_config
 from diversynth.progress import console
@@ -34,27 +39,38 @@ class PipelineError(RuntimeError):
     pass
 
 
+def _resolve(ref: str) -> Callable[..., Any]:
+    """'module:function', imported on first use: stage modules pull in torch, diffusers, timm."""
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
-    sections: tuple[str, ...]  # config sections (plus the run seed) it depends on
-    needs: tuple[str, ...]  # earlier stages whose outputs it reads
-    run: Callable[[RunConfig, RunDir, str], dict[str, Any]]
-    outputs: Callable[[RunConfig, RunDir], list[Path]]
-    complete: Callable[[RunConfig, RunDir], bool] | None = None
-    digest: Callable[[RunConfig, RunDir], str] | None = None
-    inputs: Callable[[RunConfig], list[str | Path]] = field(default=lambda config: [])
+    run: str  # 'module:function' taking (config, run_dir) and returning a summary dict
+    sections: tuple[str, ...]  # config sections it depends on
+    needs: tuple[str, ...] = ()  # earlier stages whose outputs it reads
     reads: tuple[str, ...] = ()  # earlier stages whose outputs it uses when they exist
+    outputs: Callable[[RunDir], list[Path]] = field(default=lambda run: [])
+    inputs: Callable[[RunConfig], list[str | Path | None]] = field(default=lambda config: [])
+    complete: str | None = None  # 'module:function' (config, run_dir) -> bool; default: outputs
+    digest: str | None = None  # 'module:function' (config, run_dir) -> str; default: output bytes
+    wants_fingerprint: bool = False  # run() also takes the fingerprint (to tag partial work)
+
+    def execute(self, config: RunConfig, run: RunDir, fingerprint: str) -> dict[str, Any]:
+        args = (config, run, fingerprint) if self.wants_fingerprint else (config, run)
+        return _resolve(self.run)(*args)
 
     def is_complete(self, config: RunConfig, run: RunDir) -> bool:
         if self.complete is not None:
-            return self.complete(config, run)
-        return all(path.exists() for path in self.outputs(config, run))
+            return _resolve(self.complete)(config, run)
+        return all(path.exists() for path in self.outputs(run))
 
     def output_digest(self, config: RunConfig, run: RunDir) -> str:
         if self.digest is not None:
-            return self.digest(config, run)
-        files = [p for p in self.outputs(config, run) if p.is_file()]
+            return _resolve(self.digest)(config, run)
+        files = [p for p in self.outputs(run) if p.is_file()]
         return digest_json({str(p.relative_to(run.root)): sha256_file(p) for p in files})
 
 
@@ -65,53 +81,57 @@ def _external(ref: str | Path) -> Any:
     return path_signature(path) if path.exists() else text
 
 
-def _stages() -> list[Stage]:
-    # Stage modules import torch, diffusers and timm; import them only when a stage runs.
-    def lazy(module: str, func: str, with_fingerprint: bool = False):
-        def call(config: RunConfig, run: RunDir, fingerprint: str) -> dict[str, Any]:
-            import importlib
-
-            target = getattr(importlib.import_module(module), func)
-            return target(config, run, fingerprint) if with_fingerprint else target(config, run)
-
-        return call
-
-    def generate_check(name: str):
-        def call(config: RunConfig, run: RunDir) -> Any:
-            from diversynth.generate import stage
-
-            return getattr(stage, name)(config, run)
-
-        return call
-
-    return [
-        Stage("classes", ("classes",), (), lazy("diversynth.classes.stage", "run_classes"),
-              lambda c, r: [r.classes],
-              inputs=lambda c: [c.classes.file] if c.classes.file else []),
-        Stage("prompts", ("prompts", "seed"), ("classes",), lazy("diversynth.prompts.stage", "run_prompts"),
-              lambda c, r: [r.prompts]),
-        Stage("generate", ("generate", "clip", "prompts"), ("classes", "prompts"),
-              lazy("diversynth.generate.stage", "run_generate", with_fingerprint=True),
-              lambda c, r: [r.manifest],
-              complete=generate_check("generate_is_complete"),
-              digest=generate_check("generate_output_digest"),
-              inputs=lambda c: [c.generate.model] + ([c.clip.model] if c.clip else [])),
-        Stage("train", ("train", "data", "seed"), ("classes", "generate"),
-              lazy("diversynth.train.loop", "run_train"),
-              lambda c, r: [r.checkpoint, r.train_metrics],
-              inputs=lambda c: [c.data.root]),
-        Stage("evaluate", ("evaluate", "data", "train"), ("classes", "train"),
-              lazy("diversynth.train.evaluate", "run_evaluate"),
-              lambda c, r: [r.eval],
-              inputs=lambda c: [c.data.root]),
-        Stage("report", ("report", "name"), ("classes", "prompts"),
-              lazy("diversynth.report.html", "run_report"),
-              lambda c, r: [r.report_dir / "index.html"],
-              reads=("generate", "train", "evaluate")),
-    ]  # fmt: skip
-
-
-STAGES = _stages()
+STAGES = [
+    Stage(
+        "classes",
+        run="diversynth.classes.stage:run_classes",
+        sections=("classes",),
+        outputs=lambda r: [r.classes],
+        inputs=lambda c: [c.classes.file],
+    ),
+    Stage(
+        "prompts",
+        run="diversynth.prompts.stage:run_prompts",
+        sections=("prompts", "seed"),
+        needs=("classes",),
+        outputs=lambda r: [r.prompts],
+    ),
+    Stage(
+        "generate",
+        run="diversynth.generate.stage:run_generate",
+        sections=("generate", "clip", "prompts"),
+        needs=("classes", "prompts"),
+        outputs=lambda r: [r.manifest],
+        inputs=lambda c: [c.generate.model, c.clip.model if c.clip else None],
+        complete="diversynth.generate.stage:generate_is_complete",
+        digest="diversynth.generate.stage:generate_output_digest",
+        wants_fingerprint=True,
+    ),
+    Stage(
+        "train",
+        run="diversynth.train.loop:run_train",
+        sections=("train", "data", "seed"),
+        needs=("classes", "generate"),
+        outputs=lambda r: [r.checkpoint, r.train_metrics],
+        inputs=lambda c: [c.data.root],
+    ),
+    Stage(
+        "evaluate",
+        run="diversynth.train.evaluate:run_evaluate",
+        sections=("evaluate", "data", "train"),
+        needs=("classes", "train"),
+        outputs=lambda r: [r.eval],
+        inputs=lambda c: [c.data.root],
+    ),
+    Stage(
+        "report",
+        run="diversynth.report.html:run_report",
+        sections=("report", "name"),
+        needs=("classes", "prompts"),
+        reads=("generate", "train", "evaluate"),
+        outputs=lambda r: [r.report_dir / "index.html"],
+    ),
+]
 STAGE_NAMES = [stage.name for stage in STAGES]
 
 
@@ -145,7 +165,7 @@ def fingerprint(stage: Stage, config: RunConfig, run: RunDir) -> str:
             "version": STAGE_VERSIONS[stage.name],
             "config": {s: data.get(s) for s in stage.sections},
             "upstream": upstream,
-            "inputs": [_external(ref) for ref in stage.inputs(config)],
+            "inputs": [_external(ref) for ref in stage.inputs(config) if ref is not None],
         }
     )
 
@@ -176,13 +196,11 @@ def run_stages(
             continue
         if forced and stage.name == "generate":
             # a forced generate starts from an empty shard folder
-            import shutil
-
             shutil.rmtree(run.shards, ignore_errors=True)
         console.print(f"[bold cyan]{stage.name}[/bold cyan]: running")
         run.clear_state(stage.name)
         timer = Timer()
-        summary = stage.run(config, run, fp)
+        summary = stage.execute(config, run, fp)
         run.write_state(
             StageState(
                 stage=stage.name,
@@ -193,6 +211,10 @@ def run_stages(
                 summary=summary,
             )
         )
-        console.print(f"[bold cyan]{stage.name}[/bold cyan]: done in {timer.seconds:.1f}s {summary}")
+        console.print(
+            f"[bold cyan]{stage.name}[/bold cyan]: done in {timer.seconds:.1f}s "
+            f"{escape(json.dumps(summary))}",
+            soft_wrap=True,
+        )
         outcome[stage.name] = "ran"
     return outcome

@@ -19,7 +19,9 @@ class LocalEngine:
         self.config = config
         self.class_names = class_names
         self.t2i = TextToImage.load(config.generate)
-        self.clip = ClipScorer.load(config.clip) if config.generate.clip_score and config.clip else None
+        self.clip = (
+            ClipScorer.load(config.clip) if config.generate.clip_score and config.clip else None
+        )
 
     def _batches(self, jobs: list[ImageJob]) -> list[list[ImageJob]]:
         size = self.config.generate.batch_size
@@ -62,7 +64,9 @@ class LocalEngine:
                         "flags": [],
                     }
                     meta = {**row, "prompt": job.prompt["text"]}
-                    writer.write(job.key, encode_jpeg(image, cfg.jpeg_quality, cfg.store_size), meta)
+                    writer.write(
+                        job.key, encode_jpeg(image, cfg.jpeg_quality, cfg.store_size), meta
+                    )
                     rows.append(row)
                 on_images(len(batch))
         except BaseException:

@@ -25,8 +25,12 @@ class ShardSpec:
 def plan_shards(num_prompts: int, images_per_prompt: int, images_per_shard: int) -> list[ShardSpec]:
     prompts_per_shard = max(1, images_per_shard // images_per_prompt)
     return [
-        ShardSpec(i, start, min(start + prompts_per_shard, num_prompts),
-                  (min(start + prompts_per_shard, num_prompts) - start) * images_per_prompt)
+        ShardSpec(
+            i,
+            start,
+            min(start + prompts_per_shard, num_prompts),
+            (min(start + prompts_per_shard, num_prompts) - start) * images_per_prompt,
+        )
         for i, start in enumerate(range(0, num_prompts, prompts_per_shard))
     ]
 

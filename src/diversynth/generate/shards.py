@@ -83,6 +83,10 @@ class ShardWriter:
         return stats
 
     def abort(self) -> None:
+        try:
+            self._writer.close()
+        except (OSError, ValueError):
+            pass  # the shard is being thrown away; a failed tar footer does not matter
         self._file.close()
         self.tmp_path.unlink(missing_ok=True)
 

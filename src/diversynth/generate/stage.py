@@ -39,12 +39,16 @@ def _prepare_folder(run: RunDir, fingerprint: str, shards: list[ShardSpec]) -> N
 
 def planned_shards(config: RunConfig, run: RunDir) -> list[ShardSpec]:
     num_prompts = sum(1 for _ in run.prompts.open())
-    return plan_shards(num_prompts, config.prompts.images_per_prompt, config.generate.images_per_shard)
+    return plan_shards(
+        num_prompts, config.prompts.images_per_prompt, config.generate.images_per_shard
+    )
 
 
 def run_generate(config: RunConfig, run: RunDir, fingerprint: str) -> dict[str, Any]:
     prompts = read_jsonl(run.prompts)
-    shards = plan_shards(len(prompts), config.prompts.images_per_prompt, config.generate.images_per_shard)
+    shards = plan_shards(
+        len(prompts), config.prompts.images_per_prompt, config.generate.images_per_shard
+    )
     _prepare_folder(run, fingerprint, shards)
     todo = [s for s in shards if not is_done(run.shards, s.name)]
     console.print(f"  generate: {len(shards) - len(todo)} of {len(shards)} shards already done")

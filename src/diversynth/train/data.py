@@ -78,7 +78,10 @@ def fashion_mnist(
     image_file, label_file = _FASHION_FILES[split]
     images = _read_idx(config.root / image_file)
     labels = _read_idx(config.root / label_file)
-    to_catalog = {ds: cat for cat, ds in enumerate(catalog_to_dataset_labels(class_names, FASHION_MNIST_CLASSES))}
+    to_catalog = {
+        ds: cat
+        for cat, ds in enumerate(catalog_to_dataset_labels(class_names, FASHION_MNIST_CLASSES))
+    }
     keep = np.isin(labels, list(to_catalog))
     images, labels = images[keep], np.array([to_catalog[int(x)] for x in labels[keep]])
     limit = config.train_limit if split == "train" else config.test_limit
@@ -100,7 +103,11 @@ def image_transform(size: int, train: bool) -> Callable[[Image.Image], torch.Ten
     steps: list[Any] = [v2.RGB(), v2.Resize((size, size), antialias=True)]
     if train:
         steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
+    steps += [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize([0.5] * 3, [0.5] * 3),
+    ]
     return v2.Compose(steps)
 
 

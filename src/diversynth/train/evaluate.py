@@ -16,7 +16,9 @@ from diversynth.vision.device import pick_device
 
 
 @torch.inference_mode()
-def topk_accuracy(model: torch.nn.Module, loader: DataLoader, device: torch.device, label: str) -> dict[str, Any]:
+def topk_accuracy(
+    model: torch.nn.Module, loader: DataLoader, device: torch.device, label: str
+) -> dict[str, Any]:
     k = min(5, model.num_classes) if hasattr(model, "num_classes") else 5
     hits1 = hitsk = total = 0
     with progress_bar() as bar:
@@ -28,7 +30,11 @@ def topk_accuracy(model: torch.nn.Module, loader: DataLoader, device: torch.devi
             hitsk += (top == y[:, None]).any(dim=1).sum().item()
             total += len(y)
             bar.advance(task, len(y))
-    return {"images": total, "top1": round(100 * hits1 / total, 3), f"top{k}": round(100 * hitsk / total, 3)}
+    return {
+        "images": total,
+        "top1": round(100 * hits1 / total, 3),
+        f"top{k}": round(100 * hitsk / total, 3),
+    }
 
 
 def run_evaluate(config: RunConfig, run: RunDir) -> dict[str, Any]:
@@ -36,8 +42,12 @@ def run_evaluate(config: RunConfig, run: RunDir) -> dict[str, Any]:
     model, meta = load_checkpoint(run.checkpoint)
     model.to(device).eval()
     class_names = [c["raw_name"] for c in read_jsonl(run.classes)]
-    test = real_dataset(config.data, "test", class_names, image_transform(meta["image_size"], train=False))
-    loader = DataLoader(test, batch_size=config.evaluate.batch_size, num_workers=config.train.workers)
+    test = real_dataset(
+        config.data, "test", class_names, image_transform(meta["image_size"], train=False)
+    )
+    loader = DataLoader(
+        test, batch_size=config.evaluate.batch_size, num_workers=config.train.workers
+    )
     set_name = f"{config.data.format}/test"
     results = {set_name: topk_accuracy(model, loader, device, f"evaluate {set_name}")}
     write_json(run.eval, {"model": meta, "sets": results})

@@ -22,13 +22,17 @@ from diversynth.train.model import create_classifier, save_checkpoint
 from diversynth.vision.device import pick_device
 
 
-def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def _schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     warmup = max(1, total_steps // 20)
     return torch.optim.lr_scheduler.SequentialLR(
         optimizer,
         [
             torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup),
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup)),
+            torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=max(1, total_steps - warmup)
+            ),
         ],
         milestones=[warmup],
     )
@@ -67,7 +71,9 @@ def run_train(config: RunConfig, run: RunDir) -> dict[str, Any]:
     synthetic_iter = None
     if synthetic_per_batch:
         stream = synthetic_dataset(shards, transform, config.seed)
-        synthetic_iter = iter(DataLoader(stream.batched(synthetic_per_batch), batch_size=None, num_workers=0))
+        synthetic_iter = iter(
+            DataLoader(stream.batched(synthetic_per_batch), batch_size=None, num_workers=0)
+        )
 
     model = create_classifier(cfg.model, len(class_names)).to(device)
     optimizer = _optimizer(config, model)
@@ -96,7 +102,11 @@ def run_train(config: RunConfig, run: RunDir) -> dict[str, Any]:
             scheduler.step()
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"train: loss is {loss.item()} at step {step}")
-            record = {"step": step + 1, "loss": round(loss.item(), 5), "lr": scheduler.get_last_lr()[0]}
+            record = {
+                "step": step + 1,
+                "loss": round(loss.item(), 5),
+                "lr": scheduler.get_last_lr()[0],
+            }
             log.write(json.dumps(record) + "\n")
             bar.advance(task)
     meta = {"model": cfg.model, "num_classes": len(class_names), "image_size": cfg.image_size}

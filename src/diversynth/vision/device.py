@@ -16,7 +16,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The configured dtype; half precision on the CPU falls back to float32 (too slow/unsupported)."""
+    """The configured dtype; on the CPU always float32 (half precision is slow or unsupported)."""
     if device.type == "cpu":
         return torch.float32
     return DTYPES[name]

@@ -47,7 +47,9 @@ class TextToImage:
                 trust_remote_code=config.trust_remote_code,
             )
         except (OSError, ValueError) as exc:
-            raise GeneratorLoadError(f"generate.model: cannot load {config.model!r}: {exc}") from exc
+            raise GeneratorLoadError(
+                f"generate.model: cannot load {config.model!r}: {exc}"
+            ) from exc
         if config.scheduler:
             pipe.scheduler = _load_scheduler(pipe, config.scheduler)
         pipe.set_progress_bar_config(disable=True)
@@ -57,7 +59,9 @@ class TextToImage:
     def __call__(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
         """One image per (prompt, seed); each image depends only on its own seed."""
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        negative = [self.config.negative_prompt] * len(prompts) if self.config.negative_prompt else None
+        negative = (
+            [self.config.negative_prompt] * len(prompts) if self.config.negative_prompt else None
+        )
         with torch.inference_mode():
             out = self.pipe(
                 prompt=prompts,

@@ -1,0 +1,3 @@
+from diversynth.cli import app
+
+app(prog_name="diversynth")

@@ -1,0 +1,75 @@
+"""Shared fixtures: the tiny model kit and a finished offline run, each built once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_CONFIG = REPO / "configs" / "offline.yaml"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from diversynth.modelkit import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("kit") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def kit_overrides(kit: dict[str, Path]) -> list[str]:
+    """--set values that point the offline config at the session's kit, with less real data."""
+    return [
+        f"generate.model={kit['stable-diffusion']}",
+        f"clip.model=local-dir:{kit['open-clip']}",
+        "data.train_limit=1024",
+        "data.test_limit=512",
+    ]
+
+
+def cli(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real `diversynth` command in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "diversynth", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, kit_overrides: list[str]) -> Path:
+    """configs/offline.yaml run end to end once; tests copy it before changing anything."""
+    out = tmp_path_factory.mktemp("runs") / "demo"
+    result = cli("run", str(OFFLINE_CONFIG), "--out", str(out), *set_args(kit_overrides))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture
+def run_copy(finished_run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(finished_run, target)
+    return target
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and mtime: equal snapshots mean nothing was touched."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

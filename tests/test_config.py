@@ -1,0 +1,108 @@
+"""Bad configs fail before any work, naming the field and the value on one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import OFFLINE_CONFIG, cli, set_args, tree_snapshot
+
+from diversynth.config import ConfigError, load_config, parse_overrides
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "value"),
+    [
+        ("generate.stpes=3", "generate.stpes", "3"),  # misspelt key
+        ("generate.steps=many", "generate.steps", "'many'"),  # wrong type
+        ("train.batch_size=[1, 2]", "train.batch_size", "[1, 2]"),  # wrong type
+        ("generate.model=./models/missing/sd", "generate.model", "'./models/missing/sd'"),
+        ("clip.model=local-dir:/nonexistent/clip", "clip.model", "/nonexistent/clip"),
+        ("data.root=/nonexistent/fashion", "data.root", "'/nonexistent/fashion'"),
+    ],
+)
+def test_bad_config_fails_at_once_and_leaves_run_dir_unchanged(
+    run_copy: Path, kit_overrides: list[str], override: str, field: str, value: str
+) -> None:
+    before = tree_snapshot(run_copy)
+    result = cli(
+        "run", str(OFFLINE_CONFIG), "--out", str(run_copy), *set_args([*kit_overrides, override])
+    )
+    assert result.returncode != 0
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {field}:") and value in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert tree_snapshot(run_copy) == before
+
+
+def test_misspelt_key_suggests_the_right_one(tmp_path: Path) -> None:
+    data = yaml.safe_load(OFFLINE_CONFIG.read_text())
+    data["train"]["epochz"] = 2
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(
+        ConfigError, match=r"train\.epochz: unknown key \(value: 2\); did you mean 'epochs'"
+    ):
+        load_config(path)
+
+
+def test_bad_config_does_not_create_the_run_dir(tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    result = cli("run", str(OFFLINE_CONFIG), "--out", str(out), "--set", "seed=zero")
+    assert result.returncode != 0
+    [line] = _error_lines(result.stderr)
+    assert line.startswith("error: seed: Input should be a valid integer")
+    assert line.endswith("(got 'zero')")
+    assert not out.exists()
+
+
+def test_missing_config_file_and_unknown_stage(tmp_path: Path) -> None:
+    result = cli("run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r"))
+    assert result.returncode != 0 and "nope.yaml" in result.stderr
+    result = cli(
+        "run", str(OFFLINE_CONFIG), "--out", str(tmp_path / "r"), "--stages", "classes,paint"
+    )
+    assert result.returncode != 0 and "'paint'" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_overrides_are_yaml_values(kit_overrides: list[str]) -> None:
+    assert parse_overrides(["a.b=3", "c=true", "d=[x, y]", "e=null"]) == [
+        ("a.b", 3),
+        ("c", True),
+        ("d", ["x", "y"]),
+        ("e", None),
+    ]
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        parse_overrides(["novalue"])
+    config = load_config(
+        OFFLINE_CONFIG, [*kit_overrides, "generate.steps=7", "prompts.per_class=3"]
+    )
+    assert config.generate.steps == 7 and config.prompts.per_class == 3
+
+
+def test_paths_are_resolved_and_saved(finished_run: Path) -> None:
+    saved = yaml.safe_load((finished_run / "config.yaml").read_text())
+    assert Path(saved["generate"]["model"]).is_absolute()
+    assert saved["clip"]["model"].startswith("local-dir:/")
+    # the saved config is itself a valid config that reproduces the run's settings
+    assert load_config(finished_run / "config.yaml").model_dump(mode="json") == saved
+
+
+def test_exactly_one_class_source(tmp_path: Path) -> None:
+    data = yaml.safe_load(OFFLINE_CONFIG.read_text())
+    data["classes"] = {}
+    data["generate"]["model"] = str(tmp_path)
+    data["clip"]["model"] = f"local-dir:{tmp_path}"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(
+        ConfigError, match="classes: give exactly one of classes.names or classes.file"
+    ):
+        load_config(path)

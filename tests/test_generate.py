@@ -1,0 +1,124 @@
+"""Shards: killed at random moments, the resumed run equals an uninterrupted one, byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import OFFLINE_CONFIG, REPO, cli, set_args
+
+from diversynth.generate.plan import image_key, plan_shards
+from diversynth.generate.shards import clean_leftovers
+
+GENERATE_ONLY = ["--stages", "classes,prompts,generate"]
+
+
+def test_plan_is_fixed_by_prompt_ranges() -> None:
+    shards = plan_shards(num_prompts=10, images_per_prompt=3, images_per_shard=7)
+    assert [(s.prompt_start, s.prompt_stop, s.images) for s in shards] == [
+        (0, 2, 6), (2, 4, 6), (4, 6, 6), (6, 8, 6), (8, 10, 6),
+    ]  # fmt: skip
+    # more images per prompt than per shard: one prompt per shard, never split
+    assert all(s.prompt_stop - s.prompt_start == 1 for s in plan_shards(3, 5, 2))
+    assert image_key(12, 1) == "p00000012_i001"
+
+
+def test_leftovers_are_removed(tmp_path: Path) -> None:
+    names = ["000000.tar", "000000.json", "000001.tar", "000002.tar.tmp", ".000003.json.abc.tmp"]
+    names += ["000009.tar", "000009.json", "plan.json", "notes.txt"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    removed = clean_leftovers(tmp_path, planned={"000000", "000001", "000002", "000003"})
+    assert removed == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "000000.json", "000000.tar", "notes.txt", "plan.json",
+    ]  # fmt: skip
+
+
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
+    finished_run: Path, kit_overrides: list[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "diversynth", "run", str(OFFLINE_CONFIG), "--out", str(out),
+            *GENERATE_ONLY, *set_args(kit_overrides)]  # fmt: skip
+    rng = random.Random(1234)
+    kills = 0
+    for _ in range(5):
+        proc = subprocess.Popen(
+            args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        # wait until generation has started, then kill at a random moment inside it
+        deadline = time.monotonic() + 120
+        while not (out / "shards" / "plan.json").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 6.0))
+        if proc.poll() is not None:
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills >= 3
+    result = cli(
+        "run", str(OFFLINE_CONFIG), "--out", str(out), *GENERATE_ONLY, *set_args(kit_overrides)
+    )
+    assert result.returncode == 0, result.stderr
+
+    names = sorted(p.name for p in (out / "shards").iterdir())
+    assert names == sorted(
+        ["plan.json"] + [f"{i:06d}.{e}" for i in range(5) for e in ("json", "tar")]
+    )
+    for i in range(5):
+        name = f"{i:06d}.tar"
+        assert (out / "shards" / name).read_bytes() == (finished_run / "shards" / name).read_bytes()
+    assert (out / "manifest.parquet").read_bytes() == (
+        finished_run / "manifest.parquet"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize("fail_after_batches", [1, 5])
+def test_exception_mid_shard_leaves_no_partial_shard(
+    kit_overrides: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fail_after_batches: int,
+) -> None:
+    from diversynth.config import load_config
+    from diversynth.pipeline import run_stages
+    from diversynth.rundir import RunDir
+    from diversynth.vision import generator
+
+    config = load_config(OFFLINE_CONFIG, [*kit_overrides, "prompts.per_class=4"])
+    real_call = generator.TextToImage.__call__
+    calls = {"n": 0}
+
+    def failing_call(self, prompts, seeds):
+        calls["n"] += 1
+        if calls["n"] > fail_after_batches:
+            raise OSError(28, "No space left on device")
+        return real_call(self, prompts, seeds)
+
+    monkeypatch.setattr(generator.TextToImage, "__call__", failing_call)
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(OSError, match="No space left"):
+        run_stages(config, run, stages=["classes", "prompts", "generate"])
+    done = sorted(p.name for p in run.shards.iterdir())
+    # only whole shards (tar + stats) remain; the shard being written was removed
+    assert all(n == "plan.json" or n.endswith((".tar", ".json")) for n in done), done
+    assert (
+        len([n for n in done if n.endswith(".tar")])
+        == len([n for n in done if n.endswith(".json")]) - 1
+    )
+    assert run.read_state("generate") is None
+
+    monkeypatch.setattr(generator.TextToImage, "__call__", real_call)
+    run_stages(config, run, stages=["classes", "prompts", "generate"])
+    stats = json.loads((run.root / ".state" / "generate.json").read_text())["summary"]
+    assert stats["images"] == 80

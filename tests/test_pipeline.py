@@ -1,0 +1,170 @@
+"""The offline run end to end: artifacts, skip when up to date, shard resume, reruns on change."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from conftest import OFFLINE_CONFIG, cli, set_args
+from PIL import Image
+
+STAGES = ["classes", "prompts", "generate", "train", "evaluate", "report"]
+
+
+def _outcomes(stderr: str) -> dict[str, str]:
+    """{stage: 'skipped' | 'ran'} from the CLI output."""
+    result = {}
+    for line in stderr.splitlines():
+        name, _, rest = line.partition(":")
+        if name in STAGES:
+            if rest.strip() == "skipped: up to date":
+                result[name] = "skipped"
+            elif rest.strip() == "running":
+                result[name] = "ran"
+    return result
+
+
+def _pixels(tar_path: Path) -> dict[str, np.ndarray]:
+    with tarfile.open(tar_path) as tar:
+        return {
+            m.name.split(".")[0]: np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())))
+            for m in tar
+            if m.name.endswith(".jpg")
+        }
+
+
+def test_offline_run_leaves_every_artifact(finished_run: Path) -> None:
+    run = finished_run
+    classes = [json.loads(line) for line in (run / "classes.jsonl").read_text().splitlines()]
+    assert [c["index"] for c in classes] == list(range(10))
+    assert classes[9]["raw_name"] == "Ankle boot" and classes[9]["name"] == "Ankle boot"
+
+    prompts = [json.loads(line) for line in (run / "prompts.jsonl").read_text().splitlines()]
+    assert len(prompts) == 80  # 8 per class
+    assert all(len(p["image_seeds"]) == 2 for p in prompts)
+    assert len({s for p in prompts for s in p["image_seeds"]}) == 160  # a distinct seed per image
+    assert all(classes[p["class_index"]]["name"] in p["text"] for p in prompts)
+
+    tars = sorted((run / "shards").glob("*.tar"))
+    assert [t.name for t in tars] == [f"{i:06d}.tar" for i in range(5)]
+    for tar in tars:
+        stats = json.loads(tar.with_suffix(".json").read_text())
+        assert stats["count"] == 32
+        with tarfile.open(tar) as handle:
+            names = handle.getnames()
+        assert len(names) == 64 and all(n.endswith((".jpg", ".json")) for n in names)
+
+    manifest = pq.read_table(run / "manifest.parquet").to_pylist()
+    assert len(manifest) == 160 and len({r["key"] for r in manifest}) == 160
+    assert {r["class_index"] for r in manifest} == set(range(10))
+    assert all(-1.0 <= r["clip_prompt"] <= 1.0 for r in manifest)
+
+    assert (run / "train" / "model.safetensors").is_file()
+    evaluation = json.loads((run / "eval.json").read_text())
+    top1 = evaluation["sets"]["fashion-mnist/test"]["top1"]
+    assert evaluation["sets"]["fashion-mnist/test"]["images"] == 512
+    assert top1 > 30.0  # ten classes: chance is 10%; one epoch on 1,024 real images learns
+
+    html = (run / "report" / "index.html").read_text()
+    assert "Ankle boot" in html and "T-shirt/top" in html and str(top1) in html
+    thumbs = list((run / "report" / "thumbs").glob("*.jpg"))
+    assert len(thumbs) == 160
+    assert all(f'src="thumbs/{t.name}"' in html for t in thumbs)
+
+
+def test_rerun_does_no_work(run_copy: Path, kit_overrides: list[str]) -> None:
+    before = {p: p.stat().st_mtime_ns for p in run_copy.rglob("*") if p.is_file()}
+    start = time.perf_counter()
+    result = cli("run", str(OFFLINE_CONFIG), "--out", str(run_copy), *set_args(kit_overrides))
+    seconds = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    assert _outcomes(result.stderr) == {stage: "skipped" for stage in STAGES}
+    assert seconds < 30
+    assert {p: p.stat().st_mtime_ns for p in run_copy.rglob("*") if p.is_file()} == before
+
+
+def test_deleted_shard_is_regenerated_pixel_identical(
+    run_copy: Path, kit_overrides: list[str]
+) -> None:
+    shards = run_copy / "shards"
+    original = _pixels(shards / "000002.tar")
+    tar_bytes = (shards / "000002.tar").read_bytes()
+    manifest = (run_copy / "manifest.parquet").read_bytes()
+    others = {p.name: p.stat().st_mtime_ns for p in shards.glob("*.tar") if p.name != "000002.tar"}
+    (shards / "000002.tar").unlink()
+    (shards / "000002.json").unlink()
+
+    result = cli("run", str(OFFLINE_CONFIG), "--out", str(run_copy), *set_args(kit_overrides))
+    assert result.returncode == 0, result.stderr
+    assert "4 of 5 shards already done" in result.stderr
+    assert (
+        json.loads((run_copy / ".state" / "generate.json").read_text())["summary"][
+            "shards_generated"
+        ]
+        == 1
+    )
+    regenerated = _pixels(shards / "000002.tar")
+    assert regenerated.keys() == original.keys()
+    assert all(np.array_equal(regenerated[k], original[k]) for k in original)
+    assert (shards / "000002.tar").read_bytes() == tar_bytes
+    assert (run_copy / "manifest.parquet").read_bytes() == manifest
+    assert {
+        p.name: p.stat().st_mtime_ns for p in shards.glob("*.tar") if p.name != "000002.tar"
+    } == others
+    # same outputs: nothing after generate needs to run again
+    outcomes = _outcomes(result.stderr)
+    assert outcomes["generate"] == "ran"
+    assert all(outcomes[s] == "skipped" for s in ("train", "evaluate", "report"))
+
+
+def test_changed_generate_settings_rerun_generate_and_later_only(
+    run_copy: Path, kit_overrides: list[str]
+) -> None:
+    old_manifest = (run_copy / "manifest.parquet").read_bytes()
+    result = cli(
+        "run", str(OFFLINE_CONFIG), "--out", str(run_copy),
+        *set_args([*kit_overrides, "generate.steps=3"]),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert _outcomes(result.stderr) == {
+        "classes": "skipped", "prompts": "skipped", "generate": "ran",
+        "train": "ran", "evaluate": "ran", "report": "ran",
+    }  # fmt: skip
+    assert (run_copy / "manifest.parquet").read_bytes() != old_manifest
+    assert "generate" in (run_copy / "config.yaml").read_text()
+    assert "steps: 3" in (run_copy / "config.yaml").read_text()
+
+
+def test_stage_needs_earlier_stages(tmp_path: Path, kit_overrides: list[str]) -> None:
+    result = cli(
+        "run", str(OFFLINE_CONFIG), "--out", str(tmp_path / "r"), "--stages", "train",
+        *set_args(kit_overrides),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "needs 'classes'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_force_reruns_stage_and_later(run_copy: Path, kit_overrides: list[str]) -> None:
+    result = cli(
+        "run", str(OFFLINE_CONFIG), "--out", str(run_copy),
+        "--stages", "classes,prompts,evaluate,report", "--force", "evaluate",
+        *set_args(kit_overrides),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert _outcomes(result.stderr) == {
+        "classes": "skipped", "prompts": "skipped", "evaluate": "ran", "report": "ran",
+    }  # fmt: skip
+
+
+def test_stage_command_runs_one_stage(run_copy: Path, kit_overrides: list[str]) -> None:
+    shutil.rmtree(run_copy / "report")
+    result = cli("report", str(OFFLINE_CONFIG), "--out", str(run_copy), *set_args(kit_overrides))
+    assert result.returncode == 0, result.stderr
+    assert _outcomes(result.stderr) == {"report": "ran"}
+    assert (run_copy / "report" / "index.html").is_file()
