@@ -39,3 +39,33 @@ def test_labels_follow_the_class_list_not_the_dataset() -> None:
 def test_unknown_class_is_a_clear_error() -> None:
     with pytest.raises(DataError, match=r"classes not in the real dataset: \['Crane'\]"):
         fashion_mnist(RealDataConfig(root=ROOT), "test", ["Bag", "Crane"], lambda x: x)
+
+
+def test_imagefolder_labels_come_from_the_class_list(tmp_path: Path) -> None:
+    """Folders named by wnid or by name, listed in another order than the class list."""
+    from PIL import Image
+
+    from diversynth.train.data import real_dataset
+
+    classes = [
+        {"index": 0, "wnid": "n04254680", "raw_name": "soccer ball"},
+        {"index": 1, "wnid": None, "raw_name": "Ankle boot"},
+        {"index": 2, "wnid": "n01440764", "raw_name": "tench"},
+    ]
+    shades = {"n04254680": 10, "ankle boot": 120, "n01440764": 250, "unrelated": 60}
+    for split, count in (("train", 3), ("val", 2)):
+        for folder, shade in shades.items():
+            (tmp_path / split / folder).mkdir(parents=True)
+            for i in range(count):
+                Image.new("L", (8, 8), shade).save(tmp_path / split / folder / f"{i}.png")
+    config = RealDataConfig(format="imagefolder", root=tmp_path)
+    train = real_dataset(config, "train", classes, lambda im: np.asarray(im.convert("L"))[0, 0])
+    assert len(train) == 9  # the unrelated folder is skipped
+    assert {label: int(pixel) for pixel, label in train} == {0: 10, 1: 120, 2: 250}
+    test = real_dataset(config, "test", classes, lambda im: 0)
+    assert sorted(label for _, label in test) == [0, 0, 1, 1, 2, 2]
+    limited = RealDataConfig(format="imagefolder", root=tmp_path, train_limit=4)
+    assert len(real_dataset(limited, "train", classes, lambda im: 0)) == 4
+
+    with pytest.raises(DataError, match=r"no folder in .* for classes \['goldfish'\]"):
+        real_dataset(config, "train", [*classes, {"index": 3, "raw_name": "goldfish"}], lambda x: x)

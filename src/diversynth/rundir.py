@@ -117,7 +117,7 @@ class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    # artifacts (names as in docs/run-directory.md)
+    # artifacts (the layout the README shows)
     config = property(lambda self: self.root / "config.yaml")
     classes = property(lambda self: self.root / "classes.jsonl")
     prompts = property(lambda self: self.root / "prompts.jsonl")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from diversynth.config import RealDataConfig
@@ -90,12 +92,50 @@ def fashion_mnist(
     return ArrayImages(images, labels, transform)
 
 
+class CatalogImageFolder(ImageFolder):
+    """An ImageFolder whose labels come from the class list, not from sorted folder names.
+
+    A folder matches a class by its wnid (ImageNet's `n01440764`) or by its name,
+    case-insensitively; folders that match no class are skipped.
+    """
+
+    def __init__(self, root: Path, classes: list[dict[str, Any]], transform: Callable):
+        self._catalog = classes
+        super().__init__(str(root), transform=transform)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        folders = {e.name.casefold(): e.name for e in os.scandir(directory) if e.is_dir()}
+        mapping = {}
+        for cls in self._catalog:
+            for key in (cls.get("wnid"), cls["raw_name"]):
+                if key and key.casefold() in folders:
+                    mapping[folders[key.casefold()]] = cls["index"]
+                    break
+        missing = [c["raw_name"] for c in self._catalog if c["index"] not in mapping.values()]
+        if missing:
+            raise DataError(f"data.root: no folder in {directory} for classes {missing[:5]}")
+        return sorted(mapping), mapping
+
+
+IMAGEFOLDER_SPLITS = {"train": "train", "test": "val"}
+
+
 def real_dataset(
-    config: RealDataConfig, split: str, class_names: list[str], transform: Callable
+    config: RealDataConfig, split: str, classes: list[dict[str, Any]], transform: Callable
 ) -> Dataset:
+    """The real `train` or `test` split; labels are catalog indices."""
     if config.format == "fashion-mnist":
-        return fashion_mnist(config, split, class_names, transform)
-    raise DataError(f"data.format: {config.format!r} is not supported yet")
+        return fashion_mnist(config, split, [c["raw_name"] for c in classes], transform)
+    folder = config.root / IMAGEFOLDER_SPLITS[split]
+    if not folder.is_dir():
+        raise DataError(f"data.root: {str(config.root)!r} has no {folder.name}/ folder")
+    dataset = CatalogImageFolder(folder, classes, transform)
+    limit = config.train_limit if split == "train" else config.test_limit
+    if limit and limit < len(dataset):
+        # a fixed, class-balanced-in-expectation subset: every k-th image
+        step = len(dataset) / limit
+        return Subset(dataset, [int(i * step) for i in range(limit)])
+    return dataset
 
 
 def image_transform(size: int, train: bool) -> Callable[[Image.Image], torch.Tensor]:

@@ -41,9 +41,9 @@ def run_evaluate(config: RunConfig, run: RunDir) -> dict[str, Any]:
     device = pick_device(config.train.device)
     model, meta = load_checkpoint(run.checkpoint)
     model.to(device).eval()
-    class_names = [c["raw_name"] for c in read_jsonl(run.classes)]
+    classes = read_jsonl(run.classes)
     test = real_dataset(
-        config.data, "test", class_names, image_transform(meta["image_size"], train=False)
+        config.data, "test", classes, image_transform(meta["image_size"], train=False)
     )
     loader = DataLoader(
         test, batch_size=config.evaluate.batch_size, num_workers=config.train.workers

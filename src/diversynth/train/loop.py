@@ -51,9 +51,9 @@ def run_train(config: RunConfig, run: RunDir) -> dict[str, Any]:
     cfg = config.train
     torch.manual_seed(config.seed)
     device = pick_device(cfg.device)
-    class_names = [c["raw_name"] for c in read_jsonl(run.classes)]
+    classes = read_jsonl(run.classes)
     transform = image_transform(cfg.image_size, train=True)
-    real = real_dataset(config.data, "train", class_names, transform)
+    real = real_dataset(config.data, "train", classes, transform)
 
     synthetic_per_batch = round(cfg.batch_size * cfg.synthetic_fraction)
     real_per_batch = cfg.batch_size - synthetic_per_batch
@@ -75,7 +75,7 @@ def run_train(config: RunConfig, run: RunDir) -> dict[str, Any]:
             DataLoader(stream.batched(synthetic_per_batch), batch_size=None, num_workers=0)
         )
 
-    model = create_classifier(cfg.model, len(class_names)).to(device)
+    model = create_classifier(cfg.model, len(classes)).to(device)
     optimizer = _optimizer(config, model)
     steps = len(real_loader) * cfg.epochs
     scheduler = _schedule(optimizer, steps)
@@ -109,7 +109,7 @@ def run_train(config: RunConfig, run: RunDir) -> dict[str, Any]:
             }
             log.write(json.dumps(record) + "\n")
             bar.advance(task)
-    meta = {"model": cfg.model, "num_classes": len(class_names), "image_size": cfg.image_size}
+    meta = {"model": cfg.model, "num_classes": len(classes), "image_size": cfg.image_size}
     save_checkpoint(run.checkpoint, model, meta)
     return {
         "steps": steps,
