@@ -168,3 +168,41 @@ def test_stage_command_runs_one_stage(run_copy: Path, kit_overrides: list[str]) 
     assert result.returncode == 0, result.stderr
     assert _outcomes(result.stderr) == {"report": "ran"}
     assert (run_copy / "report" / "index.html").is_file()
+
+
+def test_one_process_per_run_directory(run_copy: Path, kit_overrides: list[str]) -> None:
+    import fcntl
+
+    with (run_copy / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = cli("run", str(OFFLINE_CONFIG), "--out", str(run_copy), *set_args(kit_overrides))
+    assert result.returncode == 1
+    assert "another diversynth process is working in" in result.stderr
+
+
+def test_status_lists_finished_stages(finished_run: Path) -> None:
+    result = cli("status", "--run", str(finished_run))
+    assert result.returncode == 0, result.stderr
+    for stage in STAGES:
+        assert stage in result.stderr
+    assert "not run" not in result.stderr
+
+
+def test_folder_that_is_not_a_pipeline_is_one_clear_error(
+    run_copy: Path, kit_overrides: list[str], tmp_path: Path
+) -> None:
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    (broken / "README.txt").write_text("no model here")
+    result = cli(
+        "run", str(OFFLINE_CONFIG), "--out", str(run_copy),
+        *set_args([*kit_overrides, f"generate.model={broken}"]),
+    )  # fmt: skip
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: generate.model: cannot load '{broken}'"
+    )
+    assert "Traceback" not in result.stderr
+    # the shards of the earlier settings are discarded only once a new model has loaded
+    assert len(list((run_copy / "shards").glob("*.tar"))) == 5

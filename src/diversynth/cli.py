@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from diversynth.config import ConfigError, RunConfig, load_config
+from diversynth.errors import DiversynthError
 from diversynth.pipeline import STAGE_NAMES, PipelineError, parse_stage_list, run_stages
 from diversynth.progress import console
 from diversynth.rundir import RunDir
@@ -49,9 +50,11 @@ def _run(
     cfg = _load(config, overrides)
     try:
         run_stages(cfg, RunDir(out), stages=stages, force=force)
-    except (PipelineError, ValueError, OSError, RuntimeError) as exc:
-        # Errors with a message meant for the user; anything else keeps its traceback.
-        _fail(f"{type(exc).__name__}: {exc}", code=1)
+    except DiversynthError as exc:
+        _fail(str(exc), code=1)
+    except OSError as exc:  # disk full, permissions: the run directory keeps finished work
+        _fail(f"{exc.strerror or exc} ({exc.filename or out})", code=1)
+    # anything else is a bug and keeps its traceback
 
 
 @app.command()

@@ -22,12 +22,14 @@ from pydantic import (
     model_validator,
 )
 
+from diversynth.errors import DiversynthError
+
 # A hub id is "name" or "org/name"; anything else that does not exist on disk is an error.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PATH_PREFIXES = ("/", "./", "../", "~", "local-dir:")
 
 
-class ConfigError(ValueError):
+class ConfigError(DiversynthError, ValueError):
     """A config that cannot run; the message is one line per problem."""
 
 

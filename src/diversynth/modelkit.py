@@ -158,6 +158,9 @@ def make_tiny_models(out: Path, force: bool = False) -> dict[str, Path]:
     if not force and marker.is_file() and marker.read_text().strip() == KIT_VERSION:
         if all(p.is_dir() for p in paths.values()):
             return paths
+    import diffusers
+
+    diffusers.utils.logging.disable_progress_bar()
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer_dir = staging / "tokenizer-src"

@@ -8,11 +8,13 @@ stages after it see a new input digest only if its outputs really changed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 from rich.markup import escape
 
 from diversynth.config import RunConfig, dump_config
+from diversynth.errors import DiversynthError
 from diversynth.progress import console
 from diversynth.rundir import (
     RunDir,
@@ -35,7 +38,7 @@ from diversynth.rundir import (
 STAGE_VERSIONS = {"classes": 1, "prompts": 1, "generate": 1, "train": 1, "evaluate": 1, "report": 1}
 
 
-class PipelineError(RuntimeError):
+class PipelineError(DiversynthError):
     pass
 
 
@@ -180,6 +183,26 @@ def run_stages(
     selected = stages or list(STAGE_NAMES)
     forced_from = min((STAGE_NAMES.index(f) for f in force or []), default=len(STAGE_NAMES))
     run.root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(run):
+        return _run_locked(config, run, selected, forced_from)
+
+
+@contextlib.contextmanager
+def _exclusive(run: RunDir) -> Iterator[None]:
+    """One process per run directory; the OS drops the lock if the process dies."""
+    with (run.root / ".lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(
+                f"another diversynth process is working in {run.root}; wait for it to finish"
+            ) from None
+        yield
+
+
+def _run_locked(
+    config: RunConfig, run: RunDir, selected: list[str], forced_from: int
+) -> dict[str, str]:
     resolved = dump_config(config)
     if not run.config.is_file() or run.config.read_text() != resolved:
         write_text(run.config, resolved)

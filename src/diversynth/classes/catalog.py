@@ -10,8 +10,10 @@ from pathlib import Path
 
 import yaml
 
+from diversynth.errors import DiversynthError
 
-class ClassListError(ValueError):
+
+class ClassListError(DiversynthError, ValueError):
     pass
 
 

@@ -19,13 +19,18 @@ from diversynth.progress import console, progress_bar
 from diversynth.rundir import RunDir, Timer, digest_json, read_jsonl, sha256_file, write_json
 
 
-def _prepare_folder(run: RunDir, fingerprint: str, shards: list[ShardSpec]) -> None:
-    plan_path = run.shards / "plan.json"
-    plan = {
-        "fingerprint": fingerprint,
-        "shards": [s.__dict__ for s in shards],
-    }
-    if plan_path.is_file() and json.loads(plan_path.read_text()) != plan:
+def _plan_record(fingerprint: str, shards: list[ShardSpec]) -> dict[str, Any]:
+    return {"fingerprint": fingerprint, "shards": [s.__dict__ for s in shards]}
+
+
+def _plan_is_stale(run: RunDir, plan: dict[str, Any]) -> bool:
+    path = run.shards / "plan.json"
+    return path.is_file() and json.loads(path.read_text()) != plan
+
+
+def _prepare_folder(run: RunDir, plan: dict[str, Any], shards: list[ShardSpec]) -> None:
+    """Discard shards made for other settings, remove leftovers, record the plan."""
+    if _plan_is_stale(run, plan):
         console.print("  generate: settings or prompts changed; discarding old shards")
         shutil.rmtree(run.shards)
         run.manifest.unlink(missing_ok=True)
@@ -33,8 +38,8 @@ def _prepare_folder(run: RunDir, fingerprint: str, shards: list[ShardSpec]) -> N
     removed = clean_leftovers(run.shards, {s.name for s in shards})
     if removed:
         console.print(f"  generate: removed {removed} unfinished file(s) from an earlier run")
-    if not plan_path.is_file():
-        write_json(plan_path, plan)
+    if not (run.shards / "plan.json").is_file():
+        write_json(run.shards / "plan.json", plan)
 
 
 def planned_shards(config: RunConfig, run: RunDir) -> list[ShardSpec]:
@@ -46,19 +51,23 @@ def planned_shards(config: RunConfig, run: RunDir) -> list[ShardSpec]:
 
 def run_generate(config: RunConfig, run: RunDir, fingerprint: str) -> dict[str, Any]:
     prompts = read_jsonl(run.prompts)
-    shards = plan_shards(
-        len(prompts), config.prompts.images_per_prompt, config.generate.images_per_shard
-    )
-    _prepare_folder(run, fingerprint, shards)
-    todo = [s for s in shards if not is_done(run.shards, s.name)]
-    console.print(f"  generate: {len(shards) - len(todo)} of {len(shards)} shards already done")
-    timer = Timer()
-    generated = 0
+    shards = planned_shards(config, run)
+    plan = _plan_record(fingerprint, shards)
+    stale = _plan_is_stale(run, plan)
+    todo = [s for s in shards if stale or not is_done(run.shards, s.name)]
+    engine = None
     if todo:
+        # Load the models before touching the shard folder: a model that fails to load
+        # must not cost the shards of the previous settings.
         from diversynth.generate.local import LocalEngine  # heavy imports only when needed
 
         classes = {c["index"]: c["name"] for c in read_jsonl(run.classes)}
         engine = LocalEngine(config, classes)
+    _prepare_folder(run, plan, shards)
+    console.print(f"  generate: {len(shards) - len(todo)} of {len(shards)} shards already done")
+    timer = Timer()
+    generated = 0
+    if engine is not None:
         with progress_bar() as bar:
             task = bar.add_task("generate", total=sum(s.images for s in todo), unit="images")
             for shard in todo:

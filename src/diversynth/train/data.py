@@ -17,6 +17,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from diversynth.config import RealDataConfig
+from diversynth.errors import DiversynthError
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -28,7 +29,7 @@ _FASHION_FILES = {
 }
 
 
-class DataError(ValueError):
+class DataError(DiversynthError, ValueError):
     pass
 
 

@@ -9,7 +9,12 @@ import torch
 from PIL import Image
 
 from diversynth.config import ClipConfig
+from diversynth.errors import DiversynthError
 from diversynth.vision.device import pick_device
+
+
+class ClipLoadError(DiversynthError):
+    pass
 
 
 @dataclass
@@ -24,9 +29,12 @@ class ClipScorer:
         import open_clip
 
         device = pick_device(config.device)
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            config.model, pretrained=config.pretrained, device=device
-        )
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                config.model, pretrained=config.pretrained, device=device
+            )
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ClipLoadError(f"clip.model: cannot load {config.model!r}: {exc}") from exc
         model.eval()
         return cls(model, preprocess, open_clip.get_tokenizer(config.model), device)
 

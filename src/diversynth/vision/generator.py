@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 
 from diversynth.config import GenerateConfig
+from diversynth.errors import DiversynthError
 from diversynth.vision.device import pick_device, pick_dtype
 
 
-class GeneratorLoadError(RuntimeError):
+class GeneratorLoadError(DiversynthError):
     pass
 
 
@@ -35,7 +36,15 @@ class TextToImage:
 
     @classmethod
     def load(cls, config: GenerateConfig) -> TextToImage:
+        import diffusers
+        import transformers
         from diffusers import AutoPipelineForText2Image
+
+        # Our own progress bars report the work; the libraries' loading bars are noise.
+        diffusers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
 
         device = pick_device(config.device)
         dtype = pick_dtype(config.dtype, device)
