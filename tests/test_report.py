@@ -28,6 +28,7 @@ def test_hostile_class_names_are_text(tmp_path: Path, kit_overrides: list[str]) 
     names = [HOSTILE, "../../etc/passwd", "a/b", "Trouser"]
     config = yaml.safe_load(OFFLINE_CONFIG.read_text())
     config["classes"] = {"names": names}
+    config["prompts"]["shares"] = {"naive": 1}  # templates only: this test is about the page
     path = tmp_path / "hostile.yaml"
     path.write_text(yaml.safe_dump(config))
     out = tmp_path / "run"

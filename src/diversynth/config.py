@@ -7,6 +7,7 @@ failure names the full field path and the bad value on one line.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -89,19 +91,106 @@ class ClassesConfig(Section):
         return self
 
 
+Strategy = Literal["naive", "cd", "sd"]
+CD_AXES = ["background or place", "viewpoint and framing", "lighting", "weather and time of day",
+           "objects that appear with it", "what it is doing or its state"]  # fmt: skip
+
+
 class PromptsConfig(Section):
-    strategy: Literal["naive"] = "naive"
-    templates: list[str] = Field(default_factory=lambda: ["a photo of a {name}."], min_length=1)
+    """How many prompts per class, and from which strategies (shares are normalised)."""
+
     per_class: PositiveInt = 8
     images_per_prompt: PositiveInt = 1
+    shares: dict[Strategy, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {"naive": 1.0}
+    )
+    # naive templates: a list with {name}, or "clip-imagenet" for CLIP's 80 ImageNet templates
+    templates: list[str] | Literal["clip-imagenet"] = Field(
+        default_factory=lambda: ["a photo of a {name}."]
+    )
+    cd_axes: list[str] = Field(default_factory=lambda: list(CD_AXES), min_length=1)
+    contexts_per_axis: PositiveInt = 6
+    contexts_per_prompt: PositiveInt = 2
+    styles_per_class: PositiveInt = 8
+    builtin_styles: bool = True
+    near_duplicate_threshold: float = Field(0.95, gt=0, le=1)  # cosine similarity
+    blocklist: list[str] = Field(default_factory=list)
+    # sentence-transformers model for dedupe and metrics
+    embedder: str = Field("bundled:minilm", validate_default=True)
 
     @field_validator("templates")
     @classmethod
-    def _templates_name_the_class(cls, templates: list[str]) -> list[str]:
-        for i, template in enumerate(templates):
+    def _templates_name_the_class(cls, templates: list[str] | str) -> list[str] | str:
+        for i, template in enumerate(templates if isinstance(templates, list) else []):
             if "{name}" not in template:
                 raise ValueError(f"template {i} has no {{name}} field: {template!r}")
+        if isinstance(templates, list) and not templates:
+            raise ValueError("give at least one template")
         return templates
+
+    @field_validator("shares")
+    @classmethod
+    def _some_share(cls, shares: dict[str, float]) -> dict[str, float]:
+        if not shares or sum(shares.values()) <= 0:
+            raise ValueError("at least one strategy needs a share above 0")
+        return shares
+
+    @field_validator("embedder")
+    @classmethod
+    def _embedder_exists(cls, ref: str) -> str:
+        return _asset_or_model(ref)
+
+
+def _asset_or_model(ref: str) -> str:
+    """`bundled:NAME` (an installed asset), a hub id, or a local path that must exist."""
+    if ref.startswith("bundled:"):
+        from diversynth.assets import resolve_bundled
+
+        return str(resolve_bundled(ref))
+    return _model_ref(ref)
+
+
+class LLMConfig(Section):
+    """The LLM that writes contexts and styles (and proposes class names)."""
+
+    backend: Literal["llamacpp", "transformers", "openai"] = "llamacpp"
+    # GGUF path, hub id or folder, or the name the server knows
+    model: str = Field("bundled:smollm2", validate_default=True)
+    base_url: str | None = None  # openai: the server, e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = None  # openai: the environment variable that holds the key
+    max_in_flight: PositiveInt = 4
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    temperature: float = Field(0.7, ge=0)
+    max_tokens: PositiveInt = 256
+    json_mode: Literal["json_schema", "json_object", "off"] = "json_schema"
+    batch_size: PositiveInt = 8  # transformers: requests generated together
+    threads: PositiveInt | None = None  # llamacpp: CPU threads (default: all cores)
+    context: PositiveInt = 2048  # llamacpp: context length
+    cache: bool = True
+    trust_remote_code: bool = False
+
+    @field_validator("model")
+    @classmethod
+    def _local_model(cls, model: str, info: ValidationInfo) -> str:
+        backend = info.data.get("backend")
+        if backend == "openai":
+            return model  # a name the server knows
+        model = _asset_or_model(model)
+        if backend == "llamacpp" and not model.endswith(".gguf"):
+            raise ValueError("the llamacpp backend needs a .gguf file")
+        return model
+
+    @model_validator(mode="after")
+    def _server_settings(self) -> LLMConfig:
+        if self.backend == "openai":
+            if not self.base_url:
+                raise ValueError("llm.base_url is required for the openai backend")
+            if self.api_key_env and self.api_key_env not in os.environ:
+                raise ValueError(
+                    f"llm.api_key_env: environment variable {self.api_key_env!r} is not set"
+                )
+        return self
 
 
 class ClipConfig(Section):
@@ -177,6 +266,7 @@ class RunConfig(Section):
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     generate: GenerateConfig
     clip: ClipConfig | None = None
+    llm: LLMConfig | None = None
     data: RealDataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
@@ -186,6 +276,12 @@ class RunConfig(Section):
     def _clip_when_scoring(self) -> RunConfig:
         if self.generate.clip_score and self.clip is None:
             raise ValueError("generate.clip_score is true but no clip model is configured")
+        return self
+
+    @model_validator(mode="after")
+    def _llm_when_contextualized(self) -> RunConfig:
+        if self.prompts.shares.get("cd", 0) > 0 and self.llm is None:
+            raise ValueError("prompts.shares.cd is above 0 but no llm is configured")
         return self
 
     def section(self, *names: str) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from diversynth.rundir import (
 )
 
 # Bump a stage's version when its code changes what it writes.
-STAGE_VERSIONS = {"classes": 1, "prompts": 1, "generate": 1, "train": 1, "evaluate": 1, "report": 1}
+STAGE_VERSIONS = {"classes": 1, "prompts": 2, "generate": 1, "train": 1, "evaluate": 1, "report": 1}
 
 
 class PipelineError(DiversynthError):
@@ -95,7 +95,7 @@ STAGES = [
     Stage(
         "prompts",
         run="diversynth.prompts.stage:run_prompts",
-        sections=("prompts", "seed"),
+        sections=("prompts", "llm", "seed"),
         needs=("classes",),
         outputs=lambda r: [r.prompts],
     ),

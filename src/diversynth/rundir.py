@@ -128,6 +128,7 @@ class RunDir:
     train_metrics = property(lambda self: self.root / "train" / "metrics.jsonl")
     eval = property(lambda self: self.root / "eval.json")
     report_dir = property(lambda self: self.root / "report")
+    llm_cache = property(lambda self: self.root / ".cache" / "llm.sqlite")
     state_dir = property(lambda self: self.root / ".state")
 
     def state_path(self, stage: str) -> Path:

@@ -1,40 +1,309 @@
-"""The `prompts` stage: classes.jsonl -> prompts.jsonl (prompt id, class, text, seeds)."""
+"""The `prompts` stage: classes.jsonl -> prompts.jsonl, N prompts per class in set shares of
+naive (templates), CD (LLM-written contexts) and SD (styles), with per-image seeds.
+
+Quality controls: each prompt names its class, fits CLIP's 77 tokens, has no blocklisted
+word, and LLM-made prompts are not (near) duplicates of each other (MiniLM embeddings).
+When the LLM gives too little, contexts are resampled, then templates fill the quota and
+the shortfall is recorded per class.
+"""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import numpy as np
+from rich.table import Table
+
 from diversynth.config import RunConfig
+from diversynth.llm import LLM, BadAnswer, open_llm
+from diversynth.progress import console
+from diversynth.prompts import compose, quality
+from diversynth.prompts.diversity import Embedder, mean_cosine_distance, vendi_score
+from diversynth.prompts.llm_requests import (
+    context_request,
+    context_validator,
+    style_request,
+    style_validator,
+)
+from diversynth.prompts.styles import BUILTIN_STYLES
 from diversynth.rundir import RunDir, read_jsonl, write_jsonl
 from diversynth.seeding import derive_seed
 
+STRATEGIES = ("naive", "cd", "sd")
+RESAMPLE_ROUNDS = 3  # rounds of new context combinations before templates fill in
 
-def naive_prompts(name: str, templates: list[str], count: int) -> list[str]:
-    """`count` prompts cycling through the templates ("a photo of a {name}.")."""
-    return [templates[i % len(templates)].format(name=name) for i in range(count)]
+
+def strategy_counts(per_class: int, shares: dict[str, float]) -> dict[str, int]:
+    """Prompts per strategy for one class: exactly `per_class`, split by largest remainder."""
+    total = sum(shares.values())
+    exact = {s: per_class * shares.get(s, 0.0) / total for s in STRATEGIES}
+    counts = {s: int(v) for s, v in exact.items()}
+    by_remainder = sorted(STRATEGIES, key=lambda s: (counts[s] - exact[s], STRATEGIES.index(s)))
+    for s in by_remainder[: per_class - sum(counts.values())]:
+        counts[s] += 1
+    return counts
+
+
+def _llm_seed(run_seed: int, class_index: int, salt: int) -> int:
+    return derive_seed(run_seed, class_index, salt) % 2**31  # llama.cpp takes 32-bit seeds
+
+
+class Selector:
+    """Keeps candidate prompts of one class that pass every check and are not near
+    duplicates of a prompt already kept."""
+
+    def __init__(self, name: str, embedder: Embedder, blocklist: list[str], threshold: float):
+        self.name, self.embedder = name, embedder
+        self.blocklist, self.threshold = blocklist, threshold
+        self.kept: list[np.ndarray] = []
+        self.seen: set[str] = set()
+        self.rejected: dict[str, int] = {}
+
+    def _problem(self, text: str) -> str | None:
+        if not quality.fits_clip(text):
+            return "longer than 77 tokens"
+        if not quality.names_class(text, self.name):
+            return "does not name the class"
+        if quality.blocked(text, self.blocklist):
+            return "blocklisted word"
+        if text.casefold() in self.seen:
+            return "exact duplicate"
+        return None
+
+    def take(self, candidates: list[tuple[str, Any]], want: int) -> list[tuple[str, Any]]:
+        """Up to `want` of the (text, detail) candidates, in order."""
+        passing = []
+        for text, detail in candidates:
+            problem = self._problem(text)
+            if problem:
+                self.rejected[problem] = self.rejected.get(problem, 0) + 1
+            else:
+                self.seen.add(text.casefold())
+                passing.append((text, detail))
+        if not passing or want <= 0:
+            return []
+        vectors = self.embedder([t for t, _ in passing])
+        known = len(self.kept)
+        everything = np.concatenate([np.stack(self.kept), vectors]) if known else vectors
+        # greedy in order: an item's fate depends only on the items before it
+        fresh = quality.near_duplicate_mask(everything, self.threshold)[known:]
+        chosen = []
+        for candidate, vector, keep in zip(passing, vectors, fresh, strict=True):
+            if len(chosen) == want:
+                break
+            if not keep:
+                self.rejected["near duplicate"] = self.rejected.get("near duplicate", 0) + 1
+                continue
+            chosen.append(candidate)
+            self.kept.append(vector)
+        return chosen
+
+
+def _ask(llm: LLM, what: str, requests: list, validators: list) -> list[Any]:
+    console.print(f"  prompts: asking {llm.name} for {what} of {len(requests)} classes")
+    answers = llm.complete_json(requests, validators)
+    for answer in answers:
+        if isinstance(answer, BadAnswer):
+            console.print(
+                f"  prompts: [yellow]unusable {what} from {llm.name}[/yellow] {answer}",
+                markup=True,
+                highlight=False,
+            )
+    return answers
+
+
+def _cd_prompts(name: str, contexts: dict[str, list[str]], want: int, per_prompt: int,
+                rng: random.Random, selector: Selector) -> list[tuple[str, Any]]:  # fmt: skip
+    chosen: list[tuple[str, Any]] = []
+    for _ in range(RESAMPLE_ROUNDS):
+        picks = compose.sample_context_sets(contexts, per_prompt, 4 * want, rng)
+        candidates = []
+        for pick in picks:
+            while pick and not quality.fits_clip(compose.context_text(name, pick)):
+                pick = pick[:-1]  # too long for CLIP: drop contexts from the end
+            if pick:
+                candidates.append((compose.context_text(name, pick), {"contexts": pick}))
+        chosen += selector.take(candidates, want - len(chosen))
+        if len(chosen) >= want:
+            break
+    return chosen
 
 
 def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
     cfg = config.prompts
-    records = []
-    for cls in read_jsonl(run.classes):
-        for text in naive_prompts(cls["name"], cfg.templates, cfg.per_class):
-            prompt_id = len(records)
-            records.append(
-                {
-                    "prompt_id": prompt_id,
-                    "class_index": cls["index"],
-                    "strategy": "naive",
-                    "text": text,
-                    "seed": derive_seed(config.seed, prompt_id, 0),
-                    "image_seeds": [
-                        derive_seed(config.seed, prompt_id, i) for i in range(cfg.images_per_prompt)
-                    ],
-                }
+    classes = read_jsonl(run.classes)
+    counts = strategy_counts(cfg.per_class, cfg.shares)
+    templates = (
+        compose.clip_imagenet_templates() if cfg.templates == "clip-imagenet" else cfg.templates
+    )
+    others = {
+        c["index"]: [o["name"] for o in classes if o["name"].casefold() != c["name"].casefold()]
+        for c in classes
+    }
+
+    llm = (
+        open_llm(config.llm, run.llm_cache)
+        if config.llm and (counts["cd"] or counts["sd"])
+        else None
+    )
+    contexts: list[Any] = [None] * len(classes)
+    llm_styles: list[Any] = [[] for _ in classes]
+    if llm is not None and counts["cd"]:
+        contexts = _ask(
+            llm,
+            "contexts",
+            [_context_request(config, c) for c in classes],
+            [context_validator(c["name"], cfg.cd_axes, others[c["index"]]) for c in classes],
+        )
+    if llm is not None and counts["sd"]:
+        llm_styles = _ask(
+            llm,
+            "styles",
+            [_style_request(config, c) for c in classes],
+            [style_validator(c["name"], others[c["index"]]) for c in classes],
+        )
+
+    embedder = Embedder(cfg.embedder)
+    records: list[dict[str, Any]] = []
+    shortfall: dict[str, dict[str, int]] = {}
+    rejected: dict[str, int] = {}
+    texts_by_strategy: dict[str, dict[int, list[str]]] = {s: {} for s in STRATEGIES}
+    for position, cls in enumerate(classes):
+        name, index = cls["name"], cls["index"]
+        rng = random.Random(derive_seed(config.seed, index, 3))
+        selector = Selector(name, embedder, cfg.blocklist, cfg.near_duplicate_threshold)
+        chosen: dict[str, list[tuple[str, Any]]] = {
+            "naive": [
+                (t, {"template": True})
+                for t in compose.naive_texts(name, templates, counts["naive"])
+            ]
+        }
+        class_contexts = contexts[position]
+        if counts["cd"] and isinstance(class_contexts, dict):
+            chosen["cd"] = _cd_prompts(
+                name, class_contexts, counts["cd"], cfg.contexts_per_prompt, rng, selector
             )
+        if counts["sd"]:
+            styles = (
+                [s for s in llm_styles[position]] if isinstance(llm_styles[position], list) else []
+            )
+            styles += BUILTIN_STYLES if cfg.builtin_styles else []
+            rng.shuffle(styles)
+            candidates = [(compose.style_text(name, s), {"style": s}) for s in styles]
+            chosen["sd"] = selector.take(candidates, counts["sd"])
+        for why, n in selector.rejected.items():
+            rejected[why] = rejected.get(why, 0) + n
+        # the LLM gave too little: templates fill the quota, recorded as naive prompts
+        missing = {
+            s: counts[s] - len(chosen.get(s, []))
+            for s in ("cd", "sd")
+            if counts[s] > len(chosen.get(s, []))
+        }
+        if missing:
+            shortfall[name] = missing
+            fill = compose.naive_texts(
+                name, templates, sum(missing.values()), offset=counts["naive"]
+            )
+            chosen["naive"] += [
+                (t, {"template": True, "filled_for": "/".join(missing)}) for t in fill
+            ]
+        for strategy in STRATEGIES:
+            for text, detail in chosen.get(strategy, []):
+                records.append(_record(config, len(records), index, strategy, text, detail))
+                texts_by_strategy[strategy].setdefault(index, []).append(text)
+    if shortfall:
+        console.print(
+            f"  prompts: [yellow]LLM shortfall filled with templates[/yellow] {shortfall}"
+        )
+    diversity = _diversity(texts_by_strategy, embedder)
+    _print_diversity(diversity)
     write_jsonl(run.prompts, records)
+    per_strategy = {s: sum(1 for r in records if r["strategy"] == s) for s in STRATEGIES}
     return {
         "prompts": len(records),
         "images": len(records) * cfg.images_per_prompt,
-        "per_strategy": {"naive": len(records)},
+        "per_class": counts,
+        "per_strategy": per_strategy,
+        "shortfall": shortfall,
+        "rejected": rejected,
+        "llm": llm.name if llm else None,
+        "llm_calls": llm.calls if llm else 0,
+        "llm_cached": llm.cached if llm else 0,
+        "diversity": diversity,
     }
+
+
+def _context_request(config: RunConfig, cls: dict[str, Any]):
+    cfg = config.prompts
+    seed = _llm_seed(config.seed, cls["index"], 1)
+    return context_request(
+        cls["name"], cls.get("description"), cfg.cd_axes, cfg.contexts_per_axis, seed,
+        config.llm.max_tokens,
+    )  # fmt: skip
+
+
+def _style_request(config: RunConfig, cls: dict[str, Any]):
+    seed = _llm_seed(config.seed, cls["index"], 2)
+    return style_request(cls["name"], config.prompts.styles_per_class, seed, config.llm.max_tokens)
+
+
+def _record(
+    config: RunConfig, prompt_id: int, class_index: int, strategy: str, text: str, detail: dict
+) -> dict[str, Any]:
+    seeds = [
+        derive_seed(config.seed, prompt_id, i) for i in range(config.prompts.images_per_prompt)
+    ]
+    return {
+        "prompt_id": prompt_id,
+        "class_index": class_index,
+        "strategy": strategy,
+        "text": text,
+        **detail,
+        "seed": seeds[0],
+        "image_seeds": seeds,
+    }
+
+
+def _diversity(texts: dict[str, dict[int, list[str]]], embedder: Embedder) -> dict[str, Any]:
+    """Per strategy: the mean over classes of each class's mean pairwise cosine distance and
+    Vendi score, the same over all the strategy's prompts pooled, and the per-class values."""
+    result: dict[str, Any] = {}
+    for strategy, per_class in texts.items():
+        if not per_class:
+            continue
+        vectors = {index: embedder(t) for index, t in per_class.items()}
+        classes = {
+            str(index): {
+                "mean_cosine_distance": round(mean_cosine_distance(e), 4),
+                "vendi": round(vendi_score(e), 3),
+            }
+            for index, e in vectors.items()
+        }
+        pooled = np.concatenate(list(vectors.values()))
+        result[strategy] = {
+            "mean_cosine_distance": round(
+                float(np.mean([c["mean_cosine_distance"] for c in classes.values()])), 4
+            ),
+            "vendi": round(float(np.mean([c["vendi"] for c in classes.values()])), 3),
+            "pooled_mean_cosine_distance": round(mean_cosine_distance(pooled), 4),
+            "pooled_vendi": round(vendi_score(pooled), 3),
+            "per_class": classes,
+        }
+    return result
+
+
+def _print_diversity(diversity: dict[str, Any]) -> None:
+    table = Table(
+        "strategy", "cosine distance", "Vendi score", "pooled cosine distance", "pooled Vendi",
+        title="prompt diversity (per class, mean over classes; and all classes pooled)",
+    )  # fmt: skip
+    for strategy, row in diversity.items():
+        table.add_row(
+            strategy,
+            f"{row['mean_cosine_distance']:.3f}",
+            f"{row['vendi']:.2f}",
+            f"{row['pooled_mean_cosine_distance']:.3f}",
+            f"{row['pooled_vendi']:.2f}",
+        )
+    console.print(table)

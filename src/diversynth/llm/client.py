@@ -1,0 +1,107 @@
+"""The LLM front: answers from the cache when it has them, JSON parsed and validated, bad
+answers asked again with a new seed, and a count of the calls that reached the backend."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from diversynth.llm.base import Backend, ChatRequest
+from diversynth.llm.cache import AnswerCache
+
+T = TypeVar("T")
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+
+@dataclass(frozen=True)
+class BadAnswer:
+    """An answer that could not be used after every retry; the caller decides what to do."""
+
+    label: str
+    reason: str
+    answer: str
+
+    def __str__(self) -> str:
+        excerpt = self.answer[:120].replace("\n", " ")
+        return f"{self.label}: {self.reason} (answer began {excerpt!r})"
+
+
+def parse_json(text: str) -> Any:
+    """The JSON value in an answer: the whole text, a fenced block, or the outermost {...}."""
+    candidates = [text.strip(), *(m.strip() for m in _FENCE.findall(text))]
+    start, stop = text.find("{"), text.rfind("}")
+    if 0 <= start < stop:
+        candidates.append(text[start : stop + 1])
+    for candidate in candidates:
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            continue
+    raise ValueError("not JSON" if text.strip() else "empty answer")
+
+
+class LLM:
+    def __init__(self, backend: Backend, cache: AnswerCache | None = None):
+        self.backend = backend
+        self.cache = cache
+        self.calls = 0  # requests that reached the backend
+        self.cached = 0  # requests answered from the cache
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend.name}:{self.backend.model}"
+
+    def complete(self, requests: list[ChatRequest]) -> list[str]:
+        keys = [
+            AnswerCache.key(self.backend.name, self.backend.model, r.cache_fields())
+            for r in requests
+        ]
+        answers: list[str | None] = [self.cache.get(k) if self.cache else None for k in keys]
+        missing = [i for i, answer in enumerate(answers) if answer is None]
+        self.cached += len(requests) - len(missing)
+        if missing:
+            fresh = self.backend.complete([requests[i] for i in missing])
+            self.calls += len(missing)
+            for i, answer in zip(missing, fresh, strict=True):
+                answers[i] = answer
+            if self.cache is not None:
+                self.cache.put_many({keys[i]: answers[i] for i in missing})
+        return [a or "" for a in answers]
+
+    def complete_json(
+        self,
+        requests: list[ChatRequest],
+        validators: Sequence[Callable[[Any], T]],
+        attempts: int = 3,
+    ) -> list[T | BadAnswer]:
+        """Validated JSON per request (request i is checked by validators[i]); a bad answer
+        is asked again with the next seed, up to `attempts` times, all pending requests of
+        an attempt in one batch."""
+        results: list[T | BadAnswer | None] = [None] * len(requests)
+        pending = list(range(len(requests)))
+        for attempt in range(attempts):
+            batch = [replace(requests[i], seed=requests[i].seed + attempt) for i in pending]
+            still = []
+            for i, answer in zip(pending, self.complete(batch), strict=True):
+                try:
+                    results[i] = validators[i](parse_json(answer))
+                except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                    reason = str(exc).splitlines()[0]
+                    results[i] = BadAnswer(requests[i].label, reason, answer)
+                    still.append(i)
+            pending = still
+            if not pending:
+                break
+        return results  # type: ignore[return-value]
+
+
+def open_llm(config: Any, cache_path: Path | None) -> LLM:
+    """The configured backend (see config.LLMConfig), with its disk cache."""
+    from diversynth.llm.backends import make_backend
+
+    cache = AnswerCache(cache_path) if cache_path is not None and config.cache else None
+    return LLM(make_backend(config), cache)

@@ -1,0 +1,49 @@
+"""Diversity of a set of prompts: mean pairwise cosine distance and the Vendi score.
+
+The Vendi score (Friedman and Dieng, 2023) is exp of the Shannon entropy of the eigenvalues
+of K/n, K the cosine-similarity matrix: the effective number of distinct prompts, from 1
+(all the same) to n (all orthogonal). Written here in a few lines of numpy; the
+`vendi-score` package would add a dependency for the same formula.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def mean_cosine_distance(embeddings: np.ndarray) -> float:
+    n = len(embeddings)
+    if n < 2:
+        return 0.0
+    sims = embeddings @ embeddings.T
+    distance = (n * n - sims.sum()) / (n * (n - 1))  # diagonal terms are 1 - 1 = 0
+    return max(0.0, float(distance))  # rounding can leave -1e-8 for identical texts
+
+
+def vendi_score(embeddings: np.ndarray) -> float:
+    n = len(embeddings)
+    if n == 0:
+        return 0.0
+    # X X^T / n and X^T X / n share their non-zero eigenvalues: use the smaller matrix
+    gram = embeddings @ embeddings.T if n <= embeddings.shape[1] else embeddings.T @ embeddings
+    eigenvalues = np.linalg.eigvalsh(gram / n)
+    eigenvalues = eigenvalues[eigenvalues > 1e-12]
+    return float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
+
+
+class Embedder:
+    """Sentence embeddings (normalised) from a sentence-transformers model folder."""
+
+    def __init__(self, model: str):
+        import transformers
+        from sentence_transformers import SentenceTransformer
+
+        transformers.utils.logging.disable_progress_bar()
+        self._model = SentenceTransformer(model, device="cpu", trust_remote_code=False)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 1), dtype=np.float32)
+        return self._model.encode(
+            texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=64
+        )

@@ -1,0 +1,52 @@
+"""Prompt quality controls: fits CLIP's context, names its class, no blocked word, no duplicate."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import numpy as np
+
+CLIP_CONTEXT = 77  # tokens, start and end markers included
+
+
+@lru_cache(maxsize=1)
+def _clip_tokenizer():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
+def clip_tokens(text: str) -> int:
+    return len(_clip_tokenizer().encode(text)) + 2
+
+
+def fits_clip(text: str) -> bool:
+    return clip_tokens(text) <= CLIP_CONTEXT
+
+
+def names_class(text: str, name: str) -> bool:
+    return name.casefold() in text.casefold()
+
+
+def blocked(text: str, blocklist: list[str]) -> str | None:
+    """The first blocklisted word or phrase in the text (whole words, any case), if any."""
+    for word in blocklist:
+        if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.I):
+            return word
+    return None
+
+
+def mentions_other_class(text: str, other_names: list[str]) -> bool:
+    return any(re.search(rf"(?<!\w){re.escape(n)}(?!\w)", text, re.I) for n in other_names)
+
+
+def near_duplicate_mask(embeddings: np.ndarray, threshold: float) -> np.ndarray:
+    """Greedy: keep an item unless its cosine similarity to a kept one is >= threshold."""
+    keep = np.zeros(len(embeddings), dtype=bool)
+    kept: list[int] = []
+    for i in range(len(embeddings)):
+        if not kept or float(np.max(embeddings[kept] @ embeddings[i])) < threshold:
+            keep[i] = True
+            kept.append(i)
+    return keep

@@ -1,0 +1,162 @@
+"""OpenAI-compatible servers on loopback for the tests: llama.cpp's real server, and one
+that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def chat_reply(content: str, model: str = "test-model") -> dict:
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+class MisbehavingServer:
+    """Answers each request by the next behaviour in `script` (then by `default`):
+
+    ok:TEXT     200 with TEXT as the answer        500 / 429 / 404 / 401   that status
+    slow        answers after `slow_seconds`       bad_json    200 with a body that is not JSON
+    truncated   promises more bytes than it sends  close       closes the connection at once
+    """
+
+    def __init__(self, default: str = 'ok:{"styles": ["oil painting"]}', slow_seconds: float = 3.0):
+        self.script: deque[str] = deque()
+        self.default = default
+        self.slow_seconds = slow_seconds
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server.requests.append(json.loads(body or b"{}"))
+                behaviour = server.script.popleft() if server.script else server.default
+                server.respond(self, behaviour)
+
+            def do_GET(self):
+                self.send_response(200)
+                payload = b'{"object": "list", "data": []}'
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def respond(self, handler: BaseHTTPRequestHandler, behaviour: str) -> None:
+        kind, _, text = behaviour.partition(":")
+        if kind == "close":
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if kind == "slow":
+            time.sleep(self.slow_seconds)
+            kind, text = "ok", '{"styles": ["late answer"]}'
+        if kind in ("500", "429", "404", "401"):
+            payload = json.dumps({"error": {"message": f"status {kind}", "type": "test"}}).encode()
+            handler.send_response(int(kind))
+        elif kind == "bad_json":
+            payload = b'{"choices": [ this is not json'
+            handler.send_response(200)
+        else:
+            payload = json.dumps(chat_reply(text)).encode()
+            handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        declared = len(payload) + (100 if kind == "truncated" else 0)
+        handler.send_header("Content-Length", str(declared))
+        handler.end_headers()
+        handler.wfile.write(payload if kind != "truncated" else payload[: len(payload) // 2])
+        if kind == "truncated":
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> MisbehavingServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class LlamaCppServer:
+    """`python -m llama_cpp.server` serving a GGUF file on a free loopback port."""
+
+    def __init__(self, model: Path):
+        self.model = model
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        # a file, not a pipe: the server logs a lot, and a full pipe would block it
+        self.log = tempfile.TemporaryFile(mode="w+")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> LlamaCppServer:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model),
+             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048",
+             "--model_alias", "smollm2"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"llama.cpp server exited: {self.log.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("llama.cpp server did not start in 120 s")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()

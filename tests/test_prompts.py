@@ -1,0 +1,180 @@
+"""The prompts stage: exact counts per strategy, quality controls, diversity, cache, reruns."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import OFFLINE_CONFIG, cli, set_args
+
+from diversynth.prompts.diversity import mean_cosine_distance, vendi_score
+from diversynth.prompts.quality import blocked, clip_tokens, near_duplicate_mask
+from diversynth.prompts.stage import strategy_counts
+
+
+def _prompts(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "prompts.jsonl").read_text().splitlines()]
+
+
+def _state(run: Path, stage: str) -> dict:
+    return json.loads((run / ".state" / f"{stage}.json").read_text())
+
+
+def test_strategy_counts_are_exact() -> None:
+    assert strategy_counts(10, {"naive": 0.2, "cd": 0.5, "sd": 0.3}) == {
+        "naive": 2,
+        "cd": 5,
+        "sd": 3,
+    }
+    assert strategy_counts(7, {"naive": 1, "cd": 1, "sd": 1}) == {"naive": 3, "cd": 2, "sd": 2}
+    assert strategy_counts(5, {"cd": 1.0}) == {"naive": 0, "cd": 5, "sd": 0}
+    for n in range(1, 40):
+        assert sum(strategy_counts(n, {"naive": 0.1, "cd": 0.6, "sd": 0.3}).values()) == n
+
+
+def test_diversity_metrics() -> None:
+    same = np.tile(np.array([[1.0, 0.0, 0.0]]), (4, 1))
+    orthogonal = np.eye(4)
+    assert vendi_score(same) == pytest.approx(1.0)
+    assert vendi_score(orthogonal) == pytest.approx(4.0)
+    assert mean_cosine_distance(same) == pytest.approx(0.0)
+    assert mean_cosine_distance(orthogonal) == pytest.approx(1.0)
+    # more prompts than dimensions: the small-matrix path gives the same score
+    x = np.random.default_rng(0).normal(size=(50, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    eigenvalues = np.linalg.eigvalsh(x @ x.T / 50)
+    eigenvalues = eigenvalues[eigenvalues > 1e-12]
+    assert vendi_score(x) == pytest.approx(
+        float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
+    )
+
+
+def test_quality_checks() -> None:
+    assert clip_tokens("a photo of a coat") == 7
+    assert clip_tokens("word " * 80) > 77
+    assert blocked("a photo of a Coat, gore everywhere", ["gore"]) == "gore"
+    assert blocked("a photo of a Coat in Singapore", ["gore"]) is None  # whole words only
+    vectors = np.array([[1.0, 0.0], [0.999, 0.0447], [0.0, 1.0]])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert near_duplicate_mask(vectors, threshold=0.95).tolist() == [True, False, True]
+
+
+@pytest.fixture(scope="module")
+def prompts_run(finished_run: Path) -> Path:
+    return finished_run
+
+
+def test_offline_prompts_follow_the_shares(prompts_run: Path) -> None:
+    prompts = _prompts(prompts_run)
+    classes = [
+        json.loads(line) for line in (prompts_run / "classes.jsonl").read_text().splitlines()
+    ]
+    assert len(prompts) == 100
+    for cls in classes:
+        mine = [p for p in prompts if p["class_index"] == cls["index"]]
+        assert len(mine) == 10
+        assert all(cls["name"].casefold() in p["text"].casefold() for p in mine)
+        assert all(clip_tokens(p["text"]) <= 77 for p in mine)
+        filled = [p for p in mine if p.get("filled_for")]
+        by_strategy = {s: sum(1 for p in mine if p["strategy"] == s) for s in ("naive", "cd", "sd")}
+        # 2 naive, 5 CD, 3 SD, unless the LLM fell short and templates filled in (recorded)
+        assert by_strategy["naive"] == 2 + len(filled)
+        assert by_strategy["cd"] + by_strategy["sd"] + len(filled) == 8
+        for p in mine:
+            if p["strategy"] == "cd":
+                assert p["contexts"] and all(c in p["text"] for c in p["contexts"])
+            if p["strategy"] == "sd":
+                assert p["style"] in p["text"]
+    summary = _state(prompts_run, "prompts")["summary"]
+    assert summary["llm"].startswith("llamacpp:SmolLM2")
+    assert summary["per_strategy"]["cd"] >= 40 and summary["per_strategy"]["sd"] >= 25
+    llm_made = [p["text"] for p in prompts if p["strategy"] in ("cd", "sd")]
+    assert len(set(llm_made)) == len(llm_made)  # no duplicates among LLM-made prompts
+
+
+def test_cd_and_sd_are_more_diverse_than_naive(prompts_run: Path) -> None:
+    diversity = _state(prompts_run, "prompts")["summary"]["diversity"]
+    assert set(diversity) == {"naive", "cd", "sd"}
+    for strategy in ("cd", "sd"):
+        assert diversity[strategy]["vendi"] > diversity["naive"]["vendi"]
+        assert (
+            diversity[strategy]["mean_cosine_distance"] > diversity["naive"]["mean_cosine_distance"]
+        )
+
+
+def test_rerun_makes_no_llm_calls_and_share_change_keeps_classes(
+    run_copy: Path, kit_overrides: list[str]
+) -> None:
+    stages = ["--stages", "classes,prompts"]
+    forced = cli("run", str(OFFLINE_CONFIG), "--out", str(run_copy), *stages, "--force", "prompts",
+                 *set_args(kit_overrides))  # fmt: skip
+    assert forced.returncode == 0, forced.stderr
+    summary = _state(run_copy, "prompts")["summary"]
+    assert summary["llm_calls"] == 0 and summary["llm_cached"] >= 20
+
+    before = (run_copy / "classes.jsonl").stat().st_mtime_ns
+    changed = cli("run", str(OFFLINE_CONFIG), "--out", str(run_copy), *stages,
+                  *set_args([*kit_overrides, "prompts.shares={naive: 0.5, cd: 0.5}"]))  # fmt: skip
+    assert changed.returncode == 0, changed.stderr
+    assert "classes: skipped: up to date" in changed.stderr
+    assert "prompts: running" in changed.stderr
+    assert (run_copy / "classes.jsonl").stat().st_mtime_ns == before
+    summary = _state(run_copy, "prompts")["summary"]
+    assert summary["per_class"] == {"naive": 5, "cd": 5, "sd": 0}
+    assert summary["llm_calls"] == 0  # the contexts were cached
+
+
+def test_cd_without_llm_is_a_config_error(tmp_path: Path, kit_overrides: list[str]) -> None:
+    config = yaml.safe_load(OFFLINE_CONFIG.read_text())
+    del config["llm"]
+    path = tmp_path / "nollm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = cli("run", str(path), "--out", str(tmp_path / "r"), *set_args(kit_overrides))
+    assert result.returncode == 2
+    assert "prompts.shares.cd is above 0 but no llm is configured" in result.stderr
+
+
+def test_llm_shortfall_is_filled_with_templates(tmp_path: Path, kit_overrides: list[str]) -> None:
+    """An LLM that only refuses: the stage still writes N prompts per class, and says why."""
+    from llm_servers import MisbehavingServer
+
+    with MisbehavingServer(default="ok:I'm sorry, I can't do that.") as server:
+        out = tmp_path / "run"
+        overrides = [*kit_overrides, "llm.backend=openai", "llm.model=any",
+                     f"llm.base_url={server.base_url}", "classes.names=[Coat, Bag]"]  # fmt: skip
+        result = cli("run", str(OFFLINE_CONFIG), "--out", str(out), "--stages", "classes,prompts",
+                     *set_args(overrides))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "unusable contexts" in result.stderr and "Coat" in result.stderr
+    prompts = _prompts(out)
+    assert len(prompts) == 20
+    summary = _state(out, "prompts")["summary"]
+    # no CD at all; SD still comes from the built-in styles
+    assert summary["per_strategy"]["cd"] == 0 and summary["per_strategy"]["sd"] == 6
+    assert summary["shortfall"] == {"Coat": {"cd": 5}, "Bag": {"cd": 5}}
+    assert all(p["filled_for"] == "cd" for p in prompts if p.get("filled_for"))
+    shutil.rmtree(out)
+
+
+def test_llm_server_failure_is_one_clear_error_and_writes_nothing(
+    tmp_path: Path, kit_overrides: list[str]
+) -> None:
+    from llm_servers import MisbehavingServer
+
+    with MisbehavingServer(default="500") as server:
+        out = tmp_path / "run"
+        overrides = [*kit_overrides, "llm.backend=openai", "llm.model=any", "llm.max_retries=1",
+                     f"llm.base_url={server.base_url}", "classes.names=[Coat, Bag]"]  # fmt: skip
+        result = cli("run", str(OFFLINE_CONFIG), "--out", str(out), "--stages", "classes,prompts",
+                     *set_args(overrides))  # fmt: skip
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "llm (openai) at http://127.0.0.1" in errors[0]
+    assert "'Coat'" in errors[0] or "'Bag'" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not (out / "prompts.jsonl").exists()
+    assert (out / "classes.jsonl").exists()  # the finished stage is kept
