@@ -155,7 +155,7 @@ def test_llm_shortfall_is_filled_with_templates(tmp_path: Path, kit_overrides: l
     summary = _state(out, "prompts")["summary"]
     # no CD at all; SD still comes from the built-in styles
     assert summary["per_strategy"]["cd"] == 0 and summary["per_strategy"]["sd"] == 6
-    assert summary["shortfall"] == {"Coat": {"cd": 5}, "Bag": {"cd": 5}}
+    assert summary["shortfall"] == {"0": {"cd": 5}, "1": {"cd": 5}}  # by class index
     assert all(p["filled_for"] == "cd" for p in prompts if p.get("filled_for"))
     shutil.rmtree(out)
 

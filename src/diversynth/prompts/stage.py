@@ -9,10 +9,12 @@ the shortfall is recorded per class.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from diversynth.config import RunConfig
@@ -101,12 +103,13 @@ class Selector:
 
 
 def _ask(llm: LLM, what: str, requests: list, validators: list) -> list[Any]:
-    console.print(f"  prompts: asking {llm.name} for {what} of {len(requests)} classes")
+    console.print(f"  prompts: asking {escape(llm.name)} for {what} of {len(requests)} classes")
     answers = llm.complete_json(requests, validators)
     for answer in answers:
         if isinstance(answer, BadAnswer):
             console.print(
-                f"  prompts: [yellow]unusable {what} from {llm.name}[/yellow] {answer}",
+                f"  prompts: [yellow]unusable {what} from {escape(llm.name)}[/yellow] "
+                f"{escape(str(answer))}",
                 markup=True,
                 highlight=False,
             )
@@ -170,51 +173,21 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
     rejected: dict[str, int] = {}
     texts_by_strategy: dict[str, dict[int, list[str]]] = {s: {} for s in STRATEGIES}
     for position, cls in enumerate(classes):
-        name, index = cls["name"], cls["index"]
-        rng = random.Random(derive_seed(config.seed, index, 3))
-        selector = Selector(name, embedder, cfg.blocklist, cfg.near_duplicate_threshold)
-        chosen: dict[str, list[tuple[str, Any]]] = {
-            "naive": [
-                (t, {"template": True})
-                for t in compose.naive_texts(name, templates, counts["naive"])
-            ]
-        }
-        class_contexts = contexts[position]
-        if counts["cd"] and isinstance(class_contexts, dict):
-            chosen["cd"] = _cd_prompts(
-                name, class_contexts, counts["cd"], cfg.contexts_per_prompt, rng, selector
-            )
-        if counts["sd"]:
-            styles = (
-                [s for s in llm_styles[position]] if isinstance(llm_styles[position], list) else []
-            )
-            styles += BUILTIN_STYLES if cfg.builtin_styles else []
-            rng.shuffle(styles)
-            candidates = [(compose.style_text(name, s), {"style": s}) for s in styles]
-            chosen["sd"] = selector.take(candidates, counts["sd"])
+        chosen, missing, selector = _class_prompts(
+            config, cls, counts, templates, embedder, contexts[position], llm_styles[position]
+        )
+        if missing:
+            shortfall[str(cls["index"])] = missing
         for why, n in selector.rejected.items():
             rejected[why] = rejected.get(why, 0) + n
-        # the LLM gave too little: templates fill the quota, recorded as naive prompts
-        missing = {
-            s: counts[s] - len(chosen.get(s, []))
-            for s in ("cd", "sd")
-            if counts[s] > len(chosen.get(s, []))
-        }
-        if missing:
-            shortfall[name] = missing
-            fill = compose.naive_texts(
-                name, templates, sum(missing.values()), offset=counts["naive"]
-            )
-            chosen["naive"] += [
-                (t, {"template": True, "filled_for": "/".join(missing)}) for t in fill
-            ]
         for strategy in STRATEGIES:
             for text, detail in chosen.get(strategy, []):
-                records.append(_record(config, len(records), index, strategy, text, detail))
-                texts_by_strategy[strategy].setdefault(index, []).append(text)
+                records.append(_record(config, len(records), cls["index"], strategy, text, detail))
+                texts_by_strategy[strategy].setdefault(cls["index"], []).append(text)
     if shortfall:
         console.print(
-            f"  prompts: [yellow]LLM shortfall filled with templates[/yellow] {shortfall}"
+            "  prompts: [yellow]LLM shortfall filled with templates[/yellow] (class index: "
+            f"missing prompts) {escape(json.dumps(shortfall))}"
         )
     diversity = _diversity(texts_by_strategy, embedder)
     _print_diversity(diversity)
@@ -232,6 +205,44 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
         "llm_cached": llm.cached if llm else 0,
         "diversity": diversity,
     }
+
+
+def _class_prompts(
+    config: RunConfig,
+    cls: dict[str, Any],
+    counts: dict[str, int],
+    templates: list[str],
+    embedder: Embedder,
+    contexts: dict[str, list[str]] | BadAnswer | None,
+    llm_styles: list[str] | BadAnswer,
+) -> tuple[dict[str, list[tuple[str, Any]]], dict[str, int], Selector]:
+    """One class's prompts per strategy (text, detail), what the LLM left missing, and the
+    selector that records what was rejected."""
+    cfg, name = config.prompts, cls["name"]
+    rng = random.Random(derive_seed(config.seed, cls["index"], 3))
+    selector = Selector(name, embedder, cfg.blocklist, cfg.near_duplicate_threshold)
+    naive = compose.naive_texts(name, templates, counts["naive"])
+    chosen: dict[str, list[tuple[str, Any]]] = {"naive": [(t, {"template": True}) for t in naive]}
+    if counts["cd"] and isinstance(contexts, dict):
+        chosen["cd"] = _cd_prompts(
+            name, contexts, counts["cd"], cfg.contexts_per_prompt, rng, selector
+        )
+    if counts["sd"]:
+        styles = list(llm_styles) if isinstance(llm_styles, list) else []
+        styles += BUILTIN_STYLES if cfg.builtin_styles else []
+        rng.shuffle(styles)
+        candidates = [(compose.style_text(name, s), {"style": s}) for s in styles]
+        chosen["sd"] = selector.take(candidates, counts["sd"])
+    # the LLM gave too little: templates fill the quota, recorded as naive prompts
+    missing = {
+        s: counts[s] - len(chosen.get(s, []))
+        for s in ("cd", "sd")
+        if counts[s] > len(chosen.get(s, []))
+    }
+    if missing:
+        fill = compose.naive_texts(name, templates, sum(missing.values()), offset=counts["naive"])
+        chosen["naive"] += [(t, {"template": True, "filled_for": "/".join(missing)}) for t in fill]
+    return chosen, missing, selector
 
 
 def _context_request(config: RunConfig, cls: dict[str, Any]):
