@@ -141,3 +141,10 @@ def test_exception_mid_shard_leaves_no_partial_shard(
     run_stages(config, run, stages=["classes", "prompts", "generate"])
     stats = json.loads((run.root / ".state" / "generate.json").read_text())["summary"]
     assert stats["images"] == 80
+    if fail_after_batches == 5:
+        # a forced rerun regenerates every shard, to the same bytes
+        tars = {p.name: p.read_bytes() for p in run.shards.glob("*.tar")}
+        run_stages(config, run, stages=["generate"], force=["generate"])
+        stats = json.loads((run.root / ".state" / "generate.json").read_text())["summary"]
+        assert stats["shards_generated"] == stats["shards"] == 3
+        assert {p.name: p.read_bytes() for p in run.shards.glob("*.tar")} == tars

@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import importlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -59,11 +58,16 @@ class Stage:
     inputs: Callable[[RunConfig], list[str | Path | None]] = field(default=lambda config: [])
     complete: str | None = None  # 'module:function' (config, run_dir) -> bool; default: outputs
     digest: str | None = None  # 'module:function' (config, run_dir) -> str; default: output bytes
-    wants_fingerprint: bool = False  # run() also takes the fingerprint (to tag partial work)
+    # run() also takes the fingerprint (to tag partial work) and whether the run is forced
+    # (to discard partial work); other stages start from scratch every time anyway
+    resumable: bool = False
 
-    def execute(self, config: RunConfig, run: RunDir, fingerprint: str) -> dict[str, Any]:
-        args = (config, run, fingerprint) if self.wants_fingerprint else (config, run)
-        return _resolve(self.run)(*args)
+    def execute(
+        self, config: RunConfig, run: RunDir, fingerprint: str, forced: bool
+    ) -> dict[str, Any]:
+        if self.resumable:
+            return _resolve(self.run)(config, run, fingerprint, forced=forced)
+        return _resolve(self.run)(config, run)
 
     def is_complete(self, config: RunConfig, run: RunDir) -> bool:
         if self.complete is not None:
@@ -108,7 +112,7 @@ STAGES = [
         inputs=lambda c: [c.generate.model, c.clip.model if c.clip else None],
         complete="diversynth.generate.stage:generate_is_complete",
         digest="diversynth.generate.stage:generate_output_digest",
-        wants_fingerprint=True,
+        resumable=True,
     ),
     Stage(
         "train",
@@ -217,13 +221,10 @@ def _run_locked(
             console.print(f"[green]{stage.name}[/green]: skipped: up to date")
             outcome[stage.name] = "skipped"
             continue
-        if forced and stage.name == "generate":
-            # a forced generate starts from an empty shard folder
-            shutil.rmtree(run.shards, ignore_errors=True)
         console.print(f"[bold cyan]{stage.name}[/bold cyan]: running")
         run.clear_state(stage.name)
         timer = Timer()
-        summary = stage.execute(config, run, fp)
+        summary = stage.execute(config, run, fp, forced)
         run.write_state(
             StageState(
                 stage=stage.name,

@@ -28,10 +28,13 @@ def _plan_is_stale(run: RunDir, plan: dict[str, Any]) -> bool:
     return path.is_file() and json.loads(path.read_text()) != plan
 
 
-def _prepare_folder(run: RunDir, plan: dict[str, Any], shards: list[ShardSpec]) -> None:
-    """Discard shards made for other settings, remove leftovers, record the plan."""
-    if _plan_is_stale(run, plan):
-        console.print("  generate: settings or prompts changed; discarding old shards")
+def _prepare_folder(
+    run: RunDir, plan: dict[str, Any], shards: list[ShardSpec], discard: bool
+) -> None:
+    """Discard shards made for other settings (or all, when forced), remove leftovers,
+    record the plan."""
+    if discard and run.shards.exists():
+        console.print("  generate: discarding the earlier shards")
         shutil.rmtree(run.shards)
         run.manifest.unlink(missing_ok=True)
     run.shards.mkdir(parents=True, exist_ok=True)
@@ -49,11 +52,14 @@ def planned_shards(config: RunConfig, run: RunDir) -> list[ShardSpec]:
     )
 
 
-def run_generate(config: RunConfig, run: RunDir, fingerprint: str) -> dict[str, Any]:
+def run_generate(
+    config: RunConfig, run: RunDir, fingerprint: str, forced: bool = False
+) -> dict[str, Any]:
+    """Generate the missing shards; `forced` regenerates all of them."""
     prompts = read_jsonl(run.prompts)
     shards = planned_shards(config, run)
     plan = _plan_record(fingerprint, shards)
-    stale = _plan_is_stale(run, plan)
+    stale = forced or _plan_is_stale(run, plan)
     todo = [s for s in shards if stale or not is_done(run.shards, s.name)]
     engine = None
     if todo:
@@ -63,7 +69,7 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str) -> dict[str, 
 
         classes = {c["index"]: c["name"] for c in read_jsonl(run.classes)}
         engine = LocalEngine(config, classes)
-    _prepare_folder(run, plan, shards)
+    _prepare_folder(run, plan, shards, discard=stale)
     console.print(f"  generate: {len(shards) - len(todo)} of {len(shards)} shards already done")
     timer = Timer()
     generated = 0
