@@ -159,8 +159,10 @@ def make_tiny_models(out: Path, force: bool = False) -> dict[str, Path]:
         if all(p.is_dir() for p in paths.values()):
             return paths
     import diffusers
+    import transformers
 
     diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()  # "Writing model shards" of the encoder
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer_dir = staging / "tokenizer-src"
