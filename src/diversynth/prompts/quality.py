@@ -29,16 +29,21 @@ def names_class(text: str, name: str) -> bool:
     return name.casefold() in text.casefold()
 
 
-def blocked(text: str, blocklist: list[str]) -> str | None:
-    """The first blocklisted word or phrase in the text (whole words, any case), if any."""
-    for word in blocklist:
-        if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.I):
-            return word
+def first_mention(text: str, phrases: list[str]) -> str | None:
+    """The first of the phrases found in the text as whole words, any case, if any."""
+    for phrase in phrases:
+        if re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, re.I):
+            return phrase
     return None
 
 
+def blocked(text: str, blocklist: list[str]) -> str | None:
+    """The first blocklisted word or phrase in the text, if any."""
+    return first_mention(text, blocklist)
+
+
 def mentions_other_class(text: str, other_names: list[str]) -> bool:
-    return any(re.search(rf"(?<!\w){re.escape(n)}(?!\w)", text, re.I) for n in other_names)
+    return first_mention(text, other_names) is not None
 
 
 def near_duplicate_mask(embeddings: np.ndarray, threshold: float) -> np.ndarray:
