@@ -103,6 +103,10 @@ def test_exactly_one_class_source(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(
-        ConfigError, match="classes: give exactly one of classes.names or classes.file"
+        ConfigError, match=r"classes: give exactly one of classes.catalog, .*\(got none\)"
     ):
+        load_config(path)
+    data["classes"] = {"catalog": "imagenet1k", "names": ["a"]}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"\(got \['catalog', 'names'\]\)"):
         load_config(path)

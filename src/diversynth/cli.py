@@ -84,7 +84,7 @@ def run(
     _run(config, out, selected, forced, set_)
 
 
-def _stage_command(name: str, summary: str) -> None:
+def _stage_command(name: str, summary: str, group: typer.Typer = app, as_name: str = "") -> None:
     def command(
         config: ConfigArg,
         out: OutOpt,
@@ -97,10 +97,41 @@ def _stage_command(name: str, summary: str) -> None:
         f"{summary}\n\nRuns only this stage; the stages it reads must have run in the same "
         "run directory."
     )
-    app.command(name=name)(command)
+    group.command(name=as_name or name)(command)
 
 
-_stage_command("classes", "Resolve the class list into the names prompts use (classes.jsonl).")
+classes_app = typer.Typer(
+    help="Class lists and the names prompts use: run the stage, or explain one decision.",
+    no_args_is_help=True,
+)
+app.add_typer(classes_app, name="classes")
+_stage_command(
+    "classes",
+    "Resolve the class list into the names prompts use (classes.jsonl).",
+    classes_app,
+    "run",
+)
+
+
+@classes_app.command("show")
+def classes_show(
+    key: Annotated[str, typer.Argument(help="Class index, wnid, or raw name.")],
+    run_dir: Annotated[Path, typer.Option("--run", help="Run directory.")],
+) -> None:
+    """Explain how one class's name was chosen: every candidate, its score, the reason."""
+    from diversynth.classes.show import find_class, render_class
+
+    run = RunDir(run_dir)
+    if not run.classes.is_file():
+        _fail(f"--run: no classes.jsonl in {str(run_dir)!r} (run the classes stage first)")
+    try:
+        record = find_class(run, key)
+    except DiversynthError as exc:
+        _fail(str(exc), code=1)
+        return
+    render_class(record)
+
+
 _stage_command("prompts", "Write the prompts and per-image seeds (prompts.jsonl).")
 _stage_command("generate", "Generate images into WebDataset shards and manifest.parquet.")
 _stage_command("train", "Train a classifier on real + synthetic images.")

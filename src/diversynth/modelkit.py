@@ -14,9 +14,20 @@ import json
 import shutil
 from pathlib import Path
 
-KIT_VERSION = "1"
+KIT_VERSION = "2"
 SD_DIR = "stable-diffusion"
 CLIP_DIR = "open-clip"
+EXEMPLARS_DIR = "exemplars"
+
+# ImageNet classes for the exemplar folder: the pairs that share a name (crane, maillot,
+# cardigan, missile/projectile), names a text-to-image model misreads, and a few plain ones.
+EXEMPLAR_WNIDS = [
+    "n01440764", "n01608432", "n01847000", "n01871265", "n02012849", "n02113186",
+    "n02123045", "n02123159", "n02276258", "n02963159", "n03126707", "n03710637",
+    "n03710721", "n03773504", "n04008634", "n04355933", "n04356056", "n07753592",
+    "n09472597", "n02690373",
+]  # fmt: skip
+EXEMPLARS_PER_CLASS = 3
 
 # Tiny open_clip model: same CLIP class as ViT-B-32, a few thousand times smaller.
 TINY_OPEN_CLIP_CFG = {
@@ -150,10 +161,31 @@ def save_tiny_open_clip(folder: Path, seed: int = 0) -> None:
     save_file(state, str(folder / "open_clip_model.safetensors"))
 
 
+def save_tiny_exemplars(root: Path, seed: int = 0) -> None:
+    """An ImageNet-layout folder (`train/WNID/*.png`) of tiny noise images, one tint per
+    class: real files for the exemplar path of the classes stage, with no meaning."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for wnid in EXEMPLAR_WNIDS:
+        folder = root / "train" / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        tint = rng.integers(0, 256, size=3)
+        for i in range(EXEMPLARS_PER_CLASS):
+            noise = rng.integers(-40, 41, size=(32, 32, 3))
+            pixels = np.clip(tint + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{wnid}_{i}.png")
+
+
 def make_tiny_models(out: Path, force: bool = False) -> dict[str, Path]:
     """Write the kit under `out`; skipped when a kit of this version is already there."""
     out = Path(out)
-    paths = {"stable-diffusion": out / SD_DIR, "open-clip": out / CLIP_DIR}
+    paths = {
+        "stable-diffusion": out / SD_DIR,
+        "open-clip": out / CLIP_DIR,
+        "exemplars": out / EXEMPLARS_DIR,
+    }
     marker = out / "KIT_VERSION"
     if not force and marker.is_file() and marker.read_text().strip() == KIT_VERSION:
         if all(p.is_dir() for p in paths.values()):
@@ -170,6 +202,7 @@ def make_tiny_models(out: Path, force: bool = False) -> dict[str, Path]:
     pipeline = build_tiny_sd_pipeline(tokenizer_dir=tokenizer_dir)
     pipeline.save_pretrained(staging / SD_DIR, safe_serialization=True)
     save_tiny_open_clip(staging / CLIP_DIR)
+    save_tiny_exemplars(staging / EXEMPLARS_DIR)
     shutil.rmtree(tokenizer_dir)
     (staging / "KIT_VERSION").write_text(KIT_VERSION + "\n")
     # Swap in whole, so an interrupted build never leaves a half kit under `out`.

@@ -34,7 +34,7 @@ from diversynth.rundir import (
 )
 
 # Bump a stage's version when its code changes what it writes.
-STAGE_VERSIONS = {"classes": 1, "prompts": 2, "generate": 1, "train": 1, "evaluate": 1, "report": 1}
+STAGE_VERSIONS = {"classes": 2, "prompts": 2, "generate": 1, "train": 1, "evaluate": 1, "report": 1}
 
 
 class PipelineError(DiversynthError):
@@ -52,6 +52,7 @@ class Stage:
     name: str
     run: str  # 'module:function' taking (config, run_dir) and returning a summary dict
     sections: tuple[str, ...]  # config sections it depends on
+    requires: tuple[str, ...] = ()  # optional config sections it cannot run without
     needs: tuple[str, ...] = ()  # earlier stages whose outputs it reads
     reads: tuple[str, ...] = ()  # earlier stages whose outputs it uses when they exist
     outputs: Callable[[RunDir], list[Path]] = field(default=lambda run: [])
@@ -92,9 +93,9 @@ STAGES = [
     Stage(
         "classes",
         run="diversynth.classes.stage:run_classes",
-        sections=("classes",),
+        sections=("classes", "clip", "llm", "data"),
         outputs=lambda r: [r.classes],
-        inputs=lambda c: [c.classes.file],
+        inputs=lambda c: [c.classes.file, c.classes.folder],
     ),
     Stage(
         "prompts",
@@ -107,6 +108,7 @@ STAGES = [
         "generate",
         run="diversynth.generate.stage:run_generate",
         sections=("generate", "clip", "prompts"),
+        requires=("generate",),
         needs=("classes", "prompts"),
         outputs=lambda r: [r.manifest],
         inputs=lambda c: [c.generate.model, c.clip.model if c.clip else None],
@@ -118,6 +120,7 @@ STAGES = [
         "train",
         run="diversynth.train.loop:run_train",
         sections=("train", "data", "seed"),
+        requires=("data",),
         needs=("classes", "generate"),
         outputs=lambda r: [r.checkpoint, r.train_metrics],
         inputs=lambda c: [c.data.root],
@@ -126,6 +129,7 @@ STAGES = [
         "evaluate",
         run="diversynth.train.evaluate:run_evaluate",
         sections=("evaluate", "data", "train"),
+        requires=("data",),
         needs=("classes", "train"),
         outputs=lambda r: [r.eval],
         inputs=lambda c: [c.data.root],
@@ -185,6 +189,15 @@ def run_stages(
 ) -> dict[str, str]:
     """Run the selected stages in order; return {stage: 'ran' | 'skipped'}."""
     selected = stages or list(STAGE_NAMES)
+    missing = [
+        f"{section}: required by the {stage.name} stage (or leave {stage.name} out of --stages)"
+        for stage in STAGES
+        if stage.name in selected
+        for section in stage.requires
+        if getattr(config, section) is None
+    ]
+    if missing:
+        raise PipelineError("\n".join(missing))
     forced_from = min((STAGE_NAMES.index(f) for f in force or []), default=len(STAGE_NAMES))
     run.root.mkdir(parents=True, exist_ok=True)
     with _exclusive(run):

@@ -1,5 +1,5 @@
 """Class lists and the names the generator is prompted with."""
 
-from diversynth.classes.catalog import ClassEntry, load_class_list
+from diversynth.classes.catalog import ClassEntry, load_classes
 
-__all__ = ["ClassEntry", "load_class_list"]
+__all__ = ["ClassEntry", "load_classes"]

@@ -1,4 +1,5 @@
-"""Class lists: inline in the config or a file (.txt, .csv, .json, .yaml)."""
+"""Class lists: a built-in catalog, inline names, a file (.txt, .csv, .json, .yaml), or the
+class folders of an ImageFolder dataset. Names are text only: nothing here makes a path."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -23,6 +25,9 @@ class ClassEntry:
     raw_name: str
     wnid: str | None = None
     description: str | None = None
+    lemmas: tuple[str, ...] = ()  # WordNet lemmas, when the class has a wnid
+    hypernyms: tuple[str, ...] = ()  # WordNet hypernym chain, nearest first
+    curated: str | None = None  # a curated unambiguous name, when the catalog has one
 
 
 def _clean(name: object, where: str) -> str:
@@ -49,7 +54,15 @@ def _from_items(items: list[object], where: str) -> list[ClassEntry]:
             description, wnid, item = item.get("description"), item.get("wnid"), item["name"]
         else:
             wnid = None
-        entries.append(ClassEntry(i, _clean(item, f"{where}[{i}]"), wnid, description))
+        if description is not None and not isinstance(description, str):
+            raise ClassListError(f"{where}[{i}].description: must be text, got {description!r}")
+        name = _clean(item, f"{where}[{i}]")
+        if wnid is not None:
+            from diversynth.classes.imagenet import wordnet_entry
+
+            entries.append(wordnet_entry(i, str(wnid), name, description, f"{where}[{i}].wnid"))
+        else:
+            entries.append(ClassEntry(i, name, None, description))
     if not entries:
         raise ClassListError(f"{where}: the class list is empty")
     return entries
@@ -75,7 +88,36 @@ def _read_file(path: Path) -> list[object]:
     raise ClassListError(f"classes.file: unsupported extension {suffix!r} (.txt .csv .json .yaml)")
 
 
-def load_class_list(names: list[str] | None, file: Path | None) -> list[ClassEntry]:
-    if file is not None:
-        return _from_items(_read_file(file), "classes.file")
-    return _from_items(list(names or []), "classes.names")
+def _from_folder(root: Path) -> list[ClassEntry]:
+    """The class folders of an ImageFolder (`root/train/*/` if there is one, else `root/*/`),
+    sorted by name; a folder named by a wnid becomes that WordNet class."""
+    from diversynth.classes.imagenet import wordnet_entry
+    from diversynth.classes.wordnet import WNID
+
+    base = root / "train" if (root / "train").is_dir() else root
+    folders = sorted(entry.name for entry in base.iterdir() if entry.is_dir())
+    if not folders:
+        raise ClassListError(f"classes.folder: no class folders in {str(base)!r}")
+    return [
+        wordnet_entry(i, name, where=f"classes.folder ({name!r})")
+        if WNID.match(name)
+        else ClassEntry(i, _clean(name, f"classes.folder ({name!r})"))
+        for i, name in enumerate(folders)
+    ]
+
+
+def load_classes(config: Any) -> list[ClassEntry]:
+    """The class list a `classes` config section describes, in index order."""
+    if config.catalog is not None:
+        from diversynth.classes.imagenet import imagenet_catalog
+
+        entries = imagenet_catalog(config.subset)
+    elif config.file is not None:
+        entries = _from_items(_read_file(config.file), "classes.file")
+    elif config.folder is not None:
+        entries = _from_folder(config.folder)
+    else:
+        entries = _from_items(list(config.names or []), "classes.names")
+    if config.first is not None:
+        entries = entries[: config.first]
+    return entries

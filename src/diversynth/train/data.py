@@ -23,7 +23,7 @@ FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
-_FASHION_FILES = {
+FASHION_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
@@ -33,7 +33,7 @@ class DataError(DiversynthError, ValueError):
     pass
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
     """An IDX array (the MNIST file format), plain or gzipped.
 
     torchvision's FashionMNIST wants its own folder layout and unpacks into it; Debian's
@@ -78,9 +78,9 @@ class ArrayImages(Dataset):
 def fashion_mnist(
     config: RealDataConfig, split: str, class_names: list[str], transform: Callable
 ) -> ArrayImages:
-    image_file, label_file = _FASHION_FILES[split]
-    images = _read_idx(config.root / image_file)
-    labels = _read_idx(config.root / label_file)
+    image_file, label_file = FASHION_FILES[split]
+    images = read_idx(config.root / image_file)
+    labels = read_idx(config.root / label_file)
     to_catalog = {
         ds: cat
         for cat, ds in enumerate(catalog_to_dataset_labels(class_names, FASHION_MNIST_CLASSES))

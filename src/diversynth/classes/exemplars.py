@@ -1,0 +1,74 @@
+"""Real exemplar images per class, for choosing names with CLIP."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+
+from diversynth.classes.catalog import ClassEntry
+from diversynth.config import RealDataConfig
+from diversynth.errors import DiversynthError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def _fashion_mnist(
+    data: RealDataConfig, classes: list[ClassEntry], k: int
+) -> list[list[Image.Image]]:
+    """The first k training images of each class that Fashion-MNIST has (by name)."""
+    from diversynth.train.data import FASHION_FILES, FASHION_MNIST_CLASSES, read_idx
+
+    image_file, label_file = FASHION_FILES["train"]
+    labels = read_idx(data.root / label_file)
+    images = read_idx(data.root / image_file)
+    label_of = {name.casefold(): i for i, name in enumerate(FASHION_MNIST_CLASSES)}
+    found: list[list[Image.Image]] = []
+    for entry in classes:
+        label = label_of.get(entry.raw_name.casefold())
+        rows = (labels == label).nonzero()[0][:k] if label is not None else []
+        found.append([Image.fromarray(images[row]) for row in rows])
+    return found
+
+
+def _folder_files(base: Path, classes: list[ClassEntry], k: int) -> list[list[Path]]:
+    """The first k image files (by name) of each class's folder: matched by wnid, else name."""
+    folders = {e.name.casefold(): Path(e.path) for e in os.scandir(base) if e.is_dir()}
+    files: list[list[Path]] = []
+    for entry in classes:
+        folder = next(
+            (folders[key.casefold()] for key in (entry.wnid, entry.raw_name)
+             if key and key.casefold() in folders),
+            None,
+        )  # fmt: skip
+        names = sorted(
+            e.name for e in os.scandir(folder) if Path(e.name).suffix.lower() in IMAGE_SUFFIXES
+        ) if folder else []  # fmt: skip
+        files.append([folder / name for name in names[:k]] if folder else [])
+    return files
+
+
+def _open(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def exemplar_images(
+    data: RealDataConfig, classes: list[ClassEntry], k: int
+) -> list[list[Image.Image]]:
+    """Up to k real training images per class (fewer, or none, where the data has fewer)."""
+    if data.format == "fashion-mnist":
+        return _fashion_mnist(data, classes, k)
+    base = data.root / "train"
+    if not base.is_dir():
+        raise DiversynthError(f"data.root: {str(data.root)!r} has no train/ folder for exemplars")
+    files = _folder_files(base, classes, k)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        flat = list(pool.map(_open, [path for group in files for path in group]))
+    images, start = [], 0
+    for group in files:
+        images.append(flat[start : start + len(group)])
+        start += len(group)
+    return images
