@@ -12,7 +12,8 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 # The pinned pair: pip takes both from local files on our machines; an unpinned later
 # install would swap torch for another build.
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
-DEBIAN_PACKAGES=(dataset-fashion-mnist wordnet-base cmake g++)  # compilers: llama-cpp-python builds from source
+# compilers: llama-cpp-python builds from source; chromium: the report tests run a real browser
+DEBIAN_PACKAGES=(dataset-fashion-mnist wordnet-base cmake g++ chromium chromium-driver)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

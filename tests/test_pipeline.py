@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -73,9 +72,10 @@ def test_offline_run_leaves_every_artifact(finished_run: Path) -> None:
 
     html = (run / "report" / "index.html").read_text()
     assert "Ankle boot" in html and "T-shirt/top" in html and str(top1) in html
-    thumbs = list((run / "report" / "thumbs").glob("*.jpg"))
+    thumbs = list((run / "report" / "thumbs").rglob("*.jpg"))
     assert len(thumbs) == 160  # 16 per class
-    assert all(f'src="thumbs/{t.name}"' in html for t in thumbs)
+    pages = "".join(p.read_text() for p in (run / "report" / "classes").glob("*.html"))
+    assert all(f'src="../thumbs/{t.parent.name}/{t.name}"' in pages for t in thumbs)
 
 
 def test_rerun_does_no_work(run_copy: Path, kit_overrides: list[str]) -> None:
@@ -163,11 +163,13 @@ def test_force_reruns_stage_and_later(run_copy: Path, kit_overrides: list[str]) 
 
 
 def test_stage_command_runs_one_stage(run_copy: Path, kit_overrides: list[str]) -> None:
-    shutil.rmtree(run_copy / "report")
-    result = cli("report", str(OFFLINE_CONFIG), "--out", str(run_copy), *set_args(kit_overrides))
+    before = (run_copy / "classes.jsonl").read_bytes()
+    (run_copy / "classes.jsonl").unlink()
+    result = cli("classes", "run", str(OFFLINE_CONFIG), "--out", str(run_copy),
+                 *set_args(kit_overrides))  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert _outcomes(result.stderr) == {"report": "ran"}
-    assert (run_copy / "report" / "index.html").is_file()
+    assert _outcomes(result.stderr) == {"classes": "ran"}
+    assert (run_copy / "classes.jsonl").read_bytes() == before
 
 
 def test_one_process_per_run_directory(run_copy: Path, kit_overrides: list[str]) -> None:

@@ -1,30 +1,92 @@
-"""The report escapes every text that comes from a class list; no class name becomes a path."""
+"""The report site in a real browser (headless Chromium): pages load cleanly, thumbnails
+render, a click shows the prompt, hostile class names stay text; and the comparison page."""
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import OFFLINE_CONFIG, cli, set_args
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from diversynth.report.browser import chromium, file_url
+from diversynth.rundir import read_jsonl
 
 HOSTILE = "<img src=x onerror=alert(1)>\"'&"
 
 
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data):
-        self.text.append(data)
+@pytest.fixture(scope="module")
+def browser():
+    driver = chromium()
+    yield driver
+    driver.quit()
 
 
-def test_hostile_class_names_are_text(tmp_path: Path, kit_overrides: list[str]) -> None:
+def console_errors(driver) -> list[dict]:
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def all_thumbnails_rendered(driver) -> bool:
+    driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")  # lazy images
+    return driver.execute_script(
+        "const imgs = [...document.querySelectorAll('.thumb img')];"
+        "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);"
+    )
+
+
+def test_overview_and_class_page_load_cleanly(browser, finished_run: Path) -> None:
+    site = finished_run / "report"
+    browser.get(file_url(site / "index.html"))
+    assert console_errors(browser) == []
+    evaluation = json.loads((finished_run / "eval.json").read_text())
+    top1 = evaluation["sets"]["fashion-mnist/test"]["top1"]
+    assert str(top1) in browser.find_element(By.ID, "evaluation").text
+    strategies = browser.find_element(By.ID, "strategies").text
+    assert "contextualized (CD)" in strategies and "stylized (SD)" in strategies
+    plots = browser.find_elements(By.CSS_SELECTOR, ".plots img")
+    assert plots and all(
+        browser.execute_script("return arguments[0].naturalWidth", p) for p in plots
+    )
+    # the class table links to a page per class; follow the last one
+    links = browser.find_elements(By.CSS_SELECTOR, "#classes a")
+    assert [a.text for a in links][-1] == "Ankle boot"
+    links[-1].click()
+    assert browser.current_url.endswith("/classes/00009.html")
+    assert browser.find_element(By.CSS_SELECTOR, ".chosen-name").text == "Ankle boot"
+    assert console_errors(browser) == []
+    WebDriverWait(browser, 10).until(all_thumbnails_rendered)
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".thumb img")) == 16
+
+
+def test_clicking_a_thumbnail_shows_its_prompt(browser, finished_run: Path) -> None:
+    prompts = {p["prompt_id"]: p["text"] for p in read_jsonl(finished_run / "prompts.jsonl")}
+    browser.get(file_url(finished_run / "report" / "classes" / "00003.html"))
+    thumbs = browser.find_elements(By.CSS_SELECTOR, ".thumb")
+    detail = browser.find_element(By.ID, "detail")
+    assert not detail.is_displayed()
+    for thumb in (thumbs[0], thumbs[-1]):
+        key = thumb.get_attribute("data-key")
+        prompt_id = int(re.match(r"p(\d+)_i\d+", key).group(1))
+        browser.execute_script("arguments[0].scrollIntoView()", thumb)
+        thumb.click()
+        assert detail.is_displayed()
+        assert detail.find_element(By.CSS_SELECTOR, ".prompt").text == prompts[prompt_id]
+        assert key in detail.find_element(By.CSS_SELECTOR, ".meta").text
+
+
+def test_hostile_class_names_show_as_text(
+    browser, tmp_path: Path, kit_overrides: list[str]
+) -> None:
     names = [HOSTILE, "../../etc/passwd", "a/b", "Trouser"]
     config = yaml.safe_load(OFFLINE_CONFIG.read_text())
     config["classes"] = {"names": names}
@@ -35,14 +97,70 @@ def test_hostile_class_names_are_text(tmp_path: Path, kit_overrides: list[str]) 
     result = cli("run", str(path), "--out", str(out), "--stages", "classes,prompts,report",
                  *set_args(kit_overrides))  # fmt: skip
     assert result.returncode == 0, result.stderr
-
-    html = (out / "report" / "index.html").read_text()
-    parser = _Tags()
-    parser.feed(html)
-    assert not [t for t in parser.tags if t[0] == "img" and t[1].get("src") == "x"]
-    assert not [t for t in parser.tags if any(k.startswith("on") for k in t[1])]
-    assert HOSTILE in "".join(parser.text)  # shown as text
+    for page in ("index.html", "classes/00000.html"):
+        browser.get(file_url(out / "report" / page))
+        with pytest.raises(NoAlertPresentException):
+            browser.switch_to.alert.text  # noqa: B018 - raises when no script ran alert()
+        assert (
+            browser.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
+        )
+        assert HOSTILE in browser.find_element(By.TAG_NAME, "body").text
+        assert console_errors(browser) == []
     # nothing was written outside the run directory, and no file is named after a class
     files = [p.relative_to(out).as_posix() for p in out.rglob("*")]
     assert all("passwd" not in f and "onerror" not in f for f in files)
     assert not (tmp_path / "etc").exists()
+
+
+def test_thumbnails_are_made_once(run_copy: Path) -> None:
+    thumbs = sorted((run_copy / "report" / "thumbs").rglob("*.jpg"))
+    assert len(thumbs) == 160
+    before = {t: t.stat().st_mtime_ns for t in thumbs}
+    result = cli("report", "--run", str(run_copy))
+    assert result.returncode == 0, result.stderr
+    assert {t: t.stat().st_mtime_ns for t in thumbs} == before
+
+
+def test_comparison_of_two_scales(browser, run_copy: Path, finished_run: Path, tmp_path: Path,
+                                  kit_overrides: list[str]) -> None:  # fmt: skip
+    # the same run trained without synthetic images: scale 0
+    result = cli("run", str(run_copy / "config.yaml"), "--out", str(run_copy),
+                 "--set", "train.synthetic_fraction=0", "--set", "name=real-only")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "compare"
+    result = cli("report", "--run", str(finished_run), "--run", str(run_copy), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "plots" / "accuracy_vs_scale.png").is_file()
+    assert (out / "plots" / "accuracy_vs_scale.svg").is_file()
+    browser.get(file_url(out / "index.html"))
+    assert console_errors(browser) == []
+    plot = browser.find_element(By.ID, "scale-plot")
+    assert browser.execute_script("return arguments[0].naturalWidth", plot) > 0
+    runs = browser.find_element(By.ID, "runs").text
+    assert "offline-demo" in runs and "real-only" in runs and "0.00" in runs
+    table = browser.find_element(By.ID, "differences").text
+    assert "fashion-mnist/test" in table and re.search(r"\([+-]\d+\.\d\d\)", table)
+    browser.find_element(By.LINK_TEXT, "offline-demo").click()
+    assert browser.current_url.endswith("/run-1/index.html") and console_errors(browser) == []
+
+
+def test_serve_binds_to_loopback(finished_run: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "diversynth", "report", "--run", str(finished_run),
+         "--out", str(site), "--serve", "--port", "0"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline, url = time.monotonic() + 60, None
+        while url is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            match = re.search(r"serving on (http://127\.0\.0\.1:\d+/)", line)
+            url = match.group(1) if match else None
+        assert url, "the server did not say where it listens"
+        with urllib.request.urlopen(url + "index.html") as response:
+            assert response.status == 200 and b"offline-demo" in response.read()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    shutil.rmtree(site)

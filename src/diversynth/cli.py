@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -136,7 +137,56 @@ _stage_command("prompts", "Write the prompts and per-image seeds (prompts.jsonl)
 _stage_command("generate", "Generate images into WebDataset shards and manifest.parquet.")
 _stage_command("train", "Train a classifier on real + synthetic images.")
 _stage_command("evaluate", "Evaluate the trained classifier (eval.json).")
-_stage_command("report", "Write the HTML report (report/index.html).")
+
+
+@app.command()
+def report(
+    runs: Annotated[
+        list[Path], typer.Option("--run", help="Run directory; repeat it to compare runs.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Site folder (default RUN/report; needed for several runs)."
+        ),
+    ] = None,
+    serve: Annotated[bool, typer.Option(help="Serve the site on 127.0.0.1 afterwards.")] = False,
+    port: Annotated[int, typer.Option(help="Port for --serve (0: any free port).")] = 8000,
+) -> None:
+    """Write the HTML report of a run (overview and class pages), or compare several runs.
+
+    The site opens from disk; thumbnails already made are kept between builds.
+    """
+    from diversynth.config import ReportConfig
+    from diversynth.report.facts import load_run
+    from diversynth.report.site import build_comparison, build_run_site
+
+    if len(runs) > 1 and out is None:
+        _fail("--out: give a folder for the comparison of several runs")
+    try:
+        facts = [load_run(run) for run in runs]
+        settings = ReportConfig.model_validate(facts[0].config.get("report") or {})
+        if len(facts) == 1:
+            site = out or facts[0].run.report_dir
+            summary = build_run_site(facts[0], site, settings)
+        else:
+            site = out
+            summary = build_comparison(facts, site, settings)
+    except DiversynthError as exc:
+        _fail(str(exc), code=1)
+        return
+    console.print(f"report: {escape(str(site / 'index.html'))} ({escape(json.dumps(summary))})")
+    if serve:
+        from diversynth.report.serve import make_server
+
+        server = make_server(site, port)
+        console.print(f"serving on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
 
 
 @app.command("make-tiny-models")

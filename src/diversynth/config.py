@@ -290,8 +290,8 @@ class EvaluateConfig(Section):
 
 
 class ReportConfig(Section):
-    images_per_class: PositiveInt = 16
-    prompts_per_class: PositiveInt = 5
+    images_per_class: PositiveInt = 48  # thumbnails on a class page
+    prompts_per_class: PositiveInt = 100  # prompts listed per strategy on a class page
     thumbnail_size: PositiveInt = 128
 
 

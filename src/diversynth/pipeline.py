@@ -34,7 +34,7 @@ from diversynth.rundir import (
 )
 
 # Bump a stage's version when its code changes what it writes.
-STAGE_VERSIONS = {"classes": 2, "prompts": 2, "generate": 1, "train": 1, "evaluate": 1, "report": 1}
+STAGE_VERSIONS = {"classes": 2, "prompts": 2, "generate": 1, "train": 1, "evaluate": 1, "report": 2}
 
 
 class PipelineError(DiversynthError):
@@ -136,7 +136,7 @@ STAGES = [
     ),
     Stage(
         "report",
-        run="diversynth.report.html:run_report",
+        run="diversynth.report.stage:run_report",
         sections=("report", "name"),
         needs=("classes", "prompts"),
         reads=("generate", "train", "evaluate"),

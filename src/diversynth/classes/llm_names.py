@@ -10,7 +10,7 @@ from typing import Any
 from diversynth.classes.candidates import clean_name
 from diversynth.classes.catalog import ClassEntry
 from diversynth.llm.base import ChatRequest
-from diversynth.prompts.llm_requests import SYSTEM
+from diversynth.prompts.llm_requests import json_request, phrase_list
 
 MAX_NAME_WORDS = 6
 EXAMPLE = {
@@ -44,26 +44,7 @@ def name_request(
         "nothing else.\n\nExample:\n" + example + "\n\nNow:\n" + "\n".join(facts) +
         "\nAnswer with the JSON object only."
     )  # fmt: skip
-    schema = {
-        "type": "object",
-        "properties": {
-            "names": {
-                "type": "array",
-                "items": {"type": "string", "maxLength": 60},
-                "minItems": 1,
-                "maxItems": count,
-            }
-        },
-        "required": ["names"],
-        "additionalProperties": False,
-    }
-    return ChatRequest(
-        messages=(("system", SYSTEM), ("user", user)),
-        max_tokens=max_tokens,
-        seed=seed,
-        json_schema=schema,
-        label=entry.raw_name,
-    )
+    return json_request(entry.raw_name, user, {"names": phrase_list(count, 60)}, seed, max_tokens)
 
 
 def name_validator(

@@ -17,16 +17,16 @@ def axis_key(axis: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", axis.lower()).strip("_")
 
 
-def _phrase_list(max_items: int) -> dict[str, Any]:
+def phrase_list(max_items: int, max_chars: int = MAX_PHRASE_CHARS) -> dict[str, Any]:
     return {
         "type": "array",
-        "items": {"type": "string", "maxLength": MAX_PHRASE_CHARS},
+        "items": {"type": "string", "maxLength": max_chars},
         "minItems": 1,
         "maxItems": max_items,
     }
 
 
-def _json_request(
+def json_request(
     name: str, user: str, properties: dict[str, Any], seed: int, max_tokens: int
 ) -> ChatRequest:
     """A request whose answer must be an object with exactly these (required) properties."""
@@ -71,7 +71,7 @@ def context_request(
         f"Now write {per_axis} different phrases per aspect for a photo of a {name}{about}. "
         f"Do not use the word {name!r}. Answer with the JSON object only."
     )
-    return _json_request(name, user, {k: _phrase_list(per_axis) for k in keys}, seed, max_tokens)
+    return json_request(name, user, {k: phrase_list(per_axis) for k in keys}, seed, max_tokens)
 
 
 def style_request(name: str, count: int, seed: int, max_tokens: int) -> ChatRequest:
@@ -81,7 +81,7 @@ def style_request(name: str, count: int, seed: int, max_tokens: int) -> ChatRequ
         f"Now name {count} different styles that suit a {name}. Short phrases, without the "
         f"word {name!r}. Answer with the JSON object only."
     )
-    return _json_request(name, user, {"styles": _phrase_list(count)}, seed, max_tokens)
+    return json_request(name, user, {"styles": phrase_list(count)}, seed, max_tokens)
 
 
 def clean_phrases(items: Any, name: str, other_names: list[str]) -> list[str]:

@@ -1,0 +1,68 @@
+"""Plots with matplotlib, written as PNG (for the page) and SVG (for papers and slides)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig: Any, folder: Path, stem: str) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    for suffix in ("png", "svg"):
+        fig.savefig(folder / f"{stem}.{suffix}")
+    plt.close(fig)
+    return f"{folder.name}/{stem}.png"
+
+
+def training_curves(metrics: list[dict[str, Any]], folder: Path) -> str | None:
+    """Training loss per step (and the learning rate, when recorded)."""
+    rows = [r for r in metrics if "loss" in r and "step" in r]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="loss", color="C0")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    if any("lr" in r for r in rows):
+        lr_ax = ax.twinx()
+        lr_ax.plot([r["step"] for r in rows], [r.get("lr") for r in rows], color="C1", alpha=0.6)
+        lr_ax.set_ylabel("learning rate", color="C1")
+    return _save(fig, folder, "training_curves")
+
+
+def accuracy_vs_scale(points: dict[str, list[tuple[float, float]]], folder: Path) -> str | None:
+    """Top-1 against synthetic scale, one line per evaluation set (the paper's headline)."""
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    for set_name, series in sorted(points.items()):
+        series = sorted(series)
+        ax.plot([x for x, _ in series], [y for _, y in series], marker="o", label=set_name)
+    ax.set_xlabel("synthetic images (multiple of the real training set)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, folder, "accuracy_vs_scale")
+
+
+def diversity_bars(diversity: dict[str, dict[str, Any]], folder: Path) -> str | None:
+    """Vendi score and mean cosine distance of prompts, per strategy."""
+    if not diversity:
+        return None
+    names = list(diversity)
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 2.6), dpi=100)
+    for ax, key, label in (
+        (axes[0], "vendi", "Vendi score (per class)"),
+        (axes[1], "mean_cosine_distance", "mean cosine distance"),
+    ):
+        ax.bar(names, [diversity[n][key] for n in names], color=["C0", "C2", "C3"][: len(names)])
+        ax.set_title(label, fontsize="medium")
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, folder, "prompt_diversity")

@@ -1,0 +1,314 @@
+"""The report site: an overview page and one page per class for a run, and a comparison page
+across runs. Static files that open from disk; every text from a class list, a prompt or an
+LLM goes through Jinja's autoescaping, and pages are named by class index, never by name."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from diversynth.report import plots
+from diversynth.report.facts import STRATEGIES, RunFacts
+from diversynth.report.thumbs import make_thumbnails
+from diversynth.rundir import write_text
+
+STRATEGY_LABELS = {"naive": "naive (templates)", "cd": "contextualized (CD)", "sd": "stylized (SD)"}
+CONFIG_KEYS = [
+    ("classes", "classes.catalog"),
+    ("disambiguation", "classes.disambiguate.mode"),
+    ("prompts per class", "prompts.per_class"),
+    ("strategy shares", "prompts.shares"),
+    ("LLM", "llm.model"),
+    ("text-to-image model", "generate.model"),
+    ("steps", "generate.steps"),
+    ("guidance scale", "generate.guidance_scale"),
+    ("size", "generate.height"),
+    ("CLIP", "clip.model"),
+    ("real data", "data.root"),
+    ("classifier", "train.model"),
+    ("epochs", "train.epochs"),
+    ("synthetic share of a batch", "train.synthetic_fraction"),
+]
+
+
+def _env() -> Environment:
+    return Environment(
+        loader=PackageLoader("diversynth.report", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
+
+
+def _copy_assets(site: Path) -> None:
+    folder = site / "assets"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("report.css", "report.js"):
+        source = resources.files("diversynth.report").joinpath(f"static/{name}")
+        write_text(folder / name, source.read_text(encoding="utf-8"))
+
+
+def _dig(data: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def class_page(index: int) -> str:
+    return f"classes/{int(index):05d}.html"
+
+
+def eval_rows(facts: RunFacts) -> list[dict[str, Any]]:
+    sets = (facts.eval or {}).get("sets", {})
+    return [
+        {
+            "name": name,
+            "images": row.get("images"),
+            "top1": row.get("top1"),
+            "top5": row.get("top5", ""),
+        }
+        for name, row in sets.items()
+    ]
+
+
+def _mean_clip(rows: list[dict[str, Any]]) -> str:
+    scores = [r["clip_class"] for r in rows if r.get("clip_class") is not None]
+    return f"{sum(scores) / len(scores):.3f}" if scores else "-"
+
+
+def _flags(row: dict[str, Any]) -> str:
+    marks = list(row.get("flags") or [])
+    if (row.get("attempt") or 0) > 0:
+        marks.append(f"regenerated x{row['attempt']}")
+    return ", ".join(marks)
+
+
+def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]]) -> str:
+    diversity = facts.summary("prompts").get("diversity", {})
+    counts = facts.counts_by_strategy()
+    strategies = [
+        {
+            "label": STRATEGY_LABELS[s],
+            **counts[s],
+            "vendi": _fmt(diversity.get(s, {}).get("vendi")),
+            "cosine": _fmt(diversity.get(s, {}).get("mean_cosine_distance")),
+            "pooled_vendi": _fmt(diversity.get(s, {}).get("pooled_vendi")),
+        }
+        for s in STRATEGIES
+    ]
+    gen = facts.summary("generate")
+    flags = facts.image_flags()
+    generation = [
+        ("images", len(facts.images)),
+        ("shards", gen.get("shards", "-")),
+        ("images/s (last generate run)", _fmt(gen.get("images_per_second"))),
+        ("regenerated images", flags.pop("regenerated")),
+        *((f"flagged: {flag}", n) for flag, n in sorted(flags.items())),
+    ]
+    train = facts.summary("train")
+    training = [(key.replace("_", " "), _fmt(value)) for key, value in train.items()]
+    classes = [
+        {
+            **c,
+            "page": class_page(c["index"]),
+            "prompts": len(facts.prompts_by_class.get(c["index"], [])),
+            "images": len(facts.images_by_class.get(c["index"], [])),
+            "clip": _mean_clip(facts.images_by_class.get(c["index"], [])),
+        }
+        for c in facts.classes
+    ]
+    stages = [
+        {"name": name, "seconds": f"{state.seconds:.1f}", "summary": json.dumps(state.summary)}
+        for name, state in facts.states.items()
+        if name != "report"
+    ]
+    return (
+        _env()
+        .get_template("overview.html.j2")
+        .render(
+            root="",
+            run=facts,
+            up=up,
+            scale=facts.synthetic_scale(),
+            eval_rows=eval_rows(facts),
+            strategies=strategies,
+            generation=generation,
+            training=training or [("", "not trained yet")],
+            plots=plot_list,
+            classes=classes,
+            stages=stages,
+            config_rows=[
+                (label, _fmt(_dig(facts.config, key)))
+                for label, key in CONFIG_KEYS
+                if _dig(facts.config, key) is not None
+            ],
+        )
+    )
+
+
+def _class_page(facts: RunFacts, position: int, cfg: Any, thumbs: dict[str, str]) -> str:
+    c = facts.classes[position]
+    rows = facts.images_by_class.get(c["index"], [])
+    prompts = facts.prompt_text
+    candidates = [
+        {
+            "text": cand["text"],
+            "source": cand["source"],
+            "winner": cand["text"] == c["name"],
+            "score": _fmt(cand.get("score")),
+            "facts": ", ".join(
+                f"{k} {v}" for k, v in cand.items() if k not in ("text", "source", "score")
+            ),
+        }
+        for cand in sorted(c.get("candidates", []), key=lambda x: -(x.get("score") or 0))
+    ]
+    groups = []
+    for strategy in STRATEGIES:
+        texts = [
+            p["text"]
+            for p in facts.prompts_by_class.get(c["index"], [])
+            if p["strategy"] == strategy
+        ]
+        if texts:
+            groups.append(
+                {
+                    "label": STRATEGY_LABELS[strategy],
+                    "prompts": list(dict.fromkeys(texts))[: cfg.prompts_per_class],
+                }
+            )
+    thumb_rows = [r for r in rows if r["key"] in thumbs]
+    view = [
+        {
+            "key": r["key"],
+            "src": thumbs[r["key"]],
+            "seed": r["seed"],
+            "strategy": r["strategy"],
+            "prompt": prompts.get(r["prompt_id"], {}).get("text", ""),
+            "clip": _fmt(r.get("clip_prompt")),
+            "flags": _flags(r),
+        }
+        for r in thumb_rows
+    ]
+    prev = class_page(facts.classes[position - 1]["index"]) if position > 0 else None
+    nxt = (
+        class_page(facts.classes[position + 1]["index"])
+        if position + 1 < len(facts.classes)
+        else None
+    )
+    return (
+        _env()
+        .get_template("class.html.j2")
+        .render(
+            root="../",
+            run_name=facts.name,
+            c=c,
+            candidates=candidates,
+            prompt_groups=groups,
+            thumbs=view,
+            shown=len(view),
+            total=len(rows),
+            size=cfg.thumbnail_size,
+            prev=prev and "../" + prev,
+            next=nxt and "../" + nxt,
+        )
+    )
+
+
+def build_run_site(facts: RunFacts, site: Path, cfg: Any, up: str | None = None) -> dict[str, Any]:
+    """Write (or refresh) one run's site under `site`; thumbnails already made are kept."""
+    site.mkdir(parents=True, exist_ok=True)
+    _copy_assets(site)
+    wanted = [
+        r
+        for c in facts.classes
+        for r in facts.images_by_class.get(c["index"], [])[: cfg.images_per_class]
+    ]
+    thumbs = make_thumbnails(facts.run, wanted, site, cfg.thumbnail_size) if wanted else {}
+    plot_list = []
+    for made, alt, width in (
+        (plots.training_curves(facts.train_metrics, site / "plots"), "training curves", 640),
+        (
+            plots.diversity_bars(facts.summary("prompts").get("diversity", {}), site / "plots"),
+            "prompt diversity per strategy",
+            640,
+        ),
+    ):
+        if made:
+            plot_list.append({"src": made, "alt": alt, "width": width})
+    write_text(site / "index.html", _overview(facts, up, plot_list))
+    pages = site / "classes"
+    pages.mkdir(exist_ok=True)
+    keep = set()
+    for position, c in enumerate(facts.classes):
+        path = site / class_page(c["index"])
+        keep.add(path.name)
+        write_text(path, _class_page(facts, position, cfg, thumbs))
+    for stale in pages.iterdir():
+        if stale.name not in keep:
+            stale.unlink()
+    return {
+        "classes": len(facts.classes),
+        "thumbnails": len(thumbs),
+        "page": str(site / "index.html"),
+    }
+
+
+def build_comparison(runs: list[RunFacts], out: Path, cfg: Any) -> dict[str, Any]:
+    """out/index.html compares the runs; each run's own site goes to out/run-N/."""
+    out.mkdir(parents=True, exist_ok=True)
+    _copy_assets(out)
+    rows, points, sets = [], {}, []
+    for number, facts in enumerate(runs, start=1):
+        folder = f"run-{number}"
+        build_run_site(facts, out / folder, cfg, up="../index.html")
+        scale = facts.synthetic_scale()
+        rows.append(
+            {
+                "name": facts.name,
+                "scale": _fmt(scale, 2),
+                "classes": len(facts.classes),
+                "images": len(facts.images),
+                "folder": str(facts.run.root),
+                "page": f"{folder}/index.html",
+            }
+        )
+        for row in eval_rows(facts):
+            if row["name"] not in sets:
+                sets.append(row["name"])
+            if scale is not None and row["top1"] is not None:
+                points.setdefault(row["name"], []).append((scale, float(row["top1"])))
+    scales = [f.synthetic_scale() for f in runs]
+    base = min(range(len(runs)), key=lambda i: (scales[i] is None, scales[i] or 0.0))
+    top1 = [{r["name"]: r["top1"] for r in eval_rows(f)} for f in runs]
+    table = []
+    for set_name in sets:
+        cells = []
+        for i in range(len(runs)):
+            value, ref = top1[i].get(set_name), top1[base].get(set_name)
+            if value is None:
+                cells.append("-")
+            elif i == base or ref is None:
+                cells.append(f"{value:.2f}")
+            else:
+                cells.append(f"{value:.2f} ({value - ref:+.2f})")
+        table.append({"set": set_name, "cells": cells})
+    plot = plots.accuracy_vs_scale(points, out / "plots")
+    html = (
+        _env()
+        .get_template("compare.html.j2")
+        .render(root="", runs=rows, plot=plot, table=table, baseline=rows[base]["name"])
+    )
+    write_text(out / "index.html", html)
+    return {"runs": len(runs), "page": str(out / "index.html"), "plot": plot}
