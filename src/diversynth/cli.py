@@ -202,6 +202,24 @@ def make_tiny_models_cmd(
         console.print(f"{kind}: {path}")
 
 
+@app.command("import-weights")
+def import_weights_cmd(
+    name: Annotated[str, typer.Argument(help="Which weights: efficientnet-lite0.")],
+    out: Annotated[Path, typer.Argument(help="The safetensors checkpoint to write.")],
+) -> None:
+    """Convert real pretrained weights that install offline into a safetensors checkpoint."""
+    from diversynth.train.import_weights import IMPORTERS
+
+    if name not in IMPORTERS:
+        _fail(f"import-weights: unknown weights {name!r} (known: {', '.join(IMPORTERS)})")
+    try:
+        meta = IMPORTERS[name](out)
+    except DiversynthError as exc:
+        _fail(str(exc), code=1)
+        return
+    console.print(f"{escape(name)}: {escape(str(out))} ({meta['model']})")
+
+
 @app.command()
 def status(run_dir: Annotated[Path, typer.Option("--run", help="Run directory.")]) -> None:
     """Show which stages of a run have finished, when, and their summaries."""

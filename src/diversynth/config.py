@@ -278,6 +278,7 @@ class TrainConfig(Section):
     epochs: PositiveInt = 1
     batch_size: PositiveInt = 64
     synthetic_fraction: float = Field(0.5, ge=0, lt=1)  # share of each batch that is synthetic
+    aux_bn: bool = True  # synthetic images through BN layers of their own (false: shared BN)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
@@ -285,8 +286,20 @@ class TrainConfig(Section):
     workers: int = Field(0, ge=0)
 
 
+class EvalSetConfig(Section):
+    """An out-of-domain test set: class folders named by wnid, class name or class index
+    (ImageNet-V2's layout), as ImageNet-Sketch, -R, -A and -V2 unpack."""
+
+    name: Annotated[str, Field(min_length=1)]
+    root: ExistingPath
+    # logits limited to the classes the set has (ImageNet-R and -A: 200); default: when it
+    # has fewer classes than the model
+    restrict: bool | None = None
+
+
 class EvaluateConfig(Section):
     batch_size: PositiveInt = 256
+    sets: list[EvalSetConfig] = Field(default_factory=list)
 
 
 class ReportConfig(Section):

@@ -132,7 +132,7 @@ STAGES = [
         requires=("data",),
         needs=("classes", "train"),
         outputs=lambda r: [r.eval],
-        inputs=lambda c: [c.data.root],
+        inputs=lambda c: [c.data.root, *(extra.root for extra in c.evaluate.sets)],
     ),
     Stage(
         "report",

@@ -96,24 +96,27 @@ def fashion_mnist(
 class CatalogImageFolder(ImageFolder):
     """An ImageFolder whose labels come from the class list, not from sorted folder names.
 
-    A folder matches a class by its wnid (ImageNet's `n01440764`) or by its name,
-    case-insensitively; folders that match no class are skipped.
+    A folder matches a class by its wnid (ImageNet's `n01440764`), its name (any case), or
+    its index (ImageNet-V2's `0` ... `999`); folders that match no class are skipped. With
+    `require_all` false, a set may hold only some of the classes (ImageNet-R, -A).
     """
 
-    def __init__(self, root: Path, classes: list[dict[str, Any]], transform: Callable):
+    def __init__(self, root: Path, classes: list[dict[str, Any]], transform: Callable,
+                 require_all: bool = True):  # fmt: skip
         self._catalog = classes
-        super().__init__(str(root), transform=transform)
+        self._require_all = require_all
+        super().__init__(str(root), transform=transform, allow_empty=not require_all)
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         folders = {e.name.casefold(): e.name for e in os.scandir(directory) if e.is_dir()}
         mapping = {}
         for cls in self._catalog:
-            for key in (cls.get("wnid"), cls["raw_name"]):
+            for key in (cls.get("wnid"), cls["raw_name"], str(cls["index"])):
                 if key and key.casefold() in folders:
                     mapping[folders[key.casefold()]] = cls["index"]
                     break
         missing = [c["raw_name"] for c in self._catalog if c["index"] not in mapping.values()]
-        if missing:
+        if not mapping or (missing and self._require_all):
             raise DataError(f"data.root: no folder in {directory} for classes {missing[:5]}")
         return sorted(mapping), mapping
 

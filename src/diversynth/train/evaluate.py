@@ -1,30 +1,61 @@
-"""The `evaluate` stage: top-1 / top-5 of the trained classifier on the real test set."""
+"""The `evaluate` stage: top-1 / top-5 on the real test set and on out-of-domain folders.
+
+Sets with fewer classes than the model (ImageNet-R and -A: 200 of ImageNet's 1000) are
+scored with the logits restricted to their classes, as their papers do. Images are
+prepared the way the checkpoint says (its size, and for imported weights their
+normalisation and crop).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from diversynth.config import RunConfig
 from diversynth.progress import progress_bar
 from diversynth.rundir import RunDir, read_jsonl, write_json
-from diversynth.train.data import image_transform, real_dataset
+from diversynth.train.data import CatalogImageFolder, image_transform, real_dataset
 from diversynth.train.model import load_checkpoint
 from diversynth.vision.device import pick_device
 
 
+def eval_transform(meta: dict[str, Any]) -> Callable:
+    """The checkpoint's own preprocessing: timm's eval transform for imported weights that
+    record their normalisation, else the one diversynth trains with."""
+    if "mean" not in meta:
+        return image_transform(meta["image_size"], train=False)
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=(3, meta["image_size"], meta["image_size"]),
+        interpolation=meta.get("interpolation", "bilinear"),
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+        crop_pct=meta.get("crop_pct", 1.0),
+    )
+
+
 @torch.inference_mode()
-def topk_accuracy(
-    model: torch.nn.Module, loader: DataLoader, device: torch.device, label: str
-) -> dict[str, Any]:
-    k = min(5, model.num_classes) if hasattr(model, "num_classes") else 5
+def topk_accuracy(model: torch.nn.Module, loader: DataLoader, device: torch.device, label: str,
+                  allowed: list[int] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Top-1 and top-5 (%); with `allowed`, every other class's logit is ruled out."""
+    num_classes = getattr(model, "num_classes", None) or 1000
+    k = min(5, len(allowed) if allowed is not None else num_classes)
+    mask = None
+    if allowed is not None:
+        mask = torch.full((num_classes,), float("-inf"))
+        mask[allowed] = 0.0
     hits1 = hitsk = total = 0
     with progress_bar() as bar:
         task = bar.add_task(label, total=len(loader.dataset), unit="images")
         for x, y in loader:
             logits = model(x.to(device)).float().cpu()
+            if mask is not None:
+                logits = logits + mask
             top = logits.topk(k, dim=1).indices
             hits1 += (top[:, 0] == y).sum().item()
             hitsk += (top == y[:, None]).any(dim=1).sum().item()
@@ -37,18 +68,48 @@ def topk_accuracy(
     }
 
 
+def folder_set(root: Path, classes: list[dict[str, Any]], transform: Callable,
+               restrict: bool | None) -> tuple[Dataset, list[int] | None]:  # fmt: skip
+    """An out-of-domain folder and the classes its logits are restricted to (if any)."""
+    dataset = CatalogImageFolder(root, classes, transform, require_all=False)
+    present = sorted(set(dataset.class_to_idx.values()))
+    if restrict is None:
+        restrict = len(present) < len(classes)
+    return dataset, present if restrict else None
+
+
 def run_evaluate(config: RunConfig, run: RunDir) -> dict[str, Any]:
     device = pick_device(config.train.device)
     model, meta = load_checkpoint(run.checkpoint)
     model.to(device).eval()
     classes = read_jsonl(run.classes)
-    test = real_dataset(
-        config.data, "test", classes, image_transform(meta["image_size"], train=False)
-    )
-    loader = DataLoader(
-        test, batch_size=config.evaluate.batch_size, num_workers=config.train.workers
-    )
-    set_name = f"{config.data.format}/test"
-    results = {set_name: topk_accuracy(model, loader, device, f"evaluate {set_name}")}
+    transform = eval_transform(meta)
+    assert config.data is not None
+    sets: list[tuple[str, Dataset, list[int] | None]] = [
+        (f"{config.data.format}/test", real_dataset(config.data, "test", classes, transform), None)
+    ]
+    for extra in config.evaluate.sets:
+        sets.append((extra.name, *folder_set(extra.root, classes, transform, extra.restrict)))
+    results = {}
+    for name, dataset, allowed in sets:
+        loader = DataLoader(dataset, batch_size=config.evaluate.batch_size,
+                            num_workers=config.train.workers)  # fmt: skip
+        results[name] = topk_accuracy(model, loader, device, f"evaluate {name}", allowed)
+        if allowed is not None:
+            results[name]["restricted_to_classes"] = len(allowed)
     write_json(run.eval, {"model": meta, "sets": results})
+    _print_table(results)
     return {"sets": results}
+
+
+def _print_table(results: dict[str, dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    from diversynth.progress import console
+
+    table = Table("set", "images", "top-1 %", "top-5 %", "classes", title="evaluation")
+    for name, row in results.items():
+        top5 = next((v for k, v in row.items() if k.startswith("top") and k != "top1"), "")
+        table.add_row(name, str(row["images"]), str(row["top1"]), str(top5),
+                      str(row.get("restricted_to_classes", "all")))  # fmt: skip
+    console.print(table, markup=False)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from diversynth.config import RunConfig
 from diversynth.progress import progress_bar
 from diversynth.rundir import RunDir, Timer, atomic_open, read_jsonl
+from diversynth.train.aux_bn import convert_aux_bn, real_first
 from diversynth.train.data import image_transform, real_dataset, synthetic_dataset
 from diversynth.train.model import create_classifier, save_checkpoint
 from diversynth.vision.device import pick_device
@@ -75,7 +76,11 @@ def run_train(config: RunConfig, run: RunDir) -> dict[str, Any]:
             DataLoader(stream.batched(synthetic_per_batch), batch_size=None, num_workers=0)
         )
 
-    model = create_classifier(cfg.model, len(classes)).to(device)
+    model = create_classifier(cfg.model, len(classes))
+    aux_bn = cfg.aux_bn and synthetic_per_batch > 0
+    if aux_bn:
+        convert_aux_bn(model)
+    model.to(device)
     optimizer = _optimizer(config, model)
     steps = len(real_loader) * cfg.epochs
     scheduler = _schedule(optimizer, steps)
@@ -95,7 +100,8 @@ def run_train(config: RunConfig, run: RunDir) -> dict[str, Any]:
                 x, y = torch.cat([x_real, x_syn]), torch.cat([y_real, y_syn])
                 seen["synthetic"] += len(y_syn)
             seen["real"] += len(y_real)
-            loss = loss_fn(model(x.to(device)), y.to(device))
+            with real_first(model, len(y_real)):
+                loss = loss_fn(model(x.to(device)), y.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -109,12 +115,14 @@ def run_train(config: RunConfig, run: RunDir) -> dict[str, Any]:
             }
             log.write(json.dumps(record) + "\n")
             bar.advance(task)
-    meta = {"model": cfg.model, "num_classes": len(classes), "image_size": cfg.image_size}
+    meta = {"model": cfg.model, "num_classes": len(classes), "image_size": cfg.image_size,
+            "aux_bn": aux_bn}  # fmt: skip
     save_checkpoint(run.checkpoint, model, meta)
     return {
         "steps": steps,
         "real_images": seen["real"],
         "synthetic_images": seen["synthetic"],
+        "aux_bn": aux_bn,
         "final_loss": record["loss"] if steps else None,
         "images_per_second": round((seen["real"] + seen["synthetic"]) / timer.seconds, 1),
     }

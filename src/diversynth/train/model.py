@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from diversynth.rundir import atomic_open
+from diversynth.train.aux_bn import convert_aux_bn, export_plain_bn
 
 
 def create_classifier(name: str, num_classes: int) -> torch.nn.Module:
@@ -25,8 +26,20 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) ->
 
 
 def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model as trained (with its auxiliary BN layers, if it had them) and its metadata."""
     with safe_open(str(path), framework="pt") as handle:
         meta = json.loads(handle.metadata()["diversynth"])
     model = create_classifier(meta["model"], meta["num_classes"])
+    if meta.get("aux_bn"):
+        convert_aux_bn(model)
     model.load_state_dict(load_file(str(path)))
     return model, meta
+
+
+def export_plain(path: Path, out: Path) -> dict[str, Any]:
+    """Write the checkpoint without auxiliary BN: the stock timm model's state dict (main BN
+    kept), loadable with `timm.create_model(name, num_classes=N).load_state_dict(...)`."""
+    model, meta = load_checkpoint(path)
+    meta = {**meta, "aux_bn": False}
+    save_checkpoint(out, export_plain_bn(model), meta)
+    return meta

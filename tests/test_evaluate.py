@@ -1,0 +1,82 @@
+"""The evaluation path on real weights: EfficientNet-Lite0 (ImageNet) through the catalog's
+index order, and logits restricted to a set's classes (ImageNet-R / -A)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from diversynth.classes.imagenet import imagenet_catalog
+from diversynth.train.evaluate import eval_transform, folder_set, topk_accuracy
+from diversynth.train.import_weights import import_efficientnet_lite0
+from diversynth.train.model import load_checkpoint
+
+CATS = {"n02123045", "n02123159", "n02123394", "n02123597", "n02124075"}  # domestic cats
+TIMM_INFO = Path(__import__("timm").__file__).parent / "data" / "_info"
+
+
+@pytest.fixture(scope="module")
+def lite0(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("weights") / "efficientnet-lite0.safetensors"
+    import_efficientnet_lite0(path)
+    model, meta = load_checkpoint(path)  # from the safetensors file, as evaluation loads it
+    return model.eval(), meta
+
+
+@pytest.fixture(scope="module")
+def catalog() -> list[dict]:
+    return [{"index": e.index, "wnid": e.wnid, "raw_name": e.raw_name}
+            for e in imagenet_catalog(None)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def chelsea() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.chelsea())
+
+
+def test_efficientnet_lite0_sees_a_cat_in_chelsea(lite0, catalog, chelsea, tmp_path) -> None:
+    model, meta = lite0
+    folder = tmp_path / "val" / "n02123045"  # tabby: the photo's label, by wnid
+    folder.mkdir(parents=True)
+    chelsea.save(folder / "chelsea.png")
+    dataset, allowed = folder_set(tmp_path / "val", catalog, eval_transform(meta), None)
+    assert allowed == [281]  # tabby's index in imagenet1k's order
+    with torch.no_grad():
+        logits = model(dataset[0][0][None])
+    top5 = [catalog[i]["wnid"] for i in logits.topk(5).indices[0].tolist()]
+    assert top5[0] in CATS and len(CATS & set(top5)) >= 2, top5
+    result = topk_accuracy(model, DataLoader(dataset), torch.device("cpu"), "chelsea",
+                           allowed=list(range(1000)))  # fmt: skip
+    assert result["top5"] == 100.0
+
+
+def test_imagenet_a_logits_are_restricted_to_its_classes(lite0, catalog, chelsea, tmp_path) -> None:
+    model, meta = lite0
+    wnids = (TIMM_INFO / "imagenet_a_synsets.txt").read_text().split()
+    assert len(wnids) == 200 and "n02123159" not in wnids  # no tiger cat in ImageNet-A
+    index = {c["wnid"]: c["index"] for c in catalog}
+    transform = eval_transform(meta)
+    with torch.no_grad():
+        logits = model(transform(chelsea)[None])[0]
+    unrestricted = catalog[int(logits.argmax())]["wnid"]
+    among_a = max(wnids, key=lambda w: float(logits[index[w]]))
+    assert unrestricted not in wnids  # a tiger cat: not one of ImageNet-A's classes
+    assert among_a == "n02127052"  # lynx, the closest thing among A's 200
+    root = tmp_path / "imagenet-a"
+    for wnid in wnids:  # the set's 200 class folders; the photo filed under A's best guess
+        (root / wnid).mkdir(parents=True)
+    chelsea.save(root / among_a / "chelsea.png")
+    loader_for = lambda dataset: DataLoader(dataset)  # noqa: E731
+    dataset, allowed = folder_set(root, catalog, transform, None)
+    assert allowed is not None and len(allowed) == 200
+    restricted = topk_accuracy(model, loader_for(dataset), torch.device("cpu"), "A", allowed)
+    assert restricted["top1"] == 100.0
+    dataset, allowed = folder_set(root, catalog, transform, restrict=False)
+    assert allowed is None
+    assert topk_accuracy(model, loader_for(dataset), torch.device("cpu"), "A")["top1"] == 0.0
