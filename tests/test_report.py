@@ -125,7 +125,8 @@ def test_comparison_of_two_scales(browser, run_copy: Path, finished_run: Path, t
                                   kit_overrides: list[str]) -> None:  # fmt: skip
     # the same run trained without synthetic images: scale 0
     result = cli("run", str(run_copy / "config.yaml"), "--out", str(run_copy),
-                 "--set", "train.synthetic_fraction=0", "--set", "name=real-only")  # fmt: skip
+                 "--set", "train.synthetic_fraction=0", "--set", "name=real-only",
+                 "--set", "data.test_limit=128")  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = tmp_path / "compare"
     result = cli("report", "--run", str(finished_run), "--run", str(run_copy), "--out", str(out))
