@@ -19,10 +19,10 @@ benchmarks/results/aux_bn_shift.json, whichever way it comes out.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +35,9 @@ from diversynth.train.aux_bn import convert_aux_bn, real_first
 from diversynth.train.data import FASHION_FILES, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _results import write_result  # noqa: E402
+
 DATA = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.286, 0.353  # Fashion-MNIST training pixels
 
@@ -138,10 +141,7 @@ def main() -> None:
         "real_test_top1": summary,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    print(json.dumps(result, indent=2))
-    out = ROOT / "benchmarks" / "results" / "aux_bn_shift.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_result("aux_bn_shift", result)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +24,8 @@ import torch
 from diversynth.train.aux_bn import convert_aux_bn, real_first
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _results import write_result  # noqa: E402
 
 
 def steps_per_second(model, batch, labels, real: int, steps: int) -> float:
@@ -69,10 +71,7 @@ def main() -> None:
         "images_per_second": {k: round(v, 1) for k, v in images.items()},
         "aux_over_plain": round(images["aux"] / images["plain"], 3),
     }
-    print(json.dumps(result, indent=2))
-    out = ROOT / "benchmarks" / "results" / "aux_bn_speed_cpu.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_result("aux_bn_speed_cpu", result)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ Prints median seconds of 3 runs and the ratio for each size, then diversynth alo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +30,8 @@ import torch
 from diversynth.classes.select_clip import clip_select
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _results import write_result  # noqa: E402
 
 
 def problem(classes: int, exemplars: int = 10, candidates: int = 6, dim: int = 512, seed: int = 0):
@@ -145,9 +147,7 @@ def main() -> None:
         f"{args.full} classes, {len(labels)} images, {len(keys)} candidates: diversynth "
         f"{statistics.median(times):.2f} s (median of {args.repeats})"
     )
-    out = ROOT / "benchmarks" / "results" / "classes_clip_select.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_result("classes_clip_select", results)
 
 
 if __name__ == "__main__":

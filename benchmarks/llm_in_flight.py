@@ -12,7 +12,6 @@ wall times.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -21,6 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _results import write_result  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "tests"))
 
 from llm_servers import LlamaCppServer  # noqa: E402
@@ -74,9 +76,7 @@ def main() -> None:
         "command": "python benchmarks/llm_in_flight.py --in-flight "
         f"{args.in_flight} --rounds {args.rounds}",
     }
-    out = ROOT / "benchmarks" / "results" / "llm_in_flight.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_result("llm_in_flight", result)
 
 
 if __name__ == "__main__":

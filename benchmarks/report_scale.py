@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import shutil
 import statistics
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -35,6 +35,8 @@ from diversynth.report.thumbs import thumbnail_paths
 from diversynth.rundir import RunDir, sha256_file, write_json, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _results import write_result  # noqa: E402
 
 
 def make_run(root: Path, classes: int, per_class: int, shown: int) -> RunDir:
@@ -207,10 +209,7 @@ def main() -> None:
         if medians["one-page baseline"] and medians["overview"]
         else f"baseline did not load within {args.load_limit} s",
     }
-    print(json.dumps(result, indent=2))
-    out = ROOT / "benchmarks" / "results" / "report_scale.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_result("report_scale", result)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,30 @@ OFFLINE_CONFIG = REPO / "configs" / "offline.yaml"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str,
+               build: Callable[[Path], object]) -> Path:  # fmt: skip
+    """A folder built by `build(folder)` once per test session, shared by pytest-xdist's
+    workers (they share the parent of their temp folders; a file lock lets one build it)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    folder, done = base / name, base / f"{name}.done"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def kit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from diversynth.modelkit import make_tiny_models
 
-    return make_tiny_models(tmp_path_factory.mktemp("kit") / "tiny")
+    folder = built_once(tmp_path_factory, "kit", lambda path: make_tiny_models(path / "tiny"))
+    return make_tiny_models(folder / "tiny")  # already there: returns the paths
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +52,8 @@ def kit_overrides(kit: dict[str, Path]) -> list[str]:
         "data.train_limit=1024",
         "data.test_limit=512",
         "generate.steps=2",
+        "prompts.images_per_prompt=1",  # 100 images in 5 shards of 20
+        "generate.images_per_shard=20",
     ]
 
 
@@ -54,10 +76,13 @@ def set_args(overrides: list[str]) -> list[str]:
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, kit_overrides: list[str]) -> Path:
     """configs/offline.yaml run end to end once; tests copy it before changing anything."""
-    out = tmp_path_factory.mktemp("runs") / "demo"
-    result = cli("run", str(OFFLINE_CONFIG), "--out", str(out), *set_args(kit_overrides))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+
+    def build(folder: Path) -> None:
+        out = folder / "demo"
+        result = cli("run", str(OFFLINE_CONFIG), "--out", str(out), *set_args(kit_overrides))
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "runs", build) / "demo"
 
 
 @pytest.fixture

@@ -3,10 +3,12 @@ index order, and logits restricted to a set's classes (ImageNet-R / -A)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -20,10 +22,15 @@ TIMM_INFO = Path(__import__("timm").__file__).parent / "data" / "_info"
 
 
 @pytest.fixture(scope="module")
-def lite0(tmp_path_factory: pytest.TempPathFactory):
+def lite0_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "efficientnet-lite0.safetensors"
     import_efficientnet_lite0(path)
-    model, meta = load_checkpoint(path)  # from the safetensors file, as evaluation loads it
+    return path
+
+
+@pytest.fixture(scope="module")
+def lite0(lite0_file: Path):
+    model, meta = load_checkpoint(lite0_file)  # from the safetensors file, as evaluation does
     return model.eval(), meta
 
 
@@ -80,3 +87,39 @@ def test_imagenet_a_logits_are_restricted_to_its_classes(lite0, catalog, chelsea
     dataset, allowed = folder_set(root, catalog, transform, restrict=False)
     assert allowed is None
     assert topk_accuracy(model, loader_for(dataset), torch.device("cpu"), "A")["top1"] == 0.0
+
+
+def test_evaluate_model_command_takes_any_checkpoint_or_timm_model(
+    lite0_file: Path, chelsea, tmp_path: Path
+) -> None:
+    val = tmp_path / "val"
+    (val / "n02123045").mkdir(parents=True)
+    chelsea.save(val / "n02123045" / "chelsea.png")
+    config = tmp_path / "imagenet.yaml"  # no data section: only the folders below
+    config.write_text(
+        "classes: {catalog: imagenet1k}\n"
+        f"evaluate: {{sets: [{{name: val, root: {val}, restrict: false}},\n"
+        f"                   {{name: cats-only, root: {val}}}]}}\n"
+    )
+    result = cli("evaluate-model", str(config), "--checkpoint", str(lite0_file),
+                 "--json", str(tmp_path / "lite0.json"), "--set", "train.device=cpu")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    sets = json.loads((tmp_path / "lite0.json").read_text())["sets"]
+    assert sets["val"]["images"] == 1 and sets["val"]["top5"] == 100.0
+    assert sets["cats-only"]["restricted_to_classes"] == 1 and sets["cats-only"]["top1"] == 100.0
+    assert "cats-only" in result.stderr  # the table
+
+    result = cli("evaluate-model", str(config), "--model", "no_such_net")
+    assert result.returncode == 2 and "'no_such_net' is not a timm model name" in result.stderr
+    result = cli("evaluate-model", str(config), "--checkpoint", str(tmp_path / "missing.st"))
+    assert result.returncode == 2 and "--checkpoint: no file" in result.stderr
+
+
+def test_any_timm_model_comes_with_its_preprocessing() -> None:
+    from diversynth.train.evaluate import timm_model
+
+    model, meta = timm_model("resnet18", pretrained=False, num_classes=7)
+    assert model.num_classes == 7 and meta["image_size"] == 224
+    assert (
+        meta["mean"] == pytest.approx([0.485, 0.456, 0.406]) and meta["crop_pct"] == 0.95
+    )  # resnet18.a1_in1k

@@ -94,7 +94,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
     ).read_bytes()
 
 
-@pytest.mark.parametrize("fail_after_batches", [1, 5])
+@pytest.mark.parametrize("fail_after_batches", [1, 3])
 def test_exception_mid_shard_leaves_no_partial_shard(
     kit_overrides: list[str],
     tmp_path: Path,
@@ -112,7 +112,7 @@ def test_exception_mid_shard_leaves_no_partial_shard(
             *kit_overrides,
             "prompts.per_class=4",
             "prompts.shares={naive: 1}",
-            "generate.images_per_shard=32",
+            "generate.images_per_shard=16",  # 40 images: shards of 16, 16, 8
         ],
     )
     real_call = generator.TextToImage.__call__
@@ -140,8 +140,8 @@ def test_exception_mid_shard_leaves_no_partial_shard(
     monkeypatch.setattr(generator.TextToImage, "__call__", real_call)
     run_stages(config, run, stages=["classes", "prompts", "generate"])
     stats = json.loads((run.root / ".state" / "generate.json").read_text())["summary"]
-    assert stats["images"] == 80
-    if fail_after_batches == 5:
+    assert stats["images"] == 40
+    if fail_after_batches == 3:  # failed inside the second shard
         # a forced rerun regenerates every shard, to the same bytes
         tars = {p.name: p.read_bytes() for p in run.shards.glob("*.tar")}
         run_stages(config, run, stages=["generate"], force=["generate"])

@@ -109,19 +109,19 @@ def test_cd_and_sd_are_more_diverse_than_naive(prompts_run: Path) -> None:
 def test_rerun_makes_no_llm_calls_and_share_change_keeps_classes(
     run_copy: Path, kit_overrides: list[str]
 ) -> None:
-    stages = ["--stages", "classes,prompts"]
-    forced = cli("run", str(OFFLINE_CONFIG), "--out", str(run_copy), *stages, "--force", "prompts",
-                 *set_args(kit_overrides))  # fmt: skip
-    assert forced.returncode == 0, forced.stderr
+    # in this process: the command line is tested elsewhere, and imports cost seconds
+    from diversynth.config import load_config
+    from diversynth.pipeline import run_stages
+    from diversynth.rundir import RunDir
+
+    run, stages = RunDir(run_copy), ["classes", "prompts"]
+    run_stages(load_config(OFFLINE_CONFIG, kit_overrides), run, stages, force=["prompts"])
     summary = _state(run_copy, "prompts")["summary"]
     assert summary["llm_calls"] == 0 and summary["llm_cached"] >= 20
 
     before = (run_copy / "classes.jsonl").stat().st_mtime_ns
-    changed = cli("run", str(OFFLINE_CONFIG), "--out", str(run_copy), *stages,
-                  *set_args([*kit_overrides, "prompts.shares={naive: 0.5, cd: 0.5}"]))  # fmt: skip
-    assert changed.returncode == 0, changed.stderr
-    assert "classes: skipped: up to date" in changed.stderr
-    assert "prompts: running" in changed.stderr
+    changed = load_config(OFFLINE_CONFIG, [*kit_overrides, "prompts.shares={naive: 0.5, cd: 0.5}"])
+    assert run_stages(changed, run, stages) == {"classes": "skipped", "prompts": "ran"}
     assert (run_copy / "classes.jsonl").stat().st_mtime_ns == before
     summary = _state(run_copy, "prompts")["summary"]
     assert summary["per_class"] == {"naive": 5, "cd": 5, "sd": 0}

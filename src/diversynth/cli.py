@@ -14,7 +14,7 @@ from diversynth.config import ConfigError, RunConfig, load_config
 from diversynth.errors import DiversynthError
 from diversynth.pipeline import STAGE_NAMES, PipelineError, parse_stage_list, run_stages
 from diversynth.progress import console
-from diversynth.rundir import RunDir
+from diversynth.rundir import RunDir, write_json
 
 app = typer.Typer(
     help="Diversified synthetic images for image-classifier training.",
@@ -187,6 +187,56 @@ def report(
             pass
         finally:
             server.server_close()
+
+
+@app.command("evaluate-model")
+def evaluate_model(
+    config: ConfigArg,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="A diversynth or imported .safetensors checkpoint.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="A timm model name.")] = None,
+    pretrained: Annotated[bool, typer.Option(help="With --model: timm's weights.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate any checkpoint or timm model on the config's test split (if it has a data
+    section) and its evaluate.sets.
+
+    Class indices follow the config's class list (for imagenet1k, the order timm's
+    ImageNet models use). Nothing is written to a run directory.
+    """
+    from diversynth.classes.catalog import load_classes
+    from diversynth.train.evaluate import evaluate_on_sets, timm_model
+    from diversynth.train.model import load_checkpoint
+
+    cfg = _load(config, set_)
+    if (checkpoint is None) == (model is None):
+        _fail("give one of --checkpoint PATH or --model NAME")
+    if cfg.data is None and not cfg.evaluate.sets:
+        _fail("nothing to evaluate on: give a data section or evaluate.sets")
+    if checkpoint is not None and not checkpoint.is_file():
+        _fail(f"--checkpoint: no file {str(checkpoint)!r}")
+    if model is not None:
+        import timm
+
+        if not timm.is_model(model):
+            _fail(f"--model: {model!r} is not a timm model name")
+    try:
+        classes = [{"index": c.index, "wnid": c.wnid, "raw_name": c.raw_name}
+                   for c in load_classes(cfg.classes)]  # fmt: skip
+        if checkpoint is not None:
+            net, meta = load_checkpoint(checkpoint)
+        else:
+            net, meta = timm_model(str(model), pretrained, len(classes))
+        if meta["num_classes"] != len(classes):
+            _fail(f"the model has {meta['num_classes']} classes; the config lists {len(classes)}")
+        results = evaluate_on_sets(cfg, net, meta, classes)
+    except DiversynthError as exc:
+        _fail(str(exc), code=1)
+        return
+    if json_out is not None:
+        write_json(json_out, {"model": meta, "sets": results})
 
 
 @app.command("make-tiny-models")

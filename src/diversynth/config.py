@@ -273,17 +273,42 @@ class RealDataConfig(Section):
 
 
 class TrainConfig(Section):
-    model: str = "resnet50"
+    """A timm classifier on mixed batches: each batch holds `batch_size * (1 -
+    synthetic_fraction)` real images and the rest synthetic; an epoch is one pass over the
+    real training set."""
+
+    model: str = "resnet50"  # any timm model name
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. {drop_path_rate: 0.1}
     image_size: PositiveInt = 32
     epochs: PositiveInt = 1
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt = 64  # images per optimizer step (all processes, all micro-batches)
+    accumulate: PositiveInt = 1  # micro-batches per optimizer step (gradient accumulation)
     synthetic_fraction: float = Field(0.5, ge=0, lt=1)  # share of each batch that is synthetic
+    # synthetic images used, as a multiple of the real training set (0, 1, ... 6); the run's
+    # shards must hold enough. None: all of them
+    synthetic_scale: float | None = Field(None, ge=0)
     aux_bn: bool = True  # synthetic images through BN layers of their own (false: shared BN)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)  # of all steps, linear from lr / 10
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # auto: bfloat16 autocast on a GPU, float32 on the CPU; float16 adds a gradient scaler
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    channels_last: bool = True
+    checkpoint_every: PositiveInt = 500  # optimizer steps between resumable checkpoints
+    tensorboard: bool = True  # also log to train/tensorboard
     device: Device = "auto"
     workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> TrainConfig:
+        if self.batch_size % self.accumulate:
+            raise ValueError(
+                f"train.batch_size: {self.batch_size} does not divide into "
+                f"train.accumulate={self.accumulate} micro-batches"
+            )
+        return self
 
 
 class EvalSetConfig(Section):

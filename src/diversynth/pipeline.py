@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import importlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from diversynth.rundir import (
 )
 
 # Bump a stage's version when its code changes what it writes.
-STAGE_VERSIONS = {"classes": 2, "prompts": 2, "generate": 1, "train": 1, "evaluate": 1, "report": 2}
+STAGE_VERSIONS = {"classes": 2, "prompts": 2, "generate": 1, "train": 2, "evaluate": 1, "report": 2}
 
 
 class PipelineError(DiversynthError):
@@ -51,7 +52,8 @@ def _resolve(ref: str) -> Callable[..., Any]:
 class Stage:
     name: str
     run: str  # 'module:function' taking (config, run_dir) and returning a summary dict
-    sections: tuple[str, ...]  # config sections it depends on
+    # config sections it depends on (or a function of the config that names them)
+    sections: tuple[str, ...] | Callable[[RunConfig], tuple[str, ...]]
     requires: tuple[str, ...] = ()  # optional config sections it cannot run without
     needs: tuple[str, ...] = ()  # earlier stages whose outputs it reads
     reads: tuple[str, ...] = ()  # earlier stages whose outputs it uses when they exist
@@ -89,11 +91,21 @@ def _external(ref: str | Path) -> Any:
     return path_signature(path) if path.exists() else text
 
 
+def _classes_sections(config: RunConfig) -> tuple[str, ...]:
+    """The clip model and real data matter to class names only in CLIP mode, the LLM only
+    when it proposes names: other changes to them leave classes.jsonl as it is."""
+    rule = config.classes.disambiguate
+    sections = ("classes", "llm") if rule.llm else ("classes",)
+    if config.disambiguation_mode == "clip":
+        sections += ("clip", "data")
+    return sections
+
+
 STAGES = [
     Stage(
         "classes",
         run="diversynth.classes.stage:run_classes",
-        sections=("classes", "clip", "llm", "data"),
+        sections=_classes_sections,
         outputs=lambda r: [r.classes],
         inputs=lambda c: [c.classes.file, c.classes.folder],
     ),
@@ -124,6 +136,7 @@ STAGES = [
         needs=("classes", "generate"),
         outputs=lambda r: [r.checkpoint, r.train_metrics],
         inputs=lambda c: [c.data.root],
+        resumable=True,
     ),
     Stage(
         "evaluate",
@@ -170,11 +183,12 @@ def fingerprint(stage: Stage, config: RunConfig, run: RunDir) -> str:
     for name in stage.reads:
         state = run.read_state(name)
         upstream[name] = state.output_digest if state else None
+    sections = stage.sections(config) if callable(stage.sections) else stage.sections
     return digest_json(
         {
             "stage": stage.name,
             "version": STAGE_VERSIONS[stage.name],
-            "config": {s: data.get(s) for s in stage.sections},
+            "config": {s: data.get(s) for s in sections},
             "upstream": upstream,
             "inputs": [_external(ref) for ref in stage.inputs(config) if ref is not None],
         }
@@ -199,9 +213,17 @@ def run_stages(
     if missing:
         raise PipelineError("\n".join(missing))
     forced_from = min((STAGE_NAMES.index(f) for f in force or []), default=len(STAGE_NAMES))
+    if not _main_process():  # another torchrun process: it computes, the first one writes
+        return _run_locked(config, run, selected, forced_from, main=False)
     run.root.mkdir(parents=True, exist_ok=True)
     with _exclusive(run):
         return _run_locked(config, run, selected, forced_from)
+
+
+def _main_process() -> bool:
+    """False in every torchrun process but the first (read from the environment, so that
+    commands that never train do not import torch to ask)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 @contextlib.contextmanager
@@ -217,12 +239,12 @@ def _exclusive(run: RunDir) -> Iterator[None]:
         yield
 
 
-def _run_locked(
-    config: RunConfig, run: RunDir, selected: list[str], forced_from: int
-) -> dict[str, str]:
+def _run_locked(config: RunConfig, run: RunDir, selected: list[str], forced_from: int,
+                main: bool = True) -> dict[str, str]:  # fmt: skip
     resolved = dump_config(config)
-    if not run.config.is_file() or run.config.read_text() != resolved:
+    if main and (not run.config.is_file() or run.config.read_text() != resolved):
         write_text(run.config, resolved)
+    say = console.print if main else (lambda *args, **kwargs: None)
     outcome = {}
     for stage in STAGES:
         if stage.name not in selected:
@@ -231,24 +253,26 @@ def _run_locked(
         state = run.read_state(stage.name)
         forced = STAGE_NAMES.index(stage.name) >= forced_from
         if not forced and state and state.fingerprint == fp and stage.is_complete(config, run):
-            console.print(f"[green]{stage.name}[/green]: skipped: up to date")
+            say(f"[green]{stage.name}[/green]: skipped: up to date")
             outcome[stage.name] = "skipped"
             continue
-        console.print(f"[bold cyan]{stage.name}[/bold cyan]: running")
-        run.clear_state(stage.name)
+        say(f"[bold cyan]{stage.name}[/bold cyan]: running")
+        if main:
+            run.clear_state(stage.name)
         timer = Timer()
         summary = stage.execute(config, run, fp, forced)
-        run.write_state(
-            StageState(
-                stage=stage.name,
-                fingerprint=fp,
-                output_digest=stage.output_digest(config, run),
-                finished_at=time.time(),
-                seconds=round(timer.seconds, 3),
-                summary=summary,
+        if main:
+            run.write_state(
+                StageState(
+                    stage=stage.name,
+                    fingerprint=fp,
+                    output_digest=stage.output_digest(config, run),
+                    finished_at=time.time(),
+                    seconds=round(timer.seconds, 3),
+                    summary=summary,
+                )
             )
-        )
-        console.print(
+        say(
             f"[bold cyan]{stage.name}[/bold cyan]: done in {timer.seconds:.1f}s "
             f"{escape(json.dumps(summary))}",
             soft_wrap=True,

@@ -28,7 +28,7 @@ class RateColumn(TextColumn):
         return f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s"
 
 
-def progress_bar() -> Progress:
+def progress_bar(disable: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -40,4 +40,5 @@ def progress_bar() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        disable=disable,
     )

@@ -7,9 +7,11 @@ package. Named subsets ship with this package (data/*.txt, one wnid per line).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 
 from diversynth.classes.catalog import ClassEntry, ClassListError
 from diversynth.classes.wordnet import WNID, wordnet
@@ -20,7 +22,10 @@ SUBSETS = ("imagenet100",)
 
 @lru_cache(maxsize=1)
 def imagenet1k_wnids() -> tuple[str, ...]:
-    text = resources.files("timm.data").joinpath("_info/imagenet_synsets.txt").read_text()
+    # located without importing timm (that would import torch: seconds, for a text file)
+    spec = importlib.util.find_spec("timm")
+    assert spec is not None and spec.origin is not None, "timm is not installed"
+    text = (Path(spec.origin).parent / "data" / "_info" / "imagenet_synsets.txt").read_text()
     wnids = tuple(line.strip() for line in text.splitlines() if line.strip())
     assert len(wnids) == 1000, "timm's imagenet_synsets.txt should list 1000 wnids"
     return wnids

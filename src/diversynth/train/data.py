@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -155,16 +154,24 @@ def image_transform(size: int, train: bool) -> Callable[[Image.Image], torch.Ten
     return v2.Compose(steps)
 
 
-def synthetic_dataset(shards: list[Path], transform: Callable, seed: int) -> Any:
-    """The run's shards as an endless shuffled stream of (image tensor, class index)."""
-    import webdataset as wds
+class SeededSamples(Dataset):
+    """Real and synthetic images behind one index (real first), each drawn with its own
+    augmentation seed, so an image's crop and flip do not depend on which worker or which
+    run (first or resumed) loads it."""
 
-    urls = [str(path) for path in shards]
-    return (
-        wds.WebDataset(urls, shardshuffle=len(urls), detshuffle=True, seed=seed)
-        .shuffle(1000, rng=random.Random(seed))
-        .decode("pil")
-        .to_tuple("jpg", "json")
-        .map(lambda sample: (transform(sample[0]), int(sample[1]["class_index"])))
-        .repeat()  # endless: the real set sets the epoch length
-    )
+    def __init__(self, real: Dataset, synthetic: Dataset | None):
+        self.real, self.synthetic = real, synthetic
+        self.num_real = len(real)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.num_real + (len(self.synthetic) if self.synthetic else 0)  # type: ignore[arg-type]
+
+    def __getitem__(self, sample: tuple[int, int]) -> tuple[torch.Tensor, int, bool]:
+        """(image, class index, whether it is synthetic)."""
+        index, seed = sample
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if index < self.num_real:
+                return (*self.real[index], False)
+            assert self.synthetic is not None
+            return (*self.synthetic[index - self.num_real], True)

@@ -16,11 +16,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from diversynth.config import RunConfig
+from diversynth.errors import DiversynthError
 from diversynth.progress import progress_bar
 from diversynth.rundir import RunDir, read_jsonl, write_json
 from diversynth.train.data import CatalogImageFolder, image_transform, real_dataset
 from diversynth.train.model import load_checkpoint
 from diversynth.vision.device import pick_device
+
+
+class EvaluateError(DiversynthError, ValueError):
+    pass
 
 
 def eval_transform(meta: dict[str, Any]) -> Callable:
@@ -78,16 +83,17 @@ def folder_set(root: Path, classes: list[dict[str, Any]], transform: Callable,
     return dataset, present if restrict else None
 
 
-def run_evaluate(config: RunConfig, run: RunDir) -> dict[str, Any]:
+def evaluate_on_sets(config: RunConfig, model: torch.nn.Module, meta: dict[str, Any],
+                     classes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Top-1 / top-5 on the config's real test split (when it has a data section) and its
+    out-of-domain sets."""
     device = pick_device(config.train.device)
-    model, meta = load_checkpoint(run.checkpoint)
     model.to(device).eval()
-    classes = read_jsonl(run.classes)
     transform = eval_transform(meta)
-    assert config.data is not None
-    sets: list[tuple[str, Dataset, list[int] | None]] = [
-        (f"{config.data.format}/test", real_dataset(config.data, "test", classes, transform), None)
-    ]
+    sets: list[tuple[str, Dataset, list[int] | None]] = []
+    if config.data is not None:
+        test = real_dataset(config.data, "test", classes, transform)
+        sets.append((f"{config.data.format}/test", test, None))
     for extra in config.evaluate.sets:
         sets.append((extra.name, *folder_set(extra.root, classes, transform, extra.restrict)))
     results = {}
@@ -97,9 +103,30 @@ def run_evaluate(config: RunConfig, run: RunDir) -> dict[str, Any]:
         results[name] = topk_accuracy(model, loader, device, f"evaluate {name}", allowed)
         if allowed is not None:
             results[name]["restricted_to_classes"] = len(allowed)
-    write_json(run.eval, {"model": meta, "sets": results})
     _print_table(results)
+    return results
+
+
+def run_evaluate(config: RunConfig, run: RunDir) -> dict[str, Any]:
+    model, meta = load_checkpoint(run.checkpoint)
+    results = evaluate_on_sets(config, model, meta, read_jsonl(run.classes))
+    write_json(run.eval, {"model": meta, "sets": results})
     return {"sets": results}
+
+
+def timm_model(name: str, pretrained: bool, num_classes: int) -> tuple[torch.nn.Module, dict]:
+    """Any timm model, with the preprocessing its pretrained config asks for."""
+    import timm
+    from timm.data import resolve_data_config
+
+    if not timm.is_model(name):
+        raise EvaluateError(f"--model: {name!r} is not a timm model name")
+    model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+    data = resolve_data_config({}, model=model)
+    meta = {"model": name, "num_classes": num_classes, "image_size": data["input_size"][-1],
+            "mean": list(data["mean"]), "std": list(data["std"]),
+            "crop_pct": data["crop_pct"], "interpolation": data["interpolation"]}  # fmt: skip
+    return model, meta
 
 
 def _print_table(results: dict[str, dict[str, Any]]) -> None:

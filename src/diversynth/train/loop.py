@@ -1,128 +1,216 @@
 """The `train` stage: a timm classifier on mixed batches of real and synthetic images.
 
-Each batch holds `batch_size * (1 - synthetic_fraction)` real images and the rest
-synthetic ones; an epoch is one pass over the real training set.
+Each optimizer step sees `batch_size` images (over all processes and `accumulate`
+micro-batches), `synthetic_fraction` of them synthetic; an epoch is one pass over the real
+training set. Every `checkpoint_every` steps the whole state goes to
+`train/state.safetensors`; a rerun with the same settings resumes from it and ends with
+the weights an uninterrupted run would have. Under torchrun each process trains on its
+slice of every batch (DDP), and only the first process writes files.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import json
 import math
-from typing import Any
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import IO, Any
 
 import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 
-from diversynth.config import RunConfig
+from diversynth.config import RunConfig, TrainConfig
+from diversynth.errors import DiversynthError
 from diversynth.progress import progress_bar
-from diversynth.rundir import RunDir, Timer, atomic_open, read_jsonl
-from diversynth.train.aux_bn import convert_aux_bn, real_first
-from diversynth.train.data import image_transform, real_dataset, synthetic_dataset
+from diversynth.rundir import RunDir, Timer, read_jsonl
+from diversynth.train import distributed
+from diversynth.train.aux_bn import convert_aux_bn, has_aux_bn, real_first
+from diversynth.train.checkpoint import Resume, load_state, read_resume, save_state
+from diversynth.train.data import SeededSamples, image_transform, real_dataset
 from diversynth.train.model import create_classifier, save_checkpoint
+from diversynth.train.sampling import MixedBatches
+from diversynth.train.synthetic import synthetic_images
 from diversynth.vision.device import pick_device
 
 
-def _schedule(
-    optimizer: torch.optim.Optimizer, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    warmup = max(1, total_steps // 20)
-    return torch.optim.lr_scheduler.SequentialLR(
-        optimizer,
-        [
-            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup),
-            torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=max(1, total_steps - warmup)
-            ),
-        ],
-        milestones=[warmup],
-    )
+class TrainError(DiversynthError, ValueError):
+    pass
 
 
-def _optimizer(config: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `train.precision`, or None for plain float32."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if name == "float16" and device.type != "cuda":
+        raise TrainError(f"train.precision: float16 needs a GPU; the device is {device.type}")
+    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _batch_split(cfg: TrainConfig, has_synthetic: bool, world: int) -> tuple[int, int]:
+    """Real and synthetic images per micro-batch, all processes together."""
+    micro = cfg.batch_size // cfg.accumulate
+    synthetic = round(micro * cfg.synthetic_fraction) if has_synthetic else 0
+    real = micro - synthetic
+    if real % world or synthetic % world:
+        raise TrainError(
+            f"train.batch_size: {cfg.batch_size} gives micro-batches of {real} real + "
+            f"{synthetic} synthetic images, which do not split evenly over {world} processes"
+        )
+    return real, synthetic
+
+
+def _open_metrics(path: Path, keep_bytes: int) -> IO[bytes]:
+    """The metrics log, cut back to what the resumed state had written (no line twice)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("ab")
+    handle.truncate(keep_bytes)
+    return handle
+
+
+def _tensorboard(run: RunDir, cfg: TrainConfig, steps_done: int) -> Any:
+    if not cfg.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = run.train_dir / "tensorboard"
+    if not steps_done:
+        shutil.rmtree(folder, ignore_errors=True)  # a fresh start: no curves of old runs
+    # purge_step hides the events a killed run logged after its last saved state
+    return SummaryWriter(str(folder), purge_step=steps_done + 1 if steps_done else None)
+
+
+def run_train(config: RunConfig, run: RunDir, fingerprint: str = "",
+              forced: bool = False) -> dict[str, Any]:  # fmt: skip
     cfg = config.train
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
-    )
-
-
-def run_train(config: RunConfig, run: RunDir) -> dict[str, Any]:
-    cfg = config.train
-    torch.manual_seed(config.seed)
+    if config.data is None:
+        raise TrainError("data: required by the train stage")
+    ranks = distributed.current()
     device = pick_device(cfg.device)
+    if device.type == "cuda" and ranks.distributed:
+        device = torch.device("cuda", ranks.local_rank)
+    autocast = _autocast_dtype(cfg.precision, device)
     classes = read_jsonl(run.classes)
     transform = image_transform(cfg.image_size, train=True)
     real = real_dataset(config.data, "train", classes, transform)
+    synthetic = None
+    if cfg.synthetic_fraction > 0:
+        synthetic = synthetic_images(run.root, len(real), cfg.synthetic_scale, transform)
+    real_per, synthetic_per = _batch_split(cfg, synthetic is not None, ranks.world)
+    batches = MixedBatches(len(real), len(synthetic) if synthetic else 0, real_per,
+                           synthetic_per, config.seed, cfg.epochs, cfg.accumulate)  # fmt: skip
+    total_micro = len(batches)
+    total_steps = total_micro // cfg.accumulate
 
-    synthetic_per_batch = round(cfg.batch_size * cfg.synthetic_fraction)
-    real_per_batch = cfg.batch_size - synthetic_per_batch
-    shards = sorted(run.shards.glob("*.tar"))
-    if not shards:
-        synthetic_per_batch, real_per_batch = 0, cfg.batch_size
-    real_loader = DataLoader(
-        real,
-        batch_size=real_per_batch,
-        shuffle=True,
-        drop_last=len(real) >= real_per_batch,
-        num_workers=cfg.workers,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    synthetic_iter = None
-    if synthetic_per_batch:
-        stream = synthetic_dataset(shards, transform, config.seed)
-        synthetic_iter = iter(
-            DataLoader(stream.batched(synthetic_per_batch), batch_size=None, num_workers=0)
-        )
-
-    model = create_classifier(cfg.model, len(classes))
-    aux_bn = cfg.aux_bn and synthetic_per_batch > 0
-    if aux_bn:
+    torch.manual_seed(config.seed)  # the same initial weights on every run and process
+    model = create_classifier(cfg.model, len(classes), **cfg.model_kwargs)
+    if cfg.aux_bn and synthetic_per:
         convert_aux_bn(model)
+    aux_bn = has_aux_bn(model)
     model.to(device)
-    optimizer = _optimizer(config, model)
-    steps = len(real_loader) * cfg.epochs
-    scheduler = _schedule(optimizer, steps)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    timer = Timer()
-    seen = {"real": 0, "synthetic": 0}
-    run.train_dir.mkdir(parents=True, exist_ok=True)
-    model.train()
-    with atomic_open(run.train_metrics) as log, progress_bar() as bar:
-        task = bar.add_task("train", total=steps, unit="steps")
-        for step, (x_real, y_real) in enumerate(
-            itertools.chain.from_iterable(real_loader for _ in range(cfg.epochs))
-        ):
-            x, y = x_real, y_real
-            if synthetic_iter is not None:
-                x_syn, y_syn = next(synthetic_iter)
-                x, y = torch.cat([x_real, x_syn]), torch.cat([y_real, y_syn])
-                seen["synthetic"] += len(y_syn)
-            seen["real"] += len(y_real)
-            with real_first(model, len(y_real)):
-                loss = loss_fn(model(x.to(device)), y.to(device))
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr,
+                                    weight_decay=cfg.weight_decay, momentum=0.9)  # fmt: skip
+    warmup = round(total_steps * cfg.warmup_fraction)
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, total_steps - warmup),
+        warmup_t=warmup,
+        warmup_lr_init=cfg.lr / 10,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
+
+    state_path = run.train_dir / "state.safetensors"
+    resume = None if forced else read_resume(state_path)
+    if resume is not None and resume.fingerprint == fingerprint:
+        resume = load_state(state_path, model, optimizer, scaler)
+    else:
+        resume = Resume(step=0, metrics_bytes=0, fingerprint=fingerprint)
+    step = resume.step // cfg.accumulate  # optimizer steps done
+    scheduler.step_update(step)
+
+    net: torch.nn.Module = model
+    if ranks.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    loader = DataLoader(
+        SeededSamples(real, synthetic),
+        batch_sampler=replace(batches, start=resume.step, rank=ranks.rank, world=ranks.world),
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    log = _open_metrics(run.train_metrics, resume.metrics_bytes) if ranks.main else None
+    board = _tensorboard(run, cfg, step) if ranks.main else None
+    timer, images, running_loss, record = Timer(), 0, 0.0, None
+    net.train()
+    with contextlib.ExitStack() as cleanup, progress_bar(disable=not ranks.main) as bar:
+        cleanup.callback(lambda: log and log.close())
+        cleanup.callback(lambda: board and board.close())
+        task = bar.add_task("train", total=total_steps, completed=step, unit="steps")
+        for micro, (x, y, is_synthetic) in enumerate(loader, start=resume.step):
+            last_of_step = (micro + 1) % cfg.accumulate == 0
+            x = x.to(device, non_blocking=True)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            # DDP averages gradients once per optimizer step, not once per micro-batch
+            accumulating = ranks.distributed and not last_of_step
+            with net.no_sync() if accumulating else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=autocast or torch.float32,
+                                    enabled=autocast is not None), \
+                        real_first(model, int((~is_synthetic).sum())):  # fmt: skip
+                    loss = loss_fn(net(x), y) / cfg.accumulate
+                scaler.scale(loss).backward()
+            running_loss += loss.detach().float()
+            images += len(y)
+            if not last_of_step:
+                continue
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"train: loss is {loss.item()} at step {step}")
-            record = {
-                "step": step + 1,
-                "loss": round(loss.item(), 5),
-                "lr": scheduler.get_last_lr()[0],
-            }
-            log.write(json.dumps(record) + "\n")
-            bar.advance(task)
-    meta = {"model": cfg.model, "num_classes": len(classes), "image_size": cfg.image_size,
-            "aux_bn": aux_bn}  # fmt: skip
-    save_checkpoint(run.checkpoint, model, meta)
+            step += 1
+            scheduler.step_update(step)
+            mean_loss = distributed.mean_across(running_loss, ranks)
+            running_loss = 0.0
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"train: loss is {mean_loss} at step {step}")
+            record = {"step": step, "loss": round(mean_loss, 5),
+                      "lr": optimizer.param_groups[0]["lr"]}  # fmt: skip
+            if log is not None:
+                log.write((json.dumps(record) + "\n").encode())
+            if board is not None:
+                board.add_scalar("train/loss", mean_loss, step)
+                board.add_scalar("train/lr", record["lr"], step)
+            if ranks.main and step % cfg.checkpoint_every == 0 and step < total_steps:
+                log.flush()
+                save_state(state_path, model, optimizer, scaler,
+                           replace(resume, step=micro + 1, metrics_bytes=log.tell()))  # fmt: skip
+            bar.update(task, completed=step)
+    if ranks.main:
+        meta = {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "aux_bn": aux_bn,
+                "num_classes": len(classes), "image_size": cfg.image_size}  # fmt: skip
+        save_checkpoint(run.checkpoint, model, meta)
+        state_path.unlink(missing_ok=True)  # the run is whole: nothing left to resume
+    real_images = total_micro * min(real_per, len(real))
+    synthetic_images_seen = total_micro * synthetic_per
     return {
-        "steps": steps,
-        "real_images": seen["real"],
-        "synthetic_images": seen["synthetic"],
+        "steps": total_steps,
+        "resumed_from_step": resume.step // cfg.accumulate,
+        "real_images": real_images,
+        "synthetic_images": synthetic_images_seen,
+        "synthetic_available": len(synthetic) if synthetic else 0,
+        "synthetic_scale": round(len(synthetic) / len(real), 4) if synthetic else 0.0,
         "aux_bn": aux_bn,
-        "final_loss": record["loss"] if steps else None,
-        "images_per_second": round((seen["real"] + seen["synthetic"]) / timer.seconds, 1),
+        "processes": ranks.world,
+        "final_loss": record["loss"] if record else None,
+        "images_per_second": round(images * ranks.world / max(timer.seconds, 1e-9), 1),
     }

@@ -11,12 +11,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
+from diversynth.errors import DiversynthError
 from diversynth.rundir import atomic_open
 from diversynth.train.aux_bn import convert_aux_bn, export_plain_bn
 
 
-def create_classifier(name: str, num_classes: int) -> torch.nn.Module:
-    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+class CheckpointError(DiversynthError, ValueError):
+    pass
+
+
+def create_classifier(name: str, num_classes: int, **kwargs: Any) -> torch.nn.Module:
+    """A timm model with random weights; `kwargs` go to `timm.create_model`."""
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -28,8 +34,14 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) ->
 def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model as trained (with its auxiliary BN layers, if it had them) and its metadata."""
     with safe_open(str(path), framework="pt") as handle:
-        meta = json.loads(handle.metadata()["diversynth"])
-    model = create_classifier(meta["model"], meta["num_classes"])
+        meta = (handle.metadata() or {}).get("diversynth")
+    if meta is None:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has no diversynth metadata (model name, classes); "
+            "bring outside weights in with `diversynth import-weights`"
+        )
+    meta = json.loads(meta)
+    model = create_classifier(meta["model"], meta["num_classes"], **meta.get("model_kwargs", {}))
     if meta.get("aux_bn"):
         convert_aux_bn(model)
     model.load_state_dict(load_file(str(path)))

@@ -1,0 +1,202 @@
+"""Training throughput on one device: auxiliary BN against plain BN, and the data loader
+against tensors already on the device. Both comparisons in one run, on the same device.
+
+1. Model steps (forward, backward, SGD step) on a fixed batch already on the device:
+   timm's model as built against the same model after `convert_aux_bn`, with the batch half
+   real and half synthetic; eager, and with `--compile` under `torch.compile` too. Rounds
+   alternate between the two; the ratio is of the medians.
+2. The same aux-BN model fed by diversynth's training input path (real + synthetic JPEG
+   shards read by byte offset, seeded augmentation, DataLoader workers) against the same
+   model on a batch already on the device.
+
+GPU (the figures the training issue asks for):
+    python benchmarks/train_speed.py --model resnet50 --batch 256 --size 224 --compile --workers 14
+CPU smoke run:
+    .venv/bin/python benchmarks/train_speed.py --model resnet18 --batch 16 --size 64 \
+        --steps 3 --rounds 2 --images 128 --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine, write_result  # noqa: E402
+
+from diversynth.generate.shards import ShardWriter, encode_jpeg  # noqa: E402
+from diversynth.train.aux_bn import convert_aux_bn, real_first  # noqa: E402
+from diversynth.train.data import SeededSamples, image_transform  # noqa: E402
+from diversynth.train.sampling import MixedBatches  # noqa: E402
+from diversynth.train.synthetic import ShardImages  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Stepper:
+    """One training step of a model: forward under autocast, backward, SGD."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        compile_: bool,
+    ):
+        self.model = model.to(device).to(memory_format=torch.channels_last).train()
+        self.forward = torch.compile(self.model) if compile_ else self.model
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.device, self.dtype = device, dtype
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, real: int) -> None:
+        with (
+            torch.autocast(
+                self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+            ),
+            real_first(self.model, real),
+        ):
+            loss = self.loss_fn(self.forward(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+def images_per_second(step: Stepper, batches, count: int, batch: int, real: int) -> float:
+    sync(step.device)
+    start = time.perf_counter()
+    for _, (x, y) in zip(range(count), batches, strict=False):
+        step(x, y, real)
+    sync(step.device)
+    return count * batch / (time.perf_counter() - start)
+
+
+def fixed_batches(x: torch.Tensor, y: torch.Tensor):
+    while True:
+        yield x, y
+
+
+def write_shards(folder: Path, count: int, size: int, per_shard: int = 256) -> list[dict]:
+    """JPEGs of smooth random images (noise JPEGs would decode slower than photos)."""
+    rng = np.random.default_rng(0)
+    rows, writer = [], None
+    for i in range(count):
+        if i % per_shard == 0:
+            if writer:
+                writer.commit({})
+            writer = ShardWriter(folder, f"{i // per_shard:06d}")
+        small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
+        key = f"img{i:07d}"
+        writer.write(key, encode_jpeg(image, 90, None), {"class_index": i % 100})
+        rows.append({"key": key, "shard": f"{i // per_shard:06d}", "class_index": i % 100})
+    writer.commit({})
+    return rows
+
+
+def loader_batches(folder: Path, rows: list[dict], args, device: torch.device):
+    transform = image_transform(args.size, train=True)
+    half = ShardImages(folder, rows[: len(rows) // 2], transform)  # stands in for real
+    synthetic = ShardImages(folder, rows[len(rows) // 2 :], transform)
+    sampler = MixedBatches(
+        len(half), len(synthetic), args.batch // 2, args.batch // 2, seed=0, epochs=1000
+    )
+    loader = DataLoader(
+        SeededSamples(half, synthetic),
+        batch_sampler=sampler,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+        prefetch_factor=4 if args.workers else None,
+    )
+    for x, y, _ in loader:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        yield x, y.to(device, non_blocking=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--images", type=int, default=4096, help="JPEGs written for part 2")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    torch.manual_seed(0)
+    base = timm.create_model(args.model, num_classes=100)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 100, (args.batch,), device=device)
+    real = args.batch // 2
+    result: dict = {
+        "machine": machine(),
+        "command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:]),
+        "precision": str(dtype or "float32"),
+    }
+
+    modes = [False, True] if args.compile else [False]
+    for compiled in modes:
+        label = "compiled" if compiled else "eager"
+        steppers = {
+            "plain": Stepper(copy.deepcopy(base), device, dtype, compiled),
+            "aux": Stepper(convert_aux_bn(copy.deepcopy(base)), device, dtype, compiled),
+        }
+        for step in steppers.values():  # warm-up (and compilation)
+            images_per_second(step, fixed_batches(x, y), 3, args.batch, real)
+        rates: dict[str, list[float]] = {name: [] for name in steppers}
+        for _ in range(args.rounds):
+            for name, step in steppers.items():
+                rates[name].append(
+                    images_per_second(step, fixed_batches(x, y), args.steps, args.batch, real)
+                )
+        medians = {name: statistics.median(v) for name, v in rates.items()}
+        result[f"aux_bn_{label}"] = {
+            "images_per_second": {k: round(v, 1) for k, v in medians.items()},
+            "aux_over_plain": round(medians["aux"] / medians["plain"], 3),
+        }
+        print(label, result[f"aux_bn_{label}"], flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = write_shards(Path(tmp), args.images, max(args.size, 256))
+        step = Stepper(convert_aux_bn(copy.deepcopy(base)), device, dtype, False)
+        feed = loader_batches(Path(tmp), rows, args, device)
+        images_per_second(step, feed, 3, args.batch, real)  # warm-up: workers start
+        fed, resident = [], []
+        for _ in range(args.rounds):
+            fed.append(images_per_second(step, feed, args.steps, args.batch, real))
+            resident.append(
+                images_per_second(step, fixed_batches(x, y), args.steps, args.batch, real)
+            )
+    result["data_loader"] = {
+        "workers": args.workers,
+        "images_per_second": {
+            "from_jpeg_shards": round(statistics.median(fed), 1),
+            "tensors_on_device": round(statistics.median(resident), 1),
+        },
+        "loader_over_resident": round(statistics.median(fed) / statistics.median(resident), 3),
+    }
+    name = "train_speed_" + ("gpu" if device.type == "cuda" else "cpu")
+    write_result(name, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The run's synthetic images as a map-style dataset: random access into the shards.
+
+webdataset streams shards in order, which suits one pass but not an exact resume or a
+fixed subset: a stream cannot seek to "sample 1,234,567 of the shuffled order". The tar
+headers give each JPEG's byte offset, so an index built once (headers only, no image
+data read) lets any worker read any image with one seek.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import tarfile
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from diversynth.errors import DiversynthError
+from diversynth.generate.manifest import read_manifest
+
+
+class SyntheticDataError(DiversynthError, ValueError):
+    pass
+
+
+def select_images(rows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """`count` images spread evenly over the classes: round-robin, each class in key order."""
+    by_class: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: r["key"]):
+        by_class[row["class_index"]].append(row)
+    queues = [by_class[c] for c in sorted(by_class)]
+    picked: list[dict[str, Any]] = []
+    depth = 0
+    while len(picked) < count:
+        for queue in queues:
+            if depth < len(queue) and len(picked) < count:
+                picked.append(queue[depth])
+        depth += 1
+    return sorted(picked, key=lambda r: r["key"])
+
+
+def synthetic_count(available: int, num_real: int, scale: float | None) -> int:
+    """How many synthetic images `train.synthetic_scale` asks for; all of them when None."""
+    if scale is None:
+        return available
+    wanted = math.floor(scale * num_real + 0.5)
+    if wanted > available:
+        raise SyntheticDataError(
+            f"train.synthetic_scale: {scale:g} x {num_real} real images needs {wanted} "
+            f"synthetic images; the run's shards hold {available} (generate more, or lower "
+            "the scale)"
+        )
+    return wanted
+
+
+class ShardImages(Dataset):
+    """(image tensor, class index) for each selected manifest row, read from its shard."""
+
+    def __init__(self, shard_folder: Path, rows: list[dict[str, Any]], transform: Callable):
+        self.folder, self.transform = shard_folder, transform
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for row in rows:
+            wanted[row["shard"]].add(row["key"])
+        where: dict[str, tuple[int, int]] = {}
+        for shard, keys in sorted(wanted.items()):
+            with tarfile.open(self._path(shard)) as tar:
+                for member in tar:
+                    key, _, ext = member.name.partition(".")
+                    if ext == "jpg" and key in keys:
+                        where[key] = (member.offset_data, member.size)
+        missing = [row["key"] for row in rows if row["key"] not in where]
+        if missing:
+            raise SyntheticDataError(
+                f"train: {len(missing)} images of manifest.parquet are not in their shards "
+                f"(first: {missing[0]}); rerun the generate stage"
+            )
+        self.items = [(row["shard"], *where[row["key"]], row["class_index"]) for row in rows]
+        self._files: dict[str, IO[bytes]] = {}  # opened lazily: one set per worker process
+
+    def _path(self, shard: str) -> Path:
+        return self.folder / f"{shard}.tar"
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        shard, offset, size, label = self.items[i]
+        handle = self._files.get(shard)
+        if handle is None:
+            handle = self._files[shard] = self._path(shard).open("rb")
+        handle.seek(offset)
+        image = Image.open(io.BytesIO(handle.read(size))).convert("RGB")
+        return self.transform(image), label
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_files": {}}  # file handles stay in their process
+
+
+def synthetic_images(run_root: Path, num_real: int, scale: float | None,
+                     transform: Callable) -> ShardImages | None:  # fmt: skip
+    """The synthetic images training uses, or None when there are none (or scale is 0)."""
+    manifest = run_root / "manifest.parquet"
+    if scale == 0 or not manifest.is_file():
+        if scale:
+            raise SyntheticDataError(
+                f"train.synthetic_scale: {scale:g} needs synthetic images, but the run has no "
+                "manifest.parquet (run the generate stage)"
+            )
+        return None
+    rows = read_manifest(manifest).select(["key", "shard", "class_index"]).to_pylist()
+    count = synthetic_count(len(rows), num_real, scale)
+    if count == 0:
+        return None
+    return ShardImages(run_root / "shards", select_images(rows, count), transform)

@@ -1,0 +1,168 @@
+"""The training loop: batches fixed by the step, exact resume after SIGKILL, DDP on two CPU
+processes (gloo) against one process, gradient accumulation, synthetic scale."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import OFFLINE_CONFIG, REPO, set_args
+from safetensors.torch import load_file
+
+from diversynth.config import load_config
+from diversynth.pipeline import run_stages
+from diversynth.rundir import RunDir
+from diversynth.train.sampling import MixedBatches
+from diversynth.train.synthetic import SyntheticDataError, select_images
+
+# a small, fast training job on the finished run's classes and shards
+SMALL = ["data.train_limit=256", "train.batch_size=32", "train.epochs=2",
+         "train.checkpoint_every=4", "train.lr=0.02"]  # fmt: skip
+# no batch norm: one process and two see the same arithmetic (BN would normalise each
+# process's half batch on its own, as DDP without SyncBatchNorm does)
+VIT = ["train.model=vit_tiny_patch16_224",
+       "train.model_kwargs={img_size: 32, patch_size: 8, depth: 2}",
+       "train.optimizer=sgd", "train.lr=0.05", "train.label_smoothing=0.1",
+       "train.tensorboard=false"]  # fmt: skip
+
+
+def test_batches_are_a_function_of_the_step() -> None:
+    full = MixedBatches(num_real=50, num_synthetic=7, real=6, synthetic=2, seed=3, epochs=2)
+    batches = list(full)
+    assert len(batches) == 2 * (50 // 6)
+    real = [[i for i, _ in b if i < 50] for b in batches]
+    assert all(len(r) == 6 for r in real) and all(b[:6] == b[:6] for b in batches)
+    first_epoch = [i for r in real[:8] for i in r]
+    assert len(set(first_epoch)) == 48  # no real image twice within an epoch
+    assert real[:8] != real[8:]  # a new order each epoch
+    synthetic = [i - 50 for b in batches for i, _ in b[6:]]
+    assert all(sorted(synthetic[k : k + 7]) == list(range(7)) for k in range(0, 28, 7))
+    seeds = [s for b in batches for _, s in b]
+    assert len(set(seeds)) == len(seeds)  # every image its own augmentation seed
+    # a resumed sampler yields exactly the rest
+    assert list(MixedBatches(50, 7, 6, 2, seed=3, epochs=2, start=5)) == batches[5:]
+    # two processes: each a slice, real first; together the global batch
+    for step in (0, 9):
+        halves = [MixedBatches(50, 7, 6, 2, 3, 2, rank=r, world=2).batch(step) for r in (0, 1)]
+        assert all(len(h) == 4 and h[0][0] < 50 <= h[-1][0] for h in halves)
+        assert sorted(halves[0] + halves[1]) == sorted(batches[step])
+
+
+def test_synthetic_scale_picks_images_evenly_over_classes() -> None:
+    rows = [{"key": f"k{c}{i}", "class_index": c, "shard": "0"} for c in range(3) for i in range(5)]
+    picked = select_images(rows, 7)
+    counts = [sum(1 for r in picked if r["class_index"] == c) for c in range(3)]
+    assert sorted(counts) == [2, 2, 3]
+
+
+def _train(run: Path, kit_overrides: list[str], extra: list[str]) -> dict:
+    config = load_config(OFFLINE_CONFIG, [*kit_overrides, *SMALL, *extra])
+    run_stages(config, RunDir(run), stages=["train"])
+    return json.loads((run / ".state" / "train.json").read_text())["summary"]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "train" / "model.safetensors"))
+
+
+def test_synthetic_scale_sets_how_many_images_train(run_copy: Path,
+                                                    kit_overrides: list[str]) -> None:  # fmt: skip
+    summary = _train(run_copy, kit_overrides, ["train.synthetic_scale=0.25", "train.epochs=1"])
+    assert summary["synthetic_available"] == 64 and summary["synthetic_scale"] == 0.25
+    summary = _train(run_copy, kit_overrides, ["train.synthetic_scale=0", "train.epochs=1"])
+    assert summary["synthetic_images"] == 0 and not summary["aux_bn"]
+    with pytest.raises(SyntheticDataError, match=r"train.synthetic_scale: 6 x 256 .* hold 100"):
+        _train(run_copy, kit_overrides, ["train.synthetic_scale=6"])
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
+    run_copy: Path, kit_overrides: list[str], tmp_path: Path
+) -> None:
+    reference = tmp_path / "reference"
+    shutil.copytree(run_copy, reference)
+    expected = _train(reference, kit_overrides, [])
+    assert expected["steps"] == 2 * (256 // 24)
+
+    shutil.rmtree(run_copy / "train")  # the finished run's own training
+    metrics = run_copy / "train" / "metrics.jsonl"
+    args = [sys.executable, "-m", "diversynth", "train", str(OFFLINE_CONFIG), "--out",
+            str(run_copy), *set_args([*kit_overrides, *SMALL])]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        lines = metrics.read_text().count("\n") if metrics.exists() else 0
+        if lines >= 11:  # past the first epoch and two saved states, before the end
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (run_copy / "train" / "state.safetensors").is_file()
+
+    resumed = _train(run_copy, kit_overrides, [])
+    assert resumed["resumed_from_step"] in (8, 12, 16)
+    got, want = _weights(run_copy), _weights(reference)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want), "resumed weights differ"
+    assert metrics.read_text() == (reference / "train" / "metrics.jsonl").read_text()
+    assert not (run_copy / "train" / "state.safetensors").exists()
+
+    # TensorBoard shows each step once: the killed run's steps after its last state are purged
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_copy / "train" / "tensorboard"))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("train/loss")]
+    assert steps == list(range(1, expected["steps"] + 1))
+
+
+def test_ddp_on_two_processes_matches_one_process(
+    run_copy: Path, kit_overrides: list[str], tmp_path: Path
+) -> None:
+    """Tolerance: weights within 1e-4 (float32 sums in another order), for a model without
+    batch norm; gradient accumulation over 2 micro-batches matches the same way."""
+    runs = {name: tmp_path / name for name in ("one", "accumulate", "ddp")}
+    for run in runs.values():
+        shutil.copytree(run_copy, run)
+    one = _train(runs["one"], kit_overrides, [*VIT, "train.epochs=1"])
+    _train(runs["accumulate"], kit_overrides, [*VIT, "train.epochs=1", "train.accumulate=2"])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2", "-m", "diversynth.train"]  # fmt: skip
+    result = subprocess.run(
+        [*torchrun, str(OFFLINE_CONFIG), "--out", str(runs["ddp"]),
+         *set_args([*kit_overrides, *SMALL, *VIT, "train.epochs=1"])],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = json.loads((runs["ddp"] / ".state" / "train.json").read_text())["summary"]
+    assert ddp["processes"] == 2 and ddp["steps"] == one["steps"] == 256 // 24
+    want = _weights(runs["one"])
+    for name in ("accumulate", "ddp"):
+        got = _weights(runs[name])
+        worst = max((got[k] - want[k]).abs().max().item() for k in want)
+        assert worst < 1e-4, f"{name}: weights differ by up to {worst}"
+    one_losses = [json.loads(x)["loss"] for x in (runs["one"] / "train" / "metrics.jsonl")
+                  .read_text().splitlines()]  # fmt: skip
+    ddp_losses = [json.loads(x)["loss"] for x in (runs["ddp"] / "train" / "metrics.jsonl")
+                  .read_text().splitlines()]  # fmt: skip
+    assert ddp_losses == pytest.approx(one_losses, abs=1e-4)
+
+
+def test_bad_training_settings_fail_clearly(run_copy: Path, kit_overrides: list[str]) -> None:
+    from diversynth.train.loop import TrainError
+
+    with pytest.raises(TrainError, match="train.precision: float16 needs a GPU"):
+        _train(run_copy, kit_overrides, ["train.precision=float16", "train.device=cpu"])
+    from diversynth.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.accumulate=3"):
+        load_config(OFFLINE_CONFIG, [*kit_overrides, "train.batch_size=32", "train.accumulate=3"])
