@@ -84,7 +84,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
 
     names = sorted(p.name for p in (out / "shards").iterdir())
     assert names == sorted(
-        ["plan.json"] + [f"{i:06d}.{e}" for i in range(5) for e in ("json", "tar")]
+        ["plan.json", "_info.json"] + [f"{i:06d}.{e}" for i in range(5) for e in ("json", "tar")]
     )
     for i in range(5):
         name = f"{i:06d}.tar"

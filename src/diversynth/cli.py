@@ -45,12 +45,18 @@ def _load(config: Path, overrides: list[str] | None) -> RunConfig:
         raise  # unreachable; for type checkers
 
 
-def _run(
-    config: Path, out: Path, stages: list[str], force: list[str], overrides: list[str] | None
-) -> None:
+MaxShardsOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="Generate at most this many shards now; rerun to go on."),
+]
+
+
+def _run(config: Path, out: Path, stages: list[str], force: list[str],
+         overrides: list[str] | None, max_shards: int | None = None) -> None:  # fmt: skip
     cfg = _load(config, overrides)
     try:
-        run_stages(cfg, RunDir(out), stages=stages, force=force)
+        run_stages(cfg, RunDir(out), stages=stages, force=force,
+                   options={"max_shards": max_shards})  # fmt: skip
     except DiversynthError as exc:
         _fail(str(exc), code=1)
     except OSError as exc:  # disk full, permissions: the run directory keeps finished work
@@ -70,6 +76,7 @@ def run(
         list[str] | None, typer.Option(help="Rerun this stage and the stages after it. Repeatable.")
     ] = None,
     set_: SetOpt = None,
+    max_shards: MaxShardsOpt = None,
 ) -> None:
     """Run the pipeline: classes, prompts, generate, train, evaluate, report.
 
@@ -82,7 +89,7 @@ def run(
     except PipelineError as exc:
         _fail(str(exc))
         return
-    _run(config, out, selected, forced, set_)
+    _run(config, out, selected, forced, set_, max_shards)
 
 
 def _stage_command(name: str, summary: str, group: typer.Typer = app, as_name: str = "") -> None:
@@ -134,7 +141,44 @@ def classes_show(
 
 
 _stage_command("prompts", "Write the prompts and per-image seeds (prompts.jsonl).")
-_stage_command("generate", "Generate images into WebDataset shards and manifest.parquet.")
+
+
+@app.command()
+def generate(
+    config: Annotated[Path | None, typer.Argument(help="YAML config.", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory.")] = None,
+    force: Annotated[bool, typer.Option(help="Regenerate every shard.")] = False,
+    set_: SetOpt = None,
+    max_shards: MaxShardsOpt = None,
+    status_: Annotated[
+        bool, typer.Option("--status", help="Only report progress (with --run); starts nothing.")
+    ] = False,
+    run_dir: Annotated[Path | None, typer.Option("--run", help="Run directory (--status).")] = None,
+) -> None:
+    """Generate images into WebDataset shards and manifest.parquet.
+
+    Runs only this stage; classes and prompts must have run in the same run directory.
+    `--status --run DIR` prints shards done of total, images, rate and ETA, from the files
+    alone (it works while another process generates).
+    """
+    if status_:
+        from diversynth.generate.status import format_status, generation_status
+
+        target = run_dir or out
+        if target is None:
+            _fail("--status needs --run DIR")
+            return
+        try:
+            console.print(format_status(generation_status(RunDir(target).shards)), soft_wrap=True)
+        except DiversynthError as exc:
+            _fail(str(exc), code=1)
+        return
+    if config is None or out is None:
+        _fail("give CONFIG and --out DIR (or --status --run DIR)")
+        return
+    _run(config, out, ["generate"], ["generate"] if force else [], set_, max_shards)
+
+
 _stage_command("train", "Train a classifier on real + synthetic images.")
 _stage_command("evaluate", "Evaluate the trained classifier (eval.json).")
 

@@ -22,7 +22,7 @@ from typing import Any
 from rich.markup import escape
 
 from diversynth.config import RunConfig, dump_config
-from diversynth.errors import DiversynthError
+from diversynth.errors import DiversynthError, PartialStage
 from diversynth.progress import console
 from diversynth.rundir import (
     RunDir,
@@ -64,13 +64,14 @@ class Stage:
     # run() also takes the fingerprint (to tag partial work) and whether the run is forced
     # (to discard partial work); other stages start from scratch every time anyway
     resumable: bool = False
+    options: tuple[str, ...] = ()  # run options (not config: no fingerprint) it takes
 
-    def execute(
-        self, config: RunConfig, run: RunDir, fingerprint: str, forced: bool
-    ) -> dict[str, Any]:
+    def execute(self, config: RunConfig, run: RunDir, fingerprint: str, forced: bool,
+                options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        mine = {k: v for k, v in options.items() if k in self.options and v is not None}
         if self.resumable:
-            return _resolve(self.run)(config, run, fingerprint, forced=forced)
-        return _resolve(self.run)(config, run)
+            return _resolve(self.run)(config, run, fingerprint, forced=forced, **mine)
+        return _resolve(self.run)(config, run, **mine)
 
     def is_complete(self, config: RunConfig, run: RunDir) -> bool:
         if self.complete is not None:
@@ -127,6 +128,7 @@ STAGES = [
         complete="diversynth.generate.stage:generate_is_complete",
         digest="diversynth.generate.stage:generate_output_digest",
         resumable=True,
+        options=("max_shards",),
     ),
     Stage(
         "train",
@@ -200,8 +202,11 @@ def run_stages(
     run: RunDir,
     stages: list[str] | None = None,
     force: list[str] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Run the selected stages in order; return {stage: 'ran' | 'skipped'}."""
+    """Run the selected stages in order; return {stage: 'ran' | 'skipped' | 'partial'}.
+
+    `options` go to the stages that take them (generate: `max_shards`)."""
     selected = stages or list(STAGE_NAMES)
     missing = [
         f"{section}: required by the {stage.name} stage (or leave {stage.name} out of --stages)"
@@ -213,11 +218,12 @@ def run_stages(
     if missing:
         raise PipelineError("\n".join(missing))
     forced_from = min((STAGE_NAMES.index(f) for f in force or []), default=len(STAGE_NAMES))
+    options = options or {}
     if not _main_process():  # another torchrun process: it computes, the first one writes
-        return _run_locked(config, run, selected, forced_from, main=False)
+        return _run_locked(config, run, selected, forced_from, options, main=False)
     run.root.mkdir(parents=True, exist_ok=True)
     with _exclusive(run):
-        return _run_locked(config, run, selected, forced_from)
+        return _run_locked(config, run, selected, forced_from, options)
 
 
 def _main_process() -> bool:
@@ -240,7 +246,7 @@ def _exclusive(run: RunDir) -> Iterator[None]:
 
 
 def _run_locked(config: RunConfig, run: RunDir, selected: list[str], forced_from: int,
-                main: bool = True) -> dict[str, str]:  # fmt: skip
+                options: dict[str, Any], main: bool = True) -> dict[str, str]:  # fmt: skip
     resolved = dump_config(config)
     if main and (not run.config.is_file() or run.config.read_text() != resolved):
         write_text(run.config, resolved)
@@ -260,7 +266,12 @@ def _run_locked(config: RunConfig, run: RunDir, selected: list[str], forced_from
         if main:
             run.clear_state(stage.name)
         timer = Timer()
-        summary = stage.execute(config, run, fp, forced)
+        try:
+            summary = stage.execute(config, run, fp, forced, options)
+        except PartialStage as stop:
+            say(f"[yellow]{stage.name}[/yellow]: stopped early: {escape(str(stop))}")
+            outcome[stage.name] = "partial"
+            break
         if main:
             run.write_state(
                 StageState(

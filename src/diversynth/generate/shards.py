@@ -35,7 +35,7 @@ def clean_leftovers(folder: Path, planned: set[str]) -> int:
     """Remove temp files, unfinished shards and shards not in the plan; return the count."""
     removed = 0
     for path in folder.iterdir():
-        if not path.is_file() or path.name == "plan.json":
+        if not path.is_file() or path.name in ("plan.json", "_info.json"):
             continue
         stem, _, ext = path.name.partition(".")
         temp = path.name.endswith(".tmp")

@@ -12,6 +12,7 @@ import shutil
 from typing import Any
 
 from diversynth.config import RunConfig
+from diversynth.errors import PartialStage
 from diversynth.generate.manifest import write_manifest
 from diversynth.generate.plan import ShardSpec, plan_shards
 from diversynth.generate.shards import clean_leftovers, is_done, read_stats
@@ -52,15 +53,16 @@ def planned_shards(config: RunConfig, run: RunDir) -> list[ShardSpec]:
     )
 
 
-def run_generate(
-    config: RunConfig, run: RunDir, fingerprint: str, forced: bool = False
-) -> dict[str, Any]:
-    """Generate the missing shards; `forced` regenerates all of them."""
+def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool = False,
+                 max_shards: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Generate the missing shards (at most `max_shards` of them this time); `forced`
+    regenerates all of them."""
     prompts = read_jsonl(run.prompts)
     shards = planned_shards(config, run)
     plan = _plan_record(fingerprint, shards)
     stale = forced or _plan_is_stale(run, plan)
-    todo = [s for s in shards if stale or not is_done(run.shards, s.name)]
+    missing = [s for s in shards if stale or not is_done(run.shards, s.name)]
+    todo = missing if max_shards is None else missing[:max_shards]
     engine = None
     if todo:
         # Load the models before touching the shard folder: a model that fails to load
@@ -70,7 +72,7 @@ def run_generate(
         classes = {c["index"]: c["name"] for c in read_jsonl(run.classes)}
         engine = LocalEngine(config, classes)
     _prepare_folder(run, plan, shards, discard=stale)
-    console.print(f"  generate: {len(shards) - len(todo)} of {len(shards)} shards already done")
+    console.print(f"  generate: {len(shards) - len(missing)} of {len(shards)} shards already done")
     timer = Timer()
     generated = 0
     if engine is not None:
@@ -79,14 +81,36 @@ def run_generate(
             for shard in todo:
                 stats = engine.run_shard(shard, prompts, run.shards, lambda n: bar.advance(task, n))
                 generated += stats["count"]
+    if len(todo) < len(missing):
+        left = len(missing) - len(todo)
+        raise PartialStage(f"{len(shards) - left} of {len(shards)} shards done (--max-shards "
+                           f"{max_shards}); run again to make the other {left}")  # fmt: skip
     rows = [row for s in shards for row in read_stats(run.shards, s.name)["rows"]]
     write_manifest(run.manifest, rows)
+    write_json(run.shards / "_info.json", _dataset_info(config, shards))
     return {
         "shards": len(shards),
         "shards_generated": len(todo),
         "images": len(rows),
         "images_generated": generated,
         "images_per_second": round(generated / timer.seconds, 3) if generated else None,
+    }
+
+
+def _dataset_info(config: RunConfig, shards: list[ShardSpec]) -> dict[str, Any]:
+    """The split description timm's WebDataset reader looks for (`_info.json`), so that
+    `timm.data.create_dataset("wds/NAME", root=RUN/shards, split="train",
+    target_key="class_index")` reads the shards as they are."""
+    return {
+        "name": config.name,
+        "splits": {
+            "train": {
+                "name": "train",
+                "num_samples": sum(s.images for s in shards),
+                "filenames": [f"{s.name}.tar" for s in shards],
+                "shard_lengths": [s.images for s in shards],
+            }
+        },
     }
 
 
