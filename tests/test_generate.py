@@ -148,3 +148,117 @@ def test_exception_mid_shard_leaves_no_partial_shard(
         stats = json.loads((run.root / ".state" / "generate.json").read_text())["summary"]
         assert stats["shards_generated"] == stats["shards"] == 3
         assert {p.name: p.read_bytes() for p in run.shards.glob("*.tar")} == tars
+
+
+def test_clip_threshold_remakes_low_scoring_images_with_derived_seeds(
+    kit_overrides: list[str], tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from diversynth.config import load_config
+    from diversynth.pipeline import run_stages
+    from diversynth.rundir import RunDir
+    from diversynth.seeding import derive_seed
+
+    base = [*kit_overrides, "prompts.per_class=2", "prompts.shares={naive: 1}",
+            "generate.images_per_shard=10"]  # fmt: skip
+    run = RunDir(tmp_path / "run")
+    run_stages(load_config(OFFLINE_CONFIG, base), run, ["classes", "prompts", "generate"])
+    first = {r["key"]: r for r in pq.read_table(run.manifest).to_pylist()}
+    threshold = sorted(r["clip_class"] for r in first.values())[len(first) // 2]  # the median
+
+    config = load_config(OFFLINE_CONFIG, [*base, f"generate.clip_threshold={threshold}",
+                                          "generate.max_attempts=3"])  # fmt: skip
+    outcome = run_stages(config, run, ["classes", "prompts", "generate"])
+    assert outcome == {"classes": "skipped", "prompts": "skipped", "generate": "ran"}
+    rows = pq.read_table(run.manifest).to_pylist()
+    assert len(rows) == len(first) == 20
+    for row in rows:
+        before = first[row["key"]]
+        if before["clip_class"] >= threshold:  # good enough the first time: untouched
+            assert (row["attempt"], row["seed"]) == (0, before["seed"])
+        else:  # made again: the best of up to 3 tries is kept, with its own seed
+            assert row["clip_class"] >= before["clip_class"]
+            if row["attempt"]:
+                assert row["seed"] == derive_seed(0, row["prompt_id"], row["image_index"],
+                                                  row["attempt"])  # fmt: skip
+        assert ("below_clip_threshold" in row["flags"]) == (row["clip_class"] < threshold)
+    summary = run.read_state("generate").summary
+    assert summary["regenerated"] == sum(1 for r in rows if r["attempt"]) > 0
+    assert summary["below_clip_threshold"] == sum(1 for r in rows if r["flags"])
+
+
+def test_safety_checker_never_leaves_a_black_image(
+    kit: dict[str, Path], kit_overrides: list[str], tmp_path: Path
+) -> None:
+    """A tiny safety checker that flags about half of the first images: flagged images are
+    made again with derived seeds, and dropped (and counted) if every attempt is flagged."""
+    import io
+    import tarfile
+
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from PIL import Image
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    from diversynth.config import load_config
+    from diversynth.pipeline import run_stages
+    from diversynth.rundir import RunDir, read_jsonl
+    from diversynth.seeding import derive_seed
+    from diversynth.vision.generator import TextToImage
+
+    torch.manual_seed(0)
+    tiny = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+            "num_hidden_layers": 2}  # fmt: skip
+    checker = StableDiffusionSafetyChecker(CLIPConfig(
+        text_config={**tiny, "vocab_size": 1000},
+        vision_config={**tiny, "image_size": 32, "patch_size": 8}, projection_dim=16))  # fmt: skip
+    concept = torch.nn.functional.normalize(torch.randn(16), dim=0)
+    checker.concept_embeds.data[:] = concept
+    checker.special_care_embeds_weights.data[:] = 2.0  # never "special care"
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32)
+
+    base = [*kit_overrides, "prompts.per_class=2", "prompts.shares={naive: 1}",
+            "generate.images_per_shard=10", "generate.clip_score=false"]  # fmt: skip
+    run = RunDir(tmp_path / "run")
+    run_stages(load_config(OFFLINE_CONFIG, base), run, ["classes", "prompts"])
+    prompts = read_jsonl(run.prompts)
+    plain = TextToImage.load(load_config(OFFLINE_CONFIG, base).generate)
+    images, _ = plain([p["text"] for p in prompts], [p["image_seeds"][0] for p in prompts])
+    with torch.no_grad():
+        pooled = checker.vision_model(processor(images, return_tensors="pt").pixel_values)[1]
+        cosines = torch.nn.functional.normalize(checker.visual_projection(pooled), dim=-1) @ concept
+    checker.concept_embeds_weights.data[:] = cosines.median()  # flags the upper half
+
+    model = tmp_path / "sd-with-checker"
+    pipe = StableDiffusionPipeline.from_pretrained(kit["stable-diffusion"], safety_checker=checker,
+                                                   feature_extractor=processor)  # fmt: skip
+    pipe.save_pretrained(model, safe_serialization=True)
+    config = load_config(OFFLINE_CONFIG, [*base, f"generate.model={model}",
+                                          "generate.safety_checker=true"])  # fmt: skip
+    run_stages(config, run, ["generate"])
+
+    summary = run.read_state("generate").summary
+    rows = pq_rows(run.manifest)
+    assert summary["images"] + summary["dropped_unsafe"] == len(prompts) == 20
+    assert summary["regenerated"] >= 1 and summary["images"] == len(rows)
+    for row in rows:
+        assert "unsafe" not in row["flags"]
+        assert row["seed"] == derive_seed(0, row["prompt_id"], 0, row["attempt"])
+    for tar in sorted(run.shards.glob("*.tar")):
+        with tarfile.open(tar) as handle:
+            for member in handle.getmembers():
+                if member.name.endswith(".jpg"):
+                    pixels = np.asarray(Image.open(io.BytesIO(handle.extractfile(member).read())))
+                    assert pixels.max() > 16, f"{member.name} is black"
+    config_without = load_config(OFFLINE_CONFIG, [*base, "generate.safety_checker=true"])
+    with pytest.raises(Exception, match="has no safety checker"):
+        TextToImage.load(config_without.generate)
+
+
+def pq_rows(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()

@@ -63,6 +63,37 @@ def test_synthetic_scale_picks_images_evenly_over_classes() -> None:
     assert sorted(counts) == [2, 2, 3]
 
 
+def test_state_round_trip_continues_like_the_original(tmp_path: Path) -> None:
+    """AdamW's state (step counts, moments, betas) and the RNG survive safetensors."""
+    import timm
+
+    from diversynth.train.checkpoint import Resume, load_state, save_state
+
+    def setup():
+        torch.manual_seed(0)
+        model = timm.create_model("resnet10t", num_classes=3)
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step(model, optimizer) -> None:
+        x = torch.randn(4, 3, 32, 32)
+        loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 0]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model, optimizer = setup()
+    step(model, optimizer)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    save_state(tmp_path / "state.safetensors", model, optimizer, scaler, Resume(1, 0, "fp"))
+    step(model, optimizer)  # the original goes on (drawing its batch from the RNG)
+    copy, copy_optimizer = setup()
+    resume = load_state(tmp_path / "state.safetensors", copy, copy_optimizer, scaler)
+    assert resume == Resume(1, 0, "fp")
+    step(copy, copy_optimizer)
+    for a, b in zip(model.state_dict().values(), copy.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def _train(run: Path, kit_overrides: list[str], extra: list[str]) -> dict:
     config = load_config(OFFLINE_CONFIG, [*kit_overrides, *SMALL, *extra])
     run_stages(config, RunDir(run), stages=["train"])

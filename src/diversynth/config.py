@@ -253,7 +253,22 @@ class GenerateConfig(Section):
     jpeg_quality: int = Field(90, ge=1, le=100)
     store_size: PositiveInt | None = None  # shorter side of stored images; None keeps it
     clip_score: bool = True
+    # images whose CLIP score (against the class name, or the prompt) is below this are
+    # made again with a new derived seed, up to max_attempts generations in all; the best
+    # one is kept and, if still below, flagged in the manifest
+    clip_threshold: float | None = Field(None, ge=-1, le=1)
+    clip_threshold_on: Literal["class", "prompt"] = "class"
+    max_attempts: PositiveInt = 3
+    # keep the model's safety checker: flagged images (diffusers blacks them out) are made
+    # again like low-scoring ones, and dropped and counted if every attempt is flagged
+    safety_checker: bool = False
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _threshold_needs_scores(self) -> GenerateConfig:
+        if self.clip_threshold is not None and not self.clip_score:
+            raise ValueError("generate.clip_threshold needs generate.clip_score: true")
+        return self
 
     @field_validator("height", "width")
     @classmethod

@@ -17,6 +17,7 @@ from diversynth.generate.plan import ImageJob, ShardSpec, shard_jobs
 from diversynth.generate.shards import ShardWriter, encode_jpeg
 from diversynth.generate.writer import BackgroundWriter
 from diversynth.rundir import Timer
+from diversynth.seeding import derive_seed
 from diversynth.vision.clip import ClipScorer
 from diversynth.vision.generator import TextToImage
 
@@ -42,6 +43,51 @@ class LocalEngine:
         names = [self.class_names[job.prompt["class_index"]] for job in batch]
         return self.clip.pair_scores(images, texts), self.clip.pair_scores(images, names)
 
+    def _make(self, batch: list[ImageJob]) -> tuple[list[Image.Image], list[dict[str, Any]]]:
+        """Images for a batch and, per image, its seed, attempt, CLIP scores and flags.
+
+        An image the safety checker flags, or (with `clip_threshold`) one scoring below the
+        threshold, is made again with the seed of the next attempt (a pure function of the
+        run seed, prompt id, image index and attempt: reruns give the same images), up to
+        `max_attempts` in all. The best is kept: unflagged first, then the higher score.
+        An image flagged on every attempt gets the flag "unsafe" and is not written."""
+        cfg = self.config.generate
+        images, unsafe = self.t2i([job.prompt["text"] for job in batch],
+                                  [job.seed for job in batch])  # fmt: skip
+        info = [{"seed": job.seed, "attempt": 0, "unsafe": bad} for job, bad in
+                zip(batch, unsafe, strict=True)]  # fmt: skip
+        for row, p, c in zip(info, *self._scores(batch, images), strict=True):
+            row.update(clip_prompt=p, clip_class=c)
+        key = "clip_" + cfg.clip_threshold_on
+        threshold = cfg.clip_threshold if self.clip is not None else None
+
+        def rank(row: dict[str, Any]) -> tuple[bool, float]:
+            return (not row["unsafe"], row[key] if threshold is not None else 0.0)
+
+        def redo(row: dict[str, Any]) -> bool:
+            return row["unsafe"] or (threshold is not None and row[key] < threshold)
+
+        for attempt in range(1, cfg.max_attempts):
+            todo = [i for i, row in enumerate(info) if redo(row)]
+            if not todo:
+                break
+            jobs = [batch[i] for i in todo]
+            seeds = [derive_seed(self.config.seed, job.prompt["prompt_id"], job.image_index,
+                                 attempt) for job in jobs]  # fmt: skip
+            again, flagged = self.t2i([job.prompt["text"] for job in jobs], seeds)
+            scores = self._scores(jobs, again)
+            for k, i in enumerate(todo):
+                row = {"seed": seeds[k], "attempt": attempt, "unsafe": flagged[k],
+                       "clip_prompt": scores[0][k], "clip_class": scores[1][k]}  # fmt: skip
+                if rank(row) > rank(info[i]):
+                    images[i], info[i] = again[k], row
+        for row in info:
+            bad = row.pop("unsafe")
+            row["flags"] = (["unsafe"] if bad else []) + (
+                ["below_clip_threshold"] if threshold is not None and row[key] < threshold else []
+            )
+        return images, info
+
     def run_shard(
         self,
         shard: ShardSpec,
@@ -53,9 +99,13 @@ class LocalEngine:
         timer = Timer()
         writer = ShardWriter(folder, shard.name)
         rows: list[dict[str, Any]] = []
+        dropped: list[str] = []
 
-        def write(batch: list[ImageJob], images: list[Image.Image], scores: tuple) -> None:
-            for job, image, s_prompt, s_class in zip(batch, images, *scores, strict=True):
+        def write(batch: list[ImageJob], images: list[Image.Image], info: list[dict]) -> None:
+            for job, image, made in zip(batch, images, info, strict=True):
+                if "unsafe" in made["flags"]:
+                    dropped.append(job.key)  # a blacked-out image never enters the data
+                    continue
                 row = {
                     "key": job.key,
                     "shard": shard.name,
@@ -63,11 +113,7 @@ class LocalEngine:
                     "prompt_id": job.prompt["prompt_id"],
                     "image_index": job.image_index,
                     "strategy": job.prompt["strategy"],
-                    "seed": job.seed,
-                    "attempt": 0,
-                    "clip_prompt": s_prompt,
-                    "clip_class": s_class,
-                    "flags": [],
+                    **made,
                 }
                 jpeg = encode_jpeg(image, cfg.jpeg_quality, cfg.store_size)
                 writer.write(job.key, jpeg, {**row, "prompt": job.prompt["text"]})
@@ -77,9 +123,7 @@ class LocalEngine:
         with BackgroundWriter() as background:
             try:
                 for batch in self._batches(shard_jobs(shard, prompts)):
-                    images = self.t2i([job.prompt["text"] for job in batch],
-                                      [job.seed for job in batch])  # fmt: skip
-                    background.submit(write, batch, images, self._scores(batch, images))
+                    background.submit(write, batch, *self._make(batch))
                 background.wait()
             except BaseException:
                 background.close()  # no write may run after the abort below
@@ -92,5 +136,6 @@ class LocalEngine:
                 "prompt_stop": shard.prompt_stop,
                 "seconds": round(timer.seconds, 3),
                 "rows": rows,
+                "dropped_unsafe": dropped,
             }
         )

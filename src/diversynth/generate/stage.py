@@ -79,25 +79,29 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
         with progress_bar() as bar:
             task = bar.add_task("generate", total=sum(s.images for s in todo), unit="images")
             for shard in todo:
-                stats = engine.run_shard(shard, prompts, run.shards, lambda n: bar.advance(task, n))
-                generated += stats["count"]
+                made = engine.run_shard(shard, prompts, run.shards, lambda n: bar.advance(task, n))
+                generated += made["count"]
     if len(todo) < len(missing):
         left = len(missing) - len(todo)
         raise PartialStage(f"{len(shards) - left} of {len(shards)} shards done (--max-shards "
                            f"{max_shards}); run again to make the other {left}")  # fmt: skip
-    rows = [row for s in shards for row in read_stats(run.shards, s.name)["rows"]]
+    stats = [read_stats(run.shards, s.name) for s in shards]
+    rows = [row for shard_stats in stats for row in shard_stats["rows"]]
     write_manifest(run.manifest, rows)
-    write_json(run.shards / "_info.json", _dataset_info(config, shards))
+    write_json(run.shards / "_info.json", _dataset_info(config, stats))
     return {
         "shards": len(shards),
         "shards_generated": len(todo),
         "images": len(rows),
         "images_generated": generated,
+        "regenerated": sum(1 for row in rows if row["attempt"] > 0),
+        "below_clip_threshold": sum(1 for row in rows if "below_clip_threshold" in row["flags"]),
+        "dropped_unsafe": sum(len(s.get("dropped_unsafe", [])) for s in stats),
         "images_per_second": round(generated / timer.seconds, 3) if generated else None,
     }
 
 
-def _dataset_info(config: RunConfig, shards: list[ShardSpec]) -> dict[str, Any]:
+def _dataset_info(config: RunConfig, stats: list[dict[str, Any]]) -> dict[str, Any]:
     """The split description timm's WebDataset reader looks for (`_info.json`), so that
     `timm.data.create_dataset("wds/NAME", root=RUN/shards, split="train",
     target_key="class_index")` reads the shards as they are."""
@@ -106,9 +110,9 @@ def _dataset_info(config: RunConfig, shards: list[ShardSpec]) -> dict[str, Any]:
         "splits": {
             "train": {
                 "name": "train",
-                "num_samples": sum(s.images for s in shards),
-                "filenames": [f"{s.name}.tar" for s in shards],
-                "shard_lengths": [s.images for s in shards],
+                "num_samples": sum(s["count"] for s in stats),
+                "filenames": [f"{s['shard']}.tar" for s in stats],
+                "shard_lengths": [s["count"] for s in stats],
             }
         },
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,16 @@ class LlamaCppBackend:
         return answers
 
 
+def _cache_gguf_name_map() -> None:
+    """transformers rebuilds gguf's tensor-name map once per tensor while it loads a GGUF
+    file (397 times for SmolLM2-135M: 11 s of a 45 s load on 2 cores); the map depends only
+    on its arguments, so one cached copy serves every call."""
+    import gguf
+
+    if not hasattr(gguf.get_tensor_name_map, "cache_info"):
+        gguf.get_tensor_name_map = functools.lru_cache(maxsize=16)(gguf.get_tensor_name_map)
+
+
 class TransformersBackend:
     """A causal LM through transformers (a hub id, a folder, or a GGUF file), batched.
 
@@ -170,6 +181,7 @@ class TransformersBackend:
         source, extra = self.config.model, {}
         if path.suffix == ".gguf":
             source, extra = str(path.parent), {"gguf_file": path.name}
+            _cache_gguf_name_map()
         kwargs = {"trust_remote_code": self.config.trust_remote_code, **extra}
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)

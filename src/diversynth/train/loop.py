@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -192,6 +193,7 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "",
                 board.add_scalar("train/lr", record["lr"], step)
             if ranks.main and step % cfg.checkpoint_every == 0 and step < total_steps:
                 log.flush()
+                os.fsync(log.fileno())  # the state must never point past the log's end
                 save_state(state_path, model, optimizer, scaler,
                            replace(resume, step=micro + 1, metrics_bytes=log.tell()))  # fmt: skip
             bar.update(task, completed=step)

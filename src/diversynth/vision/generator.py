@@ -48,25 +48,37 @@ class TextToImage:
 
         device = pick_device(config.device)
         dtype = pick_dtype(config.dtype, device)
+        extra: dict[str, Any] = {}
         try:
+            components = diffusers.DiffusionPipeline.load_config(config.model)
+            if "safety_checker" in components and not config.safety_checker:
+                extra["safety_checker"] = None  # not even loaded
             pipe = AutoPipelineForText2Image.from_pretrained(
                 config.model,
                 dtype=dtype,
                 use_safetensors=True,  # never unpickle weights
                 trust_remote_code=config.trust_remote_code,
+                **extra,
             )
         except (OSError, ValueError) as exc:
             raise GeneratorLoadError(
                 f"generate.model: cannot load {config.model!r}: {exc}"
             ) from exc
+        if config.safety_checker and getattr(pipe, "safety_checker", None) is None:
+            raise GeneratorLoadError(
+                f"generate.safety_checker: true, but {config.model!r} has no safety checker"
+            )
         if config.scheduler:
             pipe.scheduler = _load_scheduler(pipe, config.scheduler)
         pipe.set_progress_bar_config(disable=True)
         pipe = pipe.to(device)
         return cls(pipe=pipe, config=config, device=device)
 
-    def __call__(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
-        """One image per (prompt, seed); each image depends only on its own seed."""
+    def __call__(
+        self, prompts: list[str], seeds: list[int]
+    ) -> tuple[list[Image.Image], list[bool]]:
+        """One image per (prompt, seed), each depending only on its own seed, and whether
+        the safety checker (when kept) flagged it."""
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         negative = (
             [self.config.negative_prompt] * len(prompts) if self.config.negative_prompt else None
@@ -82,4 +94,5 @@ class TextToImage:
                 generator=generators,
                 output_type="pil",
             )
-        return list(out.images)
+        flagged = getattr(out, "nsfw_content_detected", None) or [False] * len(prompts)
+        return list(out.images), [bool(f) for f in flagged]
