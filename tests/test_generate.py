@@ -70,7 +70,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
         while not (out / "shards" / "plan.json").exists() and proc.poll() is None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 4.0))
+        time.sleep(rng.uniform(0.0, 2.5))
         if proc.poll() is not None:
             break
         os.kill(proc.pid, signal.SIGKILL)
@@ -94,7 +94,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
     ).read_bytes()
 
 
-@pytest.mark.parametrize("fail_after_batches", [1, 3])
+@pytest.mark.parametrize("fail_after_batches", [3])  # inside the second shard
 def test_exception_mid_shard_leaves_no_partial_shard(
     kit_overrides: list[str],
     tmp_path: Path,

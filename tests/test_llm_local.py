@@ -71,8 +71,13 @@ def test_prompts_through_the_real_llamacpp_server(
     for index in range(2):
         assert sum(1 for p in prompts if p["class_index"] == index) == 10
 
-    rerun = cli(*args, "--force", "prompts", *set_args(overrides))
-    assert rerun.returncode == 0, rerun.stderr
+    # the rerun in this process (the command line was just tested; imports cost seconds)
+    from diversynth.config import load_config
+    from diversynth.pipeline import run_stages
+    from diversynth.rundir import RunDir
+
+    run_stages(load_config(OFFLINE_CONFIG, overrides), RunDir(out), ["classes", "prompts"],
+               force=["prompts"])  # fmt: skip
     again = json.loads((out / ".state" / "prompts.json").read_text())["summary"]
     assert again["llm_calls"] == 0
     assert (out / "prompts.jsonl").read_text().splitlines() == [
