@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from diversynth.errors import DiversynthError
+from diversynth.generate.plan import ShardSpec
 from diversynth.generate.shards import is_done, read_stats
 
 
@@ -23,11 +24,11 @@ def generation_status(shard_folder: Path) -> dict[str, Any]:
     if not plan_path.is_file():
         raise StatusError(f"--run: no shards/plan.json in {str(shard_folder.parent)!r} "
                           "(the generate stage has not started there)")  # fmt: skip
-    plan = json.loads(plan_path.read_text())["shards"]
-    done = [s for s in plan if is_done(shard_folder, f"{s['index']:06d}")]
-    stats = [read_stats(shard_folder, f"{s['index']:06d}") for s in done]
+    plan = [ShardSpec(**s) for s in json.loads(plan_path.read_text())["shards"]]
+    done = [s for s in plan if is_done(shard_folder, s.name)]
+    stats = [read_stats(shard_folder, s.name) for s in done]
     images_done = sum(s["count"] for s in stats)
-    images_total = sum(s["images"] for s in plan)
+    images_total = sum(s.images for s in plan)
     seconds = sum(s.get("seconds", 0.0) for s in stats)
     rate = images_done / seconds if seconds > 0 else None  # images/s of one generating process
     remaining = images_total - images_done
