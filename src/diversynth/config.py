@@ -237,8 +237,21 @@ class ClipConfig(Section):
     device: Device = "auto"
 
 
+class RayConfig(Section):
+    """Where and how wide the ray engine runs. It does not change a single pixel: the same
+    config gives the same shards on either engine and any number of workers."""
+
+    # None starts a Ray instance on this machine for the run; "auto" joins the cluster this
+    # machine belongs to (`ray start`); or a cluster address ("ray://head:10001", "head:6379")
+    address: str | None = None
+    workers: PositiveInt = 1  # actors; each loads the pipeline once and makes whole shards
+    gpus_per_worker: float | None = Field(None, ge=0)  # None: 1 if the cluster has GPUs, else 0
+    cpus_per_worker: float = Field(1, gt=0)  # CPU workers run torch on this many threads
+
+
 class GenerateConfig(Section):
-    engine: Literal["local"] = "local"
+    engine: Literal["local", "ray"] = "local"
+    ray: RayConfig = Field(default_factory=RayConfig)
     model: ModelRef
     dtype: Dtype = "float16"
     device: Device = "auto"
@@ -263,6 +276,10 @@ class GenerateConfig(Section):
     # again like low-scoring ones, and dropped and counted if every attempt is flagged
     safety_checker: bool = False
     trust_remote_code: bool = False
+    # torch threads of a process generating on the CPU (None: torch's default, and on ray
+    # cpus_per_worker). CPU results depend on it (oneDNN splits its sums by thread): give
+    # it a value for shards that are pixel-identical across engines and machines
+    cpu_threads: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _threshold_needs_scores(self) -> GenerateConfig:

@@ -65,6 +65,8 @@ class Stage:
     # (to discard partial work); other stages start from scratch every time anyway
     resumable: bool = False
     options: tuple[str, ...] = ()  # run options (not config: no fingerprint) it takes
+    # "section.field" settings that change how the work runs but not its output
+    ignores: tuple[str, ...] = ()
 
     def execute(self, config: RunConfig, run: RunDir, fingerprint: str, forced: bool,
                 options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
@@ -129,6 +131,8 @@ STAGES = [
         digest="diversynth.generate.stage:generate_output_digest",
         resumable=True,
         options=("max_shards",),
+        # either engine, any number of workers: the same shards, so switching keeps them
+        ignores=("generate.engine", "generate.ray"),
     ),
     Stage(
         "train",
@@ -186,6 +190,10 @@ def fingerprint(stage: Stage, config: RunConfig, run: RunDir) -> str:
         state = run.read_state(name)
         upstream[name] = state.output_digest if state else None
     sections = stage.sections(config) if callable(stage.sections) else stage.sections
+    for dotted in stage.ignores:
+        section, _, key = dotted.partition(".")
+        if isinstance(data.get(section), dict):
+            data[section].pop(key, None)
     return digest_json(
         {
             "stage": stage.name,

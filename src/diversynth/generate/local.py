@@ -6,6 +6,8 @@ it to the shard's tar, so the device does not wait on the encoder or the disk.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from diversynth.generate.writer import BackgroundWriter
 from diversynth.rundir import Timer
 from diversynth.seeding import derive_seed
 from diversynth.vision.clip import ClipScorer
+from diversynth.vision.device import torch_threads
 from diversynth.vision.generator import TextToImage
 
 
@@ -91,10 +94,12 @@ class LocalEngine:
     def run_shard(
         self,
         shard: ShardSpec,
-        prompts: list[dict[str, Any]],
+        shard_prompts: list[dict[str, Any]],
         folder: Path,
         on_images: Callable[[int], None] = lambda n: None,
     ) -> dict[str, Any]:
+        """Make one whole shard from its prompts (`ShardSpec.take`) and commit it; its bytes
+        depend only on the config and these prompts, not on the process that makes it."""
         cfg = self.config.generate
         timer = Timer()
         writer = ShardWriter(folder, shard.name)
@@ -120,9 +125,9 @@ class LocalEngine:
                 rows.append(row)
             on_images(len(batch))
 
-        with BackgroundWriter() as background:
+        with torch_threads(cfg.cpu_threads), BackgroundWriter() as background:
             try:
-                for batch in self._batches(shard_jobs(shard, prompts)):
+                for batch in self._batches(shard_jobs(shard_prompts)):
                     background.submit(write, batch, *self._make(batch))
                 background.wait()
             except BaseException:
@@ -135,6 +140,7 @@ class LocalEngine:
                 "prompt_start": shard.prompt_start,
                 "prompt_stop": shard.prompt_stop,
                 "seconds": round(timer.seconds, 3),
+                "worker": f"{socket.gethostname()}:{os.getpid()}",
                 "rows": rows,
                 "dropped_unsafe": dropped,
             }

@@ -20,8 +20,9 @@ SCHEMA = pa.schema(
         ("strategy", pa.string()),
         ("seed", pa.int64()),
         ("attempt", pa.int32()),
-        ("clip_prompt", pa.float32()),
-        ("clip_class", pa.float32()),
+        # float64: the manifest holds exactly the scores clip_threshold was compared with
+        ("clip_prompt", pa.float64()),
+        ("clip_class", pa.float64()),
         ("flags", pa.list_(pa.string())),
     ]
 )

@@ -21,6 +21,10 @@ class ShardSpec:
     def name(self) -> str:
         return f"{self.index:06d}"
 
+    def take(self, prompts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """This shard's prompts out of the whole list (prompt ids are list positions)."""
+        return prompts[self.prompt_start : self.prompt_stop]
+
 
 def plan_shards(num_prompts: int, images_per_prompt: int, images_per_shard: int) -> list[ShardSpec]:
     prompts_per_shard = max(1, images_per_shard // images_per_prompt)
@@ -49,9 +53,10 @@ class ImageJob:
     seed: int
 
 
-def shard_jobs(shard: ShardSpec, prompts: list[dict[str, Any]]) -> list[ImageJob]:
+def shard_jobs(shard_prompts: list[dict[str, Any]]) -> list[ImageJob]:
+    """Every image of a shard, given its prompts (`ShardSpec.take`), in key order."""
     jobs = []
-    for prompt in prompts[shard.prompt_start : shard.prompt_stop]:
+    for prompt in shard_prompts:
         for i, seed in enumerate(prompt["image_seeds"]):
             jobs.append(ImageJob(image_key(prompt["prompt_id"], i), prompt, i, seed))
     return jobs

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,13 @@ def encode_jpeg(image: Image.Image, quality: int, store_size: int | None) -> byt
 
 
 class ShardWriter:
-    """Writes one shard: samples go to `NAME.tar.tmp`, renamed to `NAME.tar` on close."""
+    """Writes one shard: samples go to `NAME.tar.<random>.tmp`, renamed to `NAME.tar` on
+    commit. The temp name is unique so that a worker of a killed run that is still finishing
+    the same shard never writes into the file of the run that replaced it."""
 
     def __init__(self, folder: Path, name: str):
         self.tar_path, self.stats_path = shard_paths(folder, name)
-        self.tmp_path = self.tar_path.with_suffix(".tar.tmp")
+        self.tmp_path = folder / f"{name}.tar.{uuid.uuid4().hex[:12]}.tmp"
         self._file = self.tmp_path.open("wb")
         self._writer = wds.TarWriter(self._file, mtime=TAR_MTIME, encoder=False)
         self.count = 0

@@ -63,24 +63,39 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     stale = forced or _plan_is_stale(run, plan)
     missing = [s for s in shards if stale or not is_done(run.shards, s.name)]
     todo = missing if max_shards is None else missing[:max_shards]
+    classes = {c["index"]: c["name"] for c in read_jsonl(run.classes)}
     engine = None
-    if todo:
+    if todo and config.generate.engine == "local":
         # Load the models before touching the shard folder: a model that fails to load
         # must not cost the shards of the previous settings.
         from diversynth.generate.local import LocalEngine  # heavy imports only when needed
 
-        classes = {c["index"]: c["name"] for c in read_jsonl(run.classes)}
         engine = LocalEngine(config, classes)
+    elif todo:  # the ray workers load the models: check what can be checked here first
+        from diversynth.generate.ray_engine import check_pool
+        from diversynth.vision.generator import check_model
+
+        check_model(config.generate)
+        check_pool(config)
     _prepare_folder(run, plan, shards, discard=stale)
     console.print(f"  generate: {len(shards) - len(missing)} of {len(shards)} shards already done")
     timer = Timer()
     generated = 0
-    if engine is not None:
+    if todo:
         with progress_bar() as bar:
             task = bar.add_task("generate", total=sum(s.images for s in todo), unit="images")
-            for shard in todo:
-                made = engine.run_shard(shard, prompts, run.shards, lambda n: bar.advance(task, n))
-                generated += made["count"]
+            if engine is not None:
+                for shard in todo:
+                    made = engine.run_shard(shard, shard.take(prompts), run.shards,
+                                            lambda n: bar.advance(task, n))  # fmt: skip
+                    generated += made["count"]
+            else:
+                from diversynth.generate.ray_engine import make_shards
+
+                planned = {s.name: s.images for s in todo}
+                for name, count in make_shards(config, todo, prompts, classes, run.shards):
+                    bar.advance(task, planned[name])  # per shard: workers report whole ones
+                    generated += count
     if len(todo) < len(missing):
         left = len(missing) - len(todo)
         raise PartialStage(f"{len(shards) - left} of {len(shards)} shards done (--max-shards "
@@ -98,6 +113,8 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
         "below_clip_threshold": sum(1 for row in rows if "below_clip_threshold" in row["flags"]),
         "dropped_unsafe": sum(len(s.get("dropped_unsafe", [])) for s in stats),
         "images_per_second": round(generated / timer.seconds, 3) if generated else None,
+        "engine": config.generate.engine,
+        "workers": config.generate.ray.workers if config.generate.engine == "ray" else 1,
     }
 
 

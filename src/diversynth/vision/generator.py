@@ -17,13 +17,27 @@ class GeneratorLoadError(DiversynthError):
     pass
 
 
-def _load_scheduler(pipe: Any, name: str) -> Any:
+def _scheduler_class(name: str) -> Any:
     import diffusers
 
     cls = getattr(diffusers, name, None)
     if cls is None or not hasattr(cls, "from_config"):
         raise GeneratorLoadError(f"generate.scheduler: no diffusers scheduler named {name!r}")
-    return cls.from_config(pipe.scheduler.config)
+    return cls
+
+
+def check_model(config: GenerateConfig) -> dict[str, Any]:
+    """The pipeline's component list (`model_index.json`), read without loading weights,
+    and the scheduler name: a wrong reference fails here, in a second, rather than in
+    every worker."""
+    import diffusers
+
+    if config.scheduler:
+        _scheduler_class(config.scheduler)
+    try:
+        return diffusers.DiffusionPipeline.load_config(config.model)
+    except (OSError, ValueError) as exc:
+        raise GeneratorLoadError(f"generate.model: cannot load {config.model!r}: {exc}") from exc
 
 
 @dataclass
@@ -49,10 +63,9 @@ class TextToImage:
         device = pick_device(config.device)
         dtype = pick_dtype(config.dtype, device)
         extra: dict[str, Any] = {}
+        if "safety_checker" in check_model(config) and not config.safety_checker:
+            extra["safety_checker"] = None  # not even loaded
         try:
-            components = diffusers.DiffusionPipeline.load_config(config.model)
-            if "safety_checker" in components and not config.safety_checker:
-                extra["safety_checker"] = None  # not even loaded
             pipe = AutoPipelineForText2Image.from_pretrained(
                 config.model,
                 dtype=dtype,
@@ -69,7 +82,7 @@ class TextToImage:
                 f"generate.safety_checker: true, but {config.model!r} has no safety checker"
             )
         if config.scheduler:
-            pipe.scheduler = _load_scheduler(pipe, config.scheduler)
+            pipe.scheduler = _scheduler_class(config.scheduler).from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         pipe = pipe.to(device)
         return cls(pipe=pipe, config=config, device=device)

@@ -1,0 +1,184 @@
+"""The ray engine: Ray Data spreads the shards of the plan over a pool of actors.
+
+The dataset holds one row per shard still to make (its spec and its prompts). `map_batches`
+runs `ShardMaker` actors, each of which loads the pipeline (and CLIP) once, on its own GPU
+when the cluster has GPUs, and makes whole shards with the local engine's code, committing
+each into the run's shard folder. So a shard's bytes do not depend on the engine or on the
+worker that made it, and a killed run loses only the shards in progress.
+
+Rows are shards, not prompts: a shard is the unit of resume and of byte identity, and rows
+of prompts would have to be grouped back into the planned shards (a shuffle) before any
+worker could start one.
+
+On a cluster, the run directory must be on storage that every node mounts (NFS, a shared
+volume), as img2dataset's output folder must.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from diversynth.config import RunConfig
+from diversynth.errors import DiversynthError
+from diversynth.generate.plan import ShardSpec
+
+
+class RayEngineError(DiversynthError):
+    pass
+
+
+class WorkerError(DiversynthError):
+    """A worker's error that the user can act on (disk full, permissions, bad input), with
+    its message made on the worker: Ray Data appends its own lines to what comes back."""
+
+
+class ShardMaker:
+    """A Ray Data actor: loads the models once, then makes the shards it is given."""
+
+    def __init__(self, config: RunConfig, class_names: dict[int, str], folder: str):
+        from diversynth.generate.local import LocalEngine
+
+        self.engine = LocalEngine(config, class_names)
+        self.folder = Path(folder)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        made: dict[str, list[Any]] = {"shard": [], "count": []}
+        for spec, prompts in zip(batch["spec"], batch["prompts"], strict=True):
+            shard = ShardSpec(**json.loads(spec))
+            try:
+                stats = self.engine.run_shard(shard, json.loads(prompts), self.folder)
+            except OSError as exc:
+                raise WorkerError(f"{exc.strerror or exc} ({exc.filename or self.folder})") from exc
+            except DiversynthError as exc:
+                raise WorkerError(str(exc)) from exc
+            made["shard"].append(shard.name)
+            made["count"].append(stats["count"])
+        return made
+
+
+def _connect(config: RunConfig) -> bool:
+    """Join the configured cluster, or start Ray on this machine; True when this call did
+    either (and so must shut it down). A Ray already initialised by the caller is used."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    cfg = config.generate.ray
+    here = _this_machine() if cfg.address is None else {}
+    try:
+        ray.init(
+            # "local": a new instance for this run, even if `ray start` left one running
+            address=cfg.address or "local",
+            num_cpus=here.get("CPU"),
+            num_gpus=here.get("GPU"),
+            include_dashboard=False,
+            log_to_driver=False,  # worker errors come back as exceptions, not log lines
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise RayEngineError(f"generate.ray.address: cannot join {cfg.address!r}: {exc}") from exc
+    return True
+
+
+def _this_machine() -> dict[str, int]:
+    """The CPUs (this process may use) and GPUs of a Ray started here."""
+    import torch
+
+    return {"CPU": len(os.sched_getaffinity(0)), "GPU": torch.cuda.device_count()}
+
+
+def check_pool(config: RunConfig) -> None:
+    """When the run starts Ray on this machine, a pool that cannot fit is an error now,
+    before any work, rather than a wait forever for resources that never come."""
+    cfg = config.generate.ray
+    if cfg.address is not None:
+        return  # a cluster may grow (autoscaling): Ray Data waits for the workers
+    have = _this_machine()
+    for name, each, key in (("GPU", _gpus_per_worker(config, have["GPU"]), "gpus_per_worker"),
+                            ("CPU", cfg.cpus_per_worker, "cpus_per_worker")):  # fmt: skip
+        need = cfg.workers * each
+        if need > have[name]:
+            raise RayEngineError(
+                f"generate.ray.workers: {cfg.workers} workers x {each:g} {name} "
+                f"(generate.ray.{key}) need {need:g}; this machine has {have[name]:g} {name}s"
+            )
+
+
+def _gpus_per_worker(config: RunConfig, cluster_gpus: float) -> float:
+    """The configured share, else one GPU per worker when there are GPUs to use."""
+    if config.generate.ray.gpus_per_worker is not None:
+        return config.generate.ray.gpus_per_worker
+    return 1.0 if cluster_gpus > 0 and config.generate.device != "cpu" else 0.0
+
+
+def _worker_error(exc: BaseException) -> BaseException:
+    """What to report for an error from the pool: a `WorkerError` as one plain line; for a
+    worker that failed to start, the last line of its traceback; anything else as it is."""
+    from ray.exceptions import RayActorError, RayError
+
+    seen: BaseException | None = exc
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:  # Ray wraps it, sometimes twice
+        visited.add(id(seen))
+        if isinstance(seen, WorkerError) and not isinstance(seen, RayError):
+            return RayEngineError(str(seen.args[0]).splitlines()[0])
+        if isinstance(seen, RayActorError) and getattr(seen, "error_msg", ""):
+            lines = [line for line in seen.error_msg.splitlines() if line.strip()]
+            return RayEngineError(f"a ray worker failed to start: {lines[-1].strip()}")
+        seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
+    return exc
+
+
+def make_shards(
+    config: RunConfig,
+    shards: list[ShardSpec],
+    prompts: list[dict[str, Any]],
+    class_names: dict[int, str],
+    folder: Path,
+) -> Iterator[tuple[str, int]]:
+    """Make the given shards on Ray; yield (shard name, images written) as each is done,
+    in the order they finish."""
+    import ray
+    import ray.data
+
+    cfg = config.generate.ray
+    started_here = _connect(config)
+    try:
+        gpus = _gpus_per_worker(config, ray.cluster_resources().get("GPU", 0))
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the stage shows its own
+        context.execution_options.preserve_order = False  # report shards as they finish
+        context.raise_original_map_exception = True  # a WorkerError comes back as one
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        rows = [
+            {"spec": json.dumps(s.__dict__), "prompts": json.dumps(s.take(prompts))} for s in shards
+        ]
+        made = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+            ShardMaker,
+            fn_constructor_kwargs={
+                "config": config,
+                "class_names": class_names,
+                "folder": str(folder),
+            },
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(rows))),
+            num_gpus=gpus,
+            num_cpus=cfg.cpus_per_worker,
+        )
+        try:
+            for row in made.iter_rows():
+                yield str(row["shard"]), int(row["count"])
+        except Exception as exc:
+            cause = _worker_error(exc)
+            if cause is exc:
+                raise
+            raise cause from exc
+    finally:
+        if started_here:
+            ray.shutdown()
