@@ -255,3 +255,22 @@ def pq_rows(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
+
+
+def test_gpu_speed_settings_apply_to_the_pipeline(kit: dict[str, Path]) -> None:
+    """The GPU settings, applied on the CPU here: the layout, the fused projections and the
+    compiled UNet are in place (the compiled UNet is not run: compiling takes minutes)."""
+    import torch
+    from diffusers import AutoPipelineForText2Image
+
+    from diversynth.config import GenerateConfig
+    from diversynth.vision.generator import _speed_up
+
+    pipe = AutoPipelineForText2Image.from_pretrained(kit["stable-diffusion"], use_safetensors=True)
+    config = GenerateConfig(model=str(kit["stable-diffusion"]), fuse_qkv=True,
+                            compile="max-autotune-no-cudagraphs")  # fmt: skip
+    _speed_up(pipe, config)
+    assert pipe.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+    assert processors == {"FusedAttnProcessor2_0"}
+    assert isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule)

@@ -280,6 +280,13 @@ class GenerateConfig(Section):
     # cpus_per_worker). CPU results depend on it (oneDNN splits its sums by thread): give
     # it a value for shards that are pixel-identical across engines and machines
     cpu_threads: PositiveInt | None = None
+    # GPU throughput (no effect on the CPU): channels_last memory layout for the UNet and
+    # VAE; the UNet's q, k, v projections fused into one matrix product; torch.compile of the
+    # UNet with this mode (true = "default"; the first batches compile, minutes for SD 1.5)
+    channels_last: bool = True
+    fuse_qkv: bool = False
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune",
+                            "max-autotune-no-cudagraphs"] = False  # fmt: skip
 
     @model_validator(mode="after")
     def _threshold_needs_scores(self) -> GenerateConfig:

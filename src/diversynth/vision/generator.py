@@ -40,6 +40,26 @@ def check_model(config: GenerateConfig) -> dict[str, Any]:
         raise GeneratorLoadError(f"generate.model: cannot load {config.model!r}: {exc}") from exc
 
 
+def _speed_up(pipe: Any, config: GenerateConfig) -> None:
+    """The GPU settings of diffusers' own speed-up guide, each one optional."""
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if config.channels_last:
+        for module in (denoiser, getattr(pipe, "vae", None)):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+    if config.fuse_qkv:
+        if not hasattr(pipe, "fuse_qkv_projections"):
+            raise GeneratorLoadError(
+                f"generate.fuse_qkv: {type(pipe).__name__} cannot fuse its projections"
+            )
+        pipe.fuse_qkv_projections()
+    if config.compile and denoiser is not None:
+        mode = "default" if config.compile is True else config.compile
+        compiled = torch.compile(denoiser, mode=mode)
+        setattr(pipe, "unet" if getattr(pipe, "unet", None) is denoiser else "transformer",
+                compiled)  # fmt: skip
+
+
 @dataclass
 class TextToImage:
     """A loaded pipeline and the settings it runs with."""
@@ -85,6 +105,8 @@ class TextToImage:
             pipe.scheduler = _scheduler_class(config.scheduler).from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         pipe = pipe.to(device)
+        if device.type == "cuda":
+            _speed_up(pipe, config)
         return cls(pipe=pipe, config=config, device=device)
 
     def __call__(

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Wheels a bare GPU machine (Python 3.12, torch, transformers, timm already there) lacks
+# for the GPU benchmarks, downloaded here into .whl/ (git-ignored):
+#   bash benchmarks/gpu_wheels.sh
+# There, with .whl and models/tiny/stable-diffusion/tokenizer carried along:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#   PYTHONPATH=/tmp/site:src python3 benchmarks/generate_gpu.py --compile
+#   PYTHONPATH=/tmp/site:src python3 benchmarks/train_speed.py --model resnet50 --batch 256 --size 224 --compile --workers 14
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+versions() {  # the versions installed here, so both machines run the same code
+  "$PY" -m pip list --format=freeze 2>/dev/null | grep -i -E "^($(IFS='|'; echo "$*"))==" || true
+}
+mapfile -t pins < <(versions diffusers pydantic pydantic_core annotated-types typing-inspection \
+  webdataset braceexpand open_clip_torch ftfy wcwidth)
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d .whl "${pins[@]}"
+ls .whl
