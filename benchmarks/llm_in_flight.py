@@ -1,12 +1,14 @@
 """Requests in flight against a real OpenAI-compatible server: 1 against N, same requests.
 
-Starts llama-cpp-python's server (`python -m llama_cpp.server`) on loopback with the bundled
+Starts llama.cpp's own server (`llama-server --parallel N`: N slots, continuous batching;
+built once by benchmarks/build_llama_server.sh) on loopback with the bundled
 SmolLM2-135M-Instruct GGUF, sends the prompts stage's context requests for the 10
 Fashion-MNIST classes through diversynth's `openai` backend (no cache) with
 `max_in_flight` 1 and N, several rounds in alternation, and prints the ratio of the median
-wall times.
+wall times. `--server python` uses llama-cpp-python's server instead, which answers one
+request at a time (so N in flight cannot be faster there).
 
-    .venv/bin/python benchmarks/llm_in_flight.py [--in-flight 4] [--rounds 3]
+    .venv/bin/python benchmarks/llm_in_flight.py [--in-flight 4] [--rounds 3] [--server python]
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,9 +56,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--server", choices=["native", "python"], default="native")
     args = parser.parse_args()
+    native = None
+    if args.server == "native":
+        built = subprocess.run(["bash", str(ROOT / "benchmarks" / "build_llama_server.sh")],
+                               check=True, capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+        native = ROOT / built.stdout.strip().splitlines()[-1]
     times: dict[int, list[float]] = {1: [], args.in_flight: []}
-    with LlamaCppServer(resolve_bundled("bundled:smollm2")) as server:
+    gguf = resolve_bundled("bundled:smollm2")
+    with LlamaCppServer(gguf, native=native, parallel=args.in_flight) as server:
         timed(server.base_url, 1, 99)  # warm-up (loads the model's pages)
         for r in range(args.rounds):
             for n in (1, args.in_flight) if r % 2 == 0 else (args.in_flight, 1):
@@ -67,16 +77,20 @@ def main() -> None:
           f"{args.in_flight} in flight {parallel:.2f} s, speed-up {ratio:.2f}x")  # fmt: skip
     result = {
         "benchmark": "llm_in_flight",
-        "server": "python -m llama_cpp.server, SmolLM2-135M-Instruct Q4_1 GGUF",
+        "server": (
+            f"llama-server --parallel {args.in_flight} (llama.cpp from llama-cpp-python's sources)"
+            if native
+            else "python -m llama_cpp.server"
+        )
+        + ", SmolLM2-135M-Instruct Q4_1 GGUF",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
         "requests": len(CLASSES),
         "seconds": {str(k): v for k, v in times.items()},
         "median_seconds": {"1": serial, str(args.in_flight): parallel},
         "speedup": round(ratio, 3),
-        "command": "python benchmarks/llm_in_flight.py --in-flight "
-        f"{args.in_flight} --rounds {args.rounds}",
+        "command": "python benchmarks/llm_in_flight.py " + " ".join(sys.argv[1:]),
     }
-    write_result("llm_in_flight", result)
+    write_result("llm_in_flight" if native else "llm_in_flight_python_server", result)
 
 
 if __name__ == "__main__":

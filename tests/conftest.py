@@ -120,6 +120,19 @@ def copy_before_generate(finished_run: Path, out: Path) -> Path:
     return out
 
 
+def assert_same_shards(run: Path, reference: Path) -> None:
+    """run's shard folder holds the plan, the timm split info and the same 5 shards as
+    reference's, byte for byte, and nothing else; the manifests are the same bytes."""
+    names = sorted(p.name for p in (run / "shards").iterdir())
+    assert names == sorted(
+        ["plan.json", "_info.json"] + [f"{i:06d}.{e}" for i in range(5) for e in ("json", "tar")]
+    )
+    for i in range(5):
+        name = f"shards/{i:06d}.tar"
+        assert (run / name).read_bytes() == (reference / name).read_bytes(), name
+    assert (run / "manifest.parquet").read_bytes() == (reference / "manifest.parquet").read_bytes()
+
+
 def wait_for_new_temp_file(folder: Path, proc: subprocess.Popen[bytes], limit: float = 180) -> None:
     """Return once a temp file that was not there before appears in `folder` (shard temp
     names are unique: the process has begun writing), or the process has exited."""

@@ -119,10 +119,13 @@ class MisbehavingServer:
 
 
 class LlamaCppServer:
-    """`python -m llama_cpp.server` serving a GGUF file on a free loopback port."""
+    """`python -m llama_cpp.server` serving a GGUF file on a free loopback port; or, given
+    the path of llama.cpp's own `llama-server` binary, that server with `parallel` slots."""
 
-    def __init__(self, model: Path):
+    def __init__(self, model: Path, native: Path | None = None, parallel: int = 1):
         self.model = model
+        self.native = native
+        self.parallel = parallel
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         # a file, not a pipe: the server logs a lot, and a full pipe would block it
@@ -133,10 +136,16 @@ class LlamaCppServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def __enter__(self) -> LlamaCppServer:
+        if self.native is not None:  # 2048 tokens of context per slot
+            command = [str(self.native), "--model", str(self.model), "--host", "127.0.0.1",
+                       "--port", str(self.port), "--ctx-size", str(2048 * self.parallel),
+                       "--parallel", str(self.parallel), "--alias", "smollm2"]  # fmt: skip
+        else:
+            command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model),
+                       "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048",
+                       "--model_alias", "smollm2"]  # fmt: skip
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model),
-             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048",
-             "--model_alias", "smollm2"],
+            command,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -15,6 +15,7 @@ import pytest
 from conftest import (
     OFFLINE_CONFIG,
     REPO,
+    assert_same_shards,
     cli,
     copy_before_generate,
     set_args,
@@ -75,16 +76,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
     )
     assert result.returncode == 0, result.stderr
 
-    names = sorted(p.name for p in (out / "shards").iterdir())
-    assert names == sorted(
-        ["plan.json", "_info.json"] + [f"{i:06d}.{e}" for i in range(5) for e in ("json", "tar")]
-    )
-    for i in range(5):
-        name = f"{i:06d}.tar"
-        assert (out / "shards" / name).read_bytes() == (finished_run / "shards" / name).read_bytes()
-    assert (out / "manifest.parquet").read_bytes() == (
-        finished_run / "manifest.parquet"
-    ).read_bytes()
+    assert_same_shards(out, finished_run)
 
 
 @pytest.mark.parametrize("fail_after_batches", [3])  # inside the second shard

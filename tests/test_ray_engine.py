@@ -21,6 +21,7 @@ import torch
 from conftest import (
     OFFLINE_CONFIG,
     REPO,
+    assert_same_shards,
     cli,
     copy_before_generate,
     set_args,
@@ -96,19 +97,11 @@ def test_ray_engine_killed_and_resumed_equals_local_engine(
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / ".state" / "generate.json").read_text())["summary"]
     assert summary["engine"] == "ray" and summary["workers"] == 2
-    assert summary["shards_generated"] == 5 - len(kept)
+    # the committed shards are kept (workers of the killed run may commit a few more)
+    assert summary["shards"] == 5 and summary["shards_generated"] <= 5 - len(kept)
 
     # the same shards as the local engine made for finished_run, and nothing else
-    names = sorted(p.name for p in (out / "shards").iterdir())
-    assert names == sorted(
-        ["plan.json", "_info.json"] + [f"{i:06d}.{e}" for i in range(5) for e in ("json", "tar")]
-    )
-    for i in range(5):
-        name = f"{i:06d}.tar"
-        assert (out / "shards" / name).read_bytes() == (finished_run / "shards" / name).read_bytes()
-    assert (out / "manifest.parquet").read_bytes() == (
-        finished_run / "manifest.parquet"
-    ).read_bytes()
+    assert_same_shards(out, finished_run)
     # the engine is not part of the fingerprint: switching back keeps these shards
     from diversynth.config import load_config
     from diversynth.pipeline import STAGES, fingerprint

@@ -70,12 +70,16 @@ def _connect(config: RunConfig) -> bool:
         return False
     cfg = config.generate.ray
     here = _this_machine() if cfg.address is None else {}
+    # Ray runs its workers at niceness 15 by default: on a machine with other busy processes
+    # the generating actors would starve (a shard taking minutes instead of seconds).
+    system = {"worker_niceness": 0} if cfg.address is None else None
     try:
         ray.init(
             # "local": a new instance for this run, even if `ray start` left one running
             address=cfg.address or "local",
             num_cpus=here.get("CPU"),
             num_gpus=here.get("GPU"),
+            _system_config=system,
             include_dashboard=False,
             log_to_driver=False,  # worker errors come back as exceptions, not log lines
             logging_level=logging.WARNING,
