@@ -63,7 +63,7 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     stale = forced or _plan_is_stale(run, plan)
     missing = [s for s in shards if stale or not is_done(run.shards, s.name)]
     todo = missing if max_shards is None else missing[:max_shards]
-    classes = {c["index"]: c["name"] for c in read_jsonl(run.classes)}
+    classes = {c["index"]: c["name"] for c in read_jsonl(run.classes)} if todo else {}
     engine = None
     if todo and config.generate.engine == "local":
         # Load the models before touching the shard folder: a model that fails to load

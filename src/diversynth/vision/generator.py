@@ -42,7 +42,8 @@ def check_model(config: GenerateConfig) -> dict[str, Any]:
 
 def _speed_up(pipe: Any, config: GenerateConfig) -> None:
     """The GPU settings of diffusers' own speed-up guide, each one optional."""
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+    denoiser = getattr(pipe, name, None)
     if config.channels_last:
         for module in (denoiser, getattr(pipe, "vae", None)):
             if module is not None:
@@ -55,9 +56,7 @@ def _speed_up(pipe: Any, config: GenerateConfig) -> None:
         pipe.fuse_qkv_projections()
     if config.compile and denoiser is not None:
         mode = "default" if config.compile is True else config.compile
-        compiled = torch.compile(denoiser, mode=mode)
-        setattr(pipe, "unet" if getattr(pipe, "unet", None) is denoiser else "transformer",
-                compiled)  # fmt: skip
+        setattr(pipe, name, torch.compile(denoiser, mode=mode))
 
 
 @dataclass
