@@ -1,10 +1,13 @@
 """Training throughput on one device: auxiliary BN against plain BN, and the data loader
 against tensors already on the device. Both comparisons in one run, on the same device.
 
+0. A check that auxiliary BN's fused kernels give what two separate BNs give on this
+   device (one training step of each, with the precision the timings use).
 1. Model steps (forward, backward, SGD step) on a fixed batch already on the device:
-   timm's model as built against the same model after `convert_aux_bn`, with the batch half
-   real and half synthetic; eager, and with `--compile` under `torch.compile` too. Rounds
-   alternate between the two; the ratio is of the medians.
+   timm's model as built (`plain`) against the same model after `convert_aux_bn` (`aux`),
+   and against aux BN done the obvious way, cat([main(real), aux(synthetic)]) (`aux_cat`,
+   as timm's split BN does it), with the batch half real and half synthetic; eager, and
+   with `--compile` under `torch.compile` too. Rounds alternate; ratios are of medians.
 2. The same aux-BN model fed by diversynth's training input path (real + synthetic JPEG
    shards read by byte offset, seeded augmentation, DataLoader workers) against the same
    model on a batch already on the device.
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_result  # noqa: E402
 
 from diversynth.generate.shards import ShardWriter, encode_jpeg  # noqa: E402
-from diversynth.train.aux_bn import convert_aux_bn, real_first  # noqa: E402
+from diversynth.train.aux_bn import AuxBatchNorm, convert_aux_bn, real_first  # noqa: E402
 from diversynth.train.data import SeededSamples, image_transform  # noqa: E402
 from diversynth.train.sampling import MixedBatches  # noqa: E402
 from diversynth.train.synthetic import ShardImages  # noqa: E402
@@ -85,6 +88,38 @@ def images_per_second(step: Stepper, batches, count: int, batch: int, real: int)
     return count * batch / (time.perf_counter() - start)
 
 
+def use_fused(model: torch.nn.Module, fused: bool) -> torch.nn.Module:
+    for layer in model.modules():
+        if isinstance(layer, AuxBatchNorm):
+            layer.fused = fused and layer.fused
+    return model
+
+
+def check_fused(base: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> dict:
+    """One training step of the fused aux-BN model and of the obvious one on this device:
+    the largest differences in the input gradient and in the BN running statistics."""
+    torch.manual_seed(1)
+    x = torch.randn(16, 3, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
+    grads, models = [], []
+    for fused in (True, False):
+        model = use_fused(convert_aux_bn(copy.deepcopy(base)), fused).to(device).train()
+        model = model.to(memory_format=torch.channels_last)
+        inputs = x.clone().requires_grad_(True)
+        with (
+            torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+            real_first(model, 6),
+        ):
+            model(inputs).float().square().mean().backward()
+        grads.append(inputs.grad.float())
+        models.append(model)
+    stats = [torch.cat([b.float().flatten() for b in m.buffers()]) for m in models]
+    scale = grads[1].abs().max().item()
+    return {
+        "input_grad_max_diff_relative": (grads[0] - grads[1]).abs().max().item() / scale,
+        "bn_stats_max_diff": (stats[0] - stats[1]).abs().max().item(),
+    }
+
+
 def fixed_batches(x: torch.Tensor, y: torch.Tensor):
     while True:
         yield x, y
@@ -93,18 +128,18 @@ def fixed_batches(x: torch.Tensor, y: torch.Tensor):
 def write_shards(folder: Path, count: int, size: int, per_shard: int = 256) -> list[dict]:
     """JPEGs of smooth random images (noise JPEGs would decode slower than photos)."""
     rng = np.random.default_rng(0)
-    rows, writer = [], None
-    for i in range(count):
-        if i % per_shard == 0:
-            if writer:
-                writer.commit({})
-            writer = ShardWriter(folder, f"{i // per_shard:06d}")
-        small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
-        image = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
-        key = f"img{i:07d}"
-        writer.write(key, encode_jpeg(image, 90, None), {"class_index": i % 100})
-        rows.append({"key": key, "shard": f"{i // per_shard:06d}", "class_index": i % 100})
-    writer.commit({})
+    rows = []
+    for first in range(0, count, per_shard):
+        name = f"{first // per_shard:06d}"
+        writer = ShardWriter(folder, name)
+        for i in range(first, min(first + per_shard, count)):
+            small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
+            image = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
+            writer.write(f"img{i:07d}", encode_jpeg(image, 90, None), {"class_index": i % 100})
+        for key, (offset, length) in writer.close().items():  # as the manifest records them
+            rows.append({"key": key, "shard": name, "class_index": int(key[3:]) % 100,
+                         "jpg_offset": offset, "jpg_size": length})  # fmt: skip
+        writer.commit({})
     return rows
 
 
@@ -153,12 +188,24 @@ def main() -> None:
         "precision": str(dtype or "float32"),
     }
 
+    try:
+        result["fused_aux_bn_check"] = check_fused(base, device, dtype)
+        fused = True
+    except RuntimeError as exc:  # keep timing the obvious form; report why
+        result["fused_aux_bn_check"] = {"error": str(exc).splitlines()[0]}
+        fused = False
+    print(result["fused_aux_bn_check"], flush=True)
+
+    def aux_model(fused: bool) -> torch.nn.Module:
+        return use_fused(convert_aux_bn(copy.deepcopy(base)), fused)
+
     modes = [False, True] if args.compile else [False]
     for compiled in modes:
         label = "compiled" if compiled else "eager"
         steppers = {
             "plain": Stepper(copy.deepcopy(base), device, dtype, compiled),
-            "aux": Stepper(convert_aux_bn(copy.deepcopy(base)), device, dtype, compiled),
+            "aux": Stepper(aux_model(fused), device, dtype, compiled),
+            "aux_cat": Stepper(aux_model(False), device, dtype, compiled),
         }
         for step in steppers.values():  # warm-up (and compilation)
             images_per_second(step, fixed_batches(x, y), 3, args.batch, real)
@@ -172,12 +219,13 @@ def main() -> None:
         result[f"aux_bn_{label}"] = {
             "images_per_second": {k: round(v, 1) for k, v in medians.items()},
             "aux_over_plain": round(medians["aux"] / medians["plain"], 3),
+            "aux_cat_over_plain": round(medians["aux_cat"] / medians["plain"], 3),
         }
         print(label, result[f"aux_bn_{label}"], flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         rows = write_shards(Path(tmp), args.images, max(args.size, 256))
-        step = Stepper(convert_aux_bn(copy.deepcopy(base)), device, dtype, False)
+        step = Stepper(aux_model(fused), device, dtype, False)
         feed = loader_batches(Path(tmp), rows, args, device)
         images_per_second(step, feed, 3, args.batch, real)  # warm-up: workers start
         fed, resident = [], []

@@ -116,3 +116,65 @@ def test_export_loads_into_the_stock_timm_model(name: str, tmp_path: Path) -> No
         torch.testing.assert_close(stock.eval()(x), expected, rtol=0, atol=0)
         torch.testing.assert_close(reloaded.eval()(x), expected, rtol=0, atol=0)
         torch.testing.assert_close(export_plain_bn(model).eval()(x), expected, rtol=0, atol=0)
+
+
+def train_step(model: nn.Module, x: torch.Tensor, real: int) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    with real_first(model, real):
+        model(x).square().mean().backward()
+    return x.grad
+
+
+def assert_same_state(model: nn.Module, reference: nn.Module, state: dict, grads: dict) -> None:
+    """Parameters and buffers (running statistics, step counts), then parameter gradients."""
+    pairs = zip(model.state_dict().items(), reference.state_dict().items(), strict=True)
+    for (key, a), (_, b) in pairs:
+        torch.testing.assert_close(a, b, **state, msg=key)
+    pairs = zip(model.named_parameters(), reference.named_parameters(), strict=True)
+    for (key, a), (_, b) in pairs:
+        torch.testing.assert_close(a.grad, b.grad, **grads, msg=key)
+
+
+def reference_copy(model: nn.Module) -> nn.Module:
+    """The same model doing aux BN the obvious way: cat([main(real), aux(synthetic)])."""
+    reference = copy.deepcopy(model)
+    for layer in reference.modules():
+        if isinstance(layer, AuxBatchNorm):
+            layer.fused = False
+    return reference
+
+
+@pytest.mark.parametrize("name", [*MODELS, "bn1d"])
+def test_fused_kernels_equal_two_separate_batch_norms(name: str) -> None:
+    """The fast path (one output written in place by aten's batch-norm kernels) gives the
+    bits of the obvious one, cat([main(real), aux(synthetic)]): input gradients, running
+    statistics, step counts and parameters after two steps, and parameter gradients."""
+    fused = convert_aux_bn(build(name)).train()
+    layers = [m for m in fused.modules() if isinstance(m, AuxBatchNorm)]
+    assert layers and all(layer.fused for layer in layers)
+    reference = reference_copy(fused)
+    x = torch.cat([torch.randn(3, 3, 32, 32), torch.randn(5, 3, 32, 32) * 2 + 1])
+    x = x.contiguous(memory_format=torch.channels_last)
+    for _ in range(2):  # the second step normalises with updated running averages too
+        grad_fused, grad_reference = train_step(fused, x, 3), train_step(reference, x, 3)
+    torch.testing.assert_close(grad_fused, grad_reference, rtol=0, atol=0)
+    # parameter gradients to the last bit but for summation order in 1x1 spatial maps
+    assert_same_state(fused, reference, {"rtol": 0, "atol": 0}, {"rtol": 1e-6, "atol": 1e-8})
+
+
+@pytest.mark.parametrize("name", [*MODELS, "bn1d"])
+def test_form_for_the_compiler_matches_two_separate_batch_norms(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under torch.compile aux BN takes a form of plain tensor ops (slice statistics, one
+    per-sample scale and shift); run here in eager mode and in float64 (in float32 the two
+    forms sum in different orders), it matches the obvious form, running stats included."""
+    model = convert_aux_bn(build(name)).train().double()
+    reference = reference_copy(model)
+    x = torch.cat([torch.randn(3, 3, 32, 32), torch.randn(5, 3, 32, 32) * 2 + 1]).double()
+    grad_reference = train_step(reference, x, 3)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    grad = train_step(model, x, 3)
+    exact = {"rtol": 1e-9, "atol": 1e-12}
+    torch.testing.assert_close(grad, grad_reference, **exact)
+    assert_same_state(model, reference, exact, exact)
