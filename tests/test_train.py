@@ -20,8 +20,9 @@ from safetensors.torch import load_file
 from diversynth.config import load_config
 from diversynth.pipeline import run_stages
 from diversynth.rundir import RunDir
+from diversynth.train import synthetic
 from diversynth.train.sampling import MixedBatches
-from diversynth.train.synthetic import SyntheticDataError, select_images
+from diversynth.train.synthetic import ShardImages, SyntheticDataError, select_images
 
 # a small, fast training job on the finished run's classes and shards
 SMALL = ["data.train_limit=128", "train.batch_size=32", "train.epochs=2",
@@ -61,6 +62,43 @@ def test_synthetic_scale_picks_images_evenly_over_classes() -> None:
     picked = select_images(rows, 7)
     counts = [sum(1 for r in picked if r["class_index"] == c) for c in range(3)]
     assert sorted(counts) == [2, 2, 3]
+
+
+def test_synthetic_images_are_read_by_the_offsets_in_the_manifest(
+    run_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each manifest row says where its JPEG lies: the bytes there are the JPEG webdataset
+    reads for that key, and training reads them without any tar header (a run from before
+    the offsets reads the headers instead and gets the same images)."""
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    rows = pq.read_table(run_copy / "manifest.parquet").to_pylist()
+    shards = run_copy / "shards"
+    jpegs = {key: jpg for key, jpg in wds.WebDataset(
+        [str(p) for p in sorted(shards.glob("*.tar"))], shardshuffle=False
+    ).to_tuple("__key__", "jpg")}  # fmt: skip
+    assert len(jpegs) == len(rows)
+    for row in rows:
+        with (shards / f"{row['shard']}.tar").open("rb") as tar:
+            tar.seek(row["jpg_offset"])
+            assert tar.read(row["jpg_size"]) == jpegs[row["key"]], row["key"]
+
+    def no_headers(path: Path) -> None:
+        raise AssertionError(f"read the tar headers of {path}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(synthetic, "jpeg_locations", no_headers)
+        by_offset = ShardImages(shards, rows, lambda image: image.tobytes())
+    old_run = [{k: v for k, v in row.items() if not k.startswith("jpg_")} for row in rows]
+    by_header = ShardImages(shards, old_run, lambda image: image.tobytes())
+    assert by_offset.items == by_header.items
+    assert [by_offset[i] for i in range(3)] == [by_header[i] for i in range(3)]
+
+    cut = shards / f"{rows[-1]['shard']}.tar"
+    cut.write_bytes(cut.read_bytes()[: rows[-1]["jpg_offset"]])  # a shard cut short
+    with pytest.raises(SyntheticDataError, match=f"shards/{rows[-1]['shard']}.tar"):
+        ShardImages(shards, rows, lambda image: image)
 
 
 def test_state_round_trip_continues_like_the_original(tmp_path: Path) -> None:

@@ -134,6 +134,9 @@ class LocalEngine:
                 background.close()  # no write may run after the abort below
                 writer.abort()
                 raise
+        where = writer.close()
+        for row in rows:
+            row["jpg_offset"], row["jpg_size"] = where[row["key"]]
         return writer.commit(
             {
                 "shard": shard.name,

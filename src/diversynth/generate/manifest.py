@@ -24,6 +24,10 @@ SCHEMA = pa.schema(
         ("clip_prompt", pa.float64()),
         ("clip_class", pa.float64()),
         ("flags", pa.list_(pa.string())),
+        # where the JPEG lies in its shard: training reads it with one seek (null in runs
+        # made before these columns existed: training then reads the shard's tar headers)
+        ("jpg_offset", pa.int64()),
+        ("jpg_size", pa.int64()),
     ]
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tarfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,16 @@ def encode_jpeg(image: Image.Image, quality: int, store_size: int | None) -> byt
     return buffer.getvalue()
 
 
+def jpeg_locations(tar_path: Path) -> dict[str, tuple[int, int]]:
+    """Key -> (byte offset, size) of each sample's JPEG in a shard, from the tar headers."""
+    with tarfile.open(tar_path) as tar:
+        return {
+            member.name.partition(".")[0]: (member.offset_data, member.size)
+            for member in tar
+            if member.name.partition(".")[2] == "jpg"
+        }
+
+
 class ShardWriter:
     """Writes one shard: samples go to `NAME.tar.<random>.tmp`, renamed to `NAME.tar` on
     commit. The temp name is unique so that a worker of a killed run that is still finishing
@@ -75,11 +86,20 @@ class ShardWriter:
         self._writer.write({"__key__": key, "jpg": jpeg, "json": meta_bytes})
         self.count += 1
 
-    def commit(self, stats: dict[str, Any]) -> dict[str, Any]:
+    def close(self) -> dict[str, tuple[int, int]]:
+        """Finish the tar (still under its temp name) and return where each JPEG lies in it:
+        read back from the headers just written, while they are in the page cache, so that
+        training can seek to any image without reading a shard's headers again."""
         self._writer.close()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        return jpeg_locations(self.tmp_path)
+
+    def commit(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """Rename the closed tar to its final name; the stats file then marks it done."""
+        if not self._file.closed:
+            self.close()
         stats = {**stats, "count": self.count, "sha256": sha256_file(self.tmp_path)}
         os.replace(self.tmp_path, self.tar_path)
         write_json(self.stats_path, stats)

@@ -1,16 +1,17 @@
 """The run's synthetic images as a map-style dataset: random access into the shards.
 
 webdataset streams shards in order, which suits one pass but not an exact resume or a
-fixed subset: a stream cannot seek to "sample 1,234,567 of the shuffled order". The tar
-headers give each JPEG's byte offset, so an index built once (headers only, no image
-data read) lets any worker read any image with one seek.
+fixed subset: a stream cannot seek to "sample 1,234,567 of the shuffled order". The
+manifest holds each JPEG's byte offset in its shard (recorded when the shard was written),
+so any worker reads any image with one seek, and no process reads the shards' tar headers,
+which would mean touching every shard once per process. Runs made before the manifest
+had offsets fall back to reading the headers.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import tarfile
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch.utils.data import Dataset
 
 from diversynth.errors import DiversynthError
 from diversynth.generate.manifest import read_manifest
+from diversynth.generate.shards import jpeg_locations
 
 
 class SyntheticDataError(DiversynthError, ValueError):
@@ -63,16 +65,14 @@ class ShardImages(Dataset):
 
     def __init__(self, shard_folder: Path, rows: list[dict[str, Any]], transform: Callable):
         self.folder, self.transform = shard_folder, transform
-        wanted: dict[str, set[str]] = defaultdict(set)
-        for row in rows:
-            wanted[row["shard"]].add(row["key"])
-        where: dict[str, tuple[int, int]] = {}
-        for shard, keys in sorted(wanted.items()):
-            with tarfile.open(self._path(shard)) as tar:
-                for member in tar:
-                    key, _, ext = member.name.partition(".")
-                    if ext == "jpg" and key in keys:
-                        where[key] = (member.offset_data, member.size)
+        where = {
+            row["key"]: (row["jpg_offset"], row["jpg_size"])
+            for row in rows
+            if row.get("jpg_offset") is not None
+        }
+        for shard in sorted({row["shard"] for row in rows if row["key"] not in where}):
+            if self._path(shard).is_file():  # a run from before the manifest had offsets
+                where.update(jpeg_locations(self._path(shard)))
         missing = [row["key"] for row in rows if row["key"] not in where]
         if missing:
             raise SyntheticDataError(
@@ -80,6 +80,19 @@ class ShardImages(Dataset):
                 f"(first: {missing[0]}); rerun the generate stage"
             )
         self.items = [(row["shard"], *where[row["key"]], row["class_index"]) for row in rows]
+        ends: dict[str, int] = defaultdict(int)
+        for shard, offset, size, _ in self.items:
+            ends[shard] = max(ends[shard], offset + size)
+        short = [
+            shard
+            for shard, end in sorted(ends.items())
+            if not self._path(shard).is_file() or self._path(shard).stat().st_size < end
+        ]
+        if short:
+            raise SyntheticDataError(
+                f"train: shards/{short[0]}.tar ({len(short)} shards in all) is missing or "
+                "shorter than manifest.parquet says; rerun the generate stage"
+            )  # fmt: skip
         self._files: dict[str, IO[bytes]] = {}  # opened lazily: one set per worker process
 
     def _path(self, shard: str) -> Path:
@@ -112,7 +125,9 @@ def synthetic_images(run_root: Path, num_real: int, scale: float | None,
                 "manifest.parquet (run the generate stage)"
             )
         return None
-    rows = read_manifest(manifest).select(["key", "shard", "class_index"]).to_pylist()
+    table = read_manifest(manifest)
+    columns = ["key", "shard", "class_index", "jpg_offset", "jpg_size"]
+    rows = table.select([c for c in columns if c in table.column_names]).to_pylist()
     count = synthetic_count(len(rows), num_real, scale)
     if count == 0:
         return None
