@@ -148,7 +148,7 @@ def main() -> None:
             if device == "cuda":
                 torch.cuda.synchronize()
 
-        def baseline() -> float:
+        def baseline(batches: list[list[tuple[str, int]]] = batches) -> float:
             sync()
             start = time.perf_counter()
             for batch in batches:
@@ -157,7 +157,7 @@ def main() -> None:
                       guidance_scale=7.5, height=args.size, width=args.size, output_type="pil",
                       generator=generators)  # fmt: skip
             sync()
-            return len(jobs) / (time.perf_counter() - start)
+            return sum(map(len, batches)) / (time.perf_counter() - start)
 
         def diversynth() -> float:
             sync()
@@ -167,7 +167,7 @@ def main() -> None:
             sync()
             return len(jobs) / (time.perf_counter() - start)
 
-        baseline()  # warm-up
+        baseline(batches[:1])  # warm-up
         rates: dict[str, list[float]] = {"plain_diffusers": [], "diversynth": []}
         for _ in range(args.rounds):
             rates["plain_diffusers"].append(baseline())

@@ -2,10 +2,8 @@
 # Wheels a bare GPU machine (Python 3.12, torch, transformers, timm already there) lacks
 # for the GPU benchmarks, downloaded here into .whl/ (git-ignored):
 #   bash benchmarks/gpu_wheels.sh
-# There, with .whl and models/tiny/stable-diffusion/tokenizer carried along:
-#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-#   PYTHONPATH=/tmp/site:src python3 benchmarks/generate_gpu.py --compile
-#   PYTHONPATH=/tmp/site:src python3 benchmarks/train_speed.py --model resnet50 --batch 256 --size 224 --compile --workers 14
+# There, with .whl and models/tiny/stable-diffusion/tokenizer carried along, every GPU
+# figure in one command: bash benchmarks/gpu_session.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

@@ -266,3 +266,6 @@ def test_gpu_speed_settings_apply_to_the_pipeline(kit: dict[str, Path]) -> None:
     processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
     assert processors == {"FusedAttnProcessor2_0"}
     assert isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
+    pipe = AutoPipelineForText2Image.from_pretrained(kit["stable-diffusion"], use_safetensors=True)
+    _speed_up(pipe, GenerateConfig(model=str(kit["stable-diffusion"]), compile=True))
+    assert isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule)

@@ -282,7 +282,11 @@ class GenerateConfig(Section):
     cpu_threads: PositiveInt | None = None
     # GPU throughput (no effect on the CPU): channels_last memory layout for the UNet and
     # VAE; the UNet's q, k, v projections fused into one matrix product; torch.compile of the
-    # UNet with this mode (true = "default"; the first batches compile, minutes for SD 1.5)
+    # UNet (true: the default mode with the settings of diffusers' speed-up guide, 1x1
+    # convolutions as matrix products and no epilogue fusion, and inductor's deterministic
+    # mode, so that a resumed run remakes a shard with the same pixels; a mode name: that
+    # mode, whose timed kernel picks may differ between processes). The first batches
+    # compile: minutes for SD 1.5
     channels_last: bool = True
     fuse_qkv: bool = False
     compile: bool | Literal["default", "reduce-overhead", "max-autotune",

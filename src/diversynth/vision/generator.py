@@ -41,7 +41,9 @@ def check_model(config: GenerateConfig) -> dict[str, Any]:
 
 
 def _speed_up(pipe: Any, config: GenerateConfig) -> None:
-    """The GPU settings of diffusers' own speed-up guide, each one optional."""
+    """The GPU settings of diffusers' own speed-up guide, each one optional. cudnn.benchmark
+    stays off: its timed algorithm picks can differ from one process to the next, and with
+    them the pixels of a shard remade after a resume."""
     name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
     denoiser = getattr(pipe, name, None)
     if config.channels_last:
@@ -55,8 +57,18 @@ def _speed_up(pipe: Any, config: GenerateConfig) -> None:
             )
         pipe.fuse_qkv_projections()
     if config.compile and denoiser is not None:
-        mode = "default" if config.compile is True else config.compile
-        setattr(pipe, name, torch.compile(denoiser, mode=mode))
+        if config.compile is True:
+            options = {
+                # the inductor settings of diffusers' speed-up guide
+                "conv_1x1_as_mm": True,
+                "epilogue_fusion": False,
+                # no kernel picked by timing where the pick changes the sums: a shard
+                # remade in another process must get the same pixels
+                "deterministic": True,
+            }
+            setattr(pipe, name, torch.compile(denoiser, options=options))
+        else:  # torch.compile takes a mode or options, not both; timed picks allowed
+            setattr(pipe, name, torch.compile(denoiser, mode=config.compile))
 
 
 @dataclass
