@@ -132,12 +132,13 @@ def write_shards(folder: Path, count: int, size: int, per_shard: int = 256) -> l
     for first in range(0, count, per_shard):
         name = f"{first // per_shard:06d}"
         writer = ShardWriter(folder, name)
-        for i in range(first, min(first + per_shard, count)):
+        labels = {f"img{i:07d}": i % 100 for i in range(first, min(first + per_shard, count))}
+        for key, label in labels.items():
             small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
             image = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
-            writer.write(f"img{i:07d}", encode_jpeg(image, 90, None), {"class_index": i % 100})
+            writer.write(key, encode_jpeg(image, 90, None), {"class_index": label})
         for key, (offset, length) in writer.close().items():  # as the manifest records them
-            rows.append({"key": key, "shard": name, "class_index": int(key[3:]) % 100,
+            rows.append({"key": key, "shard": name, "class_index": labels[key],
                          "jpg_offset": offset, "jpg_size": length})  # fmt: skip
         writer.commit({})
     return rows

@@ -86,20 +86,24 @@ class ShardWriter:
         self._writer.write({"__key__": key, "jpg": jpeg, "json": meta_bytes})
         self.count += 1
 
+    def _finish(self) -> None:
+        """Write the tar's end and put it on disk, once."""
+        if not self._file.closed:
+            self._writer.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
     def close(self) -> dict[str, tuple[int, int]]:
         """Finish the tar (still under its temp name) and return where each JPEG lies in it:
         read back from the headers just written, while they are in the page cache, so that
         training can seek to any image without reading a shard's headers again."""
-        self._writer.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        self._finish()
         return jpeg_locations(self.tmp_path)
 
     def commit(self, stats: dict[str, Any]) -> dict[str, Any]:
-        """Rename the closed tar to its final name; the stats file then marks it done."""
-        if not self._file.closed:
-            self.close()
+        """Rename the finished tar to its final name; the stats file then marks it done."""
+        self._finish()
         stats = {**stats, "count": self.count, "sha256": sha256_file(self.tmp_path)}
         os.replace(self.tmp_path, self.tar_path)
         write_json(self.stats_path, stats)

@@ -83,11 +83,7 @@ class ShardImages(Dataset):
         ends: dict[str, int] = defaultdict(int)
         for shard, offset, size, _ in self.items:
             ends[shard] = max(ends[shard], offset + size)
-        short = [
-            shard
-            for shard, end in sorted(ends.items())
-            if not self._path(shard).is_file() or self._path(shard).stat().st_size < end
-        ]
+        short = [shard for shard, end in sorted(ends.items()) if self._size(shard) < end]
         if short:
             raise SyntheticDataError(
                 f"train: shards/{short[0]}.tar ({len(short)} shards in all) is missing or "
@@ -97,6 +93,13 @@ class ShardImages(Dataset):
 
     def _path(self, shard: str) -> Path:
         return self.folder / f"{shard}.tar"
+
+    def _size(self, shard: str) -> int:
+        """The shard's size in bytes; -1 when it is missing."""
+        try:
+            return self._path(shard).stat().st_size
+        except FileNotFoundError:
+            return -1
 
     def __len__(self) -> int:
         return len(self.items)
