@@ -149,6 +149,41 @@ def test_changed_generate_settings_rerun_generate_and_later_only(
         ), stage.name
 
 
+def test_renamed_class_remakes_only_the_shards_holding_it(
+    kit_overrides: list[str], tmp_path: Path
+) -> None:
+    """A new name for one class changes its prompts only: the shards holding them are made
+    again and the others keep their files untouched (the same settings and prompts make the
+    same bytes: test_deleted_shard_is_regenerated_pixel_identical)."""
+    from diversynth.config import load_config
+    from diversynth.generate.plan import ShardSpec
+    from diversynth.pipeline import run_stages
+    from diversynth.rundir import RunDir, read_jsonl
+
+    run = RunDir(tmp_path / "run")
+    # 20 prompts from templates (no LLM) in 5 shards
+    small = [*kit_overrides, "prompts.per_class=2", "prompts.shares={naive: 1}",
+             "generate.images_per_shard=4"]  # fmt: skip
+    config = load_config(OFFLINE_CONFIG, small)
+    stages = ["classes", "prompts", "generate"]
+    run_stages(config, run, stages)
+    names = [*config.classes.names[:-1], "ankle-high boot"]
+    config = load_config(OFFLINE_CONFIG, [*small, f"classes.names={json.dumps(names)}"])
+    old_prompts = read_jsonl(run.prompts)
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run.shards.glob("*.tar")}
+    assert set(run_stages(config, run, stages).values()) == {"ran"}
+
+    new_prompts = read_jsonl(run.prompts)
+    changed = [new for old, new in zip(old_prompts, new_prompts, strict=True) if old != new]
+    assert changed and {p["class_index"] for p in changed} == {9}  # the renamed class only
+    plan = [ShardSpec(**s) for s in json.loads((run.shards / "plan.json").read_text())["shards"]]
+    holding = {f"{s.name}.tar" for s in plan if s.take(old_prompts) != s.take(new_prompts)}
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run.shards.glob("*.tar")}
+    remade = {name for name in before if after[name] != before[name]}
+    assert remade == holding and 0 < len(remade) < len(before)
+    assert run.read_state("generate").summary["shards_generated"] == len(holding)
+
+
 def test_stage_needs_earlier_stages(tmp_path: Path, kit_overrides: list[str]) -> None:
     result = cli(
         "run", str(OFFLINE_CONFIG), "--out", str(tmp_path / "r"), "--stages", "train",

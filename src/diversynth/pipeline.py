@@ -175,20 +175,22 @@ def parse_stage_list(text: str | None) -> list[str]:
     return [n for n in STAGE_NAMES if n in names]
 
 
-def fingerprint(stage: Stage, config: RunConfig, run: RunDir) -> str:
+def fingerprint(stage: Stage, config: RunConfig, run: RunDir, upstream: bool = True) -> str:
+    """What a stage's outputs depend on: its config sections, outside inputs and (with
+    `upstream`) the outputs of the stages it reads."""
     data = config.model_dump(mode="json")
-    upstream = {}
-    for name in stage.needs:
+    outputs: dict[str, str | None] = {}
+    for name in stage.needs if upstream else ():
         state = run.read_state(name)
         if state is None:
             raise PipelineError(
                 f"stage {stage.name!r} needs {name!r}, which has not run in {run.root}; "
                 f"add it to --stages"
             )
-        upstream[name] = state.output_digest
-    for name in stage.reads:
+        outputs[name] = state.output_digest
+    for name in stage.reads if upstream else ():
         state = run.read_state(name)
-        upstream[name] = state.output_digest if state else None
+        outputs[name] = state.output_digest if state else None
     sections = stage.sections(config) if callable(stage.sections) else stage.sections
     for dotted in stage.ignores:
         section, _, key = dotted.partition(".")
@@ -199,10 +201,16 @@ def fingerprint(stage: Stage, config: RunConfig, run: RunDir) -> str:
             "stage": stage.name,
             "version": STAGE_VERSIONS[stage.name],
             "config": {s: data.get(s) for s in sections},
-            "upstream": upstream,
+            "upstream": outputs,
             "inputs": [_external(ref) for ref in stage.inputs(config) if ref is not None],
         }
     )
+
+
+def settings_fingerprint(name: str, config: RunConfig, run: RunDir) -> str:
+    """A stage's fingerprint less the outputs of earlier stages: how it works on whatever
+    inputs it is given (generate keys each shard by it and that shard's own prompts)."""
+    return fingerprint(STAGES[STAGE_NAMES.index(name)], config, run, upstream=False)
 
 
 def run_stages(

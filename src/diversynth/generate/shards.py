@@ -33,6 +33,16 @@ def is_done(folder: Path, name: str) -> bool:
     return tar.is_file() and stats.is_file()
 
 
+def remove_shard(folder: Path, name: str) -> bool:
+    """Remove a shard's files, the stats file first (a kill in between leaves a tar that is
+    no longer done, which the next start removes); True if the shard was finished."""
+    tar, stats = shard_paths(folder, name)
+    done = is_done(folder, name)
+    stats.unlink(missing_ok=True)
+    tar.unlink(missing_ok=True)
+    return done
+
+
 def clean_leftovers(folder: Path, planned: set[str]) -> int:
     """Remove temp files, unfinished shards and shards not in the plan; return the count."""
     removed = 0

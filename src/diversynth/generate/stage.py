@@ -1,48 +1,81 @@
 """The `generate` stage: prompts.jsonl -> shards/NNNNNN.{tar,json} + manifest.parquet.
 
-Resumable at shard granularity. `shards/plan.json` records the fingerprint the shards
-were made for: a changed config or changed prompts discard every shard; the same one keeps
-the finished shards and generates only the missing ones.
+Resumable at shard granularity. `shards/plan.json` records the stage fingerprint the
+shards were made for and, per shard, a digest of everything its bytes depend on (the
+generate settings, the run seed, its own prompts and their class names). On a rerun a
+finished shard whose digest is unchanged is kept, whatever else changed: a new name for one
+class remakes only the shards holding that class's prompts. The rest are discarded and made
+again; `--force` discards all.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from typing import Any
 
 from diversynth.config import RunConfig
 from diversynth.errors import PartialStage
 from diversynth.generate.manifest import write_manifest
 from diversynth.generate.plan import ShardSpec, plan_shards
-from diversynth.generate.shards import clean_leftovers, is_done, read_stats
+from diversynth.generate.shards import clean_leftovers, is_done, read_stats, remove_shard
 from diversynth.progress import console, progress_bar
 from diversynth.rundir import RunDir, Timer, digest_json, read_jsonl, sha256_file, write_json
 
 
-def _plan_record(fingerprint: str, shards: list[ShardSpec]) -> dict[str, Any]:
-    return {"fingerprint": fingerprint, "shards": [s.__dict__ for s in shards]}
+def shard_inputs(
+    config: RunConfig,
+    run: RunDir,
+    shards: list[ShardSpec],
+    prompts: list[dict[str, Any]],
+    names: dict[int, str],
+) -> dict[str, str]:
+    """Per shard, a digest of what its bytes depend on: the stage's settings (its config
+    sections and model files), the run seed (the seeds of remade images derive from it),
+    the shard's prompts and the names of their classes (CLIP's class scores)."""
+    from diversynth.pipeline import settings_fingerprint  # imported late: it loads this module
+
+    settings = settings_fingerprint("generate", config, run)
+    digests = {}
+    for shard in shards:
+        mine = shard.take(prompts)
+        classes = sorted({p["class_index"] for p in mine})
+        digests[shard.name] = digest_json({
+            "settings": settings, "seed": config.seed, "prompts": mine,
+            "class_names": [[i, names[i]] for i in classes],
+        })  # fmt: skip
+    return digests
 
 
-def _plan_is_stale(run: RunDir, plan: dict[str, Any]) -> bool:
+def _read_plan(run: RunDir) -> dict[str, Any] | None:
     path = run.shards / "plan.json"
-    return path.is_file() and json.loads(path.read_text()) != plan
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _unchanged(old: dict[str, Any] | None, new: dict[str, Any]) -> set[str]:
+    """The shards whose files, where finished, are what the new plan would make."""
+    if old is None:
+        return set()
+    if "inputs" not in old:  # a plan from before shards had digests of their own
+        return set(new["inputs"]) if old["fingerprint"] == new["fingerprint"] else set()
+    return {name for name, digest in new["inputs"].items() if old["inputs"].get(name) == digest}
 
 
 def _prepare_folder(
-    run: RunDir, plan: dict[str, Any], shards: list[ShardSpec], discard: bool
+    run: RunDir, plan: dict[str, Any], shards: list[ShardSpec], keep: set[str]
 ) -> None:
-    """Discard shards made for other settings (or all, when forced), remove leftovers,
-    record the plan."""
-    if discard and run.shards.exists():
-        console.print("  generate: discarding the earlier shards")
-        shutil.rmtree(run.shards)
-        run.manifest.unlink(missing_ok=True)
+    """Discard the finished shards that are not kept, remove leftovers, then record the
+    plan. A kill at any point leaves a folder the next run sorts out the same way: the old
+    plan stays until every shard it does not share with the new one is gone."""
     run.shards.mkdir(parents=True, exist_ok=True)
+    discarded = sum(remove_shard(run.shards, s.name) for s in shards if s.name not in keep)
+    if discarded:
+        console.print(f"  generate: discarded {discarded} shard(s) made for other settings "
+                      "or prompts")  # fmt: skip
+        run.manifest.unlink(missing_ok=True)
     removed = clean_leftovers(run.shards, {s.name for s in shards})
     if removed:
         console.print(f"  generate: removed {removed} unfinished file(s) from an earlier run")
-    if not (run.shards / "plan.json").is_file():
+    if _read_plan(run) != plan:
         write_json(run.shards / "plan.json", plan)
 
 
@@ -58,12 +91,16 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     """Generate the missing shards (at most `max_shards` of them this time); `forced`
     regenerates all of them."""
     prompts = read_jsonl(run.prompts)
+    classes = {c["index"]: c["name"] for c in read_jsonl(run.classes)}
     shards = planned_shards(config, run)
-    plan = _plan_record(fingerprint, shards)
-    stale = forced or _plan_is_stale(run, plan)
-    missing = [s for s in shards if stale or not is_done(run.shards, s.name)]
+    plan = {
+        "fingerprint": fingerprint,
+        "shards": [s.__dict__ for s in shards],
+        "inputs": shard_inputs(config, run, shards, prompts, classes),
+    }
+    keep = set() if forced else _unchanged(_read_plan(run), plan)
+    missing = [s for s in shards if s.name not in keep or not is_done(run.shards, s.name)]
     todo = missing if max_shards is None else missing[:max_shards]
-    classes = {c["index"]: c["name"] for c in read_jsonl(run.classes)} if todo else {}
     engine = None
     if todo and config.generate.engine == "local":
         # Load the models before touching the shard folder: a model that fails to load
@@ -77,7 +114,7 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
 
         check_model(config.generate)
         check_pool(config)
-    _prepare_folder(run, plan, shards, discard=stale)
+    _prepare_folder(run, plan, shards, keep)
     console.print(f"  generate: {len(shards) - len(missing)} of {len(shards)} shards already done")
     timer = Timer()
     generated = 0
