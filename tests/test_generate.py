@@ -174,10 +174,11 @@ def test_clip_threshold_remakes_low_scoring_images_with_derived_seeds(
 
 
 def test_safety_checker_never_leaves_a_black_image(
-    kit: dict[str, Path], kit_overrides: list[str], tmp_path: Path
+    kit: dict[str, Path], kit_overrides: list[str], tmp_path: Path, monkeypatch
 ) -> None:
     """A tiny safety checker that flags about half of the first images: flagged images are
-    made again with derived seeds, and dropped (and counted) if every attempt is flagged."""
+    made again with derived seeds, and dropped (and counted) if every attempt is flagged.
+    CLIP scores every kept image and never spends time on a blacked-out one."""
     import io
     import tarfile
 
@@ -192,6 +193,7 @@ def test_safety_checker_never_leaves_a_black_image(
     from diversynth.pipeline import run_stages
     from diversynth.rundir import RunDir, read_jsonl
     from diversynth.seeding import derive_seed
+    from diversynth.vision.clip import ClipScorer
     from diversynth.vision.generator import TextToImage
 
     torch.manual_seed(0)
@@ -206,7 +208,7 @@ def test_safety_checker_never_leaves_a_black_image(
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32)
 
     base = [*kit_overrides, "prompts.per_class=2", "prompts.shares={naive: 1}",
-            "generate.images_per_shard=10", "generate.clip_score=false"]  # fmt: skip
+            "generate.images_per_shard=10"]  # fmt: skip
     run = RunDir(tmp_path / "run")
     run_stages(load_config(OFFLINE_CONFIG, base), run, ["classes", "prompts"])
     prompts = read_jsonl(run.prompts)
@@ -223,6 +225,14 @@ def test_safety_checker_never_leaves_a_black_image(
     pipe.save_pretrained(model, safe_serialization=True)
     config = load_config(OFFLINE_CONFIG, [*base, f"generate.model={model}",
                                           "generate.safety_checker=true"])  # fmt: skip
+    scored: list[int] = []  # brightest pixel of every image CLIP scores
+    pair_scores = ClipScorer.pair_scores
+
+    def spy(self: ClipScorer, images: list, texts: list[str]) -> list[float]:
+        scored.extend(int(np.asarray(image).max()) for image in images)
+        return pair_scores(self, images, texts)
+
+    monkeypatch.setattr(ClipScorer, "pair_scores", spy)
     run_stages(config, run, ["generate"])
 
     summary = run.read_state("generate").summary
@@ -232,6 +242,8 @@ def test_safety_checker_never_leaves_a_black_image(
     for row in rows:
         assert "unsafe" not in row["flags"]
         assert row["seed"] == derive_seed(0, row["prompt_id"], 0, row["attempt"])
+        assert row["clip_prompt"] is not None and row["clip_class"] is not None
+    assert scored and min(scored) > 16, "CLIP scored a blacked-out image"
     for tar in sorted(run.shards.glob("*.tar")):
         with tarfile.open(tar) as handle:
             for member in handle.getmembers():

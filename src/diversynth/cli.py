@@ -251,7 +251,12 @@ def evaluate_model(
     ImageNet models use). Nothing is written to a run directory.
     """
     from diversynth.classes.catalog import load_classes
-    from diversynth.train.evaluate import evaluate_on_sets, timm_model
+    from diversynth.train.evaluate import (
+        EvaluateError,
+        check_timm_name,
+        evaluate_on_sets,
+        timm_model,
+    )
     from diversynth.train.model import load_checkpoint
 
     cfg = _load(config, set_)
@@ -262,10 +267,10 @@ def evaluate_model(
     if checkpoint is not None and not checkpoint.is_file():
         _fail(f"--checkpoint: no file {str(checkpoint)!r}")
     if model is not None:
-        import timm
-
-        if not timm.is_model(model):
-            _fail(f"--model: {model!r} is not a timm model name")
+        try:
+            check_timm_name(model)
+        except EvaluateError as exc:
+            _fail(str(exc))
     try:
         classes = [{"index": c.index, "wnid": c.wnid, "raw_name": c.raw_name}
                    for c in load_classes(cfg.classes)]  # fmt: skip

@@ -38,13 +38,23 @@ class LocalEngine:
         size = self.config.generate.batch_size
         return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
-    def _scores(self, batch: list[ImageJob], images: list[Image.Image]) -> tuple[list, list]:
-        """CLIP similarity of each image to its prompt and to its class name."""
-        if self.clip is None:
-            return [None] * len(batch), [None] * len(batch)
-        texts = [job.prompt["text"] for job in batch]
-        names = [self.class_names[job.prompt["class_index"]] for job in batch]
-        return self.clip.pair_scores(images, texts), self.clip.pair_scores(images, names)
+    def _scores(
+        self, batch: list[ImageJob], images: list[Image.Image], unsafe: list[bool]
+    ) -> tuple[list, list]:
+        """CLIP similarity of each image to its prompt and to its class name; None for an
+        image the safety checker flagged (diffusers blacked it out: nothing to score)."""
+        keep = [i for i, bad in enumerate(unsafe) if not bad]
+        prompt: list[float | None] = [None] * len(batch)
+        name: list[float | None] = [None] * len(batch)
+        if self.clip is None or not keep:
+            return prompt, name
+        kept = [images[i] for i in keep]
+        texts = [batch[i].prompt["text"] for i in keep]
+        names = [self.class_names[batch[i].prompt["class_index"]] for i in keep]
+        for i, p, c in zip(keep, self.clip.pair_scores(kept, texts),
+                           self.clip.pair_scores(kept, names), strict=True):  # fmt: skip
+            prompt[i], name[i] = p, c
+        return prompt, name
 
     def _make(self, batch: list[ImageJob]) -> tuple[list[Image.Image], list[dict[str, Any]]]:
         """Images for a batch and, per image, its seed, attempt, CLIP scores and flags.
@@ -59,16 +69,21 @@ class LocalEngine:
                                   [job.seed for job in batch])  # fmt: skip
         info = [{"seed": job.seed, "attempt": 0, "unsafe": bad} for job, bad in
                 zip(batch, unsafe, strict=True)]  # fmt: skip
-        for row, p, c in zip(info, *self._scores(batch, images), strict=True):
+        for row, p, c in zip(info, *self._scores(batch, images, unsafe), strict=True):
             row.update(clip_prompt=p, clip_class=c)
         key = "clip_" + cfg.clip_threshold_on
         threshold = cfg.clip_threshold if self.clip is not None else None
 
+        def low(row: dict[str, Any]) -> bool:  # an unsafe image has no score: it is dropped
+            return threshold is not None and not row["unsafe"] and row[key] < threshold
+
         def rank(row: dict[str, Any]) -> tuple[bool, float]:
-            return (not row["unsafe"], row[key] if threshold is not None else 0.0)
+            if row["unsafe"] or threshold is None:
+                return (not row["unsafe"], 0.0)
+            return (True, row[key])
 
         def redo(row: dict[str, Any]) -> bool:
-            return row["unsafe"] or (threshold is not None and row[key] < threshold)
+            return row["unsafe"] or low(row)
 
         for attempt in range(1, cfg.max_attempts):
             todo = [i for i, row in enumerate(info) if redo(row)]
@@ -78,17 +93,16 @@ class LocalEngine:
             seeds = [derive_seed(self.config.seed, job.prompt["prompt_id"], job.image_index,
                                  attempt) for job in jobs]  # fmt: skip
             again, flagged = self.t2i([job.prompt["text"] for job in jobs], seeds)
-            scores = self._scores(jobs, again)
+            scores = self._scores(jobs, again, flagged)
             for k, i in enumerate(todo):
                 row = {"seed": seeds[k], "attempt": attempt, "unsafe": flagged[k],
                        "clip_prompt": scores[0][k], "clip_class": scores[1][k]}  # fmt: skip
                 if rank(row) > rank(info[i]):
                     images[i], info[i] = again[k], row
         for row in info:
-            bad = row.pop("unsafe")
-            row["flags"] = (["unsafe"] if bad else []) + (
-                ["below_clip_threshold"] if threshold is not None and row[key] < threshold else []
-            )
+            flag = "unsafe" if row["unsafe"] else "below_clip_threshold" if low(row) else None
+            row["flags"] = [flag] if flag else []
+            del row["unsafe"]
         return images, info
 
     def run_shard(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ class RunFacts:
         state = self.states.get(stage)
         return state.summary if state else {}
 
-    @property
+    @cached_property  # read once per class page: built once, not once per page
     def prompt_text(self) -> dict[int, dict[str, Any]]:
         return {p["prompt_id"]: p for p in self.prompts}
 

@@ -114,13 +114,19 @@ def run_evaluate(config: RunConfig, run: RunDir) -> dict[str, Any]:
     return {"sets": results}
 
 
+def check_timm_name(name: str) -> None:
+    import timm
+
+    if not timm.is_model(name):
+        raise EvaluateError(f"--model: {name!r} is not a timm model name")
+
+
 def timm_model(name: str, pretrained: bool, num_classes: int) -> tuple[torch.nn.Module, dict]:
     """Any timm model, with the preprocessing its pretrained config asks for."""
     import timm
     from timm.data import resolve_data_config
 
-    if not timm.is_model(name):
-        raise EvaluateError(f"--model: {name!r} is not a timm model name")
+    check_timm_name(name)
     model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
     data = resolve_data_config({}, model=model)
     meta = {"model": name, "num_classes": num_classes, "image_size": data["input_size"][-1],
