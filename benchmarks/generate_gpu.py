@@ -39,6 +39,14 @@ CLASSES = ["tench", "goldfinch", "tree frog", "golden retriever", "tabby cat",
            "school bus", "espresso", "volcano", "daisy", "acoustic guitar"]  # fmt: skip
 
 
+START = time.perf_counter()
+
+
+def log(what: str) -> None:
+    """Progress with elapsed seconds: where a time-boxed run spends its time."""
+    print(f"[{time.perf_counter() - START:7.1f} s] {what}", flush=True)
+
+
 def build_sd15(folder: Path) -> Path:
     """SD 1.5's components from their configs, random weights, saved as a hub model is."""
     from diffusers import (
@@ -119,6 +127,7 @@ def main() -> None:
     per_shard, per_prompt = 48, 2
     with tempfile.TemporaryDirectory() as tmp:
         model = TINY if args.tiny else build_sd15(Path(tmp) / "sd15")
+        log(f"model ready: {model.name}")
         prompts = prompt_records(args.images, per_prompt)
         config = RunConfig.model_validate({
             "classes": {"names": CLASSES},
@@ -135,6 +144,7 @@ def main() -> None:
         out = Path(tmp) / "shards"
         out.mkdir()
         engine.run_shard(shards[0], shards[0].take(prompts), out)  # warm-up (and compile)
+        log("diversynth warm-up shard done" + (" (compiled)" if args.compile else ""))
 
         dtype = torch.float16 if device == "cuda" else torch.float32
         plain = StableDiffusionPipeline.from_pretrained(
@@ -168,10 +178,17 @@ def main() -> None:
             return len(jobs) / (time.perf_counter() - start)
 
         baseline(batches[:1])  # warm-up
+        log("warm-ups done")
         rates: dict[str, list[float]] = {"plain_diffusers": [], "diversynth": []}
-        for _ in range(args.rounds):
-            rates["plain_diffusers"].append(baseline())
+        for _ in range(args.rounds):  # the result is rewritten after every round: a run
+            rates["plain_diffusers"].append(baseline())  # stopped at a limit keeps it
             rates["diversynth"].append(diversynth())
+            log(f"round {len(rates['diversynth'])}")
+            write_speed(rates, args, device, len(jobs))
+
+
+def write_speed(rates: dict[str, list[float]], args: argparse.Namespace, device: str,
+                images: int) -> None:  # fmt: skip
     medians = {name: statistics.median(values) for name, values in rates.items()}
     write_result("generate_speed_gpu" if device == "cuda" else "generate_speed_gpu_smoke", {
         "machine": machine(),
@@ -179,7 +196,7 @@ def main() -> None:
         "settings": {"size": args.size, "steps": args.steps, "guidance_scale": 7.5,
                      "batch": args.batch, "dtype": "float16" if device == "cuda" else "float32",
                      "scheduler": "DDIM", "compile": args.compile,
-                     "images_per_round": len(jobs)},
+                     "images_per_round": images},
         "images_per_second": {k: round(v, 3) for k, v in medians.items()},
         "all_rounds": {k: [round(x, 3) for x in v] for k, v in rates.items()},
         "diversynth_over_plain": round(medians["diversynth"] / medians["plain_diffusers"], 3),

@@ -20,12 +20,12 @@ step() {  # step SECONDS COMMAND...: run it, note a failure or a timeout, go on
   shift
   echo "== $* (limit ${limit}s)"
   timeout "$limit" "$@" || { echo "== failed or timed out: $*"; status=1; }
+  # The scripts rewrite their JSON after each section or round: copy what there is now.
+  if [ -n "$dest" ]; then cp benchmarks/results/*_gpu.json "$dest"/ 2>/dev/null; fi
 }
+# Each script writes its cheap figures first (train: eager aux BN, then the loader, then
+# the compiled models; generate: one round of each side at a time).
 step 240 python3 benchmarks/train_speed.py --model resnet50 --batch 256 --size 224 --compile \
   --workers 14 --rounds 3 --steps 15
 step 300 python3 benchmarks/generate_gpu.py --compile --rounds 2
-if [ -n "$dest" ]; then
-  cp benchmarks/results/train_speed_gpu.json benchmarks/results/generate_speed_gpu.json "$dest"/ \
-    2>/dev/null
-fi
 exit $status
