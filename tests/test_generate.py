@@ -223,8 +223,10 @@ def test_safety_checker_never_leaves_a_black_image(
     pipe = StableDiffusionPipeline.from_pretrained(kit["stable-diffusion"], safety_checker=checker,
                                                    feature_extractor=processor)  # fmt: skip
     pipe.save_pretrained(model, safe_serialization=True)
+    # a threshold no score is below: ranking and flags must cope with unscored unsafe images
     config = load_config(OFFLINE_CONFIG, [*base, f"generate.model={model}",
-                                          "generate.safety_checker=true"])  # fmt: skip
+                                          "generate.safety_checker=true",
+                                          "generate.clip_threshold=-1"])  # fmt: skip
     scored: list[int] = []  # brightest pixel of every image CLIP scores
     pair_scores = ClipScorer.pair_scores
 

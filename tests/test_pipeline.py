@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from conftest import OFFLINE_CONFIG, cli, set_args
 from PIL import Image
 
@@ -150,13 +151,16 @@ def test_changed_generate_settings_rerun_generate_and_later_only(
 
 
 def test_renamed_class_remakes_only_the_shards_holding_it(
-    kit_overrides: list[str], tmp_path: Path
+    kit_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A new name for one class changes its prompts only: the shards holding them are made
     again and the others keep their files untouched (the same settings and prompts make the
-    same bytes: test_deleted_shard_is_regenerated_pixel_identical)."""
+    same bytes: test_deleted_shard_is_regenerated_pixel_identical). A forced regeneration
+    stopped while it discards shards is finished by the next plain run."""
+    import diversynth.generate.stage as generate_stage
     from diversynth.config import load_config
     from diversynth.generate.plan import ShardSpec
+    from diversynth.generate.shards import remove_shard
     from diversynth.pipeline import run_stages
     from diversynth.rundir import RunDir, read_jsonl
 
@@ -182,6 +186,23 @@ def test_renamed_class_remakes_only_the_shards_holding_it(
     remade = {name for name in before if after[name] != before[name]}
     assert remade == holding and 0 < len(remade) < len(before)
     assert run.read_state("generate").summary["shards_generated"] == len(holding)
+
+    def stop_after_one(folder: Path, name: str) -> None:
+        monkeypatch.setattr(generate_stage, "remove_shard", _raise)
+        remove_shard(folder, name)
+
+    monkeypatch.setattr(generate_stage, "remove_shard", stop_after_one)
+    with pytest.raises(RuntimeError, match="stopped"):
+        run_stages(config, run, ["generate"], force=["generate"])
+    monkeypatch.undo()
+    assert len(list(run.shards.glob("*.tar"))) == len(before) - 1
+    assert run_stages(config, run, stages)["generate"] == "ran"
+    again = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run.shards.glob("*.tar")}
+    assert all(again[name] != after[name] for name in after)  # every shard made anew
+
+
+def _raise(*args: object) -> None:
+    raise RuntimeError("stopped")
 
 
 def test_stage_needs_earlier_stages(tmp_path: Path, kit_overrides: list[str]) -> None:

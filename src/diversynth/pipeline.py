@@ -175,9 +175,10 @@ def parse_stage_list(text: str | None) -> list[str]:
     return [n for n in STAGE_NAMES if n in names]
 
 
-def fingerprint(stage: Stage, config: RunConfig, run: RunDir, upstream: bool = True) -> str:
-    """What a stage's outputs depend on: its config sections, outside inputs and (with
-    `upstream`) the outputs of the stages it reads."""
+def fingerprint(stage: Stage, config: RunConfig, run: RunDir, upstream: bool = True,
+                leave_out: tuple[str, ...] = ()) -> str:  # fmt: skip
+    """What a stage's outputs depend on: its config sections (less `leave_out`), outside
+    inputs and (with `upstream`) the outputs of the stages it reads."""
     data = config.model_dump(mode="json")
     outputs: dict[str, str | None] = {}
     for name in stage.needs if upstream else ():
@@ -192,6 +193,7 @@ def fingerprint(stage: Stage, config: RunConfig, run: RunDir, upstream: bool = T
         state = run.read_state(name)
         outputs[name] = state.output_digest if state else None
     sections = stage.sections(config) if callable(stage.sections) else stage.sections
+    sections = tuple(s for s in sections if s not in leave_out)
     for dotted in stage.ignores:
         section, _, key = dotted.partition(".")
         if isinstance(data.get(section), dict):
@@ -207,10 +209,12 @@ def fingerprint(stage: Stage, config: RunConfig, run: RunDir, upstream: bool = T
     )
 
 
-def settings_fingerprint(name: str, config: RunConfig, run: RunDir) -> str:
+def settings_fingerprint(name: str, config: RunConfig, run: RunDir,
+                         leave_out: tuple[str, ...] = ()) -> str:  # fmt: skip
     """A stage's fingerprint less the outputs of earlier stages: how it works on whatever
     inputs it is given (generate keys each shard by it and that shard's own prompts)."""
-    return fingerprint(STAGES[STAGE_NAMES.index(name)], config, run, upstream=False)
+    stage = STAGES[STAGE_NAMES.index(name)]
+    return fingerprint(stage, config, run, upstream=False, leave_out=leave_out)
 
 
 def run_stages(

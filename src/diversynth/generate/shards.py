@@ -33,14 +33,12 @@ def is_done(folder: Path, name: str) -> bool:
     return tar.is_file() and stats.is_file()
 
 
-def remove_shard(folder: Path, name: str) -> bool:
+def remove_shard(folder: Path, name: str) -> None:
     """Remove a shard's files, the stats file first (a kill in between leaves a tar that is
-    no longer done, which the next start removes); True if the shard was finished."""
+    no longer done, which the next start removes)."""
     tar, stats = shard_paths(folder, name)
-    done = is_done(folder, name)
     stats.unlink(missing_ok=True)
     tar.unlink(missing_ok=True)
-    return done
 
 
 def clean_leftovers(folder: Path, planned: set[str]) -> int:

@@ -34,7 +34,9 @@ def shard_inputs(
     the shard's prompts and the names of their classes (CLIP's class scores)."""
     from diversynth.pipeline import settings_fingerprint  # imported late: it loads this module
 
-    settings = settings_fingerprint("generate", config, run)
+    # Each shard's prompt records (ids, texts, image seeds) carry what the prompts settings
+    # do to it: leaving those out keeps a shard whose prompts a prompts change left alone.
+    settings = settings_fingerprint("generate", config, run, leave_out=("prompts",))
     digests = {}
     for shard in shards:
         mine = shard.take(prompts)
@@ -64,17 +66,23 @@ def _prepare_folder(
     run: RunDir, plan: dict[str, Any], shards: list[ShardSpec], keep: set[str]
 ) -> None:
     """Discard the finished shards that are not kept, remove leftovers, then record the
-    plan. A kill at any point leaves a folder the next run sorts out the same way: the old
-    plan stays until every shard it does not share with the new one is gone."""
+    plan. Before removing anything the plan on disk is cut down to the kept shards, so a
+    run killed in between (a forced one too) discards the rest next time as well."""
     run.shards.mkdir(parents=True, exist_ok=True)
-    discarded = sum(remove_shard(run.shards, s.name) for s in shards if s.name not in keep)
-    if discarded:
-        console.print(f"  generate: discarded {discarded} shard(s) made for other settings "
+    stale = [s.name for s in shards if s.name not in keep and is_done(run.shards, s.name)]
+    if stale:
+        kept = {name: digest for name, digest in plan["inputs"].items() if name in keep}
+        write_json(run.shards / "plan.json", {**plan, "inputs": kept})
+        for name in stale:
+            remove_shard(run.shards, name)
+        console.print(f"  generate: discarded {len(stale)} shard(s) made for other settings "
                       "or prompts")  # fmt: skip
-        run.manifest.unlink(missing_ok=True)
     removed = clean_leftovers(run.shards, {s.name for s in shards})
     if removed:
         console.print(f"  generate: removed {removed} unfinished file(s) from an earlier run")
+    if stale or removed:  # both describe the shards that were there: rebuilt at the end
+        run.manifest.unlink(missing_ok=True)
+        (run.shards / "_info.json").unlink(missing_ok=True)
     if _read_plan(run) != plan:
         write_json(run.shards / "plan.json", plan)
 
