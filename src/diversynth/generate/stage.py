@@ -62,16 +62,14 @@ def _unchanged(old: dict[str, Any] | None, new: dict[str, Any]) -> set[str]:
     return {name for name, digest in new["inputs"].items() if old["inputs"].get(name) == digest}
 
 
-def _prepare_folder(
-    run: RunDir, plan: dict[str, Any], shards: list[ShardSpec], keep: set[str]
-) -> None:
-    """Discard the finished shards that are not kept, remove leftovers, then record the
-    plan. Before removing anything the plan on disk is cut down to the kept shards, so a
-    run killed in between (a forced one too) discards the rest next time as well."""
+def _prepare_folder(run: RunDir, old: dict[str, Any] | None, plan: dict[str, Any],
+                    shards: list[ShardSpec], stale: list[str]) -> None:  # fmt: skip
+    """Discard the `stale` finished shards, remove leftovers, then record the plan (`old`
+    is the one on disk). Before removing anything the plan on disk is cut down to the kept
+    shards, so a run killed in between (a forced one too) discards the rest next time."""
     run.shards.mkdir(parents=True, exist_ok=True)
-    stale = [s.name for s in shards if s.name not in keep and is_done(run.shards, s.name)]
     if stale:
-        kept = {name: digest for name, digest in plan["inputs"].items() if name in keep}
+        kept = {name: digest for name, digest in plan["inputs"].items() if name not in stale}
         write_json(run.shards / "plan.json", {**plan, "inputs": kept})
         for name in stale:
             remove_shard(run.shards, name)
@@ -83,7 +81,7 @@ def _prepare_folder(
     if stale or removed:  # both describe the shards that were there: rebuilt at the end
         run.manifest.unlink(missing_ok=True)
         (run.shards / "_info.json").unlink(missing_ok=True)
-    if _read_plan(run) != plan:
+    if stale or old != plan:
         write_json(run.shards / "plan.json", plan)
 
 
@@ -106,8 +104,11 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
         "shards": [s.__dict__ for s in shards],
         "inputs": shard_inputs(config, run, shards, prompts, classes),
     }
-    keep = set() if forced else _unchanged(_read_plan(run), plan)
-    missing = [s for s in shards if s.name not in keep or not is_done(run.shards, s.name)]
+    old = _read_plan(run)
+    keep = set() if forced else _unchanged(old, plan)
+    done = {s.name for s in shards if is_done(run.shards, s.name)}
+    stale = [s.name for s in shards if s.name in done and s.name not in keep]
+    missing = [s for s in shards if s.name not in keep or s.name not in done]
     todo = missing if max_shards is None else missing[:max_shards]
     engine = None
     if todo and config.generate.engine == "local":
@@ -122,7 +123,7 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
 
         check_model(config.generate)
         check_pool(config)
-    _prepare_folder(run, plan, shards, keep)
+    _prepare_folder(run, old, plan, shards, stale)
     console.print(f"  generate: {len(shards) - len(missing)} of {len(shards)} shards already done")
     timer = Timer()
     generated = 0
