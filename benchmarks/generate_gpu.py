@@ -11,9 +11,12 @@ its configs and saved with save_pretrained, so both sides load it through from_p
   with --compile) are left out of the timed part on both sides.
 
 Rounds alternate; the ratio is of the median images/s. The tokenizer is the model kit's
-real CLIP tokenizer (models/tiny/stable-diffusion/tokenizer).
+real CLIP tokenizer (models/tiny/stable-diffusion/tokenizer). Last, a probe times one eager
+UNet step and one VAE decode with contiguous and with channels_last weights (the default
+of `generate.channels_last` rests on it).
 
-    python benchmarks/generate_gpu.py [--compile] [--images 96] [--rounds 2]
+    python benchmarks/generate_gpu.py [--compile] [--fuse-qkv] [--channels-last]
+                                      [--images 96] [--rounds 2]
     python benchmarks/generate_gpu.py --tiny      # CPU smoke test on the kit's tiny pipeline
 """
 
@@ -113,6 +116,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="generate.compile: true")
+    parser.add_argument("--fuse-qkv", action="store_true", help="generate.fuse_qkv: true")
+    parser.add_argument("--channels-last", action="store_true", help="generate.channels_last: true")
     args = parser.parse_args()
     if args.tiny:
         args.size, args.steps, args.images, args.batch = 32, 2, 96, 8
@@ -136,14 +141,26 @@ def main() -> None:
                 "model": str(model), "dtype": "float16", "device": device, "steps": args.steps,
                 "guidance_scale": 7.5, "height": args.size, "width": args.size,
                 "batch_size": args.batch, "images_per_shard": per_shard, "clip_score": False,
-                "compile": args.compile,
+                "compile": args.compile, "fuse_qkv": args.fuse_qkv,
+                "channels_last": args.channels_last,
             },
         })  # fmt: skip
         shards = plan_shards(len(prompts), per_prompt, per_shard)
-        engine = LocalEngine(config, dict(enumerate(CLASSES)))
         out = Path(tmp) / "shards"
         out.mkdir()
-        engine.run_shard(shards[0], shards[0].take(prompts), out)  # warm-up (and compile)
+        engine = LocalEngine(config, dict(enumerate(CLASSES)))
+        notes: dict[str, Any] = {}
+        try:
+            engine.run_shard(shards[0], shards[0].take(prompts), out)  # warm-up (and compile)
+        except Exception as exc:  # noqa: BLE001 - inductor options this torch may not know
+            if not args.compile:
+                raise
+            notes["compile_fallback"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            log(f"compile: true failed ({notes['compile_fallback']}); trying mode 'default'")
+            config.generate.compile = "default"
+            del engine
+            engine = LocalEngine(config, dict(enumerate(CLASSES)))
+            engine.run_shard(shards[0], shards[0].take(prompts), out)
         log("diversynth warm-up shard done" + (" (compiled)" if args.compile else ""))
 
         dtype = torch.float16 if device == "cuda" else torch.float32
@@ -184,11 +201,57 @@ def main() -> None:
             rates["plain_diffusers"].append(baseline())  # stopped at a limit keeps it
             rates["diversynth"].append(diversynth())
             log(f"round {len(rates['diversynth'])}")
-            write_speed(rates, args, device, len(jobs))
+            write_speed(rates, args, device, len(jobs), notes)
+        # which memory layout the eager parts want: cheap, so done last
+        notes["eager_layout_seconds"] = layout_probe(plain, args.batch, args.size)
+        log(f"layout probe: {notes['eager_layout_seconds']}")
+        write_speed(rates, args, device, len(jobs), notes)
+
+
+def layout_probe(pipe: Any, batch: int, size: int, repeats: int = 5) -> dict[str, Any]:
+    """Median seconds of one eager UNet step with classifier-free guidance (2 x batch
+    latents) and of one VAE decode of a batch, with the weights contiguous and then in
+    channels_last: whether `generate.channels_last` should default to on."""
+    unet, vae = pipe.unet, pipe.vae
+    like = {"device": unet.device, "dtype": unet.dtype}
+    latents = torch.randn(2 * batch, unet.config.in_channels, size // 8, size // 8, **like)
+    text = torch.randn(2 * batch, 77, unet.config.cross_attention_dim, **like)
+    step = torch.tensor(500, device=unet.device)
+
+    def sync() -> None:
+        if unet.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def median_seconds(fn: Any) -> float:
+        times = []
+        for i in range(repeats + 2):  # two warm-ups
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        return round(statistics.median(times), 4)
+
+    result = {}
+    with torch.inference_mode():
+        for name, layout in (("contiguous", torch.contiguous_format),
+                             ("channels_last", torch.channels_last)):  # fmt: skip
+            unet.to(memory_format=layout)
+            vae.to(memory_format=layout)
+            result[name] = {
+                "unet_cfg_step": median_seconds(
+                    lambda: unet(latents, step, encoder_hidden_states=text)
+                ),
+                "vae_decode": median_seconds(
+                    lambda: vae.decode(latents[:batch] / vae.config.scaling_factor)
+                ),
+            }
+    return result
 
 
 def write_speed(rates: dict[str, list[float]], args: argparse.Namespace, device: str,
-                images: int) -> None:  # fmt: skip
+                images: int, notes: dict[str, Any]) -> None:  # fmt: skip
     medians = {name: statistics.median(values) for name, values in rates.items()}
     write_result("generate_speed_gpu" if device == "cuda" else "generate_speed_gpu_smoke", {
         "machine": machine(),
@@ -196,10 +259,12 @@ def write_speed(rates: dict[str, list[float]], args: argparse.Namespace, device:
         "settings": {"size": args.size, "steps": args.steps, "guidance_scale": 7.5,
                      "batch": args.batch, "dtype": "float16" if device == "cuda" else "float32",
                      "scheduler": "DDIM", "compile": args.compile,
+                     "fuse_qkv": args.fuse_qkv, "channels_last": args.channels_last,
                      "images_per_round": images},
         "images_per_second": {k: round(v, 3) for k, v in medians.items()},
         "all_rounds": {k: [round(x, 3) for x in v] for k, v in rates.items()},
         "diversynth_over_plain": round(medians["diversynth"] / medians["plain_diffusers"], 3),
+        **notes,
     })  # fmt: skip
 
 

@@ -10,6 +10,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:-}
+if [ -n "$dest" ]; then exec > >(tee "$dest/session.log") 2>&1; fi  # the whole log, kept
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1
@@ -25,7 +26,7 @@ step() {  # step SECONDS COMMAND...: run it, note a failure or a timeout, go on
 }
 # Each script writes its cheap figures first (train: eager aux BN, then the loader, then
 # the compiled models; generate: one round of each side at a time).
-step 240 python3 benchmarks/train_speed.py --model resnet50 --batch 256 --size 224 --compile \
-  --workers 14 --rounds 3 --steps 15
-step 300 python3 benchmarks/generate_gpu.py --compile --rounds 2
+step 250 python3 benchmarks/train_speed.py --model resnet50 --batch 256 --size 224 --compile \
+  --no-compiled-cat --workers 14 --rounds 3 --steps 15
+step 310 python3 benchmarks/generate_gpu.py --compile --fuse-qkv --rounds 2
 exit $status

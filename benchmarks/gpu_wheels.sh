@@ -11,7 +11,7 @@ versions() {  # the versions installed here, so both machines run the same code
   "$PY" -m pip list --format=freeze 2>/dev/null | grep -i -E "^($(IFS='|'; echo "$*"))==" || true
 }
 mapfile -t pins < <(versions diffusers pydantic pydantic_core annotated-types typing-inspection \
-  webdataset braceexpand open_clip_torch ftfy wcwidth)
+  typing_extensions webdataset braceexpand open_clip_torch ftfy wcwidth)
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .whl "${pins[@]}"
