@@ -136,7 +136,9 @@ def main() -> None:
         prompts = prompt_records(args.images, per_prompt)
         config = RunConfig.model_validate({
             "classes": {"names": CLASSES},
-            "prompts": {"images_per_prompt": per_prompt},
+            # a hub id, checked by form only: no bundled asset needed on a bare GPU machine
+            "prompts": {"images_per_prompt": per_prompt,
+                        "embedder": "sentence-transformers/all-MiniLM-L6-v2"},
             "generate": {
                 "model": str(model), "dtype": "float16", "device": device, "steps": args.steps,
                 "guidance_scale": 7.5, "height": args.size, "width": args.size,

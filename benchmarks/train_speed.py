@@ -225,6 +225,12 @@ def main() -> None:
             "tensors_on_device": round(statistics.median(resident), 1),
         },
         "loader_over_resident": round(statistics.median(fed) / statistics.median(resident), 3),
+        # the workers keep decoding (filling their prefetch queues) while the resident
+        # rounds run, so those share the CPU with them; against the eager section's aux
+        # rate, measured with no workers alive, the loader's share of full speed:
+        "loader_over_idle_resident": round(
+            statistics.median(fed) / result["aux_bn_eager"]["images_per_second"]["aux"], 3
+        ),
     }
     write_result(name, result)
     if args.compile:

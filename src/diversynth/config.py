@@ -281,13 +281,15 @@ class GenerateConfig(Section):
     # it a value for shards that are pixel-identical across engines and machines
     cpu_threads: PositiveInt | None = None
     # GPU throughput (no effect on the CPU): channels_last memory layout for the UNet and
-    # VAE; the UNet's q, k, v projections fused into one matrix product; torch.compile of the
-    # UNet (true: the default mode with the settings of diffusers' speed-up guide, 1x1
-    # convolutions as matrix products and no epilogue fusion, and inductor's deterministic
-    # mode, so that a resumed run remakes a shard with the same pixels; a mode name: that
-    # mode, whose timed kernel picks may differ between processes). The first batches
-    # compile: minutes for SD 1.5
-    channels_last: bool = True
+    # VAE (off: on an H100, fp16, SD 1.5 at 512 px, it made an eager UNet step 12% and a VAE
+    # decode 14% slower; benchmarks/results/generate_speed_gpu.json); the UNet's q, k, v
+    # projections fused into one matrix product; torch.compile of the UNet (true: the
+    # default mode with the settings of diffusers' speed-up guide, 1x1 convolutions as
+    # matrix products and no epilogue fusion, and inductor's deterministic mode, so that a
+    # resumed run remakes a shard with the same pixels; a mode name: that mode, whose timed
+    # kernel picks may differ between processes). The first batches compile: about 70 s for
+    # SD 1.5 on an H100
+    channels_last: bool = False
     fuse_qkv: bool = False
     compile: bool | Literal["default", "reduce-overhead", "max-autotune",
                             "max-autotune-no-cudagraphs"] = False  # fmt: skip
