@@ -2,8 +2,8 @@
 # Wheels a bare GPU machine (Python 3.12, torch, transformers, timm already there) lacks
 # for the GPU benchmarks, downloaded here into .whl/ (git-ignored):
 #   bash benchmarks/gpu_wheels.sh
-# There, with .whl and models/tiny/stable-diffusion/tokenizer carried along, every GPU
-# figure in one command: bash benchmarks/gpu_session.sh
+# There, with .whl and models/tiny/stable-diffusion/tokenizer carried along, the GPU
+# figures: bash benchmarks/gpu_session.sh DEST STEP... (its header lists the steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

@@ -14,6 +14,7 @@ against tensors already on the device. Both comparisons in one run, on the same 
 
 GPU (the figures the training issue asks for):
     python benchmarks/train_speed.py --model resnet50 --batch 256 --size 224 --compile --workers 14
+One part alone (`--only eager|loader|compiled`, repeatable) writes a file named after it.
 CPU smoke run:
     .venv/bin/python benchmarks/train_speed.py --model resnet18 --batch 16 --size 64 \
         --steps 3 --rounds 2 --images 128 --workers 1
@@ -120,6 +121,15 @@ def check_fused(base: torch.nn.Module, device: torch.device, dtype: torch.dtype 
     }
 
 
+SECTIONS = ("eager", "loader", "compiled")
+START = time.perf_counter()
+
+
+def log(what: str) -> None:
+    """Progress with elapsed seconds: where a time-boxed run spends its time."""
+    print(f"[{time.perf_counter() - START:7.1f} s] {what}", flush=True)
+
+
 def fixed_batches(x: torch.Tensor, y: torch.Tensor):
     while True:
         yield x, y
@@ -175,8 +185,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--no-compiled-cat", action="store_true",
                         help="compile plain and aux only, not the obvious form")  # fmt: skip
+    parser.add_argument("--only", action="append", choices=SECTIONS,
+                        help="run this section (repeatable; results go to a file named "
+                             "after them); default: all, compiled with --compile")  # fmt: skip
     parser.add_argument("--images", type=int, default=4096, help="JPEGs written for part 2")
     args = parser.parse_args()
+    sections = args.only or [s for s in SECTIONS if s != "compiled" or args.compile]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else None
     torch.manual_seed(0)
@@ -184,7 +198,6 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 100, (args.batch,), device=device)
-    real = args.batch // 2
     result: dict = {
         "machine": machine(),
         "command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:]),
@@ -197,7 +210,7 @@ def main() -> None:
     except RuntimeError as exc:  # keep timing the obvious form; report why
         result["fused_aux_bn_check"] = {"error": str(exc).splitlines()[0]}
         fused = False
-    print(result["fused_aux_bn_check"], flush=True)
+    log(f"fused check: {result['fused_aux_bn_check']}")
 
     def aux_model(fused: bool) -> torch.nn.Module:
         return use_fused(convert_aux_bn(copy.deepcopy(base)), fused)
@@ -205,11 +218,32 @@ def main() -> None:
     # Cheap sections first and the result rewritten after each, so that a run stopped at a
     # time limit (compiling three models is the slow part) keeps what it measured.
     name = "train_speed_" + ("gpu" if device.type == "cuda" else "cpu")
-    result["aux_bn_eager"] = time_aux_bn(base, aux_model, fused, x, y, args, device, dtype, False)
-    write_result(name, result)
+    if args.only:  # a partial run must not overwrite a full run's file
+        name += "_" + "_".join(sections)
+    if "eager" in sections:
+        result["aux_bn_eager"] = time_aux_bn(
+            base, aux_model, fused, x, y, args, device, dtype, False
+        )
+        write_result(name, result)
+    if "loader" in sections:
+        result["data_loader"] = time_loader(step_model=aux_model(fused), x=x, y=y, args=args,
+                                            device=device, dtype=dtype, result=result)  # fmt: skip
+        write_result(name, result)
+    if "compiled" in sections:
+        result["aux_bn_compiled"] = time_aux_bn(
+            base, aux_model, fused, x, y, args, device, dtype, True
+        )
+        write_result(name, result)
+
+
+def time_loader(step_model, x, y, args, device, dtype, result: dict) -> dict:
+    """The aux model fed by the training input path against the same model on a batch
+    already on the device, rounds alternating."""
+    real = args.batch // 2
     with tempfile.TemporaryDirectory() as tmp:
         rows = write_shards(Path(tmp), args.images, max(args.size, 256))
-        step = Stepper(aux_model(fused), device, dtype, False)
+        log(f"{len(rows)} JPEGs written")
+        step = Stepper(step_model, device, dtype, False)
         feed = loader_batches(Path(tmp), rows, args, device)
         images_per_second(step, feed, 3, args.batch, real)  # warm-up: workers start
         fed, resident = [], []
@@ -218,26 +252,23 @@ def main() -> None:
             resident.append(
                 images_per_second(step, fixed_batches(x, y), args.steps, args.batch, real)
             )
-    result["data_loader"] = {
+    section = {
         "workers": args.workers,
         "images_per_second": {
             "from_jpeg_shards": round(statistics.median(fed), 1),
             "tensors_on_device": round(statistics.median(resident), 1),
         },
         "loader_over_resident": round(statistics.median(fed) / statistics.median(resident), 3),
+    }
+    if "aux_bn_eager" in result:
         # the workers keep decoding (filling their prefetch queues) while the resident
         # rounds run, so those share the CPU with them; against the eager section's aux
         # rate, measured with no workers alive, the loader's share of full speed:
-        "loader_over_idle_resident": round(
+        section["loader_over_idle_resident"] = round(
             statistics.median(fed) / result["aux_bn_eager"]["images_per_second"]["aux"], 3
-        ),
-    }
-    write_result(name, result)
-    if args.compile:
-        result["aux_bn_compiled"] = time_aux_bn(
-            base, aux_model, fused, x, y, args, device, dtype, True
         )
-        write_result(name, result)
+    log(f"loader: {section}")
+    return section
 
 
 def time_aux_bn(base, aux_model, fused: bool, x, y, args, device, dtype, compiled: bool) -> dict:
@@ -251,8 +282,9 @@ def time_aux_bn(base, aux_model, fused: bool, x, y, args, device, dtype, compile
     }
     if not (compiled and args.no_compiled_cat):
         steppers["aux_cat"] = Stepper(aux_model(False), device, dtype, compiled)
-    for step in steppers.values():  # warm-up (and compilation)
+    for name, step in steppers.items():  # warm-up (and compilation)
         images_per_second(step, fixed_batches(x, y), 3, args.batch, real)
+        log(f"{name} warmed up" + (" (compiled)" if compiled else ""))
     rates: dict[str, list[float]] = {name: [] for name in steppers}
     for _ in range(args.rounds):
         for name, step in steppers.items():
@@ -265,7 +297,7 @@ def time_aux_bn(base, aux_model, fused: bool, x, y, args, device, dtype, compile
         **{f"{name}_over_plain": round(medians[name] / medians["plain"], 3)
            for name in steppers if name != "plain"},
     }  # fmt: skip
-    print("compiled" if compiled else "eager", section, flush=True)
+    log(f"{'compiled' if compiled else 'eager'}: {section}")
     return section
 
 
