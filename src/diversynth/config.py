@@ -72,6 +72,8 @@ ClipRef = Annotated[str, AfterValidator(_clip_ref)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Dtype = Literal["float32", "float16", "bfloat16"]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
+# torch.compile: true (the default mode, with the stage's own settings) or a mode name
+Compile = bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
 class Section(BaseModel):
@@ -291,8 +293,7 @@ class GenerateConfig(Section):
     # SD 1.5 on an H100
     channels_last: bool = False
     fuse_qkv: bool = False
-    compile: bool | Literal["default", "reduce-overhead", "max-autotune",
-                            "max-autotune-no-cudagraphs"] = False  # fmt: skip
+    compile: Compile = False
 
     @model_validator(mode="after")
     def _threshold_needs_scores(self) -> GenerateConfig:
@@ -341,6 +342,11 @@ class TrainConfig(Section):
     # auto: bfloat16 autocast on a GPU, float32 on the CPU; float16 adds a gradient scaler
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     channels_last: bool = True
+    # torch.compile of the model's training forward and backward (timm's --torchcompile;
+    # true: the default mode). Compiling takes a minute or more (resnet10t on 2 CPU cores:
+    # about 80 s), again after a resume; sums come out in another order, so weights differ
+    # from an eager run's in the last digits
+    compile: Compile = False
     checkpoint_every: PositiveInt = 500  # optimizer steps between resumable checkpoints
     tensorboard: bool = True  # also log to train/tensorboard
     device: Device = "auto"

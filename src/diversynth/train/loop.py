@@ -141,6 +141,11 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "",
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.compile:
+        # after the DDP wrap, as timm's train script does (DDP's buckets then split the
+        # graph); states are saved from `model`, so their keys carry no compile prefix.
+        # Aux BN's split is a module attribute: the compiled graph is guarded on it
+        net = torch.compile(net, mode=None if cfg.compile is True else cfg.compile)
     loader = DataLoader(
         SeededSamples(real, synthetic),
         batch_sampler=replace(batches, start=resume.step, rank=ranks.rank, world=ranks.world),
