@@ -20,21 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-import timm
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "src"))
-from _results import machine, write_result  # noqa: E402
+from _results import write_result  # noqa: E402
+from train_speed import header, model_and_batch, sync  # noqa: E402
 
 from diversynth.train.aux_bn import convert_aux_bn, real_first  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype):
@@ -106,19 +101,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else None
-    torch.manual_seed(0)
-    base = timm.create_model(args.model, num_classes=100)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 100, (args.batch,), device=device)
-    result: dict = {
-        "machine": machine(),
-        "command": "python benchmarks/aux_bn_kernels.py " + " ".join(sys.argv[1:]),
-        "precision": str(dtype or "float32"),
-        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
-    }
+    device, dtype, base, x, y = model_and_batch(args)
+    result = header("aux_bn_kernels.py", dtype)
+    result["cudnn"] = torch.backends.cudnn.version() if device.type == "cuda" else None
     name = "aux_bn_kernels_" + ("gpu" if device.type == "cuda" else "cpu")
     for label in ("plain", "aux"):
         model = copy.deepcopy(base) if label == "plain" else convert_aux_bn(copy.deepcopy(base))

@@ -46,6 +46,27 @@ from diversynth.train.sampling import MixedBatches  # noqa: E402
 from diversynth.train.synthetic import ShardImages  # noqa: E402
 
 
+def model_and_batch(args: argparse.Namespace) -> tuple:
+    """The device, its training precision (bf16 autocast on a GPU, float32 on the CPU), the
+    timm model (100 classes) and one channels_last batch on the device."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else None
+    torch.manual_seed(0)
+    base = timm.create_model(args.model, num_classes=100)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 100, (args.batch,), device=device)
+    return device, dtype, base, x, y
+
+
+def header(script: str, dtype: torch.dtype | None) -> dict:
+    return {
+        "machine": machine(),
+        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+        "precision": str(dtype or "float32"),
+    }
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -191,18 +212,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4096, help="JPEGs written for part 2")
     args = parser.parse_args()
     sections = args.only or [s for s in SECTIONS if s != "compiled" or args.compile]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else None
-    torch.manual_seed(0)
-    base = timm.create_model(args.model, num_classes=100)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 100, (args.batch,), device=device)
-    result: dict = {
-        "machine": machine(),
-        "command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:]),
-        "precision": str(dtype or "float32"),
-    }
+    device, dtype, base, x, y = model_and_batch(args)
+    result = header("train_speed.py", dtype)
 
     try:
         result["fused_aux_bn_check"] = check_fused(base, device, dtype)
