@@ -156,7 +156,9 @@ def test_renamed_class_remakes_only_the_shards_holding_it(
     """A new name for one class changes its prompts only: the shards holding them are made
     again and the others keep their files untouched (the same settings and prompts make the
     same bytes: test_deleted_shard_is_regenerated_pixel_identical). A forced regeneration
-    stopped while it discards shards is finished by the next plain run."""
+    stopped while it discards shards is finished by the next plain run. A shard committed
+    for the old names after the change (by a worker that outlived its killed run) is found
+    by the digest in its stats file and made again."""
     import diversynth.generate.stage as generate_stage
     from diversynth.config import load_config
     from diversynth.generate.plan import ShardSpec
@@ -171,6 +173,7 @@ def test_renamed_class_remakes_only_the_shards_holding_it(
     config = load_config(OFFLINE_CONFIG, small)
     stages = ["classes", "prompts", "generate"]
     run_stages(config, run, stages)
+    old_files = {p.name: p.read_bytes() for p in run.shards.glob("0*.*")}
     names = [*config.classes.names[:-1], "ankle-high boot"]
     config = load_config(OFFLINE_CONFIG, [*small, f"classes.names={json.dumps(names)}"])
     old_prompts = read_jsonl(run.prompts)
@@ -199,6 +202,18 @@ def test_renamed_class_remakes_only_the_shards_holding_it(
     assert run_stages(config, run, stages)["generate"] == "ran"
     again = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in run.shards.glob("*.tar")}
     assert all(again[name] != after[name] for name in after)  # every shard made anew
+
+    # a late worker of the first run commits one of its shards; the next run (which finds no
+    # manifest: the discard removed it) must not keep it
+    tar = sorted(holding)[0]
+    made_now = (run.shards / tar).read_bytes()
+    assert old_files[tar] != made_now
+    for name in (tar, tar.replace(".tar", ".json")):
+        (run.shards / name).write_bytes(old_files[name])
+    run.manifest.unlink()
+    assert run_stages(config, run, ["generate"])["generate"] == "ran"
+    assert (run.shards / tar).read_bytes() == made_now
+    assert run.read_state("generate").summary["shards_generated"] == 1
 
 
 def _raise(*args: object) -> None:

@@ -289,8 +289,8 @@ class GenerateConfig(Section):
     # default mode with the settings of diffusers' speed-up guide, 1x1 convolutions as
     # matrix products and no epilogue fusion, and inductor's deterministic mode, so that a
     # resumed run remakes a shard with the same pixels; a mode name: that mode, whose timed
-    # kernel picks may differ between processes). The first batches compile: about 70 s for
-    # SD 1.5 on an H100
+    # kernel picks may differ between processes). The first batches compile: about a minute
+    # for SD 1.5 on an H100
     channels_last: bool = False
     fuse_qkv: bool = False
     compile: Compile = False

@@ -111,9 +111,11 @@ class LocalEngine:
         shard_prompts: list[dict[str, Any]],
         folder: Path,
         on_images: Callable[[int], None] = lambda n: None,
+        inputs: str | None = None,
     ) -> dict[str, Any]:
         """Make one whole shard from its prompts (`ShardSpec.take`) and commit it; its bytes
-        depend only on the config and these prompts, not on the process that makes it."""
+        depend only on the config and these prompts, not on the process that makes it.
+        `inputs`, the plan's digest of those, goes into the stats file."""
         cfg = self.config.generate
         timer = Timer()
         writer = ShardWriter(folder, shard.name)
@@ -154,6 +156,7 @@ class LocalEngine:
         return writer.commit(
             {
                 "shard": shard.name,
+                "inputs": inputs,
                 "prompt_start": shard.prompt_start,
                 "prompt_stop": shard.prompt_stop,
                 "seconds": round(timer.seconds, 3),

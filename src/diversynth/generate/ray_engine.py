@@ -48,10 +48,13 @@ class ShardMaker:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         made: dict[str, list[Any]] = {"shard": [], "count": []}
-        for spec, prompts in zip(batch["spec"], batch["prompts"], strict=True):
+        for spec, prompts, inputs in zip(batch["spec"], batch["prompts"], batch["inputs"],
+                                         strict=True):  # fmt: skip
             shard = ShardSpec(**json.loads(spec))
             try:
-                stats = self.engine.run_shard(shard, json.loads(prompts), self.folder)
+                stats = self.engine.run_shard(
+                    shard, json.loads(prompts), self.folder, inputs=str(inputs)
+                )
             except OSError as exc:
                 raise WorkerError(f"{exc.strerror or exc} ({exc.filename or self.folder})") from exc
             except DiversynthError as exc:
@@ -145,9 +148,10 @@ def make_shards(
     prompts: list[dict[str, Any]],
     class_names: dict[int, str],
     folder: Path,
+    inputs: dict[str, str],
 ) -> Iterator[tuple[str, int]]:
-    """Make the given shards on Ray; yield (shard name, images written) as each is done,
-    in the order they finish."""
+    """Make the given shards on Ray (`inputs`: the plan's digest of each, for its stats
+    file); yield (shard name, images written) as each is done, in the order they finish."""
     import ray
     import ray.data
 
@@ -161,8 +165,10 @@ def make_shards(
         context.raise_original_map_exception = True  # a WorkerError comes back as one
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         rows = [
-            {"spec": json.dumps(s.__dict__), "prompts": json.dumps(s.take(prompts))} for s in shards
-        ]
+            {"spec": json.dumps(s.__dict__), "prompts": json.dumps(s.take(prompts)),
+             "inputs": inputs[s.name]}
+            for s in shards
+        ]  # fmt: skip
         made = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
             ShardMaker,
             fn_constructor_kwargs={

@@ -5,7 +5,9 @@ shards were made for and, per shard, a digest of everything its bytes depend on 
 generate settings, the run seed, its own prompts and their class names). On a rerun a
 finished shard whose digest is unchanged is kept, whatever else changed: a new name for one
 class remakes only the shards holding that class's prompts. The rest are discarded and made
-again; `--force` discards all.
+again; `--force` discards all. Each stats file records the digest its shard was made for:
+a shard whose stats name other inputs than the plan (committed by a worker of an earlier
+run that outlived its killed driver) is made again before the manifest is written.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import json
 from typing import Any
 
 from diversynth.config import RunConfig
-from diversynth.errors import PartialStage
+from diversynth.errors import DiversynthError, PartialStage
 from diversynth.generate.manifest import write_manifest
 from diversynth.generate.plan import ShardSpec, plan_shards
 from diversynth.generate.shards import clean_leftovers, is_done, read_stats, remove_shard
 from diversynth.progress import console, progress_bar
 from diversynth.rundir import RunDir, Timer, digest_json, read_jsonl, sha256_file, write_json
+
+
+class GenerateError(DiversynthError):
+    pass
 
 
 def shard_inputs(
@@ -126,33 +132,35 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     _prepare_folder(run, old, plan, shards, stale)
     console.print(f"  generate: {len(shards) - len(missing)} of {len(shards)} shards already done")
     timer = Timer()
-    generated = 0
-    if todo:
-        with progress_bar() as bar:
-            task = bar.add_task("generate", total=sum(s.images for s in todo), unit="images")
-            if engine is not None:
-                for shard in todo:
-                    made = engine.run_shard(shard, shard.take(prompts), run.shards,
-                                            lambda n: bar.advance(task, n))  # fmt: skip
-                    generated += made["count"]
-            else:
-                from diversynth.generate.ray_engine import make_shards
-
-                planned = {s.name: s.images for s in todo}
-                for name, count in make_shards(config, todo, prompts, classes, run.shards):
-                    bar.advance(task, planned[name])  # per shard: workers report whole ones
-                    generated += count
+    generated = _make(config, run, engine, todo, prompts, classes, plan["inputs"])
     if len(todo) < len(missing):
         left = len(missing) - len(todo)
         raise PartialStage(f"{len(shards) - left} of {len(shards)} shards done (--max-shards "
                            f"{max_shards}); run again to make the other {left}")  # fmt: skip
     stats = [read_stats(run.shards, s.name) for s in shards]
+    foreign = _made_for_other_inputs(shards, stats, plan["inputs"])
+    if foreign:
+        console.print(
+            f"  generate: {len(foreign)} shard(s) were made for other inputs (a worker of an "
+            "earlier run may have outlived it); making them again"
+        )
+        for shard in foreign:
+            remove_shard(run.shards, shard.name)
+        if engine is None and config.generate.engine == "local":
+            from diversynth.generate.local import LocalEngine
+
+            engine = LocalEngine(config, classes)
+        generated += _make(config, run, engine, foreign, prompts, classes, plan["inputs"])
+        stats = [read_stats(run.shards, s.name) for s in shards]
+        if _made_for_other_inputs(shards, stats, plan["inputs"]):
+            raise GenerateError("generate: shards keep being overwritten with other inputs: "
+                                "is another process writing to this run's shards?")  # fmt: skip
     rows = [row for shard_stats in stats for row in shard_stats["rows"]]
     write_manifest(run.manifest, rows)
     write_json(run.shards / "_info.json", _dataset_info(config, stats))
     return {
         "shards": len(shards),
-        "shards_generated": len(todo),
+        "shards_generated": len(todo) + len(foreign),
         "images": len(rows),
         "images_generated": generated,
         "regenerated": sum(1 for row in rows if row["attempt"] > 0),
@@ -162,6 +170,40 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
         "engine": config.generate.engine,
         "workers": config.generate.ray.workers if config.generate.engine == "ray" else 1,
     }
+
+
+def _made_for_other_inputs(shards: list[ShardSpec], stats: list[dict[str, Any]],
+                           inputs: dict[str, str]) -> list[ShardSpec]:  # fmt: skip
+    """The shards whose stats record another digest than the plan's (stats without one come
+    from before digests were recorded: trusted)."""
+    return [shard for shard, made in zip(shards, stats, strict=True)
+            if made.get("inputs", inputs[shard.name]) != inputs[shard.name]]  # fmt: skip
+
+
+def _make(config: RunConfig, run: RunDir, engine: Any, todo: list[ShardSpec],
+          prompts: list[dict[str, Any]], classes: dict[int, str],
+          inputs: dict[str, str]) -> int:  # fmt: skip
+    """Make the `todo` shards with the local `engine` or on Ray; return the images made."""
+    generated = 0
+    if not todo:
+        return generated
+    with progress_bar() as bar:
+        task = bar.add_task("generate", total=sum(s.images for s in todo), unit="images")
+        if engine is not None:
+            for shard in todo:
+                made = engine.run_shard(
+                    shard, shard.take(prompts), run.shards, lambda n: bar.advance(task, n),
+                    inputs[shard.name],
+                )  # fmt: skip
+                generated += made["count"]
+        else:
+            from diversynth.generate.ray_engine import make_shards
+
+            planned = {s.name: s.images for s in todo}
+            for name, count in make_shards(config, todo, prompts, classes, run.shards, inputs):
+                bar.advance(task, planned[name])  # per shard: workers report whole ones
+                generated += count
+    return generated
 
 
 def _dataset_info(config: RunConfig, stats: list[dict[str, Any]]) -> dict[str, Any]:
