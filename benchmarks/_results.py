@@ -1,15 +1,46 @@
-"""What every benchmark records beside its numbers: the machine, and where the JSON goes."""
+"""What every benchmark records beside its numbers (the machine, where the JSON goes), and
+the timing helpers the device benchmarks share."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+START = time.perf_counter()
+
+
+def log(what: str) -> None:
+    """Progress with elapsed seconds: where a time-boxed run spends its time."""
+    print(f"[{time.perf_counter() - START:7.1f} s] {what}", flush=True)
+
+
+def sync(device: Any) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so wall time measures it."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn: Callable[[], Any], device: Any, repeats: int, warmup: int = 2) -> float:
+    """Median wall seconds of `fn` over `repeats` calls after `warmup` untimed ones."""
+    times = []
+    for i in range(warmup + repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def machine() -> str:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,8 +24,8 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "src"))
-from _results import write_result  # noqa: E402
-from train_speed import header, model_and_batch, sync  # noqa: E402
+from _results import median_seconds, sync, write_result  # noqa: E402
+from train_speed import header, model_and_batch  # noqa: E402
 
 from diversynth.train.aux_bn import convert_aux_bn, real_first  # noqa: E402
 
@@ -45,18 +43,6 @@ def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype):
         loss.backward()
 
     return step
-
-
-def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    times = []
-    for i in range(warmup + repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def top_kernels(fn, device: torch.device, steps: int, top: int) -> list[dict]:

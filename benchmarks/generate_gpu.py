@@ -35,19 +35,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "src"))
-from _results import machine, write_result  # noqa: E402
+from _results import log, machine, median_seconds, sync, write_result  # noqa: E402
 
 TINY = ROOT / "models" / "tiny" / "stable-diffusion"
 CLASSES = ["tench", "goldfinch", "tree frog", "golden retriever", "tabby cat",
            "school bus", "espresso", "volcano", "daisy", "acoustic guitar"]  # fmt: skip
-
-
-START = time.perf_counter()
-
-
-def log(what: str) -> None:
-    """Progress with elapsed seconds: where a time-boxed run spends its time."""
-    print(f"[{time.perf_counter() - START:7.1f} s] {what}", flush=True)
 
 
 def build_sd15(folder: Path) -> Path:
@@ -173,27 +165,23 @@ def main() -> None:
         jobs = [(p["text"], s) for p in prompts for s in p["image_seeds"]]
         batches = [jobs[i : i + args.batch] for i in range(0, len(jobs), args.batch)]
 
-        def sync() -> None:
-            if device == "cuda":
-                torch.cuda.synchronize()
-
         def baseline(batches: list[list[tuple[str, int]]] = batches) -> float:
-            sync()
+            sync(device)
             start = time.perf_counter()
             for batch in batches:
                 generators = [torch.Generator("cpu").manual_seed(s) for _, s in batch]
                 plain(prompt=[t for t, _ in batch], num_inference_steps=args.steps,
                       guidance_scale=7.5, height=args.size, width=args.size, output_type="pil",
                       generator=generators)  # fmt: skip
-            sync()
+            sync(device)
             return sum(map(len, batches)) / (time.perf_counter() - start)
 
         def diversynth() -> float:
-            sync()
+            sync(device)
             start = time.perf_counter()
             for shard in shards:
                 engine.run_shard(shard, shard.take(prompts), out)
-            sync()
+            sync(device)
             return len(jobs) / (time.perf_counter() - start)
 
         baseline(batches[:1])  # warm-up
@@ -220,20 +208,8 @@ def layout_probe(pipe: Any, batch: int, size: int, repeats: int = 5) -> dict[str
     text = torch.randn(2 * batch, 77, unet.config.cross_attention_dim, **like)
     step = torch.tensor(500, device=unet.device)
 
-    def sync() -> None:
-        if unet.device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def median_seconds(fn: Any) -> float:
-        times = []
-        for i in range(repeats + 2):  # two warm-ups
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-        return round(statistics.median(times), 4)
+    def seconds(fn: Any) -> float:  # two untimed warm-ups, then the median
+        return round(median_seconds(fn, unet.device, repeats), 4)
 
     result = {}
     with torch.inference_mode():
@@ -242,10 +218,8 @@ def layout_probe(pipe: Any, batch: int, size: int, repeats: int = 5) -> dict[str
             unet.to(memory_format=layout)
             vae.to(memory_format=layout)
             result[name] = {
-                "unet_cfg_step": median_seconds(
-                    lambda: unet(latents, step, encoder_hidden_states=text)
-                ),
-                "vae_decode": median_seconds(
+                "unet_cfg_step": seconds(lambda: unet(latents, step, encoder_hidden_states=text)),
+                "vae_decode": seconds(
                     lambda: vae.decode(latents[:batch] / vae.config.scaling_factor)
                 ),
             }

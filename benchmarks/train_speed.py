@@ -37,7 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine, write_result  # noqa: E402
+from _results import log, machine, sync, write_result  # noqa: E402
 
 from diversynth.generate.shards import ShardWriter, encode_jpeg  # noqa: E402
 from diversynth.train.aux_bn import AuxBatchNorm, convert_aux_bn, real_first  # noqa: E402
@@ -65,11 +65,6 @@ def header(script: str, dtype: torch.dtype | None) -> dict:
         "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
         "precision": str(dtype or "float32"),
     }
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class Stepper:
@@ -143,12 +138,6 @@ def check_fused(base: torch.nn.Module, device: torch.device, dtype: torch.dtype 
 
 
 SECTIONS = ("eager", "loader", "compiled")
-START = time.perf_counter()
-
-
-def log(what: str) -> None:
-    """Progress with elapsed seconds: where a time-boxed run spends its time."""
-    print(f"[{time.perf_counter() - START:7.1f} s] {what}", flush=True)
 
 
 def fixed_batches(x: torch.Tensor, y: torch.Tensor):
