@@ -120,9 +120,7 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     if todo and config.generate.engine == "local":
         # Load the models before touching the shard folder: a model that fails to load
         # must not cost the shards of the previous settings.
-        from diversynth.generate.local import LocalEngine  # heavy imports only when needed
-
-        engine = LocalEngine(config, classes)
+        engine = _local_engine(config, classes)
     elif todo:  # the ray workers load the models: check what can be checked here first
         from diversynth.generate.ray_engine import check_pool
         from diversynth.vision.generator import check_model
@@ -147,12 +145,11 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
         for shard in foreign:
             remove_shard(run.shards, shard.name)
         if engine is None and config.generate.engine == "local":
-            from diversynth.generate.local import LocalEngine
-
-            engine = LocalEngine(config, classes)
+            engine = _local_engine(config, classes)
         generated += _make(config, run, engine, foreign, prompts, classes, plan["inputs"])
-        stats = [read_stats(run.shards, s.name) for s in shards]
-        if _made_for_other_inputs(shards, stats, plan["inputs"]):
+        remade = {s.name: read_stats(run.shards, s.name) for s in foreign}  # only these
+        stats = [remade.get(s.name, made) for s, made in zip(shards, stats, strict=True)]
+        if _made_for_other_inputs(foreign, list(remade.values()), plan["inputs"]):
             raise GenerateError("generate: shards keep being overwritten with other inputs: "
                                 "is another process writing to this run's shards?")  # fmt: skip
     rows = [row for shard_stats in stats for row in shard_stats["rows"]]
@@ -170,6 +167,13 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
         "engine": config.generate.engine,
         "workers": config.generate.ray.workers if config.generate.engine == "ray" else 1,
     }
+
+
+def _local_engine(config: RunConfig, classes: dict[int, str]) -> Any:
+    """The local engine with its models loaded (its heavy imports only when needed)."""
+    from diversynth.generate.local import LocalEngine
+
+    return LocalEngine(config, classes)
 
 
 def _made_for_other_inputs(shards: list[ShardSpec], stats: list[dict[str, Any]],
