@@ -122,7 +122,9 @@ def copy_before_generate(finished_run: Path, out: Path) -> Path:
 
 def assert_same_shards(run: Path, reference: Path) -> None:
     """run's shard folder holds the plan, the timm split info and the same 5 shards as
-    reference's, byte for byte, and nothing else; the manifests are the same bytes."""
+    reference's, byte for byte, and nothing else; the manifests are the same bytes.
+    Exact within one kernel set: each shard is made whole by one process, with the same
+    batches and the same thread count (generate.cpu_threads), whichever engine runs it."""
     names = sorted(p.name for p in (run / "shards").iterdir())
     assert names == sorted(
         ["plan.json", "_info.json"] + [f"{i:06d}.{e}" for i in range(5) for e in ("json", "tar")]

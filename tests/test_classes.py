@@ -226,7 +226,7 @@ def test_empty_and_unknown_inputs_fail_clearly(tmp_path: Path) -> None:
     result = cli(
         "run", config, "--out", str(tmp_path / "x"), "--set", subset, "--stages", "classes"
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "classes.subset[1]: unknown wnid 'n99999999'" in result.stderr
 
 

@@ -77,4 +77,4 @@ def test_max_shards_stops_early_and_status_tells_where_it_is(
     assert "ETA 0h00m" in status.stderr
 
     missing = cli("generate", "--status", "--run", str(tmp_path / "nothing-here"))
-    assert missing.returncode == 1 and "no shards/plan.json" in missing.stderr
+    assert missing.returncode == 2 and "is not a diversynth run directory" in missing.stderr

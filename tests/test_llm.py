@@ -124,3 +124,24 @@ def test_cache_answers_a_repeat_without_calls(tmp_path: Path) -> None:
         # a different sampling parameter is a different question
         again.complete([_request("Bag", seed=7)])
         assert again.calls == 1
+
+
+def test_the_configured_temperature_reaches_the_request_and_the_cache_key(tmp_path: Path) -> None:
+    from diversynth.llm import open_llm
+
+    def config(temperature: float) -> LLMConfig:
+        return LLMConfig(backend="openai", model="m", base_url=server.base_url,
+                         temperature=temperature)  # fmt: skip
+
+    cache = tmp_path / "cache.sqlite"
+    with MisbehavingServer() as server:
+        with open_llm(config(0.0), cache) as llm:
+            llm.complete([_request("Coat")])
+        assert [r["temperature"] for r in server.requests] == [0.0]
+        with open_llm(config(0.0), cache) as llm:  # unchanged: served from the cache
+            llm.complete([_request("Coat")])
+            assert llm.cached == 1 and llm.calls == 0
+        with open_llm(config(0.9), cache) as llm:  # changed: asked again, with it
+            llm.complete([_request("Coat")])
+            assert llm.calls == 1
+        assert [r["temperature"] for r in server.requests] == [0.0, 0.9]

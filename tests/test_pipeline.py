@@ -112,6 +112,8 @@ def test_deleted_shard_is_regenerated_pixel_identical(
     )
     regenerated = _pixels(shards / "000002.tar")
     assert regenerated.keys() == original.keys()
+    # exact within one kernel set: the shard is made whole again, with the same batches, on
+    # the same number of threads (generate.cpu_threads) as the first time
     assert all(np.array_equal(regenerated[k], original[k]) for k in original)
     assert (shards / "000002.tar").read_bytes() == tar_bytes
     assert (run_copy / "manifest.parquet").read_bytes() == manifest

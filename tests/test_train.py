@@ -129,7 +129,7 @@ def test_state_round_trip_continues_like_the_original(tmp_path: Path) -> None:
     assert resume == Resume(1, 0, "fp")
     step(copy, copy_optimizer)
     for a, b in zip(model.state_dict().values(), copy.state_dict().values(), strict=True):
-        assert torch.equal(a, b)
+        assert torch.equal(a, b)  # the same step on the same batch: exact on every kernel set
 
 
 def _train(run: Path, kit_overrides: list[str], extra: list[str]) -> dict:
@@ -156,8 +156,10 @@ def test_compiled_training_matches_eager(
     run_copy: Path, kit_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`train.compile: true` trains the same model as eager mode, aux BN included: weights
-    and both BNs' running statistics within 1e-4 (float32 sums in another order), the same
-    checkpoint keys (no compile prefix), the same losses. torch.compile runs with the
+    and both BNs' running statistics within 1e-3 (float32 sums in another order: two steps
+    apart by 1.3e-6 with AVX2 kernels, by 4.2e-4 with torch's scalar ones,
+    ATEN_CPU_CAPABILITY=default and ONEDNN_MAX_CPU_ISA=SSE41), the same checkpoint keys (no
+    compile prefix), the same losses to 1e-4. torch.compile runs with the
     aot_eager backend (its graph capture and autograd, not inductor's C++ code generation,
     which takes over a minute for resnet10t on 2 cores)."""
     eager = tmp_path / "eager"
@@ -179,7 +181,7 @@ def test_compiled_training_matches_eager(
     assert compiled.keys() == reference.keys()
     assert any(".aux." in key for key in reference)
     worst = max((compiled[k].float() - reference[k].float()).abs().max().item() for k in reference)
-    assert worst < 1e-4, f"compiled training's weights differ by up to {worst}"
+    assert worst < 1e-3, f"compiled training's weights differ by up to {worst}"
     losses = [[json.loads(line)["loss"] for line in (run / "train" / "metrics.jsonl")
                .read_text().splitlines()] for run in (run_copy, eager)]  # fmt: skip
     assert losses[0] == pytest.approx(losses[1], abs=1e-4)
@@ -213,6 +215,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
     assert resumed["resumed_from_step"] in (4, 8)
     got, want = _weights(run_copy), _weights(reference)
     assert got.keys() == want.keys()
+    # exact within one kernel set: every step sees the same batch, with the same
+    # augmentation seeds, as in the uninterrupted run
     assert all(torch.equal(got[k], want[k]) for k in want), "resumed weights differ"
     assert metrics.read_text() == (reference / "train" / "metrics.jsonl").read_text()
     assert not (run_copy / "train" / "state.safetensors").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -24,7 +25,19 @@ app = typer.Typer(
 )
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config (see configs/).", show_default=False)]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory (created or resumed).")]
+
+
+def _folder(value: str | None) -> Path | None:
+    """A folder option as given: an empty value is refused rather than read as the
+    current directory (which is what Path('') means)."""
+    if value is not None and not value.strip():
+        _fail("--out: give a folder (got an empty value)")
+    return None if value is None else Path(value)
+
+
+OutOpt = Annotated[
+    str, typer.Option("--out", "-o", help="Run directory (created or resumed).", callback=_folder)
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config value: key.path=value (YAML value). Repeatable."),
@@ -35,6 +48,14 @@ def _fail(message: str, code: int = 2) -> None:
     for line in message.splitlines():
         console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _existing_run(path: Path) -> RunDir:
+    """A `--run` folder that must already be a run directory."""
+    run = RunDir(path)
+    if not str(path).strip() or not run.is_run():
+        _fail(f"--run: {str(path)!r} is not a diversynth run directory")
+    return run
 
 
 def _load(config: Path, overrides: list[str] | None) -> RunConfig:
@@ -51,14 +72,27 @@ MaxShardsOpt = Annotated[
 ]
 
 
+AllowVersionOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-version-change",
+        help="Keep finished shards or a saved training state made with other library "
+        "versions, device or model files (recorded in the run).",
+    ),
+]
+
+
 def _run(config: Path, out: Path, stages: list[str], force: list[str],
-         overrides: list[str] | None, max_shards: int | None = None) -> None:  # fmt: skip
+         overrides: list[str] | None, max_shards: int | None = None,
+         allow_version_change: bool = False) -> None:  # fmt: skip
     cfg = _load(config, overrides)
+    options = {"max_shards": max_shards, "allow_version_change": allow_version_change}
     try:
-        run_stages(cfg, RunDir(out), stages=stages, force=force,
-                   options={"max_shards": max_shards})  # fmt: skip
+        run_stages(cfg, RunDir(out), stages=stages, force=force, options=options)
+    except ConfigError as exc:  # found by the checks that need a library or the data
+        _fail(str(exc))
     except DiversynthError as exc:
-        _fail(str(exc), code=1)
+        _fail(str(exc), exc.exit_code)
     except OSError as exc:  # disk full, permissions: the run directory keeps finished work
         _fail(f"{exc.strerror or exc} ({exc.filename or out})", code=1)
     # anything else is a bug and keeps its traceback
@@ -77,6 +111,7 @@ def run(
     ] = None,
     set_: SetOpt = None,
     max_shards: MaxShardsOpt = None,
+    allow_version_change: AllowVersionOpt = False,
 ) -> None:
     """Run the pipeline: classes, prompts, generate, train, evaluate, report.
 
@@ -89,7 +124,7 @@ def run(
     except PipelineError as exc:
         _fail(str(exc))
         return
-    _run(config, out, selected, forced, set_, max_shards)
+    _run(config, out, selected, forced, set_, max_shards, allow_version_change)
 
 
 def _stage_command(name: str, summary: str, group: typer.Typer = app, as_name: str = "") -> None:
@@ -98,8 +133,10 @@ def _stage_command(name: str, summary: str, group: typer.Typer = app, as_name: s
         out: OutOpt,
         force: Annotated[bool, typer.Option(help="Rerun even if up to date.")] = False,
         set_: SetOpt = None,
+        allow_version_change: AllowVersionOpt = False,
     ) -> None:
-        _run(config, out, [name], [name] if force else [], set_)
+        _run(config, out, [name], [name] if force else [], set_,
+             allow_version_change=allow_version_change)  # fmt: skip
 
     command.__doc__ = (
         f"{summary}\n\nRuns only this stage; the stages it reads must have run in the same "
@@ -129,13 +166,13 @@ def classes_show(
     """Explain how one class's name was chosen: every candidate, its score, the reason."""
     from diversynth.classes.show import find_class, render_class
 
-    run = RunDir(run_dir)
+    run = _existing_run(run_dir)
     if not run.classes.is_file():
         _fail(f"--run: no classes.jsonl in {str(run_dir)!r} (run the classes stage first)")
     try:
         record = find_class(run, key)
     except DiversynthError as exc:
-        _fail(str(exc), code=1)
+        _fail(str(exc), exc.exit_code)
         return
     render_class(record)
 
@@ -146,7 +183,9 @@ _stage_command("prompts", "Write the prompts and per-image seeds (prompts.jsonl)
 @app.command()
 def generate(
     config: Annotated[Path | None, typer.Argument(help="YAML config.", show_default=False)] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory.")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Run directory.", callback=_folder)
+    ] = None,
     force: Annotated[bool, typer.Option(help="Regenerate every shard.")] = False,
     set_: SetOpt = None,
     max_shards: MaxShardsOpt = None,
@@ -154,6 +193,7 @@ def generate(
         bool, typer.Option("--status", help="Only report progress (with --run); starts nothing.")
     ] = False,
     run_dir: Annotated[Path | None, typer.Option("--run", help="Run directory (--status).")] = None,
+    allow_version_change: AllowVersionOpt = False,
 ) -> None:
     """Generate images into WebDataset shards and manifest.parquet.
 
@@ -169,14 +209,16 @@ def generate(
             _fail("--status needs --run DIR")
             return
         try:
-            console.print(format_status(generation_status(RunDir(target).shards)), soft_wrap=True)
+            status = generation_status(_existing_run(target).shards)
+            console.print(format_status(status), soft_wrap=True)
         except DiversynthError as exc:
-            _fail(str(exc), code=1)
+            _fail(str(exc), exc.exit_code)
         return
     if config is None or out is None:
         _fail("give CONFIG and --out DIR (or --status --run DIR)")
         return
-    _run(config, out, ["generate"], ["generate"] if force else [], set_, max_shards)
+    _run(config, out, ["generate"], ["generate"] if force else [], set_, max_shards,
+         allow_version_change)  # fmt: skip
 
 
 _stage_command("train", "Train a classifier on real + synthetic images.")
@@ -207,17 +249,29 @@ def report(
 
     if len(runs) > 1 and out is None:
         _fail("--out: give a folder for the comparison of several runs")
+    dirs = [_existing_run(run) for run in runs]
+    if out is not None and out.is_dir() and any(out.iterdir()):
+        if not (out / "index.html").is_file():
+            _fail(f"--out: {str(out)!r} holds files that are not a report; give a new or "
+                  "empty folder")  # fmt: skip
     try:
-        facts = [load_run(run) for run in runs]
-        settings = ReportConfig.model_validate(facts[0].config.get("report") or {})
-        if len(facts) == 1:
-            site = out or facts[0].run.report_dir
-            summary = build_run_site(facts[0], site, settings)
-        else:
-            site = out
-            summary = build_comparison(facts, site, settings)
+        with contextlib.ExitStack() as locks:  # no stage rewrites a run while it is read
+            for run in dirs:
+                locks.enter_context(run.lock())
+            facts = [load_run(run.root) for run in dirs]
+            settings = ReportConfig.model_validate(facts[0].config.get("report") or {})
+            if len(facts) == 1:
+                site = out or facts[0].run.report_dir
+                summary = build_run_site(facts[0], site, settings)
+            else:
+                site = out
+                summary = build_comparison(facts, site, settings)
     except DiversynthError as exc:
-        _fail(str(exc), code=1)
+        _fail(str(exc), exc.exit_code)
+        return
+    except OSError as exc:  # a read-only or full disk
+        _fail(f"report: cannot write the site: {exc.strerror or exc} "
+              f"({exc.filename or out or runs[0]})", code=1)  # fmt: skip
         return
     console.print(f"report: {escape(str(site / 'index.html'))} ({escape(json.dumps(summary))})")
     if serve:
@@ -282,7 +336,7 @@ def evaluate_model(
             _fail(f"the model has {meta['num_classes']} classes; the config lists {len(classes)}")
         results = evaluate_on_sets(cfg, net, meta, classes)
     except DiversynthError as exc:
-        _fail(str(exc), code=1)
+        _fail(str(exc), exc.exit_code)
         return
     if json_out is not None:
         write_json(json_out, {"model": meta, "sets": results})
@@ -314,9 +368,54 @@ def import_weights_cmd(
     try:
         meta = IMPORTERS[name](out)
     except DiversynthError as exc:
-        _fail(str(exc), code=1)
+        _fail(str(exc), exc.exit_code)
         return
     console.print(f"{escape(name)}: {escape(str(out))} ({meta['model']})")
+
+
+@app.command("env")
+def env_cmd(
+    config: Annotated[
+        Path | None, typer.Argument(help="Also check what this config needs.", show_default=False)
+    ] = None,
+    set_: SetOpt = None,
+    run_dir: Annotated[Path | None, typer.Option("--run", help="Report free disk here.")] = None,
+) -> None:
+    """Versions, CPU kernels, GPUs, the LLM (one token), Chromium, offline assets and free
+    disk, on one screen for a bug report. Exits 1 if a part the config needs is broken
+    (with no config: a part the offline demo needs)."""
+    from diversynth.env_report import collect, render
+
+    parts = collect(config, set_ or [], run_dir)
+    print(render(parts))
+    if any(part.fails for part in parts):
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(run_dir: Annotated[Path, typer.Option("--run", help="Run directory.")]) -> None:
+    """Hash and parse every output of every finished stage against what the stage wrote;
+    name each damaged file. Exits 1 if any is damaged (`run` then makes them again)."""
+    from diversynth import integrity
+    from diversynth.pipeline import STAGES, _resolve
+
+    run = _existing_run(run_dir)
+    damaged: list[str] = []
+    for stage in STAGES:
+        state = run.read_state(stage.name)
+        if state is None or not state.files:
+            continue
+        expected = _resolve(stage.expected_sha) if stage.expected_sha else None
+        found = integrity.full_check(run, state, expected)
+        damaged += [f"{stage.name}: {damage}" for damage in found]
+        if not found:
+            console.print(f"{stage.name}: {len(state.files)} file(s) as written", highlight=False)
+    for line in damaged:
+        console.print(f"[red]damaged:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+    if damaged:
+        console.print(f"`diversynth run {escape(str(run.config))} --out {escape(str(run.root))}` "
+                      "makes them again", highlight=False, soft_wrap=True)  # fmt: skip
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -324,9 +423,7 @@ def status(run_dir: Annotated[Path, typer.Option("--run", help="Run directory.")
     """Show which stages of a run have finished, when, and their summaries."""
     from rich.table import Table
 
-    run = RunDir(run_dir)
-    if not run.root.is_dir():
-        _fail(f"--run: no run directory at {str(run_dir)!r}")
+    run = _existing_run(run_dir)
     table = Table("stage", "state", "seconds", "summary")
     for name in STAGE_NAMES:
         state = run.read_state(name)

@@ -24,14 +24,15 @@ from pydantic import (
     model_validator,
 )
 
-from diversynth.errors import DiversynthError
+from diversynth.errors import UsageError
+from diversynth.safe_weights import check_local_weights
 
 # A hub id is "name" or "org/name"; anything else that does not exist on disk is an error.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _PATH_PREFIXES = ("/", "./", "../", "~", "local-dir:")
 
 
-class ConfigError(DiversynthError, ValueError):
+class ConfigError(UsageError, ValueError):
     """A config that cannot run; the message is one line per problem."""
 
 
@@ -46,19 +47,24 @@ def _resolve_path(value: str | Path) -> Path:
     return path.resolve()
 
 
-def _model_ref(value: str) -> str:
-    """A hub id (kept as is) or a local model folder (must exist; made absolute)."""
+def _model_ref(value: str, also: tuple[str, ...] = ()) -> str:
+    """A hub id (kept as is) or a local model folder or file (must exist, weights as
+    safetensors, or a suffix in `also`; made absolute)."""
     if not value.strip():
         raise ValueError("model reference is empty")
     if Path(value).expanduser().exists() or _looks_like_path(value):
-        return str(_resolve_path(value))
+        path = _resolve_path(value)
+        check_local_weights("", path, also)
+        return str(path)
     return value
 
 
 def _clip_ref(value: str) -> str:
     """An open_clip model: `local-dir:PATH`, `hf-hub:ORG/NAME`, or a built-in name."""
     if value.startswith("local-dir:"):
-        return "local-dir:" + str(_resolve_path(value.removeprefix("local-dir:")))
+        path = _resolve_path(value.removeprefix("local-dir:"))
+        check_local_weights("", path)
+        return "local-dir:" + str(path)
     if value.startswith("hf-hub:"):
         return value
     if _looks_like_path(value):
@@ -77,7 +83,21 @@ Compile = bool | Literal["default", "reduce-overhead", "max-autotune", "max-auto
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: a learning rate of .inf passes every bound and fails at step 2
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _name_template(template: str) -> str:
+    """A text with one `{name}` field and no other: formatted with the class name."""
+    try:
+        template.format(name="x")
+    except KeyError as exc:
+        raise ValueError(f"unknown field {{{exc.args[0]}}} (only {{name}} is filled in)") from None
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"not a template ({exc}; write a literal brace as {{{{ or }}}})") from None
+    if "{name}" not in template:
+        raise ValueError("has no {name} field")
+    return template
 
 
 class DisambiguateConfig(Section):
@@ -97,6 +117,7 @@ class DisambiguateConfig(Section):
     @field_validator("template")
     @classmethod
     def _has_name(cls, template: str) -> str:
+        _name_template(template)
         if template.count("{name}") != 1:
             raise ValueError("must contain {name} once")
         return template
@@ -160,8 +181,10 @@ class PromptsConfig(Section):
     @classmethod
     def _templates_name_the_class(cls, templates: list[str] | str) -> list[str] | str:
         for i, template in enumerate(templates if isinstance(templates, list) else []):
-            if "{name}" not in template:
-                raise ValueError(f"template {i} has no {{name}} field: {template!r}")
+            try:
+                _name_template(template)
+            except ValueError as exc:
+                raise ValueError(f"template {i} {exc}: {template!r}") from None
         if isinstance(templates, list) and not templates:
             raise ValueError("give at least one template")
         return templates
@@ -179,13 +202,13 @@ class PromptsConfig(Section):
         return _asset_or_model(ref)
 
 
-def _asset_or_model(ref: str) -> str:
+def _asset_or_model(ref: str, also: tuple[str, ...] = ()) -> str:
     """`bundled:NAME` (an installed asset), a hub id, or a local path that must exist."""
     if ref.startswith("bundled:"):
         from diversynth.assets import resolve_bundled
 
         return str(resolve_bundled(ref))
-    return _model_ref(ref)
+    return _model_ref(ref, also)
 
 
 class LLMConfig(Section):
@@ -214,7 +237,7 @@ class LLMConfig(Section):
         backend = info.data.get("backend")
         if backend == "openai":
             return model  # a name the server knows
-        model = _asset_or_model(model)
+        model = _asset_or_model(model, also=(".gguf",))
         if backend == "llamacpp" and not model.endswith(".gguf"):
             raise ValueError("the llamacpp backend needs a .gguf file")
         return model
@@ -458,7 +481,12 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip() or not re.fullmatch(r"[\w.-]+", key.strip()):
             raise ConfigError(f"--set {item!r}: expected key.path=value")
-        pairs.append((key.strip(), yaml.safe_load(raw) if raw.strip() else raw))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError as exc:
+            problem = str(exc).replace("\n", " ")
+            raise ConfigError(f"--set {item!r}: the value is not YAML ({problem})") from None
+        pairs.append((key.strip(), value))
     return pairs
 
 

@@ -8,21 +8,22 @@ stages after it see a new input digest only if its outputs really changed.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 
+from diversynth import environment, integrity
 from diversynth.config import RunConfig, dump_config
 from diversynth.errors import DiversynthError, PartialStage
+from diversynth.integrity import Damage
+from diversynth.preflight import preflight
 from diversynth.progress import console
 from diversynth.rundir import (
     RunDir,
@@ -67,6 +68,13 @@ class Stage:
     options: tuple[str, ...] = ()  # run options (not config: no fingerprint) it takes
     # "section.field" settings that change how the work runs but not its output
     ignores: tuple[str, ...] = ()
+    # the files whose size, time and hash the state records (default: outputs)
+    recorded: Callable[[RunDir], list[Path]] | None = None
+    # 'module:function' (run, relative path) -> sha256 recorded elsewhere (shard stats)
+    expected_sha: str | None = None
+    # 'module:function' (run, relative paths): remove damaged outputs so that the stage
+    # makes them again (default: delete the files)
+    discard: str | None = None
 
     def execute(self, config: RunConfig, run: RunDir, fingerprint: str, forced: bool,
                 options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
@@ -79,6 +87,27 @@ class Stage:
         if self.complete is not None:
             return _resolve(self.complete)(config, run)
         return all(path.exists() for path in self.outputs(run))
+
+    def recorded_files(self, run: RunDir) -> list[Path]:
+        return self.recorded(run) if self.recorded is not None else self.outputs(run)
+
+    def damaged(self, run: RunDir, state: StageState | None, main: bool) -> list[Damage]:
+        """Outputs changed since the stage wrote them (size and time, then hash); a file
+        whose time alone changed gets its new time recorded."""
+        if state is None or not state.files:
+            return []
+        expected = _resolve(self.expected_sha) if self.expected_sha else None
+        damaged, touched = integrity.quick_check(run, state, expected)
+        if touched and not damaged and main:
+            run.write_state(integrity.refresh_times(run, state))
+        return damaged
+
+    def discard_damaged(self, run: RunDir, damaged: list[Damage]) -> None:
+        if self.discard is not None:
+            _resolve(self.discard)(run, [d.path for d in damaged])
+            return
+        for damage in damaged:
+            (run.root / damage.path).unlink(missing_ok=True)
 
     def output_digest(self, config: RunConfig, run: RunDir) -> str:
         if self.digest is not None:
@@ -129,8 +158,15 @@ STAGES = [
         inputs=lambda c: [c.generate.model, c.clip.model if c.clip else None],
         complete="diversynth.generate.stage:generate_is_complete",
         digest="diversynth.generate.stage:generate_output_digest",
+        recorded=lambda r: [
+            r.manifest,
+            *sorted(r.shards.glob("*.tar")),
+            *sorted(r.shards.glob("*.json")),
+        ],  # fmt: skip
+        expected_sha="diversynth.generate.stage:recorded_tar_sha",
+        discard="diversynth.generate.stage:discard_damaged",
         resumable=True,
-        options=("max_shards",),
+        options=("max_shards", "allow_version_change"),
         # either engine, any number of workers: the same shards, so switching keeps them
         ignores=("generate.engine", "generate.ray"),
     ),
@@ -143,6 +179,7 @@ STAGES = [
         outputs=lambda r: [r.checkpoint, r.train_metrics],
         inputs=lambda c: [c.data.root],
         resumable=True,
+        options=("allow_version_change",),
     ),
     Stage(
         "evaluate",
@@ -226,7 +263,8 @@ def run_stages(
 ) -> dict[str, str]:
     """Run the selected stages in order; return {stage: 'ran' | 'skipped' | 'partial'}.
 
-    `options` go to the stages that take them (generate: `max_shards`)."""
+    `options` go to the stages that take them (generate: `max_shards`; generate and train:
+    `allow_version_change`)."""
     selected = stages or list(STAGE_NAMES)
     missing = [
         f"{section}: required by the {stage.name} stage (or leave {stage.name} out of --stages)"
@@ -237,32 +275,36 @@ def run_stages(
     ]
     if missing:
         raise PipelineError("\n".join(missing))
+    preflight(config, selected)
     forced_from = min((STAGE_NAMES.index(f) for f in force or []), default=len(STAGE_NAMES))
     options = options or {}
     if not _main_process():  # another torchrun process: it computes, the first one writes
         return _run_locked(config, run, selected, forced_from, options, main=False)
-    run.root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(run):
+    run.claim()
+    with run.lock():
         return _run_locked(config, run, selected, forced_from, options)
+
+
+def _check_upstream(stage: Stage, run: RunDir, selected: list[str], main: bool) -> None:
+    """The outputs of earlier stages this one reads, when those stages are not run now,
+    must be as they were written."""
+    for name in (*stage.needs, *stage.reads):
+        if name in selected:
+            continue  # checked, and remade if damaged, when its turn came
+        upstream = STAGES[STAGE_NAMES.index(name)]
+        damaged = upstream.damaged(run, run.read_state(name), main)
+        if damaged:
+            raise PipelineError(
+                f"{name}: {damaged[0]} changed since the {name} stage wrote it; "
+                f"`diversynth run {run.config} --out {run.root} --stages {name},{stage.name}` "
+                "makes it again"
+            )
 
 
 def _main_process() -> bool:
     """False in every torchrun process but the first (read from the environment, so that
     commands that never train do not import torch to ask)."""
     return os.environ.get("RANK", "0") == "0"
-
-
-@contextlib.contextmanager
-def _exclusive(run: RunDir) -> Iterator[None]:
-    """One process per run directory; the OS drops the lock if the process dies."""
-    with (run.root / ".lock").open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PipelineError(
-                f"another diversynth process is working in {run.root}; wait for it to finish"
-            ) from None
-        yield
 
 
 def _run_locked(config: RunConfig, run: RunDir, selected: list[str], forced_from: int,
@@ -275,15 +317,23 @@ def _run_locked(config: RunConfig, run: RunDir, selected: list[str], forced_from
     for stage in STAGES:
         if stage.name not in selected:
             continue
+        _check_upstream(stage, run, selected, main)
         fp = fingerprint(stage, config, run)
         state = run.read_state(stage.name)
         forced = STAGE_NAMES.index(stage.name) >= forced_from
-        if not forced and state and state.fingerprint == fp and stage.is_complete(config, run):
+        damaged = stage.damaged(run, state, main)
+        up_to_date = state and state.fingerprint == fp and stage.is_complete(config, run)
+        if not forced and up_to_date and not damaged:
             say(f"[green]{stage.name}[/green]: skipped: up to date")
             outcome[stage.name] = "skipped"
             continue
+        for damage in damaged:
+            say(f"[yellow]{stage.name}[/yellow]: {escape(str(damage))} changed since the stage "
+                "wrote it: making it again")  # fmt: skip
         say(f"[bold cyan]{stage.name}[/bold cyan]: running")
         if main:
+            if damaged:
+                stage.discard_damaged(run, damaged)
             run.clear_state(stage.name)
         timer = Timer()
         try:
@@ -301,6 +351,8 @@ def _run_locked(config: RunConfig, run: RunDir, selected: list[str], forced_from
                     finished_at=time.time(),
                     seconds=round(timer.seconds, 3),
                     summary=summary,
+                    made_with=environment.summary(),
+                    files=integrity.record_files(run, stage.recorded_files(run)),
                 )
             )
         say(

@@ -10,15 +10,18 @@ so a stage that reruns and produces the same bytes does not invalidate the rest.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from diversynth.errors import DiversynthError, UsageError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -77,9 +80,30 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
     return count
 
 
+class RunFileError(DiversynthError):
+    """A file of a run that cannot be read as what it should be (cut or changed)."""
+
+
+DAMAGED_HINT = (
+    "`diversynth verify --run RUN` lists damaged files; "
+    "`diversynth run RUN/config.yaml --out RUN` remakes them"
+)
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
     with path.open() as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError as exc:
+                raise RunFileError(
+                    f"{path}: line {number} is not whole JSON ({exc}): the file is damaged; "
+                    + DAMAGED_HINT
+                ) from None
+    return records
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -120,6 +144,17 @@ class StageState:
     finished_at: float
     seconds: float
     summary: dict[str, Any]
+    made_with: dict[str, Any] = field(default_factory=dict)  # python and library versions
+    # the outputs as written, by path relative to the run: [size, mtime_ns, sha256 or None]
+    files: dict[str, list[Any]] = field(default_factory=dict)
+
+
+class RunDirError(UsageError):
+    pass
+
+
+class RunBusyError(DiversynthError):
+    """Another process holds the run's lock."""
 
 
 class RunDir:
@@ -127,6 +162,27 @@ class RunDir:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    def is_run(self) -> bool:
+        """Whether the folder is a run directory (its `.state/` is made before any stage
+        runs; `.lock` marks runs from before that)."""
+        return self.state_dir.is_dir() or (self.root / ".lock").is_file()
+
+    def claim(self) -> None:
+        """Make the folder a run directory: it must be new, empty, or a run directory
+        already. A folder holding anything else (the user's own config, say) is refused:
+        a run writes config.yaml, prompts.jsonl and more into its folder."""
+        if self.root.exists() and not self.root.is_dir():
+            raise RunDirError(f"--out: {str(self.root)!r} is a file, not a folder")
+        if self.root.is_dir() and not self.is_run():
+            present = sorted(p.name for p in self.root.iterdir())
+            if present:
+                shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+                raise RunDirError(
+                    f"--out: {str(self.root)!r} holds files that are not a diversynth run "
+                    f"({shown}); give a new or empty folder, or an existing run directory"
+                )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
 
     # artifacts (the layout the README shows)
     config = property(lambda self: self.root / "config.yaml")
@@ -141,6 +197,19 @@ class RunDir:
     report_dir = property(lambda self: self.root / "report")
     llm_cache = property(lambda self: self.root / ".cache" / "llm.sqlite")
     state_dir = property(lambda self: self.root / ".state")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One process at a time works in a run directory (the pipeline, a report build);
+        the OS drops the lock if the process dies."""
+        with (self.root / ".lock").open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunBusyError(
+                    f"another diversynth process is working in {self.root}; wait for it to finish"
+                ) from None
+            yield
 
     def state_path(self, stage: str) -> Path:
         return self.state_dir / f"{stage}.json"

@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
-from diversynth.errors import DiversynthError
+from diversynth.errors import UsageError
 
 
-class ClassListError(DiversynthError, ValueError):
+class ClassListError(UsageError, ValueError):
     pass
 
 
@@ -70,7 +70,12 @@ def _from_items(items: list[object], where: str) -> list[ClassEntry]:
 
 def _read_file(path: Path) -> list[object]:
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ClassListError(
+            f"classes.file: {path} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
     if suffix == ".txt":
         return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if suffix == ".csv":
@@ -79,7 +84,13 @@ def _read_file(path: Path) -> list[object]:
             rows = rows[1:]
         return [{"name": r[0], "description": r[1]} if len(r) > 1 else r[0] for r in rows]
     if suffix in (".json", ".yaml", ".yml"):
-        data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+        try:
+            data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:  # both name the line and column
+            where = str(exc).replace("\n", " ")
+            raise ClassListError(
+                f"classes.file: {path} is not valid {suffix[1:]}: {where}"
+            ) from None
         if isinstance(data, dict) and "classes" in data:
             data = data["classes"]
         if not isinstance(data, list):

@@ -69,7 +69,6 @@ def _llm_candidates(
 ) -> tuple[list[list[str]], dict[str, Any]]:
     rule, llm_config = config.classes.disambiguate, config.llm
     assert llm_config is not None  # checked by the config
-    llm = open_llm(llm_config, run.llm_cache)
     confusable = _confusable(entries, claimed_by, scorer, config)
     requests, validators, rejected = [], [], Counter[str]()
     every_claim = set(claimed_by)
@@ -82,8 +81,9 @@ def _llm_candidates(
             name_request(entry, confusable[pos], rule.llm_names, seed, llm_config.max_tokens)
         )
         validators.append(name_validator(entry, ambiguous, every_claim, claims[pos], rejected))
-    console.print(f"  classes: asking {escape(llm.name)} for names of {len(entries)} classes")
-    answers = llm.complete_json(requests, validators)
+    with open_llm(llm_config, run.llm_cache) as llm:
+        console.print(f"  classes: asking {escape(llm.name)} for names of {len(entries)} classes")
+        answers = llm.complete_json(requests, validators)
     unusable = [a for a in answers if isinstance(a, BadAnswer)]
     for answer in unusable:
         console.print(

@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from diversynth.rundir import atomic_open
+from diversynth.rundir import DAMAGED_HINT, RunFileError, atomic_open
 
 SCHEMA = pa.schema(
     [
@@ -40,4 +40,10 @@ def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_manifest(path: Path) -> pa.Table:
-    return pq.read_table(path)
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise RunFileError(
+            f"{path}: not a readable manifest ({str(exc)[:200]}): the file is damaged; "
+            + DAMAGED_HINT
+        ) from None

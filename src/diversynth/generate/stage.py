@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from diversynth.config import RunConfig
+from diversynth.environment import check_kept_work, made_with
 from diversynth.errors import DiversynthError, PartialStage
 from diversynth.generate.manifest import write_manifest
 from diversynth.generate.plan import ShardSpec, plan_shards
@@ -54,9 +55,44 @@ def shard_inputs(
     return digests
 
 
-def _read_plan(run: RunDir) -> dict[str, Any] | None:
+def _read_plan(run: RunDir, done: set[str]) -> dict[str, Any] | None:
+    """The plan on disk. When it is missing or unreadable but shards are done, what each
+    was made for is read back from its stats file, so that damage to one small file does
+    not cost every finished shard."""
     path = run.shards / "plan.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    inputs = {}
+    for name in sorted(done):
+        try:
+            inputs[name] = read_stats(run.shards, name)["inputs"]
+        except (OSError, ValueError, KeyError):
+            continue  # made again
+    return {"inputs": inputs} if inputs else None
+
+
+def recorded_tar_sha(run: RunDir, rel: str) -> str | None:
+    """The sha256 a shard's stats file holds for its tar (None for other files)."""
+    path = run.root / rel
+    if path.suffix != ".tar":
+        return None
+    try:
+        return read_stats(path.parent, path.stem).get("sha256")
+    except (OSError, ValueError):
+        return None
+
+
+def discard_damaged(run: RunDir, paths: list[str]) -> None:
+    """Damaged shards (tar or stats) are removed whole and made again; the manifest, plan
+    and split info are rebuilt from what is kept."""
+    for rel in paths:
+        path = run.root / rel
+        if path.parent == run.shards and path.stem.isdigit():
+            remove_shard(run.shards, path.stem)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _unchanged(old: dict[str, Any] | None, new: dict[str, Any]) -> set[str]:
@@ -64,7 +100,7 @@ def _unchanged(old: dict[str, Any] | None, new: dict[str, Any]) -> set[str]:
     if old is None:
         return set()
     if "inputs" not in old:  # a plan from before shards had digests of their own
-        return set(new["inputs"]) if old["fingerprint"] == new["fingerprint"] else set()
+        return set(new["inputs"]) if old.get("fingerprint") == new["fingerprint"] else set()
     return {name for name, digest in new["inputs"].items() if old["inputs"].get(name) == digest}
 
 
@@ -98,8 +134,27 @@ def planned_shards(config: RunConfig, run: RunDir) -> list[ShardSpec]:
     )
 
 
+def _record_made_with(config: RunConfig, plan: dict[str, Any], old: dict[str, Any] | None,
+                      kept: int, allow: bool) -> None:  # fmt: skip
+    """Put what makes the shards (libraries, device, model revisions) into the plan; stop
+    if the `kept` finished shards were made with something else, unless `allow`."""
+    current = made_with("generate", config)
+    history = list((old or {}).get("version_changes", [])) if kept else []
+    if kept:
+        change = check_kept_work(
+            (old or {}).get("made_with"), current, f"generate: {kept} finished shard(s) were",
+            "--force generate to make them all again", allow,
+        )  # fmt: skip
+        if change is not None:
+            history.append(change)
+    plan["made_with"] = current
+    if history:
+        plan["version_changes"] = history
+
+
 def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool = False,
-                 max_shards: int | None = None) -> dict[str, Any]:  # fmt: skip
+                 max_shards: int | None = None,
+                 allow_version_change: bool = False) -> dict[str, Any]:  # fmt: skip
     """Generate the missing shards (at most `max_shards` of them this time); `forced`
     regenerates all of them."""
     prompts = read_jsonl(run.prompts)
@@ -110,9 +165,10 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
         "shards": [s.__dict__ for s in shards],
         "inputs": shard_inputs(config, run, shards, prompts, classes),
     }
-    old = _read_plan(run)
-    keep = set() if forced else _unchanged(old, plan)
     done = {s.name for s in shards if is_done(run.shards, s.name)}
+    old = _read_plan(run, done)
+    keep = set() if forced else _unchanged(old, plan)
+    _record_made_with(config, plan, old, len(keep & done), allow_version_change)
     stale = [s.name for s in shards if s.name in done and s.name not in keep]
     missing = [s for s in shards if s.name not in keep or s.name not in done]
     todo = missing if max_shards is None else missing[:max_shards]

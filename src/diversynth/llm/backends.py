@@ -1,152 +1,54 @@
-"""The backends: an OpenAI-compatible server, and transformers or llama.cpp in-process."""
+"""The backends: an OpenAI-compatible server, transformers in-process, and llama.cpp (its
+own server as a child process, in llm/llamacpp.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 from pathlib import Path
 from typing import Any
 
-from diversynth.llm.base import Backend, ChatRequest, LLMError
+from diversynth.llm.base import Backend, ChatRequest, LLMError, OnAnswer
+from diversynth.llm.chat_client import ChatClient
+from diversynth.safe_weights import UnsafeWeightsError, refusing_pickles
 
 
-def _schema_format(request: ChatRequest, mode: str) -> dict[str, Any] | None:
-    if request.json_schema is None or mode == "off":
-        return None
-    if mode == "json_object":
-        return {"type": "json_object"}
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": "answer", "schema": request.json_schema, "strict": True},
-    }
+def openai_response_format(mode: str) -> Any:
+    """The `response_format` for a request under `llm.json_mode`, as OpenAI's API takes it."""
+
+    def response_format(request: ChatRequest) -> dict[str, Any] | None:
+        if request.json_schema is None or mode == "off":
+            return None
+        if mode == "json_object":
+            return {"type": "json_object"}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": request.json_schema, "strict": True},
+        }
+
+    return response_format
 
 
 class OpenAIBackend:
-    """Any OpenAI-compatible server (vLLM, llama.cpp server, Ollama, hosted APIs).
-
-    The official client retries timeouts, connection errors, 429 and 5xx with exponential
-    backoff; up to `max_in_flight` requests are open at once.
-    """
+    """Any OpenAI-compatible server (vLLM, llama.cpp server, Ollama, hosted APIs)."""
 
     name = "openai"
 
     def __init__(self, config: Any):
-        import openai
-
         self.model = config.model
-        self.config = config
         api_key = os.environ[config.api_key_env] if config.api_key_env else "not-needed"
-        self._client_args = {
-            "base_url": config.base_url,
-            "api_key": api_key,
-            "timeout": config.timeout,
-            "max_retries": config.max_retries,
-        }
-        self._openai = openai
+        self._client = ChatClient(
+            who="llm (openai)", base_url=config.base_url, model=config.model, api_key=api_key,
+            timeout=config.timeout, max_retries=config.max_retries,
+            max_in_flight=config.max_in_flight,
+            response_format=openai_response_format(config.json_mode),
+        )  # fmt: skip
 
-    async def _one(self, client: Any, gate: asyncio.Semaphore, request: ChatRequest) -> str:
-        openai = self._openai
-        extra: dict[str, Any] = {}
-        response_format = _schema_format(request, self.config.json_mode)
-        if response_format is not None:
-            extra["response_format"] = response_format
-        async with gate:
-            try:
-                reply = await client.chat.completions.create(
-                    model=self.model,
-                    messages=request.chat(),
-                    max_tokens=request.max_tokens,
-                    temperature=request.temperature,
-                    seed=request.seed,
-                    **extra,
-                )
-            except openai.NotFoundError as exc:
-                raise LLMError(
-                    f"llm (openai): model {self.model!r} not found at {self.config.base_url}: "
-                    f"{exc.message}"
-                ) from None
-            except openai.AuthenticationError as exc:
-                raise LLMError(
-                    f"llm (openai): authentication failed at {self.config.base_url}: {exc.message}"
-                ) from None
-            except (
-                openai.APIStatusError,
-                openai.APIConnectionError,
-                openai.APIResponseValidationError,
-                ValueError,  # a 200 whose body is not JSON
-            ) as exc:
-                raise LLMError(
-                    f"llm (openai) at {self.config.base_url}, for {request.label!r}: "
-                    f"{type(exc).__name__}: {exc} (after {self.config.max_retries} retries)"
-                ) from None
-        if not getattr(reply, "choices", None):
-            raise LLMError(
-                f"llm (openai) at {self.config.base_url}, for {request.label!r}: "
-                "reply has no choices"
-            )
-        return reply.choices[0].message.content or ""
+    def complete(self, requests: list[ChatRequest], on_answer: OnAnswer | None = None) -> list[str]:
+        return self._client.complete(requests, on_answer)
 
-    async def _all(self, requests: list[ChatRequest]) -> list[str]:
-        gate = asyncio.Semaphore(self.config.max_in_flight)
-        async with self._openai.AsyncOpenAI(**self._client_args) as client:
-            tasks = [asyncio.create_task(self._one(client, gate, r)) for r in requests]
-            try:
-                return list(await asyncio.gather(*tasks))
-            except BaseException:
-                for task in tasks:
-                    task.cancel()
-                raise
-
-    def complete(self, requests: list[ChatRequest]) -> list[str]:
-        return asyncio.run(self._all(requests)) if requests else []
-
-
-class LlamaCppBackend:
-    """llama-cpp-python with a GGUF file; a JSON schema becomes a grammar on the output.
-
-    The model loads on the first request, so a rerun answered from the cache never loads it.
-    """
-
-    name = "llamacpp"
-
-    def __init__(self, config: Any):
-        self.model = Path(config.model).name
-        self.config = config
-        self._llm: Any = None
-
-    def _load(self) -> Any:
-        try:
-            from llama_cpp import Llama
-        except ImportError as exc:
-            raise LLMError(
-                "llm.backend: 'llamacpp' needs llama-cpp-python "
-                "(pip install 'diversynth[llamacpp]')"
-            ) from exc
-        return Llama(
-            model_path=self.config.model,
-            n_ctx=self.config.context,
-            n_threads=self.config.threads,
-            verbose=False,
-        )
-
-    def complete(self, requests: list[ChatRequest]) -> list[str]:
-        if requests and self._llm is None:
-            self._llm = self._load()
-        answers = []
-        for request in requests:  # one context: llama.cpp runs requests one after another
-            response_format = None
-            if request.json_schema is not None and self.config.json_mode != "off":
-                response_format = {"type": "json_object", "schema": request.json_schema}
-            reply = self._llm.create_chat_completion(
-                messages=request.chat(),
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                seed=request.seed,
-                response_format=response_format,
-            )
-            answers.append(reply["choices"][0]["message"]["content"] or "")
-        return answers
+    def close(self) -> None:
+        pass
 
 
 def _cache_gguf_name_map() -> None:
@@ -183,9 +85,15 @@ class TransformersBackend:
             source, extra = str(path.parent), {"gguf_file": path.name}
             _cache_gguf_name_map()
         kwargs = {"trust_remote_code": self.config.trust_remote_code, **extra}
+        weights = {} if extra else {"use_safetensors": True}  # a GGUF file is no pickle
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            self._lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+            with refusing_pickles("llm.model"):
+                self._tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+                self._lm = AutoModelForCausalLM.from_pretrained(
+                    source, dtype=torch.float32, **kwargs, **weights
+                )
+        except UnsafeWeightsError:
+            raise
         except (OSError, ValueError) as exc:
             raise LLMError(
                 f"llm.model: transformers cannot load {self.config.model!r}: {exc}"
@@ -195,14 +103,20 @@ class TransformersBackend:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._lm.eval()
 
-    def complete(self, requests: list[ChatRequest]) -> list[str]:
+    def complete(self, requests: list[ChatRequest], on_answer: OnAnswer | None = None) -> list[str]:
         if requests and self._lm is None:
             self._load()
         answers: list[str] = []
         size = self.config.batch_size
         for start in range(0, len(requests), size):
-            answers += self._batch(requests[start : start + size])
+            for answer in self._batch(requests[start : start + size]):
+                if on_answer is not None:
+                    on_answer(len(answers), answer)
+                answers.append(answer)
         return answers
+
+    def close(self) -> None:
+        self._lm = None
 
     def _batch(self, requests: list[ChatRequest]) -> list[str]:
         import torch
@@ -215,7 +129,7 @@ class TransformersBackend:
         ]
         inputs = self._tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         torch.manual_seed(requests[0].seed)
-        temperature = requests[0].temperature
+        temperature = requests[0].sampling_temperature
         with torch.inference_mode():
             output = self._lm.generate(
                 **inputs,
@@ -231,10 +145,11 @@ class TransformersBackend:
         ]
 
 
-def make_backend(config: Any) -> Backend:
-    backends = {
-        "openai": OpenAIBackend,
-        "llamacpp": LlamaCppBackend,
-        "transformers": TransformersBackend,
-    }
+def make_backend(config: Any, log_dir: Path | None = None) -> Backend:
+    """The backend `config.backend` names; a llama.cpp server keeps its log in `log_dir`."""
+    if config.backend == "llamacpp":
+        from diversynth.llm.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(config, log_dir)
+    backends = {"openai": OpenAIBackend, "transformers": TransformersBackend}
     return backends[config.backend](config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -12,14 +13,21 @@ class LLMError(DiversynthError):
     """The LLM could not be reached or refused the request itself (not a bad answer)."""
 
 
+DEFAULT_TEMPERATURE = 0.7  # config.LLMConfig's default too
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     messages: tuple[tuple[str, str], ...]  # (role, content) pairs
     max_tokens: int = 256
-    temperature: float = 0.7
+    temperature: float | None = None  # None: the LLM's configured `llm.temperature`
     seed: int = 0
     json_schema: dict[str, Any] | None = None  # constrain the answer where the backend can
     label: str = ""  # what the request is for (a class name), for error messages
+
+    @property
+    def sampling_temperature(self) -> float:
+        return DEFAULT_TEMPERATURE if self.temperature is None else self.temperature
 
     def chat(self) -> list[dict[str, str]]:
         return [{"role": role, "content": content} for role, content in self.messages]
@@ -30,10 +38,19 @@ class ChatRequest:
         return fields
 
 
+# Called with (position in the batch, answer) as each answer arrives, so that a backend
+# failing half-way through a batch loses none of the answers it already gave.
+OnAnswer = Callable[[int, str], None]
+
+
 class Backend(Protocol):
     name: str  # "openai", "transformers", "llamacpp"
     model: str
 
-    def complete(self, requests: list[ChatRequest]) -> list[str]:
+    def complete(self, requests: list[ChatRequest], on_answer: OnAnswer | None = None) -> list[str]:
         """One answer per request, in order. Raises LLMError when the backend fails."""
+        ...
+
+    def close(self) -> None:
+        """Release what the backend holds (a loaded model, a server process)."""
         ...

@@ -1,5 +1,8 @@
 """The LLM front: answers from the cache when it has them, JSON parsed and validated, bad
-answers asked again with a new seed, and a count of the calls that reached the backend."""
+answers asked again with a new seed, and a count of the calls that reached the backend.
+
+Each answer is cached as it arrives: a backend that fails half-way through a batch (a
+crashed server) costs only the answers it had not given yet."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from diversynth.llm.base import Backend, ChatRequest
+from diversynth.llm.base import DEFAULT_TEMPERATURE, Backend, ChatRequest
 from diversynth.llm.cache import AnswerCache
 
 T = TypeVar("T")
@@ -45,9 +48,11 @@ def parse_json(text: str) -> Any:
 
 
 class LLM:
-    def __init__(self, backend: Backend, cache: AnswerCache | None = None):
+    def __init__(self, backend: Backend, cache: AnswerCache | None = None,
+                 temperature: float = DEFAULT_TEMPERATURE):  # fmt: skip
         self.backend = backend
         self.cache = cache
+        self.temperature = temperature  # for requests that do not set their own
         self.calls = 0  # requests that reached the backend
         self.cached = 0  # requests answered from the cache
 
@@ -56,6 +61,10 @@ class LLM:
         return f"{self.backend.name}:{self.backend.model}"
 
     def complete(self, requests: list[ChatRequest]) -> list[str]:
+        requests = [
+            r if r.temperature is not None else replace(r, temperature=self.temperature)
+            for r in requests
+        ]
         keys = [
             AnswerCache.key(self.backend.name, self.backend.model, r.cache_fields())
             for r in requests
@@ -63,14 +72,28 @@ class LLM:
         answers: list[str | None] = [self.cache.get(k) if self.cache else None for k in keys]
         missing = [i for i, answer in enumerate(answers) if answer is None]
         self.cached += len(requests) - len(missing)
-        if missing:
-            fresh = self.backend.complete([requests[i] for i in missing])
-            self.calls += len(missing)
-            for i, answer in zip(missing, fresh, strict=True):
-                answers[i] = answer
+
+        def keep(position: int, answer: str) -> None:
+            i = missing[position]
+            answers[i] = answer
+            self.calls += 1
             if self.cache is not None:
-                self.cache.put_many({keys[i]: answers[i] for i in missing})
+                self.cache.put_many({keys[i]: answer})
+
+        if missing:
+            self.backend.complete([requests[i] for i in missing], on_answer=keep)
         return [a or "" for a in answers]
+
+    def close(self) -> None:
+        self.backend.close()
+        if self.cache is not None:
+            self.cache.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def complete_json(
         self,
@@ -100,8 +123,10 @@ class LLM:
 
 
 def open_llm(config: Any, cache_path: Path | None) -> LLM:
-    """The configured backend (see config.LLMConfig), with its disk cache."""
+    """The configured backend (see config.LLMConfig), with its disk cache; a server it
+    starts logs beside the cache. Close it (or use it in a `with`) to stop that server."""
     from diversynth.llm.backends import make_backend
 
     cache = AnswerCache(cache_path) if cache_path is not None and config.cache else None
-    return LLM(make_backend(config), cache)
+    log_dir = cache_path.parent if cache_path is not None else None
+    return LLM(make_backend(config, log_dir), cache, temperature=config.temperature)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from diversynth.safe_weights import refusing_pickles
+
 
 def mean_cosine_distance(embeddings: np.ndarray) -> float:
     n = len(embeddings)
@@ -39,7 +41,11 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
 
         transformers.utils.logging.disable_progress_bar()
-        self._model = SentenceTransformer(model, device="cpu", trust_remote_code=False)
+        with refusing_pickles("prompts.embedder"):
+            self._model = SentenceTransformer(
+                model, device="cpu", trust_remote_code=False,
+                model_kwargs={"use_safetensors": True},
+            )  # fmt: skip
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         if not texts:

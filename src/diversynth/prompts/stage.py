@@ -145,27 +145,29 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
         for c in classes
     }
 
-    llm = (
-        open_llm(config.llm, run.llm_cache)
-        if config.llm and (counts["cd"] or counts["sd"])
-        else None
-    )
     contexts: list[Any] = [None] * len(classes)
     llm_styles: list[Any] = [[] for _ in classes]
-    if llm is not None and counts["cd"]:
-        contexts = _ask(
-            llm,
-            "contexts",
-            [_context_request(config, c) for c in classes],
-            [context_validator(c["name"], cfg.cd_axes, others[c["index"]]) for c in classes],
-        )
-    if llm is not None and counts["sd"]:
-        llm_styles = _ask(
-            llm,
-            "styles",
-            [_style_request(config, c) for c in classes],
-            [style_validator(c["name"], others[c["index"]]) for c in classes],
-        )
+    llm_stats = {"llm": None, "llm_calls": 0, "llm_cached": 0}
+    if config.llm and (counts["cd"] or counts["sd"]):
+        with open_llm(config.llm, run.llm_cache) as llm:
+            if counts["cd"]:
+                contexts = _ask(
+                    llm,
+                    "contexts",
+                    [_context_request(config, c) for c in classes],
+                    [
+                        context_validator(c["name"], cfg.cd_axes, others[c["index"]])
+                        for c in classes
+                    ],  # fmt: skip
+                )
+            if counts["sd"]:
+                llm_styles = _ask(
+                    llm,
+                    "styles",
+                    [_style_request(config, c) for c in classes],
+                    [style_validator(c["name"], others[c["index"]]) for c in classes],
+                )
+        llm_stats = {"llm": llm.name, "llm_calls": llm.calls, "llm_cached": llm.cached}
 
     embedder = Embedder(cfg.embedder)
     records: list[dict[str, Any]] = []
@@ -200,9 +202,7 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
         "per_strategy": per_strategy,
         "shortfall": shortfall,
         "rejected": rejected,
-        "llm": llm.name if llm else None,
-        "llm_calls": llm.calls if llm else 0,
-        "llm_cached": llm.cached if llm else 0,
+        **llm_stats,
         "diversity": diversity,
     }
 

@@ -12,7 +12,7 @@ import yaml
 
 from diversynth.errors import DiversynthError
 from diversynth.generate.manifest import read_manifest
-from diversynth.rundir import RunDir, StageState, read_jsonl
+from diversynth.rundir import RunDir, RunFileError, StageState, read_jsonl
 
 STAGE_ORDER = ("classes", "prompts", "generate", "train", "evaluate")
 STRATEGIES = ("naive", "cd", "sd")
@@ -76,7 +76,10 @@ def load_run(root: Path) -> RunFacts:
             f"--run: {str(root)!r} is not a diversynth run directory (no classes.jsonl and "
             "config.yaml); run the pipeline into it first"
         )
-    config = yaml.safe_load(run.config.read_text()) or {}
+    try:
+        config = yaml.safe_load(run.config.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RunFileError(f"{run.config}: not readable YAML ({exc})".replace("\n", " ")) from None
     states = {name: s for name in (*STAGE_ORDER, "report") if (s := run.read_state(name))}
     facts = RunFacts(
         run=run,

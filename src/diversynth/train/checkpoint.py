@@ -9,7 +9,7 @@ written or read, unlike `torch.save` of a state dict.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ class Resume:
     step: int  # micro-batches done
     metrics_bytes: int  # length of metrics.jsonl when the state was saved
     fingerprint: str
+    made_with: dict[str, Any] = field(default_factory=dict)  # see diversynth.environment
+    version_changes: list[dict[str, Any]] = field(default_factory=list)  # allowed ones
 
 
 def _split(tree: dict[str, Any], prefix: str, tensors: dict[str, torch.Tensor]) -> Any:

@@ -16,7 +16,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from diversynth.config import RealDataConfig
-from diversynth.errors import DiversynthError
+from diversynth.errors import UsageError
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -28,7 +28,7 @@ FASHION_FILES = {
 }
 
 
-class DataError(DiversynthError, ValueError):
+class DataError(UsageError, ValueError):
     pass
 
 

@@ -16,15 +16,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from diversynth.config import RunConfig
-from diversynth.errors import DiversynthError
+from diversynth.errors import UsageError
+from diversynth.preflight import timm_name_problem
 from diversynth.progress import progress_bar
 from diversynth.rundir import RunDir, read_jsonl, write_json
+from diversynth.safe_weights import refusing_pickles
 from diversynth.train.data import CatalogImageFolder, image_transform, real_dataset
 from diversynth.train.model import load_checkpoint
 from diversynth.vision.device import pick_device
 
 
-class EvaluateError(DiversynthError, ValueError):
+class EvaluateError(UsageError, ValueError):
     pass
 
 
@@ -115,10 +117,9 @@ def run_evaluate(config: RunConfig, run: RunDir) -> dict[str, Any]:
 
 
 def check_timm_name(name: str) -> None:
-    import timm
-
-    if not timm.is_model(name):
-        raise EvaluateError(f"--model: {name!r} is not a timm model name")
+    problem = timm_name_problem(name)
+    if problem:
+        raise EvaluateError(f"--model: {problem}")
 
 
 def timm_model(name: str, pretrained: bool, num_classes: int) -> tuple[torch.nn.Module, dict]:
@@ -127,7 +128,8 @@ def timm_model(name: str, pretrained: bool, num_classes: int) -> tuple[torch.nn.
     from timm.data import resolve_data_config
 
     check_timm_name(name)
-    model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+    with refusing_pickles("--pretrained"):  # timm's weights of some models are pickles
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
     data = resolve_data_config({}, model=model)
     meta = {"model": name, "num_classes": num_classes, "image_size": data["input_size"][-1],
             "mean": list(data["mean"]), "std": list(data["std"]),

@@ -25,7 +25,8 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 
 from diversynth.config import RunConfig, TrainConfig
-from diversynth.errors import DiversynthError
+from diversynth.environment import check_kept_work, made_with
+from diversynth.errors import UsageError
 from diversynth.progress import progress_bar
 from diversynth.rundir import RunDir, Timer, read_jsonl
 from diversynth.train import distributed
@@ -38,7 +39,7 @@ from diversynth.train.synthetic import synthetic_images
 from diversynth.vision.device import pick_device
 
 
-class TrainError(DiversynthError, ValueError):
+class TrainError(UsageError, ValueError):
     pass
 
 
@@ -64,6 +65,19 @@ def _batch_split(cfg: TrainConfig, has_synthetic: bool, world: int) -> tuple[int
     return real, synthetic
 
 
+def _check_batch_fits(cfg: TrainConfig, real_per: int, real: int, synthetic_per: int,
+                      synthetic: int) -> None:  # fmt: skip
+    """Each part of a micro-batch must fit in its data without repeating images (a batch
+    of a million images grows past any memory before the first step)."""
+    for part, per, available in (("real", real_per, real), ("synthetic", synthetic_per, synthetic)):
+        if per > available:
+            raise TrainError(
+                f"train.batch_size: {cfg.batch_size} images a step hold {per} {part} ones, "
+                f"more than the {available} {part} training images: lower train.batch_size "
+                "(or train.synthetic_fraction)"
+            )
+
+
 def _open_metrics(path: Path, keep_bytes: int) -> IO[bytes]:
     """The metrics log, cut back to what the resumed state had written (no line twice)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,8 +98,24 @@ def _tensorboard(run: RunDir, cfg: TrainConfig, steps_done: int) -> Any:
     return SummaryWriter(str(folder), purge_step=steps_done + 1 if steps_done else None)
 
 
-def run_train(config: RunConfig, run: RunDir, fingerprint: str = "",
-              forced: bool = False) -> dict[str, Any]:  # fmt: skip
+def _resume_from(state_path: Path, fingerprint: str, current: dict[str, Any], forced: bool,
+                 allow_version_change: bool) -> Resume | None:  # fmt: skip
+    """The saved position to go on from, if there is one for these settings; it must have
+    been made with the same libraries and device (or `allow_version_change`)."""
+    resume = None if forced else read_resume(state_path)
+    if resume is None or resume.fingerprint != fingerprint:
+        return None
+    change = check_kept_work(
+        resume.made_with, current, f"train: the saved state (step {resume.step}) was",
+        "--force train to start over", allow_version_change,
+    )  # fmt: skip
+    if change is not None:
+        resume.version_changes.append(change)
+    return resume
+
+
+def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: bool = False,
+              allow_version_change: bool = False) -> dict[str, Any]:  # fmt: skip
     cfg = config.train
     if config.data is None:
         raise TrainError("data: required by the train stage")
@@ -101,6 +131,7 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "",
     if cfg.synthetic_fraction > 0:
         synthetic = synthetic_images(run.root, len(real), cfg.synthetic_scale, transform)
     real_per, synthetic_per = _batch_split(cfg, synthetic is not None, ranks.world)
+    _check_batch_fits(cfg, real_per, len(real), synthetic_per, len(synthetic) if synthetic else 0)
     batches = MixedBatches(len(real), len(synthetic) if synthetic else 0, real_per,
                            synthetic_per, config.seed, cfg.epochs, cfg.accumulate)  # fmt: skip
     total_micro = len(batches)
@@ -128,11 +159,14 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "",
     scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
 
     state_path = run.train_dir / "state.safetensors"
-    resume = None if forced else read_resume(state_path)
-    if resume is not None and resume.fingerprint == fingerprint:
-        resume = load_state(state_path, model, optimizer, scaler)
+    current = made_with("train", config)
+    resume = _resume_from(state_path, fingerprint, current, forced, allow_version_change)
+    if resume is not None:
+        changes = resume.version_changes
+        resume = replace(load_state(state_path, model, optimizer, scaler), made_with=current,
+                         version_changes=changes)  # fmt: skip
     else:
-        resume = Resume(step=0, metrics_bytes=0, fingerprint=fingerprint)
+        resume = Resume(step=0, metrics_bytes=0, fingerprint=fingerprint, made_with=current)
     step = resume.step // cfg.accumulate  # optimizer steps done
     scheduler.step_update(step)
 

@@ -8,15 +8,15 @@ from typing import Any
 
 import timm
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from diversynth.errors import DiversynthError
+from diversynth.errors import UsageError
 from diversynth.rundir import atomic_open
 from diversynth.train.aux_bn import convert_aux_bn, export_plain_bn
 
 
-class CheckpointError(DiversynthError, ValueError):
+class CheckpointError(UsageError, ValueError):
     pass
 
 
@@ -33,8 +33,14 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) ->
 
 def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model as trained (with its auxiliary BN layers, if it had them) and its metadata."""
-    with safe_open(str(path), framework="pt") as handle:
-        meta = (handle.metadata() or {}).get("diversynth")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = (handle.metadata() or {}).get("diversynth")
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a readable safetensors file ({exc}); diversynth "
+            "loads weights as safetensors only"
+        ) from None
     if meta is None:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has no diversynth metadata (model name, classes); "

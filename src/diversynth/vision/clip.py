@@ -10,6 +10,7 @@ from PIL import Image
 
 from diversynth.config import ClipConfig
 from diversynth.errors import DiversynthError
+from diversynth.safe_weights import UnsafeWeightsError, refusing_pickles
 from diversynth.vision.device import pick_device
 
 
@@ -30,9 +31,12 @@ class ClipScorer:
 
         device = pick_device(config.device)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                config.model, pretrained=config.pretrained, device=device
-            )
+            with refusing_pickles("clip.model"):
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    config.model, pretrained=config.pretrained, device=device
+                )
+        except UnsafeWeightsError:
+            raise
         except (OSError, RuntimeError, ValueError) as exc:
             raise ClipLoadError(f"clip.model: cannot load {config.model!r}: {exc}") from exc
         model.eval()

@@ -10,6 +10,7 @@ from PIL import Image
 
 from diversynth.config import GenerateConfig
 from diversynth.errors import DiversynthError
+from diversynth.safe_weights import UnsafeWeightsError, refusing_pickles
 from diversynth.vision.device import pick_device, pick_dtype
 
 
@@ -97,13 +98,16 @@ class TextToImage:
         if "safety_checker" in check_model(config) and not config.safety_checker:
             extra["safety_checker"] = None  # not even loaded
         try:
-            pipe = AutoPipelineForText2Image.from_pretrained(
-                config.model,
-                dtype=dtype,
-                use_safetensors=True,  # never unpickle weights
-                trust_remote_code=config.trust_remote_code,
-                **extra,
-            )
+            with refusing_pickles("generate.model"):
+                pipe = AutoPipelineForText2Image.from_pretrained(
+                    config.model,
+                    dtype=dtype,
+                    use_safetensors=True,  # never unpickle weights
+                    trust_remote_code=config.trust_remote_code,
+                    **extra,
+                )
+        except UnsafeWeightsError:
+            raise
         except (OSError, ValueError) as exc:
             raise GeneratorLoadError(
                 f"generate.model: cannot load {config.model!r}: {exc}"

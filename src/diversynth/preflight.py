@@ -1,0 +1,82 @@
+"""Config checks that need a library or the data, run before the first selected stage:
+a timm model name, a diffusers scheduler, a batch larger than the real data. Pydantic
+checks the rest when the config is read; these import timm or diffusers, so they run only
+for the stages that use them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diversynth.config import ConfigError, RunConfig
+
+# timm takes hub and local weights by prefix as well as registered names
+_TIMM_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
+
+
+def timm_name_problem(name: str) -> str | None:
+    import timm
+
+    if name.startswith(_TIMM_PREFIXES) or timm.is_model(name):
+        return None
+    close = timm.list_models(f"*{name[:4]}*")[:3] if len(name) >= 4 else []
+    hint = f"; close: {', '.join(close)}" if close else ""
+    return f"not a timm model name (got {name!r}){hint}"
+
+
+def _scheduler_problem(name: str) -> str | None:
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_config") or not name.endswith("Scheduler"):
+        return f"no diffusers scheduler of that name (got {name!r})"
+    return None
+
+
+def _fashion_mnist_count(root: Path) -> int | None:
+    """The number of training images, read from the IDX label file's header."""
+    import gzip
+
+    for path in (root / "train-labels-idx1-ubyte", root / "train-labels-idx1-ubyte.gz"):
+        if path.is_file():
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rb") as handle:
+                header = handle.read(8)
+            return int.from_bytes(header[4:8], "big")
+    return None
+
+
+def _real_batch_problem(config: RunConfig) -> str | None:
+    """A batch whose real part is larger than the whole real training set can hold."""
+    data, cfg = config.data, config.train
+    if data is None:
+        return None
+    available = _fashion_mnist_count(data.root) if data.format == "fashion-mnist" else None
+    if data.train_limit:
+        available = min(available or data.train_limit, data.train_limit)
+    real_per = cfg.batch_size // cfg.accumulate - round(
+        cfg.batch_size // cfg.accumulate * cfg.synthetic_fraction
+    )
+    if available is not None and real_per > available:
+        return (f"{cfg.batch_size} images a step hold {real_per} real ones, more than the "
+                f"{available} real training images: lower train.batch_size (got "
+                f"{cfg.batch_size})")  # fmt: skip
+    return None
+
+
+def preflight(config: RunConfig, stages: list[str]) -> None:
+    """Raise ConfigError, one line per problem, for what the selected stages would meet."""
+    problems = []
+    if {"train", "evaluate"} & set(stages):
+        problem = timm_name_problem(config.train.model)
+        if problem:
+            problems.append(f"train.model: {problem}")
+    if "generate" in stages and config.generate is not None and config.generate.scheduler:
+        problem = _scheduler_problem(config.generate.scheduler)
+        if problem:
+            problems.append(f"generate.scheduler: {problem}")
+    if "train" in stages:
+        problem = _real_batch_problem(config)
+        if problem:
+            problems.append(f"train.batch_size: {problem}")
+    if problems:
+        raise ConfigError("\n".join(problems))
