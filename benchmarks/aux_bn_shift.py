@@ -31,8 +31,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from diversynth.realdata import FASHION_FILES, read_idx
 from diversynth.train.aux_bn import convert_aux_bn, real_first
-from diversynth.train.data import FASHION_FILES, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from diversynth.artifacts.manifest import write_manifest
 from diversynth.classes.imagenet import imagenet_catalog
 from diversynth.config import ReportConfig
-from diversynth.generate.manifest import write_manifest
 from diversynth.report.browser import chromium, file_url
 from diversynth.report.facts import load_run
 from diversynth.report.site import build_run_site

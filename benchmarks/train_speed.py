@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import log, machine, sync, write_result  # noqa: E402
 
-from diversynth.generate.shards import ShardWriter, encode_jpeg  # noqa: E402
+from diversynth.artifacts.shards import ShardWriter, encode_jpeg  # noqa: E402
 from diversynth.train.aux_bn import AuxBatchNorm, convert_aux_bn, real_first  # noqa: E402
 from diversynth.train.data import SeededSamples, image_transform  # noqa: E402
 from diversynth.train.sampling import MixedBatches  # noqa: E402

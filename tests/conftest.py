@@ -17,6 +17,19 @@ OFFLINE_CONFIG = REPO / "configs" / "offline.yaml"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Tests that need one of these fixtures are slow: a finished offline run (built once, about
+# 100 s on 2 cores), the imagenet1k classes run, a llama.cpp server, Ray or a browser.
+SLOW_FIXTURES = {"finished_run", "run_copy", "prompts_run", "imagenet_run", "llama_server",
+                 "ray_env", "browser"}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`pytest -m "not slow"`: the quick subset leaves out what SLOW_FIXTURES names and
+    the tests marked slow by hand (those that run the command line or torchrun)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str,
                build: Callable[[Path], object]) -> Path:  # fmt: skip

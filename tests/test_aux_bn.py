@@ -239,6 +239,7 @@ def test_form_for_the_compiler_matches_two_separate_batch_norms(
     assert_same_state(model, reference, exact, exact)
 
 
+@pytest.mark.slow
 def test_compiled_model_follows_the_split_of_each_batch() -> None:
     """Under torch.compile, with a new split the model is traced again rather than run with
     the old one's slices: each step matches the obvious form, running statistics included

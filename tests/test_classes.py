@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import REPO, cli, tree_snapshot
 
-from diversynth.classes.catalog import ClassListError
+from diversynth.classes.entry import ClassListError
 from diversynth.classes.imagenet import imagenet_catalog, named_subset
 from diversynth.classes.select_clip import clip_select
 from diversynth.config import ConfigError, load_config, validate_config
@@ -115,6 +115,7 @@ def test_imagenet1k_text_only_names_say_which_is_which(imagenet_run: Path) -> No
         assert record["name"] in [c["text"] for c in record["candidates"]]
 
 
+@pytest.mark.slow
 def test_classes_show_explains_one_decision(imagenet_run: Path) -> None:
     shown = cli("classes", "show", "n02963159", "--run", str(imagenet_run))
     assert shown.returncode == 0, shown.stderr
@@ -175,6 +176,7 @@ def test_clip_search_ends_at_a_local_optimum_no_worse_than_its_start() -> None:
                 assert _correct(sims, labels, moved) == result.correct[col] <= best
 
 
+@pytest.mark.slow
 def test_clip_mode_runs_end_to_end_on_the_kit(tmp_path: Path, kit: dict[str, Path]) -> None:
     records, summary = run_classes(
         tmp_path,
@@ -207,6 +209,7 @@ def test_auto_mode_is_text_only_without_exemplars(tmp_path: Path, kit: dict[str,
 # --------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.slow
 def test_empty_and_unknown_inputs_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(ClassListError, match="classes.names: the class list is empty"):
         run_classes(tmp_path, {"names": []})
@@ -261,6 +264,7 @@ def test_hostile_and_unicode_names_stay_text(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- LLM path
 
 
+@pytest.mark.slow
 def test_llm_answers_that_cannot_be_used_are_never_fatal(tmp_path: Path) -> None:
     from llm_servers import MisbehavingServer
 
@@ -288,6 +292,7 @@ def test_llm_answers_that_cannot_be_used_are_never_fatal(tmp_path: Path) -> None
     assert llm_names == [[], ["jib crane"]]
 
 
+@pytest.mark.slow
 def test_llm_names_with_smollm2_are_cached(tmp_path: Path) -> None:
     classes = {"catalog": "imagenet1k", "subset": EXEMPLAR_WNIDS[:10],
                "disambiguate": {"mode": "text", "llm": True, "llm_names": 3}}  # fmt: skip

@@ -26,6 +26,7 @@ def _error_lines(stderr: str) -> list[str]:
         ("data.root=/nonexistent/fashion", "data.root", "'/nonexistent/fashion'"),
     ],
 )
+@pytest.mark.slow
 def test_bad_config_fails_at_once_and_leaves_run_dir_unchanged(
     run_copy: Path, kit_overrides: list[str], override: str, field: str, value: str
 ) -> None:
@@ -52,6 +53,7 @@ def test_misspelt_key_suggests_the_right_one(tmp_path: Path) -> None:
         load_config(path)
 
 
+@pytest.mark.slow
 def test_bad_config_does_not_create_the_run_dir(tmp_path: Path) -> None:
     out = tmp_path / "never"
     result = cli("run", str(OFFLINE_CONFIG), "--out", str(out), "--set", "seed=zero")
@@ -62,6 +64,7 @@ def test_bad_config_does_not_create_the_run_dir(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_missing_config_file_and_unknown_stage(tmp_path: Path) -> None:
     result = cli("run", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r"))
     assert result.returncode != 0 and "nope.yaml" in result.stderr

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from diversynth.config import RealDataConfig
-from diversynth.train.data import DataError, fashion_mnist, image_transform
+from diversynth.realdata import DataError, fashion_mnist
+from diversynth.train.data import image_transform
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")
 
@@ -45,7 +46,7 @@ def test_imagefolder_labels_come_from_the_class_list(tmp_path: Path) -> None:
     """Folders named by wnid or by name, listed in another order than the class list."""
     from PIL import Image
 
-    from diversynth.train.data import real_dataset
+    from diversynth.realdata import real_dataset
 
     classes = [
         {"index": 0, "wnid": "n04254680", "raw_name": "soccer ball"},

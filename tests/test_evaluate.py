@@ -89,6 +89,7 @@ def test_imagenet_a_logits_are_restricted_to_its_classes(lite0, catalog, chelsea
     assert topk_accuracy(model, loader_for(dataset), torch.device("cpu"), "A")["top1"] == 0.0
 
 
+@pytest.mark.slow
 def test_evaluate_model_command_takes_any_checkpoint_or_timm_model(
     lite0_file: Path, chelsea, tmp_path: Path
 ) -> None:

@@ -22,8 +22,8 @@ from conftest import (
     wait_for_new_temp_file,
 )
 
+from diversynth.artifacts.shards import clean_leftovers
 from diversynth.generate.plan import image_key, plan_shards
-from diversynth.generate.shards import clean_leftovers
 
 GENERATE_ONLY = ["--stages", "classes,prompts,generate"]
 
@@ -50,6 +50,7 @@ def test_leftovers_are_removed(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
     finished_run: Path, kit_overrides: list[str], tmp_path: Path
 ) -> None:
@@ -79,13 +80,11 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
     assert_same_shards(out, finished_run)
 
 
-@pytest.mark.parametrize("fail_after_batches", [3])  # inside the second shard
+@pytest.mark.slow
 def test_exception_mid_shard_leaves_no_partial_shard(
-    kit_overrides: list[str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    fail_after_batches: int,
+    kit_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    fail_after_batches = 3  # batches of 8, shards of 16: inside the second shard
     from diversynth.config import load_config
     from diversynth.pipeline import run_stages
     from diversynth.rundir import RunDir
@@ -126,15 +125,16 @@ def test_exception_mid_shard_leaves_no_partial_shard(
     run_stages(config, run, stages=["classes", "prompts", "generate"])
     stats = json.loads((run.root / ".state" / "generate.json").read_text())["summary"]
     assert stats["images"] == 40
-    if fail_after_batches == 3:  # failed inside the second shard
-        # a forced rerun regenerates every shard, to the same bytes
-        tars = {p.name: p.read_bytes() for p in run.shards.glob("*.tar")}
-        run_stages(config, run, stages=["generate"], force=["generate"])
-        stats = json.loads((run.root / ".state" / "generate.json").read_text())["summary"]
-        assert stats["shards_generated"] == stats["shards"] == 3
-        assert {p.name: p.read_bytes() for p in run.shards.glob("*.tar")} == tars
+    assert stats["shards_generated"] == 2  # the first shard was whole and kept
+    # a forced rerun regenerates every shard, to the same bytes
+    tars = {p.name: p.read_bytes() for p in run.shards.glob("*.tar")}
+    run_stages(config, run, stages=["generate"], force=["generate"])
+    stats = json.loads((run.root / ".state" / "generate.json").read_text())["summary"]
+    assert stats["shards_generated"] == stats["shards"] == 3
+    assert {p.name: p.read_bytes() for p in run.shards.glob("*.tar")} == tars
 
 
+@pytest.mark.slow
 def test_clip_threshold_remakes_low_scoring_images_with_derived_seeds(
     kit_overrides: list[str], tmp_path: Path
 ) -> None:
@@ -173,6 +173,7 @@ def test_clip_threshold_remakes_low_scoring_images_with_derived_seeds(
     assert summary["below_clip_threshold"] == sum(1 for r in rows if r["flags"])
 
 
+@pytest.mark.slow
 def test_safety_checker_never_leaves_a_black_image(
     kit: dict[str, Path], kit_overrides: list[str], tmp_path: Path, monkeypatch
 ) -> None:

@@ -140,7 +140,8 @@ def test_settings_are_checked_before_any_stage_runs(
 
 
 def test_a_class_file_that_does_not_parse_names_the_file_and_position(tmp_path: Path) -> None:
-    from diversynth.classes.catalog import ClassListError, load_classes
+    from diversynth.classes.catalog import load_classes
+    from diversynth.classes.entry import ClassListError
     from diversynth.config import ClassesConfig
 
     bad = tmp_path / "classes.json"

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from conftest import OFFLINE_CONFIG, cli, set_args
 from PIL import Image
 
@@ -54,6 +55,7 @@ def test_hugging_face_datasets_reads_the_shards(finished_run: Path, tmp_path: Pa
     assert image.size == (32, 32)
 
 
+@pytest.mark.slow
 def test_max_shards_stops_early_and_status_tells_where_it_is(
     finished_run: Path, kit_overrides: list[str], tmp_path: Path
 ) -> None:

@@ -23,6 +23,9 @@ from diversynth.llm import ChatRequest
 from diversynth.llm.backends import TransformersBackend
 from diversynth.llm.llamacpp import LlamaCppBackend
 
+# every test here loads SmolLM2 (in a llama.cpp server or transformers): seconds each
+pytestmark = pytest.mark.slow
+
 SCHEMA = {
     "type": "object",
     "properties": {"styles": {"type": "array", "items": {"type": "string"}, "minItems": 2}},

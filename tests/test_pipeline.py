@@ -79,6 +79,7 @@ def test_offline_run_leaves_every_artifact(finished_run: Path) -> None:
     assert all(f'src="../thumbs/{t.parent.name}/{t.name}"' in pages for t in thumbs)
 
 
+@pytest.mark.slow
 def test_rerun_does_no_work(run_copy: Path, kit_overrides: list[str]) -> None:
     before = {p: p.stat().st_mtime_ns for p in run_copy.rglob("*") if p.is_file()}
     start = time.perf_counter()
@@ -90,6 +91,7 @@ def test_rerun_does_no_work(run_copy: Path, kit_overrides: list[str]) -> None:
     assert {p: p.stat().st_mtime_ns for p in run_copy.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_deleted_shard_is_regenerated_pixel_identical(
     run_copy: Path, kit_overrides: list[str]
 ) -> None:
@@ -152,6 +154,7 @@ def test_changed_generate_settings_rerun_generate_and_later_only(
         ), stage.name
 
 
+@pytest.mark.slow
 def test_renamed_class_remakes_only_the_shards_holding_it(
     kit_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,9 +165,9 @@ def test_renamed_class_remakes_only_the_shards_holding_it(
     for the old names after the change (by a worker that outlived its killed run) is found
     by the digest in its stats file and made again."""
     import diversynth.generate.stage as generate_stage
+    from diversynth.artifacts.shards import remove_shard
     from diversynth.config import load_config
     from diversynth.generate.plan import ShardSpec
-    from diversynth.generate.shards import remove_shard
     from diversynth.pipeline import run_stages
     from diversynth.rundir import RunDir, read_jsonl
 
@@ -222,6 +225,7 @@ def _raise(*args: object) -> None:
     raise RuntimeError("stopped")
 
 
+@pytest.mark.slow
 def test_stage_needs_earlier_stages(tmp_path: Path, kit_overrides: list[str]) -> None:
     result = cli(
         "run", str(OFFLINE_CONFIG), "--out", str(tmp_path / "r"), "--stages", "train",
@@ -231,6 +235,7 @@ def test_stage_needs_earlier_stages(tmp_path: Path, kit_overrides: list[str]) ->
     assert "needs 'classes'" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_force_reruns_stage_and_later(run_copy: Path, kit_overrides: list[str]) -> None:
     result = cli(
         "run", str(OFFLINE_CONFIG), "--out", str(run_copy),
@@ -243,6 +248,7 @@ def test_force_reruns_stage_and_later(run_copy: Path, kit_overrides: list[str]) 
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_stage_command_runs_one_stage(run_copy: Path, kit_overrides: list[str]) -> None:
     before = (run_copy / "classes.jsonl").read_bytes()
     (run_copy / "classes.jsonl").unlink()
@@ -253,6 +259,7 @@ def test_stage_command_runs_one_stage(run_copy: Path, kit_overrides: list[str]) 
     assert (run_copy / "classes.jsonl").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_one_process_per_run_directory(run_copy: Path, kit_overrides: list[str]) -> None:
     import fcntl
 
@@ -263,6 +270,7 @@ def test_one_process_per_run_directory(run_copy: Path, kit_overrides: list[str])
     assert "another diversynth process is working in" in result.stderr
 
 
+@pytest.mark.slow
 def test_status_lists_finished_stages(finished_run: Path) -> None:
     result = cli("status", "--run", str(finished_run))
     assert result.returncode == 0, result.stderr
@@ -271,6 +279,7 @@ def test_status_lists_finished_stages(finished_run: Path) -> None:
     assert "not run" not in result.stderr
 
 
+@pytest.mark.slow
 def test_folder_that_is_not_a_pipeline_is_one_clear_error(
     run_copy: Path, kit_overrides: list[str], tmp_path: Path
 ) -> None:

@@ -128,6 +128,7 @@ def test_rerun_makes_no_llm_calls_and_share_change_keeps_classes(
     assert summary["llm_calls"] == 0  # the contexts were cached
 
 
+@pytest.mark.slow
 def test_cd_without_llm_is_a_config_error(tmp_path: Path, kit_overrides: list[str]) -> None:
     config = yaml.safe_load(OFFLINE_CONFIG.read_text())
     del config["llm"]
@@ -138,6 +139,7 @@ def test_cd_without_llm_is_a_config_error(tmp_path: Path, kit_overrides: list[st
     assert "prompts.shares.cd is above 0 but no llm is configured" in result.stderr
 
 
+@pytest.mark.slow
 def test_llm_shortfall_is_filled_with_templates(tmp_path: Path, kit_overrides: list[str]) -> None:
     """An LLM that only refuses: the stage still writes N prompts per class, and says why."""
     from llm_servers import MisbehavingServer
@@ -160,6 +162,7 @@ def test_llm_shortfall_is_filled_with_templates(tmp_path: Path, kit_overrides: l
     shutil.rmtree(out)
 
 
+@pytest.mark.slow
 def test_llm_server_failure_is_one_clear_error_and_writes_nothing(
     tmp_path: Path, kit_overrides: list[str]
 ) -> None:

@@ -65,6 +65,7 @@ def _shard_names(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("0*.json")) if folder.is_dir() else []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_ray_engine_killed_and_resumed_equals_local_engine(
     finished_run: Path, kit_overrides: list[str], tmp_path: Path, ray_env: dict[str, str]

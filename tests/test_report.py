@@ -84,6 +84,7 @@ def test_clicking_a_thumbnail_shows_its_prompt(browser, finished_run: Path) -> N
         assert key in detail.find_element(By.CSS_SELECTOR, ".meta").text
 
 
+@pytest.mark.slow
 def test_hostile_class_names_show_as_text(
     browser, tmp_path: Path, kit_overrides: list[str]
 ) -> None:
@@ -112,6 +113,7 @@ def test_hostile_class_names_show_as_text(
     assert not (tmp_path / "etc").exists()
 
 
+@pytest.mark.slow
 def test_thumbnails_are_made_once(run_copy: Path) -> None:
     thumbs = sorted((run_copy / "report" / "thumbs").rglob("*.jpg"))
     assert len(thumbs) == 100
@@ -121,6 +123,7 @@ def test_thumbnails_are_made_once(run_copy: Path) -> None:
     assert {t: t.stat().st_mtime_ns for t in thumbs} == before
 
 
+@pytest.mark.slow
 def test_comparison_of_two_scales(browser, run_copy: Path, finished_run: Path, tmp_path: Path,
                                   kit_overrides: list[str]) -> None:  # fmt: skip
     # the same run trained without synthetic images: scale 0
@@ -145,6 +148,7 @@ def test_comparison_of_two_scales(browser, run_copy: Path, finished_run: Path, t
     assert browser.current_url.endswith("/run-1/index.html") and console_errors(browser) == []
 
 
+@pytest.mark.slow
 def test_serve_binds_to_loopback(finished_run: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     process = subprocess.Popen(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -127,6 +128,16 @@ def run(
     _run(config, out, selected, forced, set_, max_shards, allow_version_change)
 
 
+def _torchrun_group() -> contextlib.AbstractContextManager[object]:
+    """Under torchrun (`torchrun --nproc_per_node N -m diversynth train ...`), the process
+    group it describes: every process trains on its slice of each batch (DDP)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return contextlib.nullcontext()
+    from diversynth.train.distributed import process_group  # torch: only when training
+
+    return process_group()
+
+
 def _stage_command(name: str, summary: str, group: typer.Typer = app, as_name: str = "") -> None:
     def command(
         config: ConfigArg,
@@ -135,8 +146,9 @@ def _stage_command(name: str, summary: str, group: typer.Typer = app, as_name: s
         set_: SetOpt = None,
         allow_version_change: AllowVersionOpt = False,
     ) -> None:
-        _run(config, out, [name], [name] if force else [], set_,
-             allow_version_change=allow_version_change)  # fmt: skip
+        with _torchrun_group() if name == "train" else contextlib.nullcontext():
+            _run(config, out, [name], [name] if force else [], set_,
+                 allow_version_change=allow_version_change)  # fmt: skip
 
     command.__doc__ = (
         f"{summary}\n\nRuns only this stage; the stages it reads must have run in the same "
@@ -209,7 +221,7 @@ def generate(
             _fail("--status needs --run DIR")
             return
         try:
-            status = generation_status(_existing_run(target).shards)
+            status = generation_status(_existing_run(target))
             console.print(format_status(status), soft_wrap=True)
         except DiversynthError as exc:
             _fail(str(exc), exc.exit_code)

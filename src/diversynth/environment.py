@@ -84,7 +84,7 @@ def cpu_kernels() -> dict[str, Any]:
 
 def device_identity(setting: str, cpu_threads: int | None = None) -> dict[str, Any]:
     """What a `device` setting resolves to here: the GPU's name, or the CPU's kernels."""
-    import torch
+    import torch  # here, not at the top: the pipeline reads versions without loading torch
 
     from diversynth.vision.device import pick_device
 

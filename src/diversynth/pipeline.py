@@ -75,10 +75,15 @@ class Stage:
     # 'module:function' (run, relative paths): remove damaged outputs so that the stage
     # makes them again (default: delete the files)
     discard: str | None = None
+    # config sections left out of a digest of the stage's own settings (its fingerprint
+    # less upstream outputs), handed to run() as `settings`; None: not handed
+    settings_without: tuple[str, ...] | None = None
 
     def execute(self, config: RunConfig, run: RunDir, fingerprint: str, forced: bool,
                 options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
         mine = {k: v for k, v in options.items() if k in self.options and v is not None}
+        if self.settings_without is not None:
+            mine["settings"] = settings_fingerprint(self.name, config, run, self.settings_without)
         if self.resumable:
             return _resolve(self.run)(config, run, fingerprint, forced=forced, **mine)
         return _resolve(self.run)(config, run, **mine)
@@ -164,6 +169,9 @@ STAGES = [
             *sorted(r.shards.glob("*.json")),
         ],  # fmt: skip
         expected_sha="diversynth.generate.stage:recorded_tar_sha",
+        # each shard's prompt records carry what the prompts settings do to it: without
+        # them, a shard whose prompts a prompts change left alone is kept
+        settings_without=("prompts",),
         discard="diversynth.generate.stage:discard_damaged",
         resumable=True,
         options=("max_shards", "allow_version_change"),

@@ -149,6 +149,10 @@ class StageState:
     files: dict[str, list[Any]] = field(default_factory=dict)
 
 
+# Files of the shard folder that are not shards
+PLAN_FILE, INFO_FILE = "plan.json", "_info.json"
+
+
 class RunDirError(UsageError):
     pass
 
@@ -189,6 +193,8 @@ class RunDir:
     classes = property(lambda self: self.root / "classes.jsonl")
     prompts = property(lambda self: self.root / "prompts.jsonl")
     shards = property(lambda self: self.root / "shards")
+    plan = property(lambda self: self.shards / PLAN_FILE)  # the shards and their inputs
+    shard_info = property(lambda self: self.shards / INFO_FILE)  # timm's split description
     manifest = property(lambda self: self.root / "manifest.parquet")
     train_dir = property(lambda self: self.root / "train")
     checkpoint = property(lambda self: self.root / "train" / "model.safetensors")

@@ -12,8 +12,8 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from diversynth.classes.catalog import ClassEntry
-from diversynth.prompts.quality import clip_tokens
+from diversynth.classes.entry import ClassEntry
+from diversynth.vision.clip_tokens import clip_tokens
 
 MAX_NAME_TOKENS = 32  # of CLIP's 77: the rest is for templates, contexts and styles
 MAX_NAME_CHARS = 100

@@ -6,28 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import unicodedata
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from diversynth.errors import UsageError
-
-
-class ClassListError(UsageError, ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class ClassEntry:
-    index: int
-    raw_name: str
-    wnid: str | None = None
-    description: str | None = None
-    lemmas: tuple[str, ...] = ()  # WordNet lemmas, when the class has a wnid
-    hypernyms: tuple[str, ...] = ()  # WordNet hypernym chain, nearest first
-    curated: str | None = None  # a curated unambiguous name, when the catalog has one
+from diversynth.classes.entry import ClassEntry, ClassListError
+from diversynth.classes.imagenet import imagenet_catalog, wordnet_entry
+from diversynth.classes.wordnet import WNID
 
 
 def _clean(name: object, where: str) -> str:
@@ -58,8 +44,6 @@ def _from_items(items: list[object], where: str) -> list[ClassEntry]:
             raise ClassListError(f"{where}[{i}].description: must be text, got {description!r}")
         name = _clean(item, f"{where}[{i}]")
         if wnid is not None:
-            from diversynth.classes.imagenet import wordnet_entry
-
             entries.append(wordnet_entry(i, str(wnid), name, description, f"{where}[{i}].wnid"))
         else:
             entries.append(ClassEntry(i, name, None, description))
@@ -102,8 +86,6 @@ def _read_file(path: Path) -> list[object]:
 def _from_folder(root: Path) -> list[ClassEntry]:
     """The class folders of an ImageFolder (`root/train/*/` if there is one, else `root/*/`),
     sorted by name; a folder named by a wnid becomes that WordNet class."""
-    from diversynth.classes.imagenet import wordnet_entry
-    from diversynth.classes.wordnet import WNID
 
     base = root / "train" if (root / "train").is_dir() else root
     folders = sorted(entry.name for entry in base.iterdir() if entry.is_dir())
@@ -120,8 +102,6 @@ def _from_folder(root: Path) -> list[ClassEntry]:
 def load_classes(config: Any) -> list[ClassEntry]:
     """The class list a `classes` config section describes, in index order."""
     if config.catalog is not None:
-        from diversynth.classes.imagenet import imagenet_catalog
-
         entries = imagenet_catalog(config.subset)
     elif config.file is not None:
         entries = _from_items(_read_file(config.file), "classes.file")

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from diversynth.classes.catalog import ClassEntry
+from diversynth.classes.entry import ClassEntry
 from diversynth.config import RealDataConfig
 from diversynth.errors import DiversynthError
+from diversynth.realdata import FASHION_FILES, FASHION_MNIST_CLASSES, read_idx
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -19,8 +20,6 @@ def _fashion_mnist(
     data: RealDataConfig, classes: list[ClassEntry], k: int
 ) -> list[list[Image.Image]]:
     """The first k training images of each class that Fashion-MNIST has (by name)."""
-    from diversynth.train.data import FASHION_FILES, FASHION_MNIST_CLASSES, read_idx
-
     image_file, label_file = FASHION_FILES["train"]
     labels = read_idx(data.root / label_file)
     images = read_idx(data.root / image_file)

@@ -13,7 +13,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from diversynth.classes.catalog import ClassEntry, ClassListError
+from diversynth.classes.entry import ClassEntry, ClassListError
 from diversynth.classes.wordnet import WNID, wordnet
 
 CATALOGS = ("imagenet1k",)

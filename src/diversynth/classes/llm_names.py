@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from diversynth.classes.candidates import clean_name
-from diversynth.classes.catalog import ClassEntry
+from diversynth.classes.entry import ClassEntry
 from diversynth.llm.base import ChatRequest
-from diversynth.prompts.llm_requests import json_request, phrase_list
+from diversynth.llm.json_requests import json_request, phrase_list
 
 MAX_NAME_WORDS = 6
 EXAMPLE = {

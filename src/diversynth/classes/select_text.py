@@ -22,7 +22,7 @@ import re
 from collections import defaultdict
 
 from diversynth.classes.candidates import Candidate, own_words
-from diversynth.classes.catalog import ClassEntry
+from diversynth.classes.entry import ClassEntry
 from diversynth.classes.wordnet import wordnet
 
 PRIOR = {"curated": 0.3, "llm": 0.0, "raw": 0.1, "lemma": 0.05, "hypernym": 0.0,

@@ -10,7 +10,8 @@ import torch
 from rich.markup import escape
 
 from diversynth.classes.candidates import Candidate, base_candidates, claimed_names
-from diversynth.classes.catalog import ClassEntry, load_classes
+from diversynth.classes.catalog import load_classes
+from diversynth.classes.entry import ClassEntry
 from diversynth.classes.llm_names import name_request, name_validator
 from diversynth.classes.select_clip import clip_select
 from diversynth.classes.select_text import assign_distinct, claim_index, explain_text, score_text

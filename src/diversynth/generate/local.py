@@ -14,9 +14,9 @@ from typing import Any
 
 from PIL import Image
 
+from diversynth.artifacts.shards import ShardWriter, encode_jpeg
 from diversynth.config import RunConfig
 from diversynth.generate.plan import ImageJob, ShardSpec, shard_jobs
-from diversynth.generate.shards import ShardWriter, encode_jpeg
 from diversynth.generate.writer import BackgroundWriter
 from diversynth.rundir import Timer
 from diversynth.seeding import derive_seed

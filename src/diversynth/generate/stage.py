@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from diversynth.artifacts.manifest import write_manifest
+from diversynth.artifacts.shards import clean_leftovers, is_done, read_stats, remove_shard
 from diversynth.config import RunConfig
 from diversynth.environment import check_kept_work, made_with
 from diversynth.errors import DiversynthError, PartialStage
-from diversynth.generate.manifest import write_manifest
 from diversynth.generate.plan import ShardSpec, plan_shards
-from diversynth.generate.shards import clean_leftovers, is_done, read_stats, remove_shard
 from diversynth.progress import console, progress_bar
 from diversynth.rundir import RunDir, Timer, digest_json, read_jsonl, sha256_file, write_json
 
@@ -31,7 +31,7 @@ class GenerateError(DiversynthError):
 
 def shard_inputs(
     config: RunConfig,
-    run: RunDir,
+    settings: str,
     shards: list[ShardSpec],
     prompts: list[dict[str, Any]],
     names: dict[int, str],
@@ -39,11 +39,6 @@ def shard_inputs(
     """Per shard, a digest of what its bytes depend on: the stage's settings (its config
     sections and model files), the run seed (the seeds of remade images derive from it),
     the shard's prompts and the names of their classes (CLIP's class scores)."""
-    from diversynth.pipeline import settings_fingerprint  # imported late: it loads this module
-
-    # Each shard's prompt records (ids, texts, image seeds) carry what the prompts settings
-    # do to it: leaving those out keeps a shard whose prompts a prompts change left alone.
-    settings = settings_fingerprint("generate", config, run, leave_out=("prompts",))
     digests = {}
     for shard in shards:
         mine = shard.take(prompts)
@@ -59,9 +54,8 @@ def _read_plan(run: RunDir, done: set[str]) -> dict[str, Any] | None:
     """The plan on disk. When it is missing or unreadable but shards are done, what each
     was made for is read back from its stats file, so that damage to one small file does
     not cost every finished shard."""
-    path = run.shards / "plan.json"
     try:
-        return json.loads(path.read_text())
+        return json.loads(run.plan.read_text())
     except (OSError, ValueError):
         pass
     inputs = {}
@@ -112,7 +106,7 @@ def _prepare_folder(run: RunDir, old: dict[str, Any] | None, plan: dict[str, Any
     run.shards.mkdir(parents=True, exist_ok=True)
     if stale:
         kept = {name: digest for name, digest in plan["inputs"].items() if name not in stale}
-        write_json(run.shards / "plan.json", {**plan, "inputs": kept})
+        write_json(run.plan, {**plan, "inputs": kept})
         for name in stale:
             remove_shard(run.shards, name)
         console.print(f"  generate: discarded {len(stale)} shard(s) made for other settings "
@@ -122,9 +116,9 @@ def _prepare_folder(run: RunDir, old: dict[str, Any] | None, plan: dict[str, Any
         console.print(f"  generate: removed {removed} unfinished file(s) from an earlier run")
     if stale or removed:  # both describe the shards that were there: rebuilt at the end
         run.manifest.unlink(missing_ok=True)
-        (run.shards / "_info.json").unlink(missing_ok=True)
+        run.shard_info.unlink(missing_ok=True)
     if stale or old != plan:
-        write_json(run.shards / "plan.json", plan)
+        write_json(run.plan, plan)
 
 
 def planned_shards(config: RunConfig, run: RunDir) -> list[ShardSpec]:
@@ -153,17 +147,18 @@ def _record_made_with(config: RunConfig, plan: dict[str, Any], old: dict[str, An
 
 
 def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool = False,
-                 max_shards: int | None = None,
-                 allow_version_change: bool = False) -> dict[str, Any]:  # fmt: skip
+                 max_shards: int | None = None, allow_version_change: bool = False,
+                 settings: str = "") -> dict[str, Any]:  # fmt: skip
     """Generate the missing shards (at most `max_shards` of them this time); `forced`
-    regenerates all of them."""
+    regenerates all of them. `settings`: the digest of the stage's settings (config
+    sections and model files) each shard's digest starts from."""
     prompts = read_jsonl(run.prompts)
     classes = {c["index"]: c["name"] for c in read_jsonl(run.classes)}
     shards = planned_shards(config, run)
     plan = {
         "fingerprint": fingerprint,
         "shards": [s.__dict__ for s in shards],
-        "inputs": shard_inputs(config, run, shards, prompts, classes),
+        "inputs": shard_inputs(config, settings, shards, prompts, classes),
     }
     done = {s.name for s in shards if is_done(run.shards, s.name)}
     old = _read_plan(run, done)
@@ -210,7 +205,7 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
                                 "is another process writing to this run's shards?")  # fmt: skip
     rows = [row for shard_stats in stats for row in shard_stats["rows"]]
     write_manifest(run.manifest, rows)
-    write_json(run.shards / "_info.json", _dataset_info(config, stats))
+    write_json(run.shard_info, _dataset_info(config, stats))
     return {
         "shards": len(shards),
         "shards_generated": len(todo) + len(foreign),

@@ -7,24 +7,28 @@ a generate process (or several, on a cluster) is writing, and costs nothing to a
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
+from diversynth.artifacts.shards import is_done, read_stats
 from diversynth.errors import DiversynthError
 from diversynth.generate.plan import ShardSpec
-from diversynth.generate.shards import is_done, read_stats
+from diversynth.rundir import DAMAGED_HINT, RunDir
 
 
 class StatusError(DiversynthError, ValueError):
     pass
 
 
-def generation_status(shard_folder: Path) -> dict[str, Any]:
-    plan_path = shard_folder / "plan.json"
-    if not plan_path.is_file():
-        raise StatusError(f"--run: no shards/plan.json in {str(shard_folder.parent)!r} "
+def generation_status(run: RunDir) -> dict[str, Any]:
+    shard_folder = run.shards
+    if not run.plan.is_file():
+        raise StatusError(f"--run: no shards/plan.json in {str(run.root)!r} "
                           "(the generate stage has not started there)")  # fmt: skip
-    plan = [ShardSpec(**s) for s in json.loads(plan_path.read_text())["shards"]]
+    try:
+        plan = [ShardSpec(**s) for s in json.loads(run.plan.read_text())["shards"]]
+    except (ValueError, KeyError, TypeError):
+        raise StatusError(f"{run.plan}: not a readable plan: the file is damaged; "
+                          + DAMAGED_HINT) from None  # fmt: skip
     done = [s for s in plan if is_done(shard_folder, s.name)]
     stats = [read_stats(shard_folder, s.name) for s in done]
     images_done = sum(s["count"] for s in stats)

@@ -10,6 +10,7 @@ from typing import Any
 
 from diversynth.llm.base import Backend, ChatRequest, LLMError, OnAnswer
 from diversynth.llm.chat_client import ChatClient
+from diversynth.llm.llamacpp import LlamaCppBackend
 from diversynth.safe_weights import UnsafeWeightsError, refusing_pickles
 
 
@@ -148,8 +149,6 @@ class TransformersBackend:
 def make_backend(config: Any, log_dir: Path | None = None) -> Backend:
     """The backend `config.backend` names; a llama.cpp server keeps its log in `log_dir`."""
     if config.backend == "llamacpp":
-        from diversynth.llm.llamacpp import LlamaCppBackend
-
         return LlamaCppBackend(config, log_dir)
     backends = {"openai": OpenAIBackend, "transformers": TransformersBackend}
     return backends[config.backend](config)

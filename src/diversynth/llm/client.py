@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from diversynth.llm.backends import make_backend
 from diversynth.llm.base import DEFAULT_TEMPERATURE, Backend, ChatRequest
 from diversynth.llm.cache import AnswerCache
 
@@ -125,8 +126,6 @@ class LLM:
 def open_llm(config: Any, cache_path: Path | None) -> LLM:
     """The configured backend (see config.LLMConfig), with its disk cache; a server it
     starts logs beside the cache. Close it (or use it in a `with`) to stop that server."""
-    from diversynth.llm.backends import make_backend
-
     cache = AnswerCache(cache_path) if cache_path is not None and config.cache else None
     log_dir = cache_path.parent if cache_path is not None else None
     return LLM(make_backend(config, log_dir), cache, temperature=config.temperature)

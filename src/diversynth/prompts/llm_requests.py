@@ -8,41 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 from diversynth.llm.base import ChatRequest
-
-SYSTEM = "You help build a diverse image dataset. You answer with one JSON object and nothing else."
-MAX_PHRASE_CHARS = 80
+from diversynth.llm.json_requests import MAX_PHRASE_CHARS, json_request, phrase_list
+from diversynth.prompts.quality import mentions_other_class
 
 
 def axis_key(axis: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", axis.lower()).strip("_")
-
-
-def phrase_list(max_items: int, max_chars: int = MAX_PHRASE_CHARS) -> dict[str, Any]:
-    return {
-        "type": "array",
-        "items": {"type": "string", "maxLength": max_chars},
-        "minItems": 1,
-        "maxItems": max_items,
-    }
-
-
-def json_request(
-    name: str, user: str, properties: dict[str, Any], seed: int, max_tokens: int
-) -> ChatRequest:
-    """A request whose answer must be an object with exactly these (required) properties."""
-    schema = {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
-    }
-    return ChatRequest(
-        messages=(("system", SYSTEM), ("user", user)),
-        max_tokens=max_tokens,
-        seed=seed,
-        json_schema=schema,
-        label=name,
-    )
 
 
 # A worked example for another object shows the model the kind of phrase wanted.
@@ -86,8 +57,6 @@ def style_request(name: str, count: int, seed: int, max_tokens: int) -> ChatRequ
 
 def clean_phrases(items: Any, name: str, other_names: list[str]) -> list[str]:
     """Usable phrases: text, one line, short, not the class name alone, no other class named."""
-    from diversynth.prompts.quality import mentions_other_class
-
     if not isinstance(items, list):
         return []
     phrases = []

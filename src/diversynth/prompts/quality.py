@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 import numpy as np
 
-CLIP_CONTEXT = 77  # tokens, start and end markers included
-
-
-@lru_cache(maxsize=1)
-def _clip_tokenizer():
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer()
-
-
-def clip_tokens(text: str) -> int:
-    return len(_clip_tokenizer().encode(text)) + 2
+from diversynth.vision.clip_tokens import CLIP_CONTEXT, clip_tokens
 
 
 def fits_clip(text: str) -> bool:

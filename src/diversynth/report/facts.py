@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
+from diversynth.artifacts.manifest import read_manifest
 from diversynth.errors import DiversynthError
-from diversynth.generate.manifest import read_manifest
 from diversynth.rundir import RunDir, RunFileError, StageState, read_jsonl
 
 STAGE_ORDER = ("classes", "prompts", "generate", "train", "evaluate")

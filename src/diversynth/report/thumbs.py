@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from diversynth.generate.shards import read_stats
+from diversynth.artifacts.shards import read_stats
 from diversynth.rundir import RunDir
 
 SHA_CHARS = 16

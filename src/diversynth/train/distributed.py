@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +45,17 @@ def init_from_env() -> Ranks:
     else:
         dist.init_process_group("gloo")
     return current()
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[Ranks]:
+    """The process group torchrun describes, for the block (none for one process)."""
+    ranks = init_from_env()
+    try:
+        yield ranks
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def mean_across(value: torch.Tensor, ranks: Ranks) -> float:

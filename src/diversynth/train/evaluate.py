@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader, Dataset
 from diversynth.config import RunConfig
 from diversynth.errors import UsageError
 from diversynth.preflight import timm_name_problem
-from diversynth.progress import progress_bar
+from diversynth.progress import console, progress_bar
+from diversynth.realdata import CatalogImageFolder, real_dataset
 from diversynth.rundir import RunDir, read_jsonl, write_json
 from diversynth.safe_weights import refusing_pickles
-from diversynth.train.data import CatalogImageFolder, image_transform, real_dataset
+from diversynth.train.data import image_transform
 from diversynth.train.model import load_checkpoint
 from diversynth.vision.device import pick_device
 
@@ -139,8 +140,6 @@ def timm_model(name: str, pretrained: bool, num_classes: int) -> tuple[torch.nn.
 
 def _print_table(results: dict[str, dict[str, Any]]) -> None:
     from rich.table import Table
-
-    from diversynth.progress import console
 
     table = Table("set", "images", "top-1 %", "top-5 %", "classes", title="evaluation")
     for name, row in results.items():

@@ -28,11 +28,12 @@ from diversynth.config import RunConfig, TrainConfig
 from diversynth.environment import check_kept_work, made_with
 from diversynth.errors import UsageError
 from diversynth.progress import progress_bar
+from diversynth.realdata import real_dataset
 from diversynth.rundir import RunDir, Timer, read_jsonl
 from diversynth.train import distributed
 from diversynth.train.aux_bn import convert_aux_bn, has_aux_bn, real_first
 from diversynth.train.checkpoint import Resume, load_state, read_resume, save_state
-from diversynth.train.data import SeededSamples, image_transform, real_dataset
+from diversynth.train.data import SeededSamples, image_transform
 from diversynth.train.model import create_classifier, save_checkpoint
 from diversynth.train.sampling import MixedBatches
 from diversynth.train.synthetic import synthetic_images

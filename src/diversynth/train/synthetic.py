@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from diversynth.artifacts.manifest import read_manifest
+from diversynth.artifacts.shards import jpeg_locations
 from diversynth.errors import DiversynthError
-from diversynth.generate.manifest import read_manifest
-from diversynth.generate.shards import jpeg_locations
 
 
 class SyntheticDataError(DiversynthError, ValueError):

@@ -18,7 +18,7 @@ from typing import Any
 import webdataset as wds
 from PIL import Image
 
-from diversynth.rundir import sha256_file, write_json
+from diversynth.rundir import INFO_FILE, PLAN_FILE, sha256_file, write_json
 
 # Fixed tar member mtime: the same images give byte-identical shards on every run.
 TAR_MTIME = 0.0
@@ -45,7 +45,7 @@ def clean_leftovers(folder: Path, planned: set[str]) -> int:
     """Remove temp files, unfinished shards and shards not in the plan; return the count."""
     removed = 0
     for path in folder.iterdir():
-        if not path.is_file() or path.name in ("plan.json", "_info.json"):
+        if not path.is_file() or path.name in (PLAN_FILE, INFO_FILE):
             continue
         stem, _, ext = path.name.partition(".")
         temp = path.name.endswith(".tmp")

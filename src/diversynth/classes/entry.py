@@ -1,0 +1,22 @@
+"""One class of a class list, as every source (catalog, names, file, folder) gives it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diversynth.errors import UsageError
+
+
+class ClassListError(UsageError, ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ClassEntry:
+    index: int
+    raw_name: str
+    wnid: str | None = None
+    description: str | None = None
+    lemmas: tuple[str, ...] = ()  # WordNet lemmas, when the class has a wnid
+    hypernyms: tuple[str, ...] = ()  # WordNet hypernym chain, nearest first
+    curated: str | None = None  # a curated unambiguous name, when the catalog has one

@@ -1,0 +1,142 @@
+"""The real labelled images: Fashion-MNIST's IDX files or an ImageFolder, with labels in
+the class catalog's index order. The classes stage reads exemplars from here and the train
+and evaluate stages their splits."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
+
+from diversynth.config import RealDataConfig
+from diversynth.errors import UsageError
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class DataError(UsageError, ValueError):
+    pass
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array (the MNIST file format), plain or gzipped.
+
+    torchvision's FashionMNIST wants its own folder layout and unpacks into it; Debian's
+    read-only /usr/share copy is read here in place instead.
+    """
+    if not path.exists() and path.with_suffix(".gz").exists():
+        path = path.with_suffix(".gz")
+    if not path.exists():
+        path = path.with_name(path.name + ".gz")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def catalog_to_dataset_labels(class_names: list[str], dataset_names: list[str]) -> list[int]:
+    """For each catalog class (in index order), the dataset's label for it."""
+    lookup = {name.casefold(): i for i, name in enumerate(dataset_names)}
+    missing = [name for name in class_names if name.casefold() not in lookup]
+    if missing:
+        raise DataError(
+            f"data: classes not in the real dataset: {missing} (it has {dataset_names})"
+        )
+    return [lookup[name.casefold()] for name in class_names]
+
+
+class ArrayImages(Dataset):
+    """Images held as a uint8 array (N, H, W) with catalog-index labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def fashion_mnist(
+    config: RealDataConfig, split: str, class_names: list[str], transform: Callable
+) -> ArrayImages:
+    image_file, label_file = FASHION_FILES[split]
+    images = read_idx(config.root / image_file)
+    labels = read_idx(config.root / label_file)
+    to_catalog = {
+        ds: cat
+        for cat, ds in enumerate(catalog_to_dataset_labels(class_names, FASHION_MNIST_CLASSES))
+    }
+    keep = np.isin(labels, list(to_catalog))
+    images, labels = images[keep], np.array([to_catalog[int(x)] for x in labels[keep]])
+    limit = config.train_limit if split == "train" else config.test_limit
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return ArrayImages(images, labels, transform)
+
+
+class CatalogImageFolder(ImageFolder):
+    """An ImageFolder whose labels come from the class list, not from sorted folder names.
+
+    A folder matches a class by its wnid (ImageNet's `n01440764`), its name (any case), or
+    its index (ImageNet-V2's `0` ... `999`); folders that match no class are skipped. With
+    `require_all` false, a set may hold only some of the classes (ImageNet-R, -A).
+    """
+
+    def __init__(self, root: Path, classes: list[dict[str, Any]], transform: Callable,
+                 require_all: bool = True):  # fmt: skip
+        self._catalog = classes
+        self._require_all = require_all
+        super().__init__(str(root), transform=transform, allow_empty=not require_all)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        folders = {e.name.casefold(): e.name for e in os.scandir(directory) if e.is_dir()}
+        mapping = {}
+        for cls in self._catalog:
+            for key in (cls.get("wnid"), cls["raw_name"], str(cls["index"])):
+                if key and key.casefold() in folders:
+                    mapping[folders[key.casefold()]] = cls["index"]
+                    break
+        missing = [c["raw_name"] for c in self._catalog if c["index"] not in mapping.values()]
+        if not mapping or (missing and self._require_all):
+            raise DataError(f"data.root: no folder in {directory} for classes {missing[:5]}")
+        return sorted(mapping), mapping
+
+
+IMAGEFOLDER_SPLITS = {"train": "train", "test": "val"}
+
+
+def real_dataset(
+    config: RealDataConfig, split: str, classes: list[dict[str, Any]], transform: Callable
+) -> Dataset:
+    """The real `train` or `test` split; labels are catalog indices."""
+    if config.format == "fashion-mnist":
+        return fashion_mnist(config, split, [c["raw_name"] for c in classes], transform)
+    folder = config.root / IMAGEFOLDER_SPLITS[split]
+    if not folder.is_dir():
+        raise DataError(f"data.root: {str(config.root)!r} has no {folder.name}/ folder")
+    dataset = CatalogImageFolder(folder, classes, transform)
+    limit = config.train_limit if split == "train" else config.test_limit
+    if limit and limit < len(dataset):
+        # a fixed, class-balanced-in-expectation subset: every k-th image
+        step = len(dataset) / limit
+        return Subset(dataset, [int(i * step) for i in range(limit)])
+    return dataset
