@@ -316,14 +316,9 @@ def evaluate_model(
     Class indices follow the config's class list (for imagenet1k, the order timm's
     ImageNet models use). Nothing is written to a run directory.
     """
+    from diversynth.artifacts.records import ClassIdentity
     from diversynth.classes.catalog import load_classes
-    from diversynth.train.evaluate import (
-        EvaluateError,
-        check_timm_name,
-        evaluate_on_sets,
-        timm_model,
-    )
-    from diversynth.train.model import load_checkpoint
+    from diversynth.train.evaluate import EvaluateError, check_timm_name, evaluate_model
 
     cfg = _load(config, set_)
     if (checkpoint is None) == (model is None):
@@ -338,20 +333,14 @@ def evaluate_model(
         except EvaluateError as exc:
             _fail(str(exc))
     try:
-        classes = [{"index": c.index, "wnid": c.wnid, "raw_name": c.raw_name}
+        classes = [ClassIdentity(index=c.index, wnid=c.wnid, raw_name=c.raw_name)
                    for c in load_classes(cfg.classes)]  # fmt: skip
-        if checkpoint is not None:
-            net, meta = load_checkpoint(checkpoint)
-        else:
-            net, meta = timm_model(str(model), pretrained, len(classes))
-        if meta["num_classes"] != len(classes):
-            _fail(f"the model has {meta['num_classes']} classes; the config lists {len(classes)}")
-        results = evaluate_on_sets(cfg, net, meta, classes)
+        results = evaluate_model(cfg, classes, checkpoint, model, pretrained)
     except DiversynthError as exc:
         _fail(str(exc), exc.exit_code)
         return
     if json_out is not None:
-        write_json(json_out, {"model": meta, "sets": results})
+        write_json(json_out, results)
 
 
 @app.command("make-tiny-models")

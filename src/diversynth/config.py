@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -150,7 +150,8 @@ class ClassesConfig(Section):
         return self
 
 
-Strategy = Literal["naive", "cd", "sd"]
+Strategy = Literal["naive", "cd", "sd"]  # templates, contexts (CD), styles (SD)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 CD_AXES = ["background or place", "viewpoint and framing", "lighting", "weather and time of day",
            "objects that appear with it", "what it is doing or its state"]  # fmt: skip
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from diversynth import environment, integrity
+from diversynth import environment, integrity, rundir
 from diversynth.config import RunConfig, dump_config
 from diversynth.errors import DiversynthError, PartialStage
 from diversynth.integrity import Damage
@@ -35,9 +35,6 @@ from diversynth.rundir import (
     write_text,
 )
 
-# Bump a stage's version when its code changes what it writes.
-STAGE_VERSIONS = {"classes": 2, "prompts": 2, "generate": 1, "train": 2, "evaluate": 1, "report": 2}
-
 
 class PipelineError(DiversynthError):
     pass
@@ -52,6 +49,7 @@ def _resolve(ref: str) -> Callable[..., Any]:
 @dataclass(frozen=True)
 class Stage:
     name: str
+    version: int  # bump it when the stage's code changes what it writes
     run: str  # 'module:function' taking (config, run_dir) and returning a summary dict
     # config sections it depends on (or a function of the config that names them)
     sections: tuple[str, ...] | Callable[[RunConfig], tuple[str, ...]]
@@ -141,6 +139,7 @@ def _classes_sections(config: RunConfig) -> tuple[str, ...]:
 STAGES = [
     Stage(
         "classes",
+        version=2,
         run="diversynth.classes.stage:run_classes",
         sections=_classes_sections,
         outputs=lambda r: [r.classes],
@@ -148,6 +147,7 @@ STAGES = [
     ),
     Stage(
         "prompts",
+        version=2,
         run="diversynth.prompts.stage:run_prompts",
         sections=("prompts", "llm", "seed"),
         needs=("classes",),
@@ -155,6 +155,7 @@ STAGES = [
     ),
     Stage(
         "generate",
+        version=1,
         run="diversynth.generate.stage:run_generate",
         sections=("generate", "clip", "prompts"),
         requires=("generate",),
@@ -180,6 +181,7 @@ STAGES = [
     ),
     Stage(
         "train",
+        version=2,
         run="diversynth.train.loop:run_train",
         sections=("train", "data", "seed"),
         requires=("data",),
@@ -191,6 +193,7 @@ STAGES = [
     ),
     Stage(
         "evaluate",
+        version=1,
         run="diversynth.train.evaluate:run_evaluate",
         sections=("evaluate", "data", "train"),
         requires=("data",),
@@ -200,6 +203,7 @@ STAGES = [
     ),
     Stage(
         "report",
+        version=2,
         run="diversynth.report.stage:run_report",
         sections=("report", "name"),
         needs=("classes", "prompts"),
@@ -208,6 +212,7 @@ STAGES = [
     ),
 ]
 STAGE_NAMES = [stage.name for stage in STAGES]
+assert STAGE_NAMES == list(rundir.STAGE_NAMES), "rundir.STAGE_NAMES lists the stages in order"
 
 
 def parse_stage_list(text: str | None) -> list[str]:
@@ -246,7 +251,7 @@ def fingerprint(stage: Stage, config: RunConfig, run: RunDir, upstream: bool = T
     return digest_json(
         {
             "stage": stage.name,
-            "version": STAGE_VERSIONS[stage.name],
+            "version": stage.version,
             "config": {s: data.get(s) for s in sections},
             "upstream": outputs,
             "inputs": [_external(ref) for ref in stage.inputs(config) if ref is not None],

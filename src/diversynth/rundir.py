@@ -149,6 +149,8 @@ class StageState:
     files: dict[str, list[Any]] = field(default_factory=dict)
 
 
+# The stages, in the order they run: each leaves .state/NAME.json when it finishes
+STAGE_NAMES = ("classes", "prompts", "generate", "train", "evaluate", "report")
 # Files of the shard folder that are not shards
 PLAN_FILE, INFO_FILE = "plan.json", "_info.json"
 

@@ -7,13 +7,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from diversynth.artifacts.records import read_classes
 from diversynth.errors import DiversynthError
-from diversynth.rundir import RunDir, read_jsonl
+from diversynth.rundir import RunDir
 
 
 def find_class(run: RunDir, key: str) -> dict[str, Any]:
     """The record for a class index, a wnid, or a raw name (case-insensitive)."""
-    records = read_jsonl(run.classes)
+    records = read_classes(run)
     if key.isdigit():
         found = [r for r in records if r["index"] == int(key)]
     else:

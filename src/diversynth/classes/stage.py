@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from rich.markup import escape
 
+from diversynth.artifacts.records import ClassRecord
 from diversynth.classes.candidates import Candidate, base_candidates, claimed_names
 from diversynth.classes.catalog import load_classes
 from diversynth.classes.entry import ClassEntry
@@ -19,7 +20,7 @@ from diversynth.classes.wordnet import wordnet
 from diversynth.config import RunConfig
 from diversynth.llm.client import BadAnswer, open_llm
 from diversynth.progress import console
-from diversynth.rundir import RunDir, read_jsonl, write_jsonl
+from diversynth.rundir import RunDir, write_jsonl
 from diversynth.seeding import derive_seed
 
 ENCODE_BATCH = 256
@@ -225,13 +226,13 @@ def run_classes(config: RunConfig, run: RunDir) -> dict[str, Any]:
     records = []
     for entry, cands, i in zip(entries, candidates, choice, strict=True):
         winner = cands[i]
-        records.append({
-            "index": entry.index, "wnid": entry.wnid, "raw_name": entry.raw_name,
-            "name": winner.text, "description": entry.description,
-            "lemmas": list(entry.lemmas), "hypernyms": list(entry.hypernyms[:4]),
-            "candidates": [c.as_record() for c in cands],
-            "reason": _reason(mode, cands, winner, summary.get("exemplars", 0)),
-        })  # fmt: skip
+        records.append(ClassRecord(
+            index=entry.index, wnid=entry.wnid, raw_name=entry.raw_name,
+            name=winner.text, description=entry.description,
+            lemmas=list(entry.lemmas), hypernyms=list(entry.hypernyms[:4]),
+            candidates=[c.as_record() for c in cands],
+            reason=_reason(mode, cands, winner, summary.get("exemplars", 0)),
+        ))  # fmt: skip
     write_jsonl(run.classes, records)
     summary["renamed"] = sum(1 for r in records if r["name"] != r["raw_name"])
     summary["fallback"] = sum(
@@ -250,7 +251,3 @@ def _print_summary(summary: dict[str, Any]) -> None:
         line += (f"; CLIP zero-shot top-1 on {summary['exemplars']} exemplars: first lemmas "
                  f"{acc['raw']:.3f} -> chosen names {acc['chosen']:.3f}")  # fmt: skip
     console.print(line, highlight=False, soft_wrap=True)
-
-
-def read_classes(run: RunDir) -> list[dict[str, Any]]:
-    return read_jsonl(run.classes)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,10 @@ from diversynth.vision.generator import TextToImage
 
 
 class LocalEngine:
+    """Loads the models once (in this process), then makes shards one after another."""
+
+    workers = 1
+
     def __init__(self, config: RunConfig, class_names: dict[int, str]):
         self.config = config
         self.class_names = class_names
@@ -104,6 +108,20 @@ class LocalEngine:
             row["flags"] = [flag] if flag else []
             del row["unsafe"]
         return images, info
+
+    def make(
+        self,
+        shards: list[ShardSpec],
+        prompts: list[dict[str, Any]],
+        folder: Path,
+        inputs: dict[str, str],
+        on_images: Callable[[int], None],
+    ) -> Iterator[tuple[str, int]]:
+        for shard in shards:
+            stats = self.run_shard(
+                shard, shard.take(prompts), folder, on_images, inputs[shard.name]
+            )
+            yield shard.name, stats["count"]
 
     def run_shard(
         self,

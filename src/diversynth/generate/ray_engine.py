@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from diversynth.config import RunConfig
 from diversynth.errors import DiversynthError
 from diversynth.generate.plan import ShardSpec
+from diversynth.vision.generator import check_model
 
 
 class RayEngineError(DiversynthError):
@@ -142,7 +143,33 @@ def _worker_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def make_shards(
+class RayEngine:
+    """Shards on a pool of Ray Data actors, each loading the models once; shards are
+    reported as they finish, in any order."""
+
+    def __init__(self, config: RunConfig, class_names: dict[int, str]):
+        # the workers load the models: check what can be checked here first
+        check_model(config.generate)
+        check_pool(config)
+        self.config, self.class_names = config, class_names
+        self.workers = config.generate.ray.workers
+
+    def make(
+        self,
+        shards: list[ShardSpec],
+        prompts: list[dict[str, Any]],
+        folder: Path,
+        inputs: dict[str, str],
+        on_images: Callable[[int], None],
+    ) -> Iterator[tuple[str, int]]:
+        planned = {s.name: s.images for s in shards}
+        for name, count in _make_shards(self.config, shards, prompts, self.class_names,
+                                        folder, inputs):  # fmt: skip
+            on_images(planned[name])  # whole shards: workers report nothing finer
+            yield name, count
+
+
+def _make_shards(
     config: RunConfig,
     shards: list[ShardSpec],
     prompts: list[dict[str, Any]],
@@ -150,8 +177,8 @@ def make_shards(
     folder: Path,
     inputs: dict[str, str],
 ) -> Iterator[tuple[str, int]]:
-    """Make the given shards on Ray (`inputs`: the plan's digest of each, for its stats
-    file); yield (shard name, images written) as each is done, in the order they finish."""
+    """The given shards made by the actor pool; (shard name, images written) as each is
+    done."""
     import ray
     import ray.data
 

@@ -16,13 +16,15 @@ import json
 from typing import Any
 
 from diversynth.artifacts.manifest import write_manifest
+from diversynth.artifacts.records import PromptRecord, read_classes, read_prompts
 from diversynth.artifacts.shards import clean_leftovers, is_done, read_stats, remove_shard
 from diversynth.config import RunConfig
 from diversynth.environment import check_kept_work, made_with
 from diversynth.errors import DiversynthError, PartialStage
+from diversynth.generate.engines import Engine, open_engine
 from diversynth.generate.plan import ShardSpec, plan_shards
 from diversynth.progress import console, progress_bar
-from diversynth.rundir import RunDir, Timer, digest_json, read_jsonl, sha256_file, write_json
+from diversynth.rundir import RunDir, Timer, digest_json, sha256_file, write_json
 
 
 class GenerateError(DiversynthError):
@@ -152,14 +154,16 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     """Generate the missing shards (at most `max_shards` of them this time); `forced`
     regenerates all of them. `settings`: the digest of the stage's settings (config
     sections and model files) each shard's digest starts from."""
-    prompts = read_jsonl(run.prompts)
-    classes = {c["index"]: c["name"] for c in read_jsonl(run.classes)}
+    # 1. the plan: the shards, and a digest of what each one's bytes depend on
+    prompts = read_prompts(run)
+    classes = {c["index"]: c["name"] for c in read_classes(run)}
     shards = planned_shards(config, run)
     plan = {
         "fingerprint": fingerprint,
         "shards": [s.__dict__ for s in shards],
         "inputs": shard_inputs(config, settings, shards, prompts, classes),
     }
+    # 2. which finished shards are kept, and what is left to make
     done = {s.name for s in shards if is_done(run.shards, s.name)}
     old = _read_plan(run, done)
     keep = set() if forced else _unchanged(old, plan)
@@ -167,42 +171,24 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     stale = [s.name for s in shards if s.name in done and s.name not in keep]
     missing = [s for s in shards if s.name not in keep or s.name not in done]
     todo = missing if max_shards is None else missing[:max_shards]
-    engine = None
-    if todo and config.generate.engine == "local":
-        # Load the models before touching the shard folder: a model that fails to load
-        # must not cost the shards of the previous settings.
-        engine = _local_engine(config, classes)
-    elif todo:  # the ray workers load the models: check what can be checked here first
-        from diversynth.generate.ray_engine import check_pool
-        from diversynth.vision.generator import check_model
-
-        check_model(config.generate)
-        check_pool(config)
+    # 3. the engine, then the folder (see generate/engines.py), then the shards
+    engine = open_engine(config, classes) if todo else None
     _prepare_folder(run, old, plan, shards, stale)
     console.print(f"  generate: {len(shards) - len(missing)} of {len(shards)} shards already done")
     timer = Timer()
-    generated = _make(config, run, engine, todo, prompts, classes, plan["inputs"])
+    generated = _make(engine, run, todo, prompts, plan["inputs"])
     if len(todo) < len(missing):
         left = len(missing) - len(todo)
         raise PartialStage(f"{len(shards) - left} of {len(shards)} shards done (--max-shards "
                            f"{max_shards}); run again to make the other {left}")  # fmt: skip
+    # 4. every shard made for this plan, then the manifest
     stats = [read_stats(run.shards, s.name) for s in shards]
     foreign = _made_for_other_inputs(shards, stats, plan["inputs"])
     if foreign:
-        console.print(
-            f"  generate: {len(foreign)} shard(s) were made for other inputs (a worker of an "
-            "earlier run may have outlived it); making them again"
-        )
-        for shard in foreign:
-            remove_shard(run.shards, shard.name)
-        if engine is None and config.generate.engine == "local":
-            engine = _local_engine(config, classes)
-        generated += _make(config, run, engine, foreign, prompts, classes, plan["inputs"])
+        engine = engine or open_engine(config, classes)
+        generated += _remake(engine, run, foreign, prompts, plan["inputs"])
         remade = {s.name: read_stats(run.shards, s.name) for s in foreign}  # only these
         stats = [remade.get(s.name, made) for s, made in zip(shards, stats, strict=True)]
-        if _made_for_other_inputs(foreign, list(remade.values()), plan["inputs"]):
-            raise GenerateError("generate: shards keep being overwritten with other inputs: "
-                                "is another process writing to this run's shards?")  # fmt: skip
     rows = [row for shard_stats in stats for row in shard_stats["rows"]]
     write_manifest(run.manifest, rows)
     write_json(run.shard_info, _dataset_info(config, stats))
@@ -216,15 +202,24 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
         "dropped_unsafe": sum(len(s.get("dropped_unsafe", [])) for s in stats),
         "images_per_second": round(generated / timer.seconds, 3) if generated else None,
         "engine": config.generate.engine,
-        "workers": config.generate.ray.workers if config.generate.engine == "ray" else 1,
+        "workers": engine.workers if engine is not None else 0,
     }
 
 
-def _local_engine(config: RunConfig, classes: dict[int, str]) -> Any:
-    """The local engine with its models loaded (its heavy imports only when needed)."""
-    from diversynth.generate.local import LocalEngine
-
-    return LocalEngine(config, classes)
+def _remake(engine: Engine, run: RunDir, foreign: list[ShardSpec],
+            prompts: list[PromptRecord], inputs: dict[str, str]) -> int:  # fmt: skip
+    """Make again the shards whose stats name other inputs than the plan (a worker of an
+    earlier run may have outlived it and committed one after this run discarded it)."""
+    console.print(f"  generate: {len(foreign)} shard(s) were made for other inputs (a worker "
+                  "of an earlier run may have outlived it); making them again")  # fmt: skip
+    for shard in foreign:
+        remove_shard(run.shards, shard.name)
+    made = _make(engine, run, foreign, prompts, inputs)
+    again = [read_stats(run.shards, s.name) for s in foreign]
+    if _made_for_other_inputs(foreign, again, inputs):
+        raise GenerateError("generate: shards keep being overwritten with other inputs: "
+                            "is another process writing to this run's shards?")  # fmt: skip
+    return made
 
 
 def _made_for_other_inputs(shards: list[ShardSpec], stats: list[dict[str, Any]],
@@ -235,29 +230,17 @@ def _made_for_other_inputs(shards: list[ShardSpec], stats: list[dict[str, Any]],
             if made.get("inputs", inputs[shard.name]) != inputs[shard.name]]  # fmt: skip
 
 
-def _make(config: RunConfig, run: RunDir, engine: Any, todo: list[ShardSpec],
-          prompts: list[dict[str, Any]], classes: dict[int, str],
-          inputs: dict[str, str]) -> int:  # fmt: skip
-    """Make the `todo` shards with the local `engine` or on Ray; return the images made."""
+def _make(engine: Engine | None, run: RunDir, todo: list[ShardSpec],
+          prompts: list[dict[str, Any]], inputs: dict[str, str]) -> int:  # fmt: skip
+    """Make the `todo` shards with the engine; return the images made."""
+    if not todo or engine is None:
+        return 0
     generated = 0
-    if not todo:
-        return generated
     with progress_bar() as bar:
         task = bar.add_task("generate", total=sum(s.images for s in todo), unit="images")
-        if engine is not None:
-            for shard in todo:
-                made = engine.run_shard(
-                    shard, shard.take(prompts), run.shards, lambda n: bar.advance(task, n),
-                    inputs[shard.name],
-                )  # fmt: skip
-                generated += made["count"]
-        else:
-            from diversynth.generate.ray_engine import make_shards
-
-            planned = {s.name: s.images for s in todo}
-            for name, count in make_shards(config, todo, prompts, classes, run.shards, inputs):
-                bar.advance(task, planned[name])  # per shard: workers report whole ones
-                generated += count
+        made = engine.make(todo, prompts, run.shards, inputs, lambda n: bar.advance(task, n))
+        for _, count in made:
+            generated += count
     return generated
 
 

@@ -17,7 +17,8 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from diversynth.config import RunConfig
+from diversynth.artifacts.records import ClassRecord, PromptRecord, read_classes
+from diversynth.config import STRATEGIES, RunConfig
 from diversynth.llm import LLM, BadAnswer, open_llm
 from diversynth.progress import console
 from diversynth.prompts import compose, quality
@@ -29,10 +30,9 @@ from diversynth.prompts.llm_requests import (
     style_validator,
 )
 from diversynth.prompts.styles import BUILTIN_STYLES
-from diversynth.rundir import RunDir, read_jsonl, write_jsonl
+from diversynth.rundir import RunDir, write_jsonl
 from diversynth.seeding import derive_seed
 
-STRATEGIES = ("naive", "cd", "sd")
 RESAMPLE_ROUNDS = 3  # rounds of new context combinations before templates fill in
 
 
@@ -133,44 +133,45 @@ def _cd_prompts(name: str, contexts: dict[str, list[str]], want: int, per_prompt
     return chosen
 
 
-def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
+def _llm_answers(
+    config: RunConfig, run: RunDir, classes: list[ClassRecord], counts: dict[str, int]
+) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """Per class, the LLM's contexts (CD) and styles (SD), each validated (or a BadAnswer),
+    and the LLM's call counts."""
     cfg = config.prompts
-    classes = read_jsonl(run.classes)
-    counts = strategy_counts(cfg.per_class, cfg.shares)
-    templates = (
-        compose.clip_imagenet_templates() if cfg.templates == "clip-imagenet" else cfg.templates
-    )
     others = {
         c["index"]: [o["name"] for o in classes if o["name"].casefold() != c["name"].casefold()]
         for c in classes
     }
-
     contexts: list[Any] = [None] * len(classes)
-    llm_styles: list[Any] = [[] for _ in classes]
-    llm_stats = {"llm": None, "llm_calls": 0, "llm_cached": 0}
-    if config.llm and (counts["cd"] or counts["sd"]):
-        with open_llm(config.llm, run.llm_cache) as llm:
-            if counts["cd"]:
-                contexts = _ask(
-                    llm,
-                    "contexts",
-                    [_context_request(config, c) for c in classes],
-                    [
-                        context_validator(c["name"], cfg.cd_axes, others[c["index"]])
-                        for c in classes
-                    ],  # fmt: skip
-                )
-            if counts["sd"]:
-                llm_styles = _ask(
-                    llm,
-                    "styles",
-                    [_style_request(config, c) for c in classes],
-                    [style_validator(c["name"], others[c["index"]]) for c in classes],
-                )
-        llm_stats = {"llm": llm.name, "llm_calls": llm.calls, "llm_cached": llm.cached}
+    styles: list[Any] = [[] for _ in classes]
+    if not (config.llm and (counts["cd"] or counts["sd"])):
+        return contexts, styles, {"llm": None, "llm_calls": 0, "llm_cached": 0}
+    with open_llm(config.llm, run.llm_cache) as llm:
+        if counts["cd"]:
+            requests = [_context_request(config, c) for c in classes]
+            validators = [context_validator(c["name"], cfg.cd_axes, others[c["index"]])
+                          for c in classes]  # fmt: skip
+            contexts = _ask(llm, "contexts", requests, validators)
+        if counts["sd"]:
+            requests = [_style_request(config, c) for c in classes]
+            validators = [style_validator(c["name"], others[c["index"]]) for c in classes]
+            styles = _ask(llm, "styles", requests, validators)
+    return contexts, styles, {"llm": llm.name, "llm_calls": llm.calls, "llm_cached": llm.cached}
 
+
+def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
+    cfg = config.prompts
+    classes = read_classes(run)
+    counts = strategy_counts(cfg.per_class, cfg.shares)
+    templates = (
+        compose.clip_imagenet_templates() if cfg.templates == "clip-imagenet" else cfg.templates
+    )
+    # 1. what the LLM writes per class
+    contexts, llm_styles, llm_stats = _llm_answers(config, run, classes, counts)
+    # 2. each class's prompts: templates, contexts and styles that pass every check
     embedder = Embedder(cfg.embedder)
-    records: list[dict[str, Any]] = []
+    records: list[PromptRecord] = []
     shortfall: dict[str, dict[str, int]] = {}
     rejected: dict[str, int] = {}
     texts_by_strategy: dict[str, dict[int, list[str]]] = {s: {} for s in STRATEGIES}
@@ -191,6 +192,7 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
             "  prompts: [yellow]LLM shortfall filled with templates[/yellow] (class index: "
             f"missing prompts) {escape(json.dumps(shortfall))}"
         )
+    # 3. how diverse each strategy came out, and the records
     diversity = _diversity(texts_by_strategy, embedder)
     _print_diversity(diversity)
     write_jsonl(run.prompts, records)
@@ -261,19 +263,14 @@ def _style_request(config: RunConfig, cls: dict[str, Any]):
 
 def _record(
     config: RunConfig, prompt_id: int, class_index: int, strategy: str, text: str, detail: dict
-) -> dict[str, Any]:
+) -> PromptRecord:
     seeds = [
         derive_seed(config.seed, prompt_id, i) for i in range(config.prompts.images_per_prompt)
     ]
-    return {
-        "prompt_id": prompt_id,
-        "class_index": class_index,
-        "strategy": strategy,
-        "text": text,
-        **detail,
-        "seed": seeds[0],
-        "image_seeds": seeds,
-    }
+    return PromptRecord(  # type: ignore[typeddict-item]
+        prompt_id=prompt_id, class_index=class_index, strategy=strategy, text=text,
+        **detail, seed=seeds[0], image_seeds=seeds,
+    )  # fmt: skip
 
 
 def _diversity(texts: dict[str, dict[int, list[str]]], embedder: Embedder) -> dict[str, Any]:

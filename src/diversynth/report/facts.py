@@ -11,11 +11,10 @@ from typing import Any
 import yaml
 
 from diversynth.artifacts.manifest import read_manifest
+from diversynth.artifacts.records import read_classes, read_prompts
+from diversynth.config import STRATEGIES
 from diversynth.errors import DiversynthError
-from diversynth.rundir import RunDir, RunFileError, StageState, read_jsonl
-
-STAGE_ORDER = ("classes", "prompts", "generate", "train", "evaluate")
-STRATEGIES = ("naive", "cd", "sd")
+from diversynth.rundir import STAGE_NAMES, RunDir, RunFileError, StageState, read_jsonl
 
 
 @dataclass
@@ -80,13 +79,13 @@ def load_run(root: Path) -> RunFacts:
         config = yaml.safe_load(run.config.read_text()) or {}
     except yaml.YAMLError as exc:
         raise RunFileError(f"{run.config}: not readable YAML ({exc})".replace("\n", " ")) from None
-    states = {name: s for name in (*STAGE_ORDER, "report") if (s := run.read_state(name))}
+    states = {name: s for name in STAGE_NAMES if (s := run.read_state(name))}
     facts = RunFacts(
         run=run,
         name=str(config.get("name") or root.name),
         config=config,
-        classes=read_jsonl(run.classes),
-        prompts=read_jsonl(run.prompts) if run.prompts.is_file() else [],
+        classes=read_classes(run),
+        prompts=read_prompts(run) if run.prompts.is_file() else [],
         images=read_manifest(run.manifest).to_pylist() if run.manifest.is_file() else [],
         states=states,
         eval=_read_json(run.eval),

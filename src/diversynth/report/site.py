@@ -11,8 +11,9 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from diversynth.config import STRATEGIES
 from diversynth.report import plots
-from diversynth.report.facts import STRATEGIES, RunFacts
+from diversynth.report.facts import RunFacts
 from diversynth.report.thumbs import make_thumbnails
 from diversynth.rundir import write_text
 

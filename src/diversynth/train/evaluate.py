@@ -15,12 +15,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from diversynth.artifacts.records import ClassIdentity, read_classes
 from diversynth.config import RunConfig
 from diversynth.errors import UsageError
 from diversynth.preflight import timm_name_problem
 from diversynth.progress import console, progress_bar
 from diversynth.realdata import CatalogImageFolder, real_dataset
-from diversynth.rundir import RunDir, read_jsonl, write_json
+from diversynth.rundir import RunDir, write_json
 from diversynth.safe_weights import refusing_pickles
 from diversynth.train.data import image_transform
 from diversynth.train.model import load_checkpoint
@@ -110,9 +111,24 @@ def evaluate_on_sets(config: RunConfig, model: torch.nn.Module, meta: dict[str, 
     return results
 
 
+def evaluate_model(config: RunConfig, classes: list[ClassIdentity], checkpoint: Path | None,
+                   model: str | None, pretrained: bool) -> dict[str, Any]:  # fmt: skip
+    """A checkpoint (diversynth's or imported) or a timm model, outside any run, on the
+    config's test split and evaluation sets; class indices follow `classes`."""
+    if checkpoint is not None:
+        net, meta = load_checkpoint(checkpoint)
+    else:
+        net, meta = timm_model(str(model), pretrained, len(classes))
+    if meta["num_classes"] != len(classes):
+        raise EvaluateError(
+            f"the model has {meta['num_classes']} classes; the config lists {len(classes)}"
+        )
+    return {"model": meta, "sets": evaluate_on_sets(config, net, meta, classes)}
+
+
 def run_evaluate(config: RunConfig, run: RunDir) -> dict[str, Any]:
     model, meta = load_checkpoint(run.checkpoint)
-    results = evaluate_on_sets(config, model, meta, read_jsonl(run.classes))
+    results = evaluate_on_sets(config, model, meta, read_classes(run))
     write_json(run.eval, {"model": meta, "sets": results})
     return {"sets": results}
 

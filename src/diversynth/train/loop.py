@@ -15,7 +15,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,12 +24,13 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 
+from diversynth.artifacts.records import ClassRecord, read_classes
 from diversynth.config import RunConfig, TrainConfig
 from diversynth.environment import check_kept_work, made_with
 from diversynth.errors import UsageError
 from diversynth.progress import progress_bar
 from diversynth.realdata import real_dataset
-from diversynth.rundir import RunDir, Timer, read_jsonl
+from diversynth.rundir import RunDir, Timer
 from diversynth.train import distributed
 from diversynth.train.aux_bn import convert_aux_bn, has_aux_bn, real_first
 from diversynth.train.checkpoint import Resume, load_state, read_resume, save_state
@@ -115,34 +116,49 @@ def _resume_from(state_path: Path, fingerprint: str, current: dict[str, Any], fo
     return resume
 
 
-def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: bool = False,
-              allow_version_change: bool = False) -> dict[str, Any]:  # fmt: skip
+@dataclass
+class _Data:
+    """The real and synthetic images and which of them each micro-batch holds."""
+
+    real: Any
+    synthetic: Any | None
+    batches: MixedBatches
+    real_per: int  # real images per micro-batch, all processes together
+    synthetic_per: int
+
+
+def _data(config: RunConfig, run: RunDir, classes: list[ClassRecord], world: int) -> _Data:
     cfg = config.train
-    if config.data is None:
-        raise TrainError("data: required by the train stage")
-    ranks = distributed.current()
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and ranks.distributed:
-        device = torch.device("cuda", ranks.local_rank)
-    autocast = _autocast_dtype(cfg.precision, device)
-    classes = read_jsonl(run.classes)
+    assert config.data is not None
     transform = image_transform(cfg.image_size, train=True)
     real = real_dataset(config.data, "train", classes, transform)
     synthetic = None
     if cfg.synthetic_fraction > 0:
         synthetic = synthetic_images(run.root, len(real), cfg.synthetic_scale, transform)
-    real_per, synthetic_per = _batch_split(cfg, synthetic is not None, ranks.world)
+    real_per, synthetic_per = _batch_split(cfg, synthetic is not None, world)
     _check_batch_fits(cfg, real_per, len(real), synthetic_per, len(synthetic) if synthetic else 0)
     batches = MixedBatches(len(real), len(synthetic) if synthetic else 0, real_per,
                            synthetic_per, config.seed, cfg.epochs, cfg.accumulate)  # fmt: skip
-    total_micro = len(batches)
-    total_steps = total_micro // cfg.accumulate
+    return _Data(real, synthetic, batches, real_per, synthetic_per)
 
+
+@dataclass
+class _Trainee:
+    """The model with what updates it."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    scaler: torch.amp.GradScaler
+
+
+def _trainee(config: RunConfig, num_classes: int, aux: bool, device: torch.device,
+             total_steps: int, autocast: torch.dtype | None) -> _Trainee:  # fmt: skip
+    cfg = config.train
     torch.manual_seed(config.seed)  # the same initial weights on every run and process
-    model = create_classifier(cfg.model, len(classes), **cfg.model_kwargs)
-    if cfg.aux_bn and synthetic_per:
+    model = create_classifier(cfg.model, num_classes, **cfg.model_kwargs)
+    if aux:
         convert_aux_bn(model)
-    aux_bn = has_aux_bn(model)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -158,19 +174,23 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
         t_in_epochs=False,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
+    return _Trainee(model, optimizer, scheduler, scaler)
 
-    state_path = run.train_dir / "state.safetensors"
-    current = made_with("train", config)
+
+def _start(trainee: _Trainee, state_path: Path, fingerprint: str, current: dict[str, Any],
+           forced: bool, allow_version_change: bool) -> Resume:  # fmt: skip
+    """Where training starts: a saved state of these settings (loaded into the trainee),
+    or step 0."""
     resume = _resume_from(state_path, fingerprint, current, forced, allow_version_change)
-    if resume is not None:
-        changes = resume.version_changes
-        resume = replace(load_state(state_path, model, optimizer, scaler), made_with=current,
-                         version_changes=changes)  # fmt: skip
-    else:
-        resume = Resume(step=0, metrics_bytes=0, fingerprint=fingerprint, made_with=current)
-    step = resume.step // cfg.accumulate  # optimizer steps done
-    scheduler.step_update(step)
+    if resume is None:
+        return Resume(step=0, metrics_bytes=0, fingerprint=fingerprint, made_with=current)
+    loaded = load_state(state_path, trainee.model, trainee.optimizer, trainee.scaler)
+    return replace(loaded, made_with=current, version_changes=resume.version_changes)
 
+
+def _network(model: torch.nn.Module, cfg: TrainConfig, ranks: distributed.Ranks,
+             device: torch.device) -> torch.nn.Module:  # fmt: skip
+    """What the batches go through: the model, wrapped for DDP and compiled as asked."""
     net: torch.nn.Module = model
     if ranks.distributed:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -181,78 +201,154 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
         # graph); states are saved from `model`, so their keys carry no compile prefix.
         # Aux BN's split is a module attribute: the compiled graph is guarded on it
         net = torch.compile(net, mode=None if cfg.compile is True else cfg.compile)
+    return net
+
+
+def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: bool = False,
+              allow_version_change: bool = False) -> dict[str, Any]:  # fmt: skip
+    cfg = config.train
+    if config.data is None:
+        raise TrainError("data: required by the train stage")
+    ranks = distributed.current()
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and ranks.distributed:
+        device = torch.device("cuda", ranks.local_rank)
+    autocast = _autocast_dtype(cfg.precision, device)
+    classes = read_classes(run)
+
+    # 1. the data, and the batches every step takes from it
+    data = _data(config, run, classes, ranks.world)
+    total_micro = len(data.batches)
+    total_steps = total_micro // cfg.accumulate
+    # 2. the model, its optimizer and schedule, from a saved state when there is one
+    trainee = _trainee(config, len(classes), cfg.aux_bn and data.synthetic_per > 0, device,
+                       total_steps, autocast)  # fmt: skip
+    state_path = run.train_dir / "state.safetensors"
+    resume = _start(trainee, state_path, fingerprint, made_with("train", config), forced,
+                    allow_version_change)  # fmt: skip
+    # 3. the steps
+    steps = _Steps(cfg, trainee, _network(trainee.model, cfg, ranks, device), device,
+                   autocast, ranks, resume, state_path, total_steps)  # fmt: skip
     loader = DataLoader(
-        SeededSamples(real, synthetic),
-        batch_sampler=replace(batches, start=resume.step, rank=ranks.rank, world=ranks.world),
+        SeededSamples(data.real, data.synthetic),
+        batch_sampler=replace(
+            data.batches, start=resume.step, rank=ranks.rank, world=ranks.world
+        ),  # fmt: skip
         num_workers=cfg.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    log = _open_metrics(run.train_metrics, resume.metrics_bytes) if ranks.main else None
-    board = _tensorboard(run, cfg, step) if ranks.main else None
-    timer, images, running_loss, record = Timer(), 0, 0.0, None
-    net.train()
-    with contextlib.ExitStack() as cleanup, progress_bar(disable=not ranks.main) as bar:
-        cleanup.callback(lambda: log and log.close())
-        cleanup.callback(lambda: board and board.close())
-        task = bar.add_task("train", total=total_steps, completed=step, unit="steps")
-        for micro, (x, y, is_synthetic) in enumerate(loader, start=resume.step):
-            last_of_step = (micro + 1) % cfg.accumulate == 0
-            x = x.to(device, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = y.to(device, non_blocking=True)
-            # DDP averages gradients once per optimizer step, not once per micro-batch
-            accumulating = ranks.distributed and not last_of_step
-            with net.no_sync() if accumulating else contextlib.nullcontext():
-                with torch.autocast(device.type, dtype=autocast or torch.float32,
-                                    enabled=autocast is not None), \
-                        real_first(model, int((~is_synthetic).sum())):  # fmt: skip
-                    loss = loss_fn(net(x), y) / cfg.accumulate
-                scaler.scale(loss).backward()
-            running_loss += loss.detach().float()
-            images += len(y)
-            if not last_of_step:
-                continue
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            scheduler.step_update(step)
-            mean_loss = distributed.mean_across(running_loss, ranks)
-            running_loss = 0.0
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"train: loss is {mean_loss} at step {step}")
-            record = {"step": step, "loss": round(mean_loss, 5),
-                      "lr": optimizer.param_groups[0]["lr"]}  # fmt: skip
-            if log is not None:
-                log.write((json.dumps(record) + "\n").encode())
-            if board is not None:
-                board.add_scalar("train/loss", mean_loss, step)
-                board.add_scalar("train/lr", record["lr"], step)
-            if ranks.main and step % cfg.checkpoint_every == 0 and step < total_steps:
-                log.flush()
-                os.fsync(log.fileno())  # the state must never point past the log's end
-                save_state(state_path, model, optimizer, scaler,
-                           replace(resume, step=micro + 1, metrics_bytes=log.tell()))  # fmt: skip
-            bar.update(task, completed=step)
+    steps.run(loader, run)
+    # 4. the trained model
+    aux_bn = has_aux_bn(trainee.model)
     if ranks.main:
         meta = {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "aux_bn": aux_bn,
                 "num_classes": len(classes), "image_size": cfg.image_size}  # fmt: skip
-        save_checkpoint(run.checkpoint, model, meta)
+        save_checkpoint(run.checkpoint, trainee.model, meta)
         state_path.unlink(missing_ok=True)  # the run is whole: nothing left to resume
-    real_images = total_micro * min(real_per, len(real))
-    synthetic_images_seen = total_micro * synthetic_per
+    real, synthetic = data.real, data.synthetic
     return {
         "steps": total_steps,
         "resumed_from_step": resume.step // cfg.accumulate,
-        "real_images": real_images,
-        "synthetic_images": synthetic_images_seen,
+        "real_images": total_micro * min(data.real_per, len(real)),
+        "synthetic_images": total_micro * data.synthetic_per,
         "synthetic_available": len(synthetic) if synthetic else 0,
         "synthetic_scale": round(len(synthetic) / len(real), 4) if synthetic else 0.0,
         "aux_bn": aux_bn,
         "processes": ranks.world,
-        "final_loss": record["loss"] if record else None,
-        "images_per_second": round(images * ranks.world / max(timer.seconds, 1e-9), 1),
+        "final_loss": steps.record["loss"] if steps.record else None,
+        "images_per_second": round(steps.images * ranks.world / max(steps.seconds, 1e-9), 1),
     }
+
+
+@dataclass
+class _Steps:
+    """The training loop: micro-batches accumulated into optimizer steps, each step logged
+    (metrics.jsonl, TensorBoard), a resumable state saved every `checkpoint_every` steps."""
+
+    cfg: TrainConfig
+    trainee: _Trainee
+    net: torch.nn.Module
+    device: torch.device
+    autocast: torch.dtype | None
+    ranks: distributed.Ranks
+    resume: Resume
+    state_path: Path
+    total_steps: int
+    images: int = 0
+    seconds: float = 0.0
+    record: dict[str, Any] | None = None
+
+    def run(self, loader: DataLoader, run: RunDir) -> None:
+        cfg, ranks = self.cfg, self.ranks
+        step = self.resume.step // cfg.accumulate  # optimizer steps done
+        self.trainee.scheduler.step_update(step)
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        log = _open_metrics(run.train_metrics, self.resume.metrics_bytes) if ranks.main else None
+        board = _tensorboard(run, cfg, step) if ranks.main else None
+        timer, running_loss = Timer(), 0.0
+        self.net.train()
+        with contextlib.ExitStack() as cleanup, progress_bar(disable=not ranks.main) as bar:
+            cleanup.callback(lambda: log and log.close())
+            cleanup.callback(lambda: board and board.close())
+            task = bar.add_task("train", total=self.total_steps, completed=step, unit="steps")
+            for micro, (x, y, is_synthetic) in enumerate(loader, start=self.resume.step):
+                last_of_step = (micro + 1) % cfg.accumulate == 0
+                running_loss += self._forward_backward(x, y, is_synthetic, last_of_step, loss_fn)
+                self.images += len(y)
+                if not last_of_step:
+                    continue
+                step += 1
+                mean_loss = self._optimizer_step(step, running_loss)
+                running_loss = 0.0
+                self._log(step, mean_loss, log, board)
+                if ranks.main and step % cfg.checkpoint_every == 0 and step < self.total_steps:
+                    assert log is not None
+                    log.flush()
+                    os.fsync(log.fileno())  # the state must never point past the log's end
+                    trainee = self.trainee
+                    save_state(self.state_path, trainee.model, trainee.optimizer, trainee.scaler,
+                               replace(self.resume, step=micro + 1,
+                                       metrics_bytes=log.tell()))  # fmt: skip
+                bar.update(task, completed=step)
+        self.seconds = timer.seconds
+
+    def _forward_backward(
+        self, x: torch.Tensor, y: torch.Tensor, is_synthetic: torch.Tensor, last_of_step: bool,
+        loss_fn: torch.nn.Module,
+    ) -> torch.Tensor:  # fmt: skip
+        cfg, device, autocast = self.cfg, self.device, self.autocast
+        x = x.to(device, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        # DDP averages gradients once per optimizer step, not once per micro-batch
+        accumulating = self.ranks.distributed and not last_of_step
+        with self.net.no_sync() if accumulating else contextlib.nullcontext():
+            with torch.autocast(device.type, dtype=autocast or torch.float32,
+                                enabled=autocast is not None), \
+                    real_first(self.trainee.model, int((~is_synthetic).sum())):  # fmt: skip
+                loss = loss_fn(self.net(x), y) / cfg.accumulate
+            self.trainee.scaler.scale(loss).backward()
+        return loss.detach().float()
+
+    def _optimizer_step(self, step: int, running_loss: torch.Tensor | float) -> float:
+        """Apply the accumulated gradients; the mean loss of the step over all processes."""
+        trainee = self.trainee
+        trainee.scaler.step(trainee.optimizer)
+        trainee.scaler.update()
+        trainee.optimizer.zero_grad(set_to_none=True)
+        trainee.scheduler.step_update(step)
+        mean_loss = distributed.mean_across(running_loss, self.ranks)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"train: loss is {mean_loss} at step {step}")
+        return mean_loss
+
+    def _log(self, step: int, mean_loss: float, log: IO[bytes] | None, board: Any) -> None:
+        self.record = {"step": step, "loss": round(mean_loss, 5),
+                       "lr": self.trainee.optimizer.param_groups[0]["lr"]}  # fmt: skip
+        if log is not None:
+            log.write((json.dumps(self.record) + "\n").encode())
+        if board is not None:
+            board.add_scalar("train/loss", mean_loss, step)
+            board.add_scalar("train/lr", self.record["lr"], step)
