@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diversynth.rundir import DAMAGED_HINT, RunFileError, atomic_open
+
+
+class ManifestRow(TypedDict):
+    """One image: a row of manifest.parquet, and of its shard's stats file."""
+
+    key: str
+    shard: str
+    class_index: int
+    prompt_id: int
+    image_index: int
+    strategy: str
+    seed: int
+    attempt: int  # 0: the first image made; k: made again k times (clip_threshold, safety)
+    clip_prompt: float | None
+    clip_class: float | None
+    flags: list[str]  # "below_clip_threshold"
+    jpg_offset: int | None
+    jpg_size: int | None
+
 
 SCHEMA = pa.schema(
     [
@@ -32,7 +51,10 @@ SCHEMA = pa.schema(
 )
 
 
-def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+assert set(SCHEMA.names) == set(ManifestRow.__annotations__), "one manifest row, two forms"
+
+
+def write_manifest(path: Path, rows: list[ManifestRow]) -> None:
     rows = sorted(rows, key=lambda row: row["key"])
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     with atomic_open(path, "wb") as handle:
