@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 import shutil
 from pathlib import Path
 
@@ -51,6 +53,58 @@ def test_diversity_metrics() -> None:
     assert vendi_score(x) == pytest.approx(
         float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
     )
+    # the mean distance from the sum vector equals the one from the n x n similarities
+    y = np.random.default_rng(1).normal(size=(2000, 384)).astype(np.float32)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    sims = (y @ y.T).astype(np.float64)
+    pairwise = 1 - (sims.sum() - np.trace(sims)) / (2000 * 1999)
+    assert mean_cosine_distance(y) == pytest.approx(pairwise, abs=1e-6)
+
+
+def _search_per_phrase(text: str, phrases: list[str]) -> str | None:
+    """The first phrase found as whole words, one regex search per phrase."""
+    for phrase in phrases:
+        if re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, re.I):
+            return phrase
+    return None
+
+
+def test_phrase_matcher_finds_what_a_search_per_phrase_finds() -> None:
+    """Over ImageNet's 1000 names: the same first mention as one search per name, for
+    texts naming classes in every way (inside other names, other case, punctuation), and
+    in time that does not grow with the number of names."""
+    import time
+
+    from diversynth.classes.catalog import load_classes
+    from diversynth.config import ClassesConfig
+    from diversynth.prompts.quality import PhraseMatcher
+
+    names = [entry.raw_name for entry in load_classes(ClassesConfig(catalog="imagenet1k"))]
+    names += ["T-shirt/top", "(odd) name", "sea", "sea lion"]
+    rng = random.Random(0)
+    words = ["a", "photo", "of", "the", "on", "rocky", "beach", "at", "dusk", ",", "-", "."]
+    texts = []
+    for _ in range(3000):  # the search per phrase checks 250 of them (it is the slow part)
+        parts = [rng.choice(words) for _ in range(rng.randint(2, 8))]
+        for _ in range(rng.randint(0, 3)):
+            name = rng.choice(names)
+            name = name.upper() if rng.random() < 0.2 else name
+            parts.insert(rng.randint(0, len(parts)), name + rng.choice(["", "s", "-like"]))
+        texts.append(" ".join(parts))
+    texts += ["a sea lion on a rock", "a T-shirt/top, folded", "an (odd) name here"]
+    matcher = PhraseMatcher(names)
+    for text in texts[-250:]:
+        assert matcher.first(text) == _search_per_phrase(text, names), text
+    # with a class's own name left out, as the prompts stage asks "another class named?"
+    own = "sea lion"
+    others = [n for n in names if n.casefold() != own]
+    for text in ["a sea lion on a rock", "a SEA LION", "sea lions at dusk"]:
+        assert matcher.first(text, frozenset({own})) == _search_per_phrase(text, others)
+    assert matcher.first("a sea lion", frozenset({own})) is not None  # "sea", "lion"
+    start = time.perf_counter()
+    for text in texts * 3:
+        matcher.first(text)
+    assert time.perf_counter() - start < 5.0  # 9,000 texts x 1,004 names
 
 
 def test_quality_checks() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -26,6 +29,24 @@ class RateColumn(TextColumn):
         speed = task.finished_speed or task.speed
         unit = task.fields.get("unit", "it")
         return f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s"
+
+
+@contextmanager
+def counting(description: str, total: int, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A bar over `total` items for the block; the callback `(n, more)` advances it by n
+    and adds `more` to its total (items asked again)."""
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=total, unit=unit)
+        size = total
+
+        def step(done: int, more: int = 0) -> None:
+            nonlocal size
+            if more:
+                size += more
+                bar.update(task, total=size)
+            bar.advance(task, done)
+
+        yield step
 
 
 def progress_bar(disable: bool = False) -> Progress:

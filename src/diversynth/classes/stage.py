@@ -19,7 +19,7 @@ from diversynth.classes.select_text import assign_distinct, claim_index, explain
 from diversynth.classes.wordnet import wordnet
 from diversynth.config import RunConfig
 from diversynth.llm.client import BadAnswer, open_llm
-from diversynth.progress import console
+from diversynth.progress import console, counting
 from diversynth.rundir import RunDir, write_jsonl
 from diversynth.seeding import derive_seed
 
@@ -85,7 +85,8 @@ def _llm_candidates(
         validators.append(name_validator(entry, ambiguous, every_claim, claims[pos], rejected))
     with open_llm(llm_config, run.llm_cache) as llm:
         console.print(f"  classes: asking {escape(llm.name)} for names of {len(entries)} classes")
-        answers = llm.complete_json(requests, validators)
+        with counting("llm names", len(requests), "requests") as progress:
+            answers = llm.complete_json(requests, validators, progress=progress)
     unusable = [a for a in answers if isinstance(a, BadAnswer)]
     for answer in unusable:
         console.print(

@@ -18,6 +18,8 @@ from diversynth.llm.base import DEFAULT_TEMPERATURE, Backend, ChatRequest
 from diversynth.llm.cache import AnswerCache
 
 T = TypeVar("T")
+# (answered, asked in addition): what a progress display is told as answers arrive
+Progress = Callable[[int, int], None]
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
 
 
@@ -61,7 +63,10 @@ class LLM:
     def name(self) -> str:
         return f"{self.backend.name}:{self.backend.model}"
 
-    def complete(self, requests: list[ChatRequest]) -> list[str]:
+    def complete(self, requests: list[ChatRequest],
+                 progress: Progress | None = None) -> list[str]:  # fmt: skip
+        """One answer per request, from the cache or the backend; `progress(n, 0)` as n
+        more are answered."""
         requests = [
             r if r.temperature is not None else replace(r, temperature=self.temperature)
             for r in requests
@@ -73,6 +78,8 @@ class LLM:
         answers: list[str | None] = [self.cache.get(k) if self.cache else None for k in keys]
         missing = [i for i, answer in enumerate(answers) if answer is None]
         self.cached += len(requests) - len(missing)
+        if progress is not None and len(requests) > len(missing):
+            progress(len(requests) - len(missing), 0)
 
         def keep(position: int, answer: str) -> None:
             i = missing[position]
@@ -80,6 +87,8 @@ class LLM:
             self.calls += 1
             if self.cache is not None:
                 self.cache.put_many({keys[i]: answer})
+            if progress is not None:
+                progress(1, 0)
 
         if missing:
             self.backend.complete([requests[i] for i in missing], on_answer=keep)
@@ -101,16 +110,20 @@ class LLM:
         requests: list[ChatRequest],
         validators: Sequence[Callable[[Any], T]],
         attempts: int = 3,
+        progress: Progress | None = None,
     ) -> list[T | BadAnswer]:
         """Validated JSON per request (request i is checked by validators[i]); a bad answer
         is asked again with the next seed, up to `attempts` times, all pending requests of
-        an attempt in one batch."""
+        an attempt in one batch. `progress(n, more)`: n more answered, `more` more asked
+        (the requests asked again)."""
         results: list[T | BadAnswer | None] = [None] * len(requests)
         pending = list(range(len(requests)))
         for attempt in range(attempts):
             batch = [replace(requests[i], seed=requests[i].seed + attempt) for i in pending]
+            if attempt and progress is not None:
+                progress(0, len(batch))
             still = []
-            for i, answer in zip(pending, self.complete(batch), strict=True):
+            for i, answer in zip(pending, self.complete(batch, progress), strict=True):
                 try:
                     results[i] = validators[i](parse_json(answer))
                 except ValueError as exc:  # pydantic's ValidationError is a ValueError

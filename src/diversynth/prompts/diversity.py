@@ -14,12 +14,14 @@ from diversynth.safe_weights import refusing_pickles
 
 
 def mean_cosine_distance(embeddings: np.ndarray) -> float:
+    """1 - the mean cosine similarity of distinct pairs of unit vectors. The sum of all
+    pairwise similarities is |sum x|^2, so no n x n matrix is made (80,000 prompts: 24 GB)."""
     n = len(embeddings)
     if n < 2:
         return 0.0
-    sims = embeddings @ embeddings.T
-    distance = (n * n - sims.sum()) / (n * (n - 1))  # diagonal terms are 1 - 1 = 0
-    return max(0.0, float(distance))  # rounding can leave -1e-8 for identical texts
+    total = embeddings.sum(axis=0, dtype=np.float64)
+    distance = (n * n - float(total @ total)) / (n * (n - 1))  # diagonal terms: 1 - 1 = 0
+    return max(0.0, distance)  # rounding can leave -1e-8 for identical texts
 
 
 def vendi_score(embeddings: np.ndarray) -> float:

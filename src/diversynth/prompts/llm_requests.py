@@ -9,7 +9,7 @@ from typing import Any
 
 from diversynth.llm.base import ChatRequest
 from diversynth.llm.json_requests import MAX_PHRASE_CHARS, json_request, phrase_list
-from diversynth.prompts.quality import mentions_other_class
+from diversynth.prompts.quality import PhraseMatcher, mentions_other_class
 
 
 def axis_key(axis: str) -> str:
@@ -55,7 +55,7 @@ def style_request(name: str, count: int, seed: int, max_tokens: int) -> ChatRequ
     return json_request(name, user, {"styles": phrase_list(count)}, seed, max_tokens)
 
 
-def clean_phrases(items: Any, name: str, other_names: list[str]) -> list[str]:
+def clean_phrases(items: Any, name: str, class_names: PhraseMatcher) -> list[str]:
     """Usable phrases: text, one line, short, not the class name alone, no other class named."""
     if not isinstance(items, list):
         return []
@@ -68,7 +68,7 @@ def clean_phrases(items: Any, name: str, other_names: list[str]) -> list[str]:
             continue  # no word in it ("...", "1."), or a sentence rather than a phrase
         if text.casefold() == name.casefold():
             continue
-        if mentions_other_class(text, other_names) or text.casefold() in (
+        if mentions_other_class(text, class_names, name) or text.casefold() in (
             p.casefold() for p in phrases
         ):
             continue
@@ -77,14 +77,14 @@ def clean_phrases(items: Any, name: str, other_names: list[str]) -> list[str]:
 
 
 def context_validator(
-    name: str, axes: list[str], other_names: list[str]
+    name: str, axes: list[str], class_names: PhraseMatcher
 ) -> Callable[[Any], dict[str, list[str]]]:
     keys = [axis_key(a) for a in axes]
 
     def validate(answer: Any) -> dict[str, list[str]]:
         if not isinstance(answer, dict):
             raise ValueError(f"expected a JSON object, got {type(answer).__name__}")
-        contexts = {k: clean_phrases(answer.get(k), name, other_names) for k in keys}
+        contexts = {k: clean_phrases(answer.get(k), name, class_names) for k in keys}
         if not any(contexts.values()):
             raise ValueError(f"no usable context phrases (keys wanted: {keys})")
         return contexts
@@ -92,11 +92,11 @@ def context_validator(
     return validate
 
 
-def style_validator(name: str, other_names: list[str]) -> Callable[[Any], list[str]]:
+def style_validator(name: str, class_names: PhraseMatcher) -> Callable[[Any], list[str]]:
     def validate(answer: Any) -> list[str]:
         if not isinstance(answer, dict):
             raise ValueError(f"expected a JSON object, got {type(answer).__name__}")
-        styles = clean_phrases(answer.get("styles"), name, other_names)
+        styles = clean_phrases(answer.get("styles"), name, class_names)
         if not styles:
             raise ValueError("no usable styles")
         return styles

@@ -20,7 +20,7 @@ from rich.table import Table
 from diversynth.artifacts.records import ClassRecord, PromptRecord, read_classes
 from diversynth.config import STRATEGIES, RunConfig
 from diversynth.llm import LLM, BadAnswer, open_llm
-from diversynth.progress import console
+from diversynth.progress import console, counting
 from diversynth.prompts import compose, quality
 from diversynth.prompts.diversity import Embedder, mean_cosine_distance, vendi_score
 from diversynth.prompts.llm_requests import (
@@ -59,6 +59,7 @@ class Selector:
         self.name, self.embedder = name, embedder
         self.blocklist, self.threshold = blocklist, threshold
         self.kept: list[np.ndarray] = []
+        self.vectors: dict[str, np.ndarray] = {}  # of the kept texts, for the metrics
         self.seen: set[str] = set()
         self.rejected: dict[str, int] = {}
 
@@ -83,28 +84,34 @@ class Selector:
             else:
                 self.seen.add(text.casefold())
                 passing.append((text, detail))
-        if not passing or want <= 0:
-            return []
-        vectors = self.embedder([t for t, _ in passing])
-        known = len(self.kept)
-        everything = np.concatenate([np.stack(self.kept), vectors]) if known else vectors
-        # greedy in order: an item's fate depends only on the items before it
-        fresh = quality.near_duplicate_mask(everything, self.threshold)[known:]
-        chosen = []
-        for candidate, vector, keep in zip(passing, vectors, fresh, strict=True):
-            if len(chosen) == want:
-                break
-            if not keep:
-                self.rejected["near duplicate"] = self.rejected.get("near duplicate", 0) + 1
-                continue
-            chosen.append(candidate)
-            self.kept.append(vector)
+        chosen: list[tuple[str, Any]] = []
+        # Greedy in order, so an item's fate depends only on the items before it: embedding
+        # a few more than still wanted at a time gives what embedding all at once gives,
+        # for a fraction of the embeddings (the stage's main cost at 1000 classes).
+        start = 0
+        while len(chosen) < want and start < len(passing):
+            part = passing[start : start + want - len(chosen) + 2]
+            start += len(part)
+            vectors = self.embedder([t for t, _ in part])
+            known = len(self.kept)
+            everything = np.concatenate([np.stack(self.kept), vectors]) if known else vectors
+            fresh = quality.near_duplicate_mask(everything, self.threshold)[known:]
+            for candidate, vector, keep in zip(part, vectors, fresh, strict=True):
+                if len(chosen) == want:
+                    break
+                if not keep:
+                    self.rejected["near duplicate"] = self.rejected.get("near duplicate", 0) + 1
+                    continue
+                chosen.append(candidate)
+                self.kept.append(vector)
+                self.vectors[candidate[0]] = vector
         return chosen
 
 
 def _ask(llm: LLM, what: str, requests: list, validators: list) -> list[Any]:
     console.print(f"  prompts: asking {escape(llm.name)} for {what} of {len(requests)} classes")
-    answers = llm.complete_json(requests, validators)
+    with counting(f"llm {what}", len(requests), "requests") as progress:
+        answers = llm.complete_json(requests, validators, progress=progress)
     for answer in answers:
         if isinstance(answer, BadAnswer):
             console.print(
@@ -139,10 +146,7 @@ def _llm_answers(
     """Per class, the LLM's contexts (CD) and styles (SD), each validated (or a BadAnswer),
     and the LLM's call counts."""
     cfg = config.prompts
-    others = {
-        c["index"]: [o["name"] for o in classes if o["name"].casefold() != c["name"].casefold()]
-        for c in classes
-    }
+    names = quality.PhraseMatcher(c["name"] for c in classes)  # another class named: dropped
     contexts: list[Any] = [None] * len(classes)
     styles: list[Any] = [[] for _ in classes]
     if not (config.llm and (counts["cd"] or counts["sd"])):
@@ -150,12 +154,11 @@ def _llm_answers(
     with open_llm(config.llm, run.llm_cache) as llm:
         if counts["cd"]:
             requests = [_context_request(config, c) for c in classes]
-            validators = [context_validator(c["name"], cfg.cd_axes, others[c["index"]])
-                          for c in classes]  # fmt: skip
+            validators = [context_validator(c["name"], cfg.cd_axes, names) for c in classes]
             contexts = _ask(llm, "contexts", requests, validators)
         if counts["sd"]:
             requests = [_style_request(config, c) for c in classes]
-            validators = [style_validator(c["name"], others[c["index"]]) for c in classes]
+            validators = [style_validator(c["name"], names) for c in classes]
             styles = _ask(llm, "styles", requests, validators)
     return contexts, styles, {"llm": llm.name, "llm_calls": llm.calls, "llm_cached": llm.cached}
 
@@ -175,6 +178,7 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
     shortfall: dict[str, dict[str, int]] = {}
     rejected: dict[str, int] = {}
     texts_by_strategy: dict[str, dict[int, list[str]]] = {s: {} for s in STRATEGIES}
+    embedded: dict[str, np.ndarray] = {}  # the kept LLM prompts' vectors, for the metrics
     for position, cls in enumerate(classes):
         chosen, missing, selector = _class_prompts(
             config, cls, counts, templates, embedder, contexts[position], llm_styles[position]
@@ -183,6 +187,7 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
             shortfall[str(cls["index"])] = missing
         for why, n in selector.rejected.items():
             rejected[why] = rejected.get(why, 0) + n
+        embedded.update(selector.vectors)
         for strategy in STRATEGIES:
             for text, detail in chosen.get(strategy, []):
                 records.append(_record(config, len(records), cls["index"], strategy, text, detail))
@@ -193,7 +198,7 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
             f"missing prompts) {escape(json.dumps(shortfall))}"
         )
     # 3. how diverse each strategy came out, and the records
-    diversity = _diversity(texts_by_strategy, embedder)
+    diversity = _diversity(texts_by_strategy, embedder, embedded)
     _print_diversity(diversity)
     write_jsonl(run.prompts, records)
     per_strategy = {s: sum(1 for r in records if r["strategy"] == s) for s in STRATEGIES}
@@ -273,14 +278,21 @@ def _record(
     )  # fmt: skip
 
 
-def _diversity(texts: dict[str, dict[int, list[str]]], embedder: Embedder) -> dict[str, Any]:
+def _diversity(texts: dict[str, dict[int, list[str]]], embedder: Embedder,
+               embedded: dict[str, np.ndarray]) -> dict[str, Any]:  # fmt: skip
     """Per strategy: the mean over classes of each class's mean pairwise cosine distance and
-    Vendi score, the same over all the strategy's prompts pooled, and the per-class values."""
+    Vendi score, the same over all the strategy's prompts pooled, and the per-class values.
+    `embedded`: vectors already made (the selection's); the other texts are embedded here,
+    all in one call."""
+    new = sorted({t for per_class in texts.values() for ts in per_class.values() for t in ts
+                  if t not in embedded})  # fmt: skip
+    if new:
+        embedded = {**embedded, **dict(zip(new, embedder(new), strict=True))}
     result: dict[str, Any] = {}
     for strategy, per_class in texts.items():
         if not per_class:
             continue
-        vectors = {index: embedder(t) for index, t in per_class.items()}
+        vectors = {index: np.stack([embedded[t] for t in ts]) for index, ts in per_class.items()}
         classes = {
             str(index): {
                 "mean_cosine_distance": round(mean_cosine_distance(e), 4),
