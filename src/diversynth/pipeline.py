@@ -112,11 +112,19 @@ class Stage:
         for damage in damaged:
             (run.root / damage.path).unlink(missing_ok=True)
 
-    def output_digest(self, config: RunConfig, run: RunDir) -> str:
+    def output_digest(self, config: RunConfig, run: RunDir, files: dict[str, list[Any]]) -> str:
+        """What later stages see of this one's outputs: by default each output's sha256,
+        taken from `files` (the state's record of them: each file is hashed once)."""
         if self.digest is not None:
             return _resolve(self.digest)(config, run)
-        files = [p for p in self.outputs(run) if p.is_file()]
-        return digest_json({str(p.relative_to(run.root)): sha256_file(p) for p in files})
+        shas = {}
+        for path in self.outputs(run):
+            rel = str(path.relative_to(run.root))
+            if rel in files:
+                shas[rel] = files[rel][2]
+            elif path.is_file():
+                shas[rel] = sha256_file(path)
+        return digest_json(shas)
 
 
 def _external(ref: str | Path) -> Any:
@@ -207,6 +215,8 @@ STAGES = [
         run="diversynth.report.stage:run_report",
         sections=("report", "name"),
         needs=("classes", "prompts"),
+        # `diversynth report` rewrites the site outside the pipeline: not damage
+        recorded=lambda r: [],
         reads=("generate", "train", "evaluate"),
         outputs=lambda r: [r.report_dir / "index.html"],
     ),
@@ -356,16 +366,17 @@ def _run_locked(config: RunConfig, run: RunDir, selected: list[str], forced_from
             outcome[stage.name] = "partial"
             break
         if main:
+            files = integrity.record_files(run, stage.recorded_files(run))
             run.write_state(
                 StageState(
                     stage=stage.name,
                     fingerprint=fp,
-                    output_digest=stage.output_digest(config, run),
+                    output_digest=stage.output_digest(config, run, files),
                     finished_at=time.time(),
                     seconds=round(timer.seconds, 3),
                     summary=summary,
                     made_with=environment.summary(),
-                    files=integrity.record_files(run, stage.recorded_files(run)),
+                    files=files,
                 )
             )
         say(
