@@ -397,8 +397,7 @@ def env_cmd(
 def verify(run_dir: Annotated[Path, typer.Option("--run", help="Run directory.")]) -> None:
     """Hash and parse every output of every finished stage against what the stage wrote;
     name each damaged file. Exits 1 if any is damaged (`run` then makes them again)."""
-    from diversynth import integrity
-    from diversynth.pipeline import STAGES, _resolve
+    from diversynth.pipeline import STAGES
 
     run = _existing_run(run_dir)
     damaged: list[str] = []
@@ -406,8 +405,7 @@ def verify(run_dir: Annotated[Path, typer.Option("--run", help="Run directory.")
         state = run.read_state(stage.name)
         if state is None or not state.files:
             continue
-        expected = _resolve(stage.expected_sha) if stage.expected_sha else None
-        found = integrity.full_check(run, state, expected)
+        found = stage.verify(run, state)
         damaged += [f"{stage.name}: {damage}" for damage in found]
         if not found:
             console.print(f"{stage.name}: {len(state.files)} file(s) as written", highlight=False)

@@ -58,7 +58,8 @@ def _torch() -> list[Part]:
     parts = [
         Part("torch CPU", f"ATen {kernels['aten']}, oneDNN {kernels['onednn']}, "
                           f"{kernels['threads']} threads ({switches})"),
-        Part("CPU", f"{_cpu_name()}; {' '.join(has) or 'no AVX2'}; {os.cpu_count()} cores"),
+        Part("CPU", f"{environment.cpu_field('model name') or 'unknown CPU'}; "
+                    f"{' '.join(has) or 'no AVX2'}; {os.cpu_count()} cores"),
     ]  # fmt: skip
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -66,16 +67,6 @@ def _torch() -> list[Part]:
     else:
         parts.append(Part("CUDA", f"no GPU (torch built for CUDA {torch.version.cuda})"))
     return parts
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def _llamacpp_build() -> str:
@@ -100,8 +91,7 @@ def _llamacpp_build() -> str:
 def _llm_part(config: Any | None, needed: bool) -> Part:
     """One token from the configured LLM (or the bundled SmolLM2 through llama.cpp)."""
     from diversynth.config import LLMConfig
-    from diversynth.llm import ChatRequest, LLMError
-    from diversynth.llm.backends import make_backend
+    from diversynth.llm import ChatRequest, LLMError, open_llm
 
     if config is None:
         if environment.version("llama-cpp-python") is None:
@@ -112,16 +102,14 @@ def _llm_part(config: Any | None, needed: bool) -> Part:
             return Part("llm", str(exc).splitlines()[-1], "broken", needed)
     what = f"{config.backend}:{Path(config.model).name}"
     build = f"; {_llamacpp_build()}" if config.backend == "llamacpp" else ""
-    backend = make_backend(config)
     request = ChatRequest(messages=(("user", "Say hello."),), max_tokens=1, temperature=0.0)
     start = time.perf_counter()
     try:
-        backend.complete([request])
+        with open_llm(config, cache_path=None) as llm:  # no cache: the model must answer
+            llm.complete([request])
     except LLMError as exc:
         return Part("llm", f"{what}: one-token generation failed: {exc}{build}", "broken",
                     needed)  # fmt: skip
-    finally:
-        backend.close()
     seconds = time.perf_counter() - start
     return Part("llm", f"{what}: one token in {seconds:.1f} s{build}", needed=needed)
 

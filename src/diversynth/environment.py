@@ -44,15 +44,20 @@ def version(distribution: str) -> str | None:
         return None
 
 
-def cpu_flags() -> set[str]:
+def cpu_field(name: str) -> str:
+    """A field of the first CPU in /proc/cpuinfo ("model name", "flags"); "" if none."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return ""
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+        if line.partition(":")[0].strip() == name:
+            return line.partition(":")[2].strip()
+    return ""
+
+
+def cpu_flags() -> set[str]:
+    return set(cpu_field("flags").split())
 
 
 def onednn_isa(flags: set[str] | None = None) -> str:

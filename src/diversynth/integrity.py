@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diversynth.rundir import RunDir, StageState, sha256_file
+from diversynth.rundir import RunDir, StageState, read_jsonl, sha256_file
 
 # Shard tars are the bulk of a run; their sha256 is in their stats files already.
 UNHASHED_SUFFIXES = (".tar",)
@@ -44,13 +44,23 @@ def record_files(run: RunDir, paths: list[Path]) -> dict[str, list[Any]]:
     return records
 
 
+def _gone_or_resized(run: RunDir, rel: str, size: int) -> Damage | None:
+    path = run.root / rel
+    if not path.is_file():
+        return Damage(rel, "missing")
+    now = path.stat().st_size
+    return Damage(rel, f"{size} bytes when written, {now} now") if now != size else None
+
+
 def _content_changed(run: RunDir, rel: str, sha: str | None,
-                     expected_sha: ExpectedSha | None) -> bool:  # fmt: skip
+                     expected_sha: ExpectedSha | None) -> Damage | None:  # fmt: skip
+    """Hashed against the recorded sha256 (or the one the stage keeps elsewhere); with
+    nothing to compare with, the same size is taken as the same file."""
     if sha is None and expected_sha is not None:
         sha = expected_sha(run, rel)
-    if sha is None:  # nothing to compare with: the same size is taken as the same file
-        return False
-    return sha256_file(run.root / rel) != sha
+    if sha is None or sha256_file(run.root / rel) == sha:
+        return None
+    return Damage(rel, "its content changed since it was written")
 
 
 def quick_check(run: RunDir, state: StageState,
@@ -59,18 +69,12 @@ def quick_check(run: RunDir, state: StageState,
     new mtime (its content checked equal: the state should record the new one)."""
     damaged, touched = [], False
     for rel, (size, mtime, sha) in state.files.items():
-        path = run.root / rel
-        if not path.is_file():
-            damaged.append(Damage(rel, "missing"))
-            continue
-        stat = path.stat()
-        if stat.st_size != size:
-            damaged.append(Damage(rel, f"{size} bytes when written, {stat.st_size} now"))
-        elif stat.st_mtime_ns != mtime:
-            if _content_changed(run, rel, sha, expected_sha):
-                damaged.append(Damage(rel, "its content changed since it was written"))
-            else:
-                touched = True
+        damage = _gone_or_resized(run, rel, size)
+        if damage is None and (run.root / rel).stat().st_mtime_ns != mtime:
+            damage = _content_changed(run, rel, sha, expected_sha)
+            touched = touched or damage is None
+        if damage is not None:
+            damaged.append(damage)
     return damaged, touched
 
 
@@ -87,12 +91,7 @@ def _parse_problem(path: Path) -> str | None:
     """Why a file does not parse as its kind, or None."""
     try:
         if path.suffix == ".jsonl":
-            for number, line in enumerate(path.read_text().splitlines(), start=1):
-                if line.strip():
-                    try:
-                        json.loads(line)
-                    except ValueError:
-                        return f"line {number} is not whole JSON"
+            read_jsonl(path)  # names the line that is not whole JSON
         elif path.suffix == ".json":
             json.loads(path.read_text())
         elif path.suffix == ".parquet":
@@ -119,19 +118,9 @@ def full_check(run: RunDir, state: StageState,
     """Every recorded output hashed against its record and parsed as its kind."""
     damaged = []
     for rel, (size, _, sha) in state.files.items():
-        path = run.root / rel
-        if not path.is_file():
-            damaged.append(Damage(rel, "missing"))
-            continue
-        if path.stat().st_size != size:
-            damaged.append(Damage(rel, f"{size} bytes when written, {path.stat().st_size} now"))
-            continue
-        if sha is None and expected_sha is not None:
-            sha = expected_sha(run, rel)
-        if sha is not None and sha256_file(path) != sha:
-            damaged.append(Damage(rel, "its content changed since it was written"))
-            continue
-        problem = _parse_problem(path)
-        if problem:
-            damaged.append(Damage(rel, problem))
+        damage = _gone_or_resized(run, rel, size) or _content_changed(run, rel, sha, expected_sha)
+        if damage is None and (problem := _parse_problem(run.root / rel)):
+            damage = Damage(rel, problem)
+        if damage is not None:
+            damaged.append(damage)
     return damaged

@@ -94,16 +94,22 @@ class Stage:
     def recorded_files(self, run: RunDir) -> list[Path]:
         return self.recorded(run) if self.recorded is not None else self.outputs(run)
 
+    def _expected_sha(self) -> integrity.ExpectedSha | None:
+        return _resolve(self.expected_sha) if self.expected_sha else None
+
     def damaged(self, run: RunDir, state: StageState | None, main: bool) -> list[Damage]:
         """Outputs changed since the stage wrote them (size and time, then hash); a file
         whose time alone changed gets its new time recorded."""
         if state is None or not state.files:
             return []
-        expected = _resolve(self.expected_sha) if self.expected_sha else None
-        damaged, touched = integrity.quick_check(run, state, expected)
+        damaged, touched = integrity.quick_check(run, state, self._expected_sha())
         if touched and not damaged and main:
             run.write_state(integrity.refresh_times(run, state))
         return damaged
+
+    def verify(self, run: RunDir, state: StageState) -> list[Damage]:
+        """Every output the state records, hashed and parsed (`diversynth verify`)."""
+        return integrity.full_check(run, state, self._expected_sha())
 
     def discard_damaged(self, run: RunDir, damaged: list[Damage]) -> None:
         if self.discard is not None:

@@ -34,15 +34,13 @@ def _scheduler_problem(name: str) -> str | None:
 
 def _fashion_mnist_count(root: Path) -> int | None:
     """The number of training images, read from the IDX label file's header."""
-    import gzip
+    # here, not at the top: realdata loads torch, which only a run that trains needs
+    from diversynth.realdata import FASHION_FILES, idx_length
 
-    for path in (root / "train-labels-idx1-ubyte", root / "train-labels-idx1-ubyte.gz"):
-        if path.is_file():
-            opener = gzip.open if path.suffix == ".gz" else open
-            with opener(path, "rb") as handle:
-                header = handle.read(8)
-            return int.from_bytes(header[4:8], "big")
-    return None
+    try:
+        return idx_length(root / FASHION_FILES["train"][1])
+    except OSError:
+        return None  # the train stage says what is missing
 
 
 def _real_batch_problem(config: RunConfig) -> str | None:

@@ -8,7 +8,7 @@ import gzip
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -33,18 +33,28 @@ class DataError(UsageError, ValueError):
     pass
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX array (the MNIST file format), plain or gzipped.
-
-    torchvision's FashionMNIST wants its own folder layout and unpacks into it; Debian's
-    read-only /usr/share copy is read here in place instead.
-    """
+def _open_idx(path: Path) -> BinaryIO:
+    """An IDX file (the MNIST file format), plain or gzipped, opened for reading."""
     if not path.exists() and path.with_suffix(".gz").exists():
         path = path.with_suffix(".gz")
     if not path.exists():
         path = path.with_name(path.name + ".gz")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
+
+
+def idx_length(path: Path) -> int:
+    """The number of items in an IDX file, from its header alone."""
+    with _open_idx(path) as handle:
+        return int.from_bytes(handle.read(8)[4:8], "big")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array.
+
+    torchvision's FashionMNIST wants its own folder layout and unpacks into it; Debian's
+    read-only /usr/share copy is read here in place instead.
+    """
+    with _open_idx(path) as handle:
         data = handle.read()
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))

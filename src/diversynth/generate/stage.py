@@ -186,9 +186,9 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     foreign = _made_for_other_inputs(shards, stats, plan["inputs"])
     if foreign:
         engine = engine or open_engine(config, classes)
-        generated += _remake(engine, run, foreign, prompts, plan["inputs"])
-        remade = {s.name: read_stats(run.shards, s.name) for s in foreign}  # only these
-        stats = [remade.get(s.name, made) for s, made in zip(shards, stats, strict=True)]
+        made, remade = _remake(engine, run, foreign, prompts, plan["inputs"])
+        generated += made
+        stats = [remade.get(s.name, kept) for s, kept in zip(shards, stats, strict=True)]
     rows = [row for shard_stats in stats for row in shard_stats["rows"]]
     write_manifest(run.manifest, rows)
     write_json(run.shard_info, _dataset_info(config, stats))
@@ -207,19 +207,21 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
 
 
 def _remake(engine: Engine, run: RunDir, foreign: list[ShardSpec],
-            prompts: list[PromptRecord], inputs: dict[str, str]) -> int:  # fmt: skip
+            prompts: list[PromptRecord],
+            inputs: dict[str, str]) -> tuple[int, dict[str, dict[str, Any]]]:  # fmt: skip
     """Make again the shards whose stats name other inputs than the plan (a worker of an
-    earlier run may have outlived it and committed one after this run discarded it)."""
+    earlier run may have outlived it and committed one after this run discarded it); the
+    images made, and the new stats of those shards."""
     console.print(f"  generate: {len(foreign)} shard(s) were made for other inputs (a worker "
                   "of an earlier run may have outlived it); making them again")  # fmt: skip
     for shard in foreign:
         remove_shard(run.shards, shard.name)
     made = _make(engine, run, foreign, prompts, inputs)
-    again = [read_stats(run.shards, s.name) for s in foreign]
-    if _made_for_other_inputs(foreign, again, inputs):
+    again = {s.name: read_stats(run.shards, s.name) for s in foreign}
+    if _made_for_other_inputs(foreign, list(again.values()), inputs):
         raise GenerateError("generate: shards keep being overwritten with other inputs: "
                             "is another process writing to this run's shards?")  # fmt: skip
-    return made
+    return made, again
 
 
 def _made_for_other_inputs(shards: list[ShardSpec], stats: list[dict[str, Any]],
