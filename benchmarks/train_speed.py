@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import timm
 import torch
 from PIL import Image
@@ -166,8 +167,9 @@ def write_shards(folder: Path, count: int, size: int, per_shard: int = 256) -> l
 
 def loader_batches(folder: Path, rows: list[dict], args, device: torch.device):
     transform = image_transform(args.size, train=True)
-    half = ShardImages(folder, rows[: len(rows) // 2], transform)  # stands in for real
-    synthetic = ShardImages(folder, rows[len(rows) // 2 :], transform)
+    table = pa.Table.from_pylist(rows)
+    half = ShardImages(folder, table[: len(rows) // 2], transform)  # stands in for real
+    synthetic = ShardImages(folder, table[len(rows) // 2 :], transform)
     sampler = MixedBatches(
         len(half), len(synthetic), args.batch // 2, args.batch // 2, seed=0, epochs=1000
     )

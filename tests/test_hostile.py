@@ -234,3 +234,42 @@ def test_a_full_disk_while_writing_the_report_is_one_line(
     assert result.exit_code == 1
     assert "report: cannot write the site: No space left on device" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_plan_that_cannot_fit_the_disk_is_refused_before_any_image(
+    finished_run: Path, tmp_path: Path, kit_overrides: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The free space is checked against the plan before any image is made: on a test
+    image at first, then on the shards already made."""
+    from conftest import copy_before_generate
+
+    from diversynth.config import load_config
+    from diversynth.generate import stage
+    from diversynth.pipeline import run_stages
+
+    run = copy_before_generate(finished_run, tmp_path / "run")
+    config = load_config(OFFLINE_CONFIG, kit_overrides)
+    per_image, how = stage.bytes_per_image(config, RunDir(run), [])
+    assert how == "estimated on a test image" and 2_000 < per_image < 10_000  # 64 px images
+
+    def free(bytes_free: int):
+        return lambda path: shutil._ntuple_diskusage(10**12, 10**12 - bytes_free, bytes_free)
+
+    monkeypatch.setattr(stage.shutil, "disk_usage", free(100_000))
+    with pytest.raises(stage.GenerateError, match=r"generate: 100 images to make need about "
+                       r"\d+\.\d KB \(\d\.\d KB an image, estimated on a test image\); the "
+                       r"disk of .* has 100\.0 KB free"):  # fmt: skip
+        run_stages(config, RunDir(run), stages=["generate"])
+    assert not list((run / "shards").glob("*.tar"))
+    # the first two shards made: what is left is measured on them
+    monkeypatch.setattr(stage.shutil, "disk_usage", free(10**12))
+    run_stages(config, RunDir(run), stages=["generate"], options={"max_shards": 2})
+    done = stage.planned_shards(config, RunDir(run))[:2]
+    measured, how = stage.bytes_per_image(config, RunDir(run), done)
+    on_disk = sum((run / "shards" / f"{s.name}.{e}").stat().st_size for s in done
+                  for e in ("tar", "json"))  # fmt: skip
+    made = sum(s.images for s in done)
+    assert how == "measured on 2 finished shard(s)" and measured == on_disk / made
+    monkeypatch.setattr(stage.shutil, "disk_usage", free(int(measured * (100 - made - 5))))
+    with pytest.raises(stage.GenerateError, match=rf"{100 - made} images to make .* measured on 2"):
+        run_stages(config, RunDir(run), stages=["generate"])

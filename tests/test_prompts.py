@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import OFFLINE_CONFIG, cli, set_args
 
+from diversynth.prompts import diversity
 from diversynth.prompts.diversity import mean_cosine_distance, vendi_score
 from diversynth.prompts.quality import blocked, clip_tokens, near_duplicate_mask
 from diversynth.prompts.stage import strategy_counts
@@ -59,6 +60,17 @@ def test_diversity_metrics() -> None:
     sims = (y @ y.T).astype(np.float64)
     pairwise = 1 - (sims.sum() - np.trace(sims)) / (2000 * 1999)
     assert mean_cosine_distance(y) == pytest.approx(pairwise, abs=1e-6)
+    # and the Vendi score of clustered vectors (as sentence embeddings are) from the d x d
+    # matrix, summed in chunks, equals the one from the n x n kernel's eigenvalues
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(20, 384))[rng.integers(0, 20, 2000)] + 0.3 * rng.normal(size=(2000, 384))
+    z = (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
+    eigenvalues = np.linalg.eigvalsh(z.astype(np.float64) @ z.T.astype(np.float64) / 2000)
+    eigenvalues = eigenvalues[eigenvalues > 1e-12]
+    kernel_vendi = float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
+    assert 10 < kernel_vendi < 1000
+    assert np.allclose(diversity._gram(z, chunk=300), diversity._gram(z), rtol=0, atol=1e-9)
+    assert vendi_score(z) == pytest.approx(kernel_vendi, abs=1e-6)
 
 
 def _search_per_phrase(text: str, phrases: list[str]) -> str | None:

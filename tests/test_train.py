@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import OFFLINE_CONFIG, REPO, set_args
@@ -64,10 +65,15 @@ def test_batches_are_a_function_of_the_step() -> None:
 
 
 def test_synthetic_scale_picks_images_evenly_over_classes() -> None:
-    rows = [{"key": f"k{c}{i}", "class_index": c, "shard": "0"} for c in range(3) for i in range(5)]
-    picked = select_images(rows, 7)
-    counts = [sum(1 for r in picked if r["class_index"] == c) for c in range(3)]
-    assert sorted(counts) == [2, 2, 3]
+    """Round-robin over the classes, each class's images in manifest order: the first of
+    every class, then the second of every class, ..., a class that runs out skipped."""
+    classes = np.array([2, 0, 0, 1, 2, 0, 1, 2, 2, 2])
+    assert select_images(classes, 3).tolist() == [0, 1, 3]
+    assert select_images(classes, 6).tolist() == [0, 1, 2, 3, 4, 6]
+    assert select_images(classes, 8).tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+    many = np.random.default_rng(0).integers(0, 50, 20_000)
+    counts = np.bincount(many[select_images(many, 5_000)], minlength=50)
+    assert counts.max() - counts.min() <= 1
 
 
 def test_synthetic_images_are_read_by_the_offsets_in_the_manifest(
@@ -93,18 +99,23 @@ def test_synthetic_images_are_read_by_the_offsets_in_the_manifest(
     def no_headers(path: Path) -> None:
         raise AssertionError(f"read the tar headers of {path}")
 
+    table = pq.read_table(run_copy / "manifest.parquet")
     with monkeypatch.context() as patch:
         patch.setattr(synthetic, "jpeg_locations", no_headers)
-        by_offset = ShardImages(shards, rows, lambda image: image.tobytes())
-    old_run = [{k: v for k, v in row.items() if not k.startswith("jpg_")} for row in rows]
+        by_offset = ShardImages(shards, table, lambda image: image.tobytes())
+    old_run = table.drop_columns(["jpg_offset", "jpg_size"])
     by_header = ShardImages(shards, old_run, lambda image: image.tobytes())
-    assert by_offset.items == by_header.items
-    assert [by_offset[i] for i in range(3)] == [by_header[i] for i in range(3)]
+    assert (
+        by_offset.offsets.tolist() == by_header.offsets.tolist() == table["jpg_offset"].to_pylist()
+    )
+    assert by_offset.sizes.tolist() == by_header.sizes.tolist()
+    assert [by_offset[i] for i in range(len(rows))] == [by_header[i] for i in range(len(rows))]
+    assert [by_offset[i][1] for i in range(len(rows))] == [row["class_index"] for row in rows]
 
     cut = shards / f"{rows[-1]['shard']}.tar"
     cut.write_bytes(cut.read_bytes()[: rows[-1]["jpg_offset"]])  # a shard cut short
     with pytest.raises(SyntheticDataError, match=f"shards/{rows[-1]['shard']}.tar"):
-        ShardImages(shards, rows, lambda image: image)
+        ShardImages(shards, table, lambda image: image)
 
 
 def test_state_round_trip_continues_like_the_original(tmp_path: Path) -> None:

@@ -330,6 +330,16 @@ def _check_upstream(stage: Stage, run: RunDir, selected: list[str], main: bool) 
             )
 
 
+def _brief(value: Any, limit: int = 12) -> Any:
+    """A summary as the console shows it: a mapping of more than `limit` entries (one per
+    class, at 1000 classes) is counted, not listed; the state file keeps it whole."""
+    if isinstance(value, dict):
+        if len(value) > limit:
+            return f"{len(value)} entries (in .state/)"
+        return {key: _brief(item, limit) for key, item in value.items()}
+    return value
+
+
 def _main_process() -> bool:
     """False in every torchrun process but the first (read from the environment, so that
     commands that never train do not import torch to ask)."""
@@ -387,7 +397,7 @@ def _run_locked(config: RunConfig, run: RunDir, selected: list[str], forced_from
             )
         say(
             f"[bold cyan]{stage.name}[/bold cyan]: done in {timer.seconds:.1f}s "
-            f"{escape(json.dumps(summary))}",
+            f"{escape(json.dumps(_brief(summary)))}",
             soft_wrap=True,
         )
         outcome[stage.name] = "ran"

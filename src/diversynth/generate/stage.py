@@ -13,11 +13,25 @@ run that outlived its killed driver) is made again before the manifest is writte
 from __future__ import annotations
 
 import json
+import shutil
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from diversynth.artifacts.manifest import write_manifest
+import numpy as np
+from PIL import Image
+
+from diversynth.artifacts.manifest import ManifestRow, write_manifest
 from diversynth.artifacts.records import PromptRecord, read_classes, read_prompts
-from diversynth.artifacts.shards import clean_leftovers, is_done, read_stats, remove_shard
+from diversynth.artifacts.shards import (
+    clean_leftovers,
+    encode_jpeg,
+    is_done,
+    read_stats,
+    remove_shard,
+    shard_paths,
+)
 from diversynth.config import RunConfig
 from diversynth.environment import check_kept_work, made_with
 from diversynth.errors import DiversynthError, PartialStage
@@ -171,7 +185,8 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     stale = [s.name for s in shards if s.name in done and s.name not in keep]
     missing = [s for s in shards if s.name not in keep or s.name not in done]
     todo = missing if max_shards is None else missing[:max_shards]
-    # 3. the engine, then the folder (see generate/engines.py), then the shards
+    # 3. room on the disk, the engine, then the folder (see generate/engines.py), the shards
+    check_disk(config, run, todo, [s for s in shards if s.name in keep & done])
     engine = open_engine(config, classes) if todo else None
     _prepare_folder(run, old, plan, shards, stale)
     console.print(f"  generate: {len(shards) - len(missing)} of {len(shards)} shards already done")
@@ -181,55 +196,125 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
         left = len(missing) - len(todo)
         raise PartialStage(f"{len(shards) - left} of {len(shards)} shards done (--max-shards "
                            f"{max_shards}); run again to make the other {left}")  # fmt: skip
-    # 4. every shard made for this plan, then the manifest
-    stats = [read_stats(run.shards, s.name) for s in shards]
-    foreign = _made_for_other_inputs(shards, stats, plan["inputs"])
-    if foreign:
+    # 4. the manifest, read shard by shard from the stats files (a shard made for other
+    # inputs than the plan's is made again, then the manifest is written once more)
+    tally = _write_manifest(run, shards, plan["inputs"])
+    remade = len(tally.foreign)
+    if tally.foreign:
         engine = engine or open_engine(config, classes)
-        made, remade = _remake(engine, run, foreign, prompts, plan["inputs"])
-        generated += made
-        stats = [remade.get(s.name, kept) for s, kept in zip(shards, stats, strict=True)]
-    rows = [row for shard_stats in stats for row in shard_stats["rows"]]
-    write_manifest(run.manifest, rows)
-    write_json(run.shard_info, _dataset_info(config, stats))
+        generated += _remake(engine, run, tally.foreign, prompts, plan["inputs"])
+        tally = _write_manifest(run, shards, plan["inputs"])
+        if tally.foreign:
+            raise GenerateError("generate: shards keep being overwritten with other inputs: "
+                                "is another process writing to this run's shards?")  # fmt: skip
+    write_json(run.shard_info, _dataset_info(config, shards, tally.counts))
     return {
         "shards": len(shards),
-        "shards_generated": len(todo) + len(foreign),
-        "images": len(rows),
+        "shards_generated": len(todo) + remade,
+        "images": tally.images,
         "images_generated": generated,
-        "regenerated": sum(1 for row in rows if row["attempt"] > 0),
-        "below_clip_threshold": sum(1 for row in rows if "below_clip_threshold" in row["flags"]),
-        "dropped_unsafe": sum(len(s.get("dropped_unsafe", [])) for s in stats),
+        "regenerated": tally.regenerated,
+        "below_clip_threshold": tally.below_clip_threshold,
+        "dropped_unsafe": tally.dropped_unsafe,
         "images_per_second": round(generated / timer.seconds, 3) if generated else None,
         "engine": config.generate.engine,
         "workers": engine.workers if engine is not None else 0,
     }
 
 
+@dataclass
+class _Tally:
+    """What the manifest pass counts, shard by shard (no row is kept)."""
+
+    counts: list[int] = field(default_factory=list)  # images per shard
+    foreign: list[ShardSpec] = field(default_factory=list)
+    regenerated: int = 0
+    below_clip_threshold: int = 0
+    dropped_unsafe: int = 0
+
+    @property
+    def images(self) -> int:
+        return sum(self.counts)
+
+
+def _write_manifest(run: RunDir, shards: list[ShardSpec], inputs: dict[str, str]) -> _Tally:
+    """manifest.parquet from the shards' stats files, one shard in memory at a time; the
+    shards whose stats record another digest than the plan's are left out and listed
+    (stats without one come from before digests were recorded: trusted)."""
+    tally = _Tally()
+
+    def rows() -> Iterator[list[ManifestRow]]:
+        for shard in shards:
+            stats = read_stats(run.shards, shard.name)
+            if stats.get("inputs", inputs[shard.name]) != inputs[shard.name]:
+                tally.foreign.append(shard)
+                continue
+            tally.counts.append(stats["count"])
+            tally.regenerated += sum(1 for row in stats["rows"] if row["attempt"] > 0)
+            tally.below_clip_threshold += sum(
+                1 for row in stats["rows"] if "below_clip_threshold" in row["flags"]
+            )
+            tally.dropped_unsafe += len(stats.get("dropped_unsafe", []))
+            yield stats["rows"]
+
+    write_manifest(run.manifest, rows())
+    return tally
+
+
+def bytes_per_image(config: RunConfig, run: RunDir, done: list[ShardSpec]) -> tuple[float, str]:
+    """Disk bytes an image takes (its JPEG, metadata, tar headers, stats row) and how that
+    was found: measured on the finished shards, or, before the first, on a test image
+    encoded as generate stores images (a smooth random picture, which JPEG compresses
+    about as well as a photo; 512 px at quality 90 gives 55 KB)."""
+    images = sum(s.images for s in done)
+    if images:
+        size = sum(path.stat().st_size for s in done for path in shard_paths(run.shards, s.name))
+        return size / images, f"measured on {len(done)} finished shard(s)"
+    cfg = config.generate
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (max(1, cfg.height // 16), max(1, cfg.width // 16), 3))
+    image = Image.fromarray(small.astype(np.uint8)).resize((cfg.width, cfg.height),
+                                                          Image.Resampling.BICUBIC)  # fmt: skip
+    jpeg = len(encode_jpeg(image, cfg.jpeg_quality, cfg.store_size))
+    # two tar headers, the JSON member and the block padding, and a row in the stats file
+    return jpeg + 4 * tarfile.BLOCKSIZE + 300, "estimated on a test image"
+
+
+def check_disk(config: RunConfig, run: RunDir, todo: list[ShardSpec],
+               done: list[ShardSpec]) -> None:  # fmt: skip
+    """Refuse to start shards that cannot fit the free space of the run's disk."""
+    images = sum(s.images for s in todo)
+    if not images:
+        return
+    per_image, how = bytes_per_image(config, run, done)
+    needed = images * per_image * 1.05  # and the manifest, with room to spare
+    free = shutil.disk_usage(run.root).free
+    if needed > free:
+        raise GenerateError(
+            f"generate: {images:,} images to make need about {_size(needed)} "
+            f"({_size(per_image)} an image, {how}); the disk of {str(run.root)!r} has "
+            f"{_size(free)} free: free some space, put the run on a larger disk, or "
+            "make fewer images (prompts.per_class, prompts.images_per_prompt)"
+        )
+
+
+def _size(count: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count:.0f} bytes"
+
+
 def _remake(engine: Engine, run: RunDir, foreign: list[ShardSpec],
-            prompts: list[PromptRecord],
-            inputs: dict[str, str]) -> tuple[int, dict[str, dict[str, Any]]]:  # fmt: skip
+            prompts: list[PromptRecord], inputs: dict[str, str]) -> int:  # fmt: skip
     """Make again the shards whose stats name other inputs than the plan (a worker of an
     earlier run may have outlived it and committed one after this run discarded it); the
-    images made, and the new stats of those shards."""
+    images made."""
     console.print(f"  generate: {len(foreign)} shard(s) were made for other inputs (a worker "
                   "of an earlier run may have outlived it); making them again")  # fmt: skip
     for shard in foreign:
         remove_shard(run.shards, shard.name)
-    made = _make(engine, run, foreign, prompts, inputs)
-    again = {s.name: read_stats(run.shards, s.name) for s in foreign}
-    if _made_for_other_inputs(foreign, list(again.values()), inputs):
-        raise GenerateError("generate: shards keep being overwritten with other inputs: "
-                            "is another process writing to this run's shards?")  # fmt: skip
-    return made, again
-
-
-def _made_for_other_inputs(shards: list[ShardSpec], stats: list[dict[str, Any]],
-                           inputs: dict[str, str]) -> list[ShardSpec]:  # fmt: skip
-    """The shards whose stats record another digest than the plan's (stats without one come
-    from before digests were recorded: trusted)."""
-    return [shard for shard, made in zip(shards, stats, strict=True)
-            if made.get("inputs", inputs[shard.name]) != inputs[shard.name]]  # fmt: skip
+    return _make(engine, run, foreign, prompts, inputs)
 
 
 def _make(engine: Engine | None, run: RunDir, todo: list[ShardSpec],
@@ -246,7 +331,7 @@ def _make(engine: Engine | None, run: RunDir, todo: list[ShardSpec],
     return generated
 
 
-def _dataset_info(config: RunConfig, stats: list[dict[str, Any]]) -> dict[str, Any]:
+def _dataset_info(config: RunConfig, shards: list[ShardSpec], counts: list[int]) -> dict[str, Any]:
     """The split description timm's WebDataset reader looks for (`_info.json`), so that
     `timm.data.create_dataset("wds/NAME", root=RUN/shards, split="train",
     target_key="class_index")` reads the shards as they are."""
@@ -255,9 +340,9 @@ def _dataset_info(config: RunConfig, stats: list[dict[str, Any]]) -> dict[str, A
         "splits": {
             "train": {
                 "name": "train",
-                "num_samples": sum(s["count"] for s in stats),
-                "filenames": [f"{s['shard']}.tar" for s in stats],
-                "shard_lengths": [s["count"] for s in stats],
+                "num_samples": sum(counts),
+                "filenames": [f"{s.name}.tar" for s in shards],
+                "shard_lengths": counts,
             }
         },
     }

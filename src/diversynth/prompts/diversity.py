@@ -8,6 +8,8 @@ of K/n, K the cosine-similarity matrix: the effective number of distinct prompts
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from diversynth.safe_weights import refusing_pickles
@@ -28,11 +30,26 @@ def vendi_score(embeddings: np.ndarray) -> float:
     n = len(embeddings)
     if n == 0:
         return 0.0
-    # X X^T / n and X^T X / n share their non-zero eigenvalues: use the smaller matrix
-    gram = embeddings @ embeddings.T if n <= embeddings.shape[1] else embeddings.T @ embeddings
-    eigenvalues = np.linalg.eigvalsh(gram / n)
+    eigenvalues = np.linalg.eigvalsh(_gram(embeddings) / n)
     eigenvalues = eigenvalues[eigenvalues > 1e-12]
     return float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
+
+
+def _gram(x: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """X X^T or X^T X, whichever is smaller (they share their non-zero eigenvalues), in
+    float64; X^T X is summed a chunk of rows at a time, so n prompts (or images) cost d x d
+    memory, not n x d in float64."""
+    if len(x) <= x.shape[1]:
+        x = x.astype(np.float64)
+        return x @ x.T
+    gram = np.zeros((x.shape[1], x.shape[1]))
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk].astype(np.float64)
+        gram += part.T @ part
+    return gram
+
+
+CHUNK = 2048  # texts per encode call: sorted by length within, a progress step between
 
 
 class Embedder:
@@ -49,9 +66,19 @@ class Embedder:
                 model_kwargs={"use_safetensors": True},
             )  # fmt: skip
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def __call__(
+        self, texts: list[str], progress: Callable[[int], None] | None = None
+    ) -> np.ndarray:
+        """Unit vectors of the texts, embedded CHUNK at a time (`progress` is told each
+        chunk's size)."""
         if not texts:
             return np.zeros((0, 1), dtype=np.float32)
-        return self._model.encode(
-            texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=64
-        )
+        parts = []
+        for start in range(0, len(texts), CHUNK):
+            part = texts[start : start + CHUNK]
+            parts.append(self._model.encode(
+                part, normalize_embeddings=True, convert_to_numpy=True, batch_size=64
+            ))  # fmt: skip
+            if progress is not None:
+                progress(len(part))
+        return np.concatenate(parts)

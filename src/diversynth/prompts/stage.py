@@ -34,6 +34,7 @@ from diversynth.rundir import RunDir, write_jsonl
 from diversynth.seeding import derive_seed
 
 RESAMPLE_ROUNDS = 3  # rounds of new context combinations before templates fill in
+SHORTFALL_SHOWN = 20  # classes whose shortfall the console lists (the summary has all)
 
 
 def strategy_counts(per_class: int, shares: dict[str, float]) -> dict[str, int]:
@@ -179,23 +180,30 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
     rejected: dict[str, int] = {}
     texts_by_strategy: dict[str, dict[int, list[str]]] = {s: {} for s in STRATEGIES}
     embedded: dict[str, np.ndarray] = {}  # the kept LLM prompts' vectors, for the metrics
-    for position, cls in enumerate(classes):
-        chosen, missing, selector = _class_prompts(
-            config, cls, counts, templates, embedder, contexts[position], llm_styles[position]
-        )
-        if missing:
-            shortfall[str(cls["index"])] = missing
-        for why, n in selector.rejected.items():
-            rejected[why] = rejected.get(why, 0) + n
-        embedded.update(selector.vectors)
-        for strategy in STRATEGIES:
-            for text, detail in chosen.get(strategy, []):
-                records.append(_record(config, len(records), cls["index"], strategy, text, detail))
-                texts_by_strategy[strategy].setdefault(cls["index"], []).append(text)
+    with counting("checking prompts", len(classes), "classes") as progress:
+        for position, cls in enumerate(classes):
+            chosen, missing, selector = _class_prompts(
+                config, cls, counts, templates, embedder, contexts[position], llm_styles[position]
+            )
+            if missing:
+                shortfall[str(cls["index"])] = missing
+            for why, n in selector.rejected.items():
+                rejected[why] = rejected.get(why, 0) + n
+            embedded.update(selector.vectors)
+            for strategy in STRATEGIES:
+                for text, detail in chosen.get(strategy, []):
+                    records.append(
+                        _record(config, len(records), cls["index"], strategy, text, detail)
+                    )
+                    texts_by_strategy[strategy].setdefault(cls["index"], []).append(text)
+            progress(1)
     if shortfall:
+        shown = dict(list(shortfall.items())[:SHORTFALL_SHOWN])
+        hidden = len(shortfall) - len(shown)
+        more = f" and {hidden} more classes" if hidden else ""
         console.print(
             "  prompts: [yellow]LLM shortfall filled with templates[/yellow] (class index: "
-            f"missing prompts) {escape(json.dumps(shortfall))}"
+            f"missing prompts) {escape(json.dumps(shown))}{more}"
         )
     # 3. how diverse each strategy came out, and the records
     diversity = _diversity(texts_by_strategy, embedder, embedded)
@@ -287,7 +295,9 @@ def _diversity(texts: dict[str, dict[int, list[str]]], embedder: Embedder,
     new = sorted({t for per_class in texts.values() for ts in per_class.values() for t in ts
                   if t not in embedded})  # fmt: skip
     if new:
-        embedded = {**embedded, **dict(zip(new, embedder(new), strict=True))}
+        with counting("embedding prompts", len(new), "prompts") as progress:
+            vectors = embedder(new, progress)
+        embedded = {**embedded, **dict(zip(new, vectors, strict=True))}
     result: dict[str, Any] = {}
     for strategy, per_class in texts.items():
         if not per_class:

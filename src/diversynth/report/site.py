@@ -84,11 +84,6 @@ def eval_rows(facts: RunFacts) -> list[dict[str, Any]]:
     ]
 
 
-def _mean_clip(rows: list[dict[str, Any]]) -> str:
-    scores = [r["clip_class"] for r in rows if r.get("clip_class") is not None]
-    return f"{sum(scores) / len(scores):.3f}" if scores else "-"
-
-
 def _flags(row: dict[str, Any]) -> str:
     marks = list(row.get("flags") or [])
     if (row.get("attempt") or 0) > 0:
@@ -112,7 +107,7 @@ def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]]) 
     gen = facts.summary("generate")
     flags = facts.image_flags()
     generation = [
-        ("images", len(facts.images)),
+        ("images", facts.image_count()),
         ("shards", gen.get("shards", "-")),
         ("images/s (last generate run)", _fmt(gen.get("images_per_second"))),
         ("regenerated images", flags.pop("regenerated")),
@@ -125,8 +120,8 @@ def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]]) 
             **c,
             "page": class_page(c["index"]),
             "prompts": len(facts.prompts_by_class.get(c["index"], [])),
-            "images": len(facts.images_by_class.get(c["index"], [])),
-            "clip": _mean_clip(facts.images_by_class.get(c["index"], [])),
+            "images": facts.image_count(c["index"]),
+            "clip": _fmt(facts.by_class.mean_clip.get(c["index"])),
         }
         for c in facts.classes
     ]
@@ -161,7 +156,7 @@ def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]]) 
 
 def _class_page(facts: RunFacts, position: int, cfg: Any, thumbs: dict[str, str]) -> str:
     c = facts.classes[position]
-    rows = facts.images_by_class.get(c["index"], [])
+    rows = facts.first_images(c["index"], cfg.images_per_class)
     prompts = facts.prompt_text
     candidates = [
         {
@@ -219,7 +214,7 @@ def _class_page(facts: RunFacts, position: int, cfg: Any, thumbs: dict[str, str]
             prompt_groups=groups,
             thumbs=view,
             shown=len(view),
-            total=len(rows),
+            total=facts.image_count(c["index"]),
             size=cfg.thumbnail_size,
             prev=prev and "../" + prev,
             next=nxt and "../" + nxt,
@@ -231,11 +226,8 @@ def build_run_site(facts: RunFacts, site: Path, cfg: Any, up: str | None = None)
     """Write (or refresh) one run's site under `site`; thumbnails already made are kept."""
     site.mkdir(parents=True, exist_ok=True)
     _copy_assets(site)
-    wanted = [
-        r
-        for c in facts.classes
-        for r in facts.images_by_class.get(c["index"], [])[: cfg.images_per_class]
-    ]
+    shown = cfg.images_per_class
+    wanted = [r for c in facts.classes for r in facts.first_images(c["index"], shown)]
     thumbs = make_thumbnails(facts.run, wanted, site, cfg.thumbnail_size) if wanted else {}
     plot_list = []
     for made, alt, width in (
@@ -280,7 +272,7 @@ def build_comparison(runs: list[RunFacts], out: Path, cfg: Any) -> dict[str, Any
                 "name": facts.name,
                 "scale": _fmt(scale, 2),
                 "classes": len(facts.classes),
-                "images": len(facts.images),
+                "images": facts.image_count(),
                 "folder": str(facts.run.root),
                 "page": f"{folder}/index.html",
             }

@@ -3,7 +3,8 @@
 A thumbnail lives at `thumbs/SHARD_SHA/KEY.jpg`, where SHARD_SHA begins the sha256 of the
 shard it came from: a regenerated shard with other pixels gets new thumbnails, an unchanged
 one keeps its old ones, and folders of shards that no longer exist are removed. Only shards
-holding a missing thumbnail are opened, and each is read once, member by member.
+holding a missing thumbnail are opened; each JPEG is read with one seek to the offset the
+manifest records (a run made before the manifest had offsets reads its shards' members).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shutil
 import tarfile
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
@@ -38,24 +40,35 @@ def thumbnail_paths(run: RunDir, rows: list[dict]) -> dict[str, str]:
 def make_thumbnails(run: RunDir, rows: list[dict], site: Path, size: int) -> dict[str, str]:
     """Write the missing thumbnails for these manifest rows; return key -> relative path."""
     paths = thumbnail_paths(run, rows)
-    missing: dict[str, dict[str, Path]] = defaultdict(dict)
+    missing: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        target = site / paths[row["key"]]
-        if not target.is_file():
-            missing[row["shard"]][row["key"]] = target
-    for shard, targets in sorted(missing.items()):
-        with tarfile.open(run.shards / f"{shard}.tar") as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                if ext != "jpg" or key not in targets:
-                    continue
-                handle = tar.extractfile(member)
-                assert handle is not None
-                image = Image.open(io.BytesIO(handle.read())).convert("RGB")
-                image.thumbnail((size, size))
-                _save(image, targets[key])
+        if not (site / paths[row["key"]]).is_file():
+            missing[row["shard"]].append(row)
+    for shard, wanted in sorted(missing.items()):
+        for key, jpeg in _jpegs(run.shards / f"{shard}.tar", wanted):
+            image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+            image.thumbnail((size, size))
+            _save(image, site / paths[key])
     _remove_stale(site / "thumbs", {p.split("/")[1] for p in paths.values()})
     return paths
+
+
+def _jpegs(tar_path: Path, rows: list[dict]) -> Iterator[tuple[str, bytes]]:
+    """(key, JPEG bytes) of these rows of one shard."""
+    if all(row.get("jpg_offset") is not None for row in rows):
+        with tar_path.open("rb") as handle:
+            for row in sorted(rows, key=lambda r: r["jpg_offset"]):
+                handle.seek(row["jpg_offset"])
+                yield row["key"], handle.read(row["jpg_size"])
+        return
+    keys = {row["key"] for row in rows}
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if ext == "jpg" and key in keys:
+                handle = tar.extractfile(member)
+                assert handle is not None
+                yield key, handle.read()
 
 
 def _save(image: Image.Image, path: Path) -> None:
