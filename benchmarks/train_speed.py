@@ -41,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import log, machine, sync, write_result  # noqa: E402
 
 from diversynth.artifacts.shards import ShardWriter, encode_jpeg  # noqa: E402
+from diversynth.config import TrainConfig  # noqa: E402
 from diversynth.train.aux_bn import AuxBatchNorm, convert_aux_bn, real_first  # noqa: E402
-from diversynth.train.data import SeededSamples, image_transform  # noqa: E402
+from diversynth.train.data import SeededSamples, train_transform  # noqa: E402
 from diversynth.train.sampling import MixedBatches  # noqa: E402
 from diversynth.train.synthetic import ShardImages  # noqa: E402
 
@@ -166,7 +167,7 @@ def write_shards(folder: Path, count: int, size: int, per_shard: int = 256) -> l
 
 
 def loader_batches(folder: Path, rows: list[dict], args, device: torch.device):
-    transform = image_transform(args.size, train=True)
+    transform = train_transform(TrainConfig(model=args.model, image_size=args.size))
     table = pa.Table.from_pylist(rows)
     half = ShardImages(folder, table[: len(rows) // 2], transform)  # stands in for real
     synthetic = ShardImages(folder, table[len(rows) // 2 :], transform)

@@ -139,12 +139,14 @@ def assert_same_shards(run: Path, reference: Path) -> None:
     Exact within one kernel set: each shard is made whole by one process, with the same
     batches and the same thread count (generate.cpu_threads), whichever engine runs it."""
     names = sorted(p.name for p in (run / "shards").iterdir())
+    suffixes = ("json", "tar", "rows.parquet")
     assert names == sorted(
-        ["plan.json", "_info.json"] + [f"{i:06d}.{e}" for i in range(5) for e in ("json", "tar")]
+        ["plan.json", "_info.json"] + [f"{i:06d}.{e}" for i in range(5) for e in suffixes]
     )
     for i in range(5):
-        name = f"shards/{i:06d}.tar"
-        assert (run / name).read_bytes() == (reference / name).read_bytes(), name
+        for suffix in ("tar", "rows.parquet"):
+            name = f"shards/{i:06d}.{suffix}"
+            assert (run / name).read_bytes() == (reference / name).read_bytes(), name
     assert (run / "manifest.parquet").read_bytes() == (reference / "manifest.parquet").read_bytes()
 
 

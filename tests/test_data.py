@@ -9,7 +9,7 @@ import pytest
 
 from diversynth.config import RealDataConfig
 from diversynth.realdata import DataError, fashion_mnist
-from diversynth.train.data import image_transform
+from diversynth.train.data import eval_transform
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")
 
@@ -18,7 +18,7 @@ def test_reads_debian_fashion_mnist() -> None:
     config = RealDataConfig(root=ROOT, train_limit=100)
     names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
              "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
-    data = fashion_mnist(config, "train", names, image_transform(32, train=False))
+    data = fashion_mnist(config, "train", names, eval_transform({"image_size": 32}))
     assert len(data) == 100
     image, label = data[0]
     assert image.shape == (3, 32, 32) and 0 <= label < 10

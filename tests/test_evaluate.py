@@ -13,7 +13,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from diversynth.classes.imagenet import imagenet_catalog
-from diversynth.train.evaluate import eval_transform, folder_set, topk_accuracy
+from diversynth.train.data import eval_transform
+from diversynth.train.evaluate import folder_set, topk_accuracy
 from diversynth.train.import_weights import import_efficientnet_lite0
 from diversynth.train.model import load_checkpoint
 

@@ -39,14 +39,15 @@ def test_plan_is_fixed_by_prompt_ranges() -> None:
 
 
 def test_leftovers_are_removed(tmp_path: Path) -> None:
-    names = ["000000.tar", "000000.json", "000001.tar", "000002.tar.tmp", ".000003.json.abc.tmp"]
+    names = ["000000.tar", "000000.json", "000000.rows.parquet", "000001.tar",
+             "000001.rows.parquet", "000002.tar.tmp", ".000003.json.abc.tmp"]  # fmt: skip
     names += ["000009.tar", "000009.json", "plan.json", "notes.txt"]
     for name in names:
         (tmp_path / name).write_text("x")
     removed = clean_leftovers(tmp_path, planned={"000000", "000001", "000002", "000003"})
-    assert removed == 5
+    assert removed == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "000000.json", "000000.tar", "notes.txt", "plan.json",
+        "000000.json", "000000.rows.parquet", "000000.tar", "notes.txt", "plan.json",
     ]  # fmt: skip
 
 
@@ -113,8 +114,9 @@ def test_exception_mid_shard_leaves_no_partial_shard(
     with pytest.raises(OSError, match="No space left"):
         run_stages(config, run, stages=["classes", "prompts", "generate"])
     done = sorted(p.name for p in run.shards.iterdir())
-    # only whole shards (tar + stats) remain; the shard being written was removed
-    assert all(n == "plan.json" or n.endswith((".tar", ".json")) for n in done), done
+    # only whole shards (tar, rows, stats) remain; the shard being written was removed
+    assert all(n == "plan.json" or n.endswith((".tar", ".json", ".rows.parquet")) for n in done)
+    assert len([n for n in done if n.endswith(".rows.parquet")]) == 1, done
     assert (
         len([n for n in done if n.endswith(".tar")])
         == len([n for n in done if n.endswith(".json")]) - 1

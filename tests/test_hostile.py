@@ -267,7 +267,7 @@ def test_a_plan_that_cannot_fit_the_disk_is_refused_before_any_image(
     done = stage.planned_shards(config, RunDir(run))[:2]
     measured, how = stage.bytes_per_image(config, RunDir(run), done)
     on_disk = sum((run / "shards" / f"{s.name}.{e}").stat().st_size for s in done
-                  for e in ("tar", "json"))  # fmt: skip
+                  for e in ("tar", "json", "rows.parquet"))  # fmt: skip
     made = sum(s.images for s in done)
     assert how == "measured on 2 finished shard(s)" and measured == on_disk / made
     monkeypatch.setattr(stage.shutil, "disk_usage", free(int(measured * (100 - made - 5))))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -30,6 +31,10 @@ SMALL = ["data.train_limit=128", "train.batch_size=32", "train.epochs=2",
          "train.checkpoint_every=4", "train.lr=0.02"]  # fmt: skip
 # no batch norm: one process and two see the same arithmetic (BN would normalise each
 # process's half batch on its own, as DDP without SyncBatchNorm does)
+# every switch of a strong recipe: RandomResizedCrop, RandAugment, random erasing, mixup
+# and cutmix within each domain, EMA, validation after each epoch
+STRONG = ["train.recipe=resnet50-tv2", "train.augment.auto_augment=rand-m9-mstd0.5-inc1",
+          "train.validate_every=1", "data.test_limit=200"]  # fmt: skip
 VIT = ["train.model=vit_tiny_patch16_224",
        "train.model_kwargs={img_size: 32, patch_size: 8, depth: 2}",
        "train.optimizer=sgd", "train.lr=0.05", "train.label_smoothing=0.1",
@@ -208,20 +213,33 @@ def test_compiled_training_matches_eager(
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
     run_copy: Path, kit_overrides: list[str], tmp_path: Path
 ) -> None:
+    """With every switch of a strong recipe on (random crops, RandAugment, erasing, mixup
+    and cutmix, EMA, validation), a run killed at a random step and resumed ends with the
+    weights, metrics and best checkpoint of an uninterrupted one, bit for bit."""
     reference = tmp_path / "reference"
     shutil.copytree(run_copy, reference)
-    expected = _train(reference, kit_overrides, [])
+    expected = _train(reference, kit_overrides, STRONG)
     assert expected["steps"] == 2 * (128 // 24)
+    assert expected["ema"] and expected["mixup"] and expected["best_val_top1"] is not None
+    lines = [
+        json.loads(x) for x in (reference / "train" / "metrics.jsonl").read_text().splitlines()
+    ]
+    validated = [x for x in lines if "val_top1" in x]
+    assert [x["epoch"] for x in validated] == [1.0, 2.0]  # after each epoch
+    assert expected["best_val_top1"] == max(x["val_top1"] for x in validated)
+    best = load_file(str(reference / "train" / "best.safetensors"))
+    assert best.keys() == _weights(reference).keys()
 
     shutil.rmtree(run_copy / "train")  # the finished run's own training
     metrics = run_copy / "train" / "metrics.jsonl"
     args = [sys.executable, "-m", "diversynth", "train", str(OFFLINE_CONFIG), "--out",
-            str(run_copy), *set_args([*kit_overrides, *SMALL])]  # fmt: skip
+            str(run_copy), *set_args([*kit_overrides, *SMALL, *STRONG])]  # fmt: skip
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
+    stop_at = random.Random().randint(5, 8)  # steps logged: past the first saved state
     while proc.poll() is None and time.monotonic() < deadline:
-        lines = metrics.read_text().count("\n") if metrics.exists() else 0
-        if lines >= 6:  # into the second epoch, past the first saved state, before the end
+        steps = metrics.read_text().count('"loss"') if metrics.exists() else 0
+        if steps >= stop_at:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "training ended before it could be killed"
@@ -229,14 +247,17 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
     proc.wait()
     assert (run_copy / "train" / "state.safetensors").is_file()
 
-    resumed = _train(run_copy, kit_overrides, [])
+    resumed = _train(run_copy, kit_overrides, STRONG)
     assert resumed["resumed_from_step"] in (4, 8)
     got, want = _weights(run_copy), _weights(reference)
     assert got.keys() == want.keys()
     # exact within one kernel set: every step sees the same batch, with the same
-    # augmentation seeds, as in the uninterrupted run
+    # augmentation seeds and mixing draws, as in the uninterrupted run
     assert all(torch.equal(got[k], want[k]) for k in want), "resumed weights differ"
     assert metrics.read_text() == (reference / "train" / "metrics.jsonl").read_text()
+    resumed_best = load_file(str(run_copy / "train" / "best.safetensors"))
+    assert all(torch.equal(resumed_best[k], best[k]) for k in best), "best checkpoints differ"
+    assert resumed["best_val_top1"] == expected["best_val_top1"]
     assert not (run_copy / "train" / "state.safetensors").exists()
 
     # TensorBoard shows each step once: the killed run's steps after its last state are purged
@@ -246,6 +267,46 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(
     events.Reload()
     steps = [event.step for event in events.Scalars("train/loss")]
     assert steps == list(range(1, expected["steps"] + 1))
+
+
+def test_mixing_stays_within_each_domain() -> None:
+    """Mixup and cutmix pair real images with real ones and synthetic with synthetic: the
+    main batch norm's statistics come from real pixels only, exactly as if the synthetic
+    part were not in the batch; across_domains blends the two."""
+    import copy
+
+    import timm
+
+    from diversynth.config import MixupConfig
+    from diversynth.train.aux_bn import convert_aux_bn, real_first
+    from diversynth.train.mixing import DomainMixup
+
+    x = torch.cat([torch.rand(6, 3, 16, 16), 100 + torch.rand(4, 3, 16, 16)])  # real: < 1
+    y = torch.arange(10) % 5
+    for micro in range(20):  # mixup and cutmix draws
+        mixed, soft = DomainMixup(MixupConfig(mixup_alpha=0.8, cutmix_alpha=1.0), 5, 0.1, 0)(
+            x, y, 6, micro
+        )
+        assert mixed[:6].max() < 1 and mixed[6:].min() >= 100
+        assert soft.shape == (10, 5) and torch.allclose(soft.sum(1), torch.ones(10))
+    across = MixupConfig(mixup_alpha=0.8, across_domains=True)
+    mixed, _ = DomainMixup(across, 5, 0.1, 0)(x, y, 6, 0)
+    assert mixed[:6].max() > 1  # a real image took synthetic pixels
+    # the same draws on a rerun: resume mixes as the first run did
+    again = DomainMixup(MixupConfig(mixup_alpha=0.8, cutmix_alpha=1.0), 5, 0.1, 0)
+    first = DomainMixup(MixupConfig(mixup_alpha=0.8, cutmix_alpha=1.0), 5, 0.1, 0)
+    assert torch.equal(again(x, y, 6, 3)[0], first(x, y, 6, 3)[0])
+
+    torch.manual_seed(0)
+    plain = timm.create_model("resnet10t", num_classes=5)
+    aux = convert_aux_bn(copy.deepcopy(plain))
+    mixed, _ = DomainMixup(MixupConfig(mixup_alpha=0.8, cutmix_alpha=1.0), 5, 0.1, 0)(x, y, 6, 1)
+    with real_first(aux, 6):
+        aux(mixed)
+    plain(mixed[:6])
+    main = {k: v for k, v in aux.state_dict().items() if ".main." in k and "running" in k}
+    want = plain.state_dict()
+    assert main and all(torch.equal(v, want[k.replace(".main.", ".")]) for k, v in main.items())
 
 
 @pytest.mark.slow
@@ -291,3 +352,28 @@ def test_bad_training_settings_fail_clearly(run_copy: Path, kit_overrides: list[
 
     with pytest.raises(ConfigError, match="train.accumulate=3"):
         load_config(OFFLINE_CONFIG, [*kit_overrides, "train.batch_size=32", "train.accumulate=3"])
+    with pytest.raises(ConfigError, match=r"train.recipe: unknown recipe; known: deit-small, "
+                       r"resnet50-tv2 \(got 'resnet-101'\)"):  # fmt: skip
+        load_config(OFFLINE_CONFIG, ["train.recipe=resnet-101"])
+    with pytest.raises(ConfigError, match=r"train.ema.decay: EMA decay must lie in \(0, 1\)"):
+        load_config(OFFLINE_CONFIG, ["train.ema.decay=1"])
+    # a quarter synthetic: a batch of 33 holds 8 synthetic and 25 real images, one unpaired
+    with pytest.raises(TrainError, match=r"train.mixup: each process's micro-batch holds 25 "
+                       r"real image\(s\)"):  # fmt: skip
+        _train(run_copy, kit_overrides, ["train.batch_size=33", "train.mixup.mixup_alpha=0.2"])
+
+
+def test_recipes_are_listed() -> None:
+    from typer.testing import CliRunner
+
+    from diversynth.cli import app
+    from diversynth.recipes import RECIPES
+
+    result = CliRunner().invoke(app, ["recipes"])
+    assert result.exit_code == 0
+    assert all(name in result.output for name in RECIPES)
+    # a recipe fills what the config leaves unset; what it sets wins
+    config = load_config(OFFLINE_CONFIG, ["train.recipe=deit-small", "train.mixup.prob=0.5"])
+    assert config.train.model == "resnet10t"  # set by the offline config
+    assert config.train.optimizer == "adamw" and config.train.mixup.mixup_alpha == 0.8
+    assert config.train.mixup.prob == 0.5 and config.train.augment.re_prob == 0.25

@@ -393,6 +393,19 @@ def env_cmd(
         raise typer.Exit(1)
 
 
+@app.command("recipes")
+def recipes_cmd() -> None:
+    """The named training recipes (`--set train.recipe=NAME`) and what each sets."""
+    from rich.table import Table
+
+    from diversynth.recipes import RECIPES
+
+    table = Table("recipe", "settings (a key the config sets wins)", title="training recipes")
+    for name, settings in RECIPES.items():
+        table.add_row(name, ", ".join(f"{key}={value}" for key, value in settings.items()))
+    console.print(table)
+
+
 @app.command()
 def verify(run_dir: Annotated[Path, typer.Option("--run", help="Run directory.")]) -> None:
     """Hash and parse every output of every finished stage against what the stage wrote;

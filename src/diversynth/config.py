@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from diversynth.errors import UsageError
+from diversynth.recipes import RECIPES, with_recipe
 from diversynth.safe_weights import check_local_weights
 
 # A hub id is "name" or "org/name"; anything else that does not exist on disk is an error.
@@ -342,11 +343,87 @@ class RealDataConfig(Section):
     test_limit: PositiveInt | None = None
 
 
+AUTO_AUGMENT = re.compile(r"^(rand|augmix|original|originalr|v0|v0r|3a)(-[\w.]+)*$")
+
+
+class AugmentConfig(Section):
+    """Per-image training augmentation, built by timm's `create_transform` (each image
+    drawn with its own seed, so a resumed run augments as an uninterrupted one). The
+    defaults crop the whole shorter side and flip; recipes zoom ([0.08, 1], timm's own
+    default) and add a policy."""
+
+    scale: tuple[float, float] = (1.0, 1.0)  # RandomResizedCrop's area range
+    ratio: tuple[float, float] = (1.0, 1.0)  # and aspect-ratio range
+    interpolation: Literal["bilinear", "bicubic", "random"] = "bilinear"
+    hflip: float = Field(0.5, ge=0, le=1)
+    color_jitter: float = Field(0.0, ge=0)  # brightness/contrast/saturation strength
+    # timm's policy strings: rand-m9-mstd0.5-inc1 (RandAugment), rand-n1-mstd101-inc1
+    # (one op a picture at a uniform magnitude: TrivialAugment), augmix-m5-w4-d2,
+    # original (AutoAugment), 3a (DeiT III)
+    auto_augment: str | None = None
+    re_prob: float = Field(0.0, ge=0, le=1)  # random erasing
+    re_mode: Literal["const", "rand", "pixel"] = "pixel"
+    # evaluation: resize to size / crop_pct and take the centre (None: 1.0, the whole image,
+    # when training did not zoom; else the model's own, timm's pretrained_cfg)
+    crop_pct: float | None = Field(None, gt=0, le=1)
+
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError("need 0 < low <= high")
+        return value
+
+    @field_validator("auto_augment")
+    @classmethod
+    def _policy(cls, value: str | None) -> str | None:
+        if value is not None and not AUTO_AUGMENT.match(value):
+            raise ValueError(
+                "not a timm augmentation policy (e.g. rand-m9-mstd0.5-inc1, "
+                "rand-n1-mstd101-inc1, augmix-m5-w4-d2, original, 3a)"
+            )
+        return value
+
+
+class MixupConfig(Section):
+    """timm's Mixup/CutMix (`timm.data.Mixup`), off while both alphas are 0. Images mix
+    within their part of the batch (real with real, synthetic with synthetic), so that the
+    main batch norm never sees a synthetic pixel; `across_domains` mixes the whole batch."""
+
+    mixup_alpha: float = Field(0.0, ge=0)
+    cutmix_alpha: float = Field(0.0, ge=0)
+    prob: float = Field(1.0, ge=0, le=1)  # of mixing a batch at all
+    switch_prob: float = Field(0.5, ge=0, le=1)  # of cutmix rather than mixup, with both on
+    across_domains: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.prob > 0
+
+
+class EmaConfig(Section):
+    """An exponential moving average of the weights (timm's ModelEmaV3), kept in the
+    resumable state; validation, evaluation and the saved model use it. Off when decay is
+    None."""
+
+    decay: float | None = None
+    warmup: bool = True  # lower decay over the first steps (timm's use_warmup)
+
+    @field_validator("decay")
+    @classmethod
+    def _open_unit(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value < 1:
+            raise ValueError("EMA decay must lie in (0, 1)")
+        return value
+
+
 class TrainConfig(Section):
     """A timm classifier on mixed batches: each batch holds `batch_size * (1 -
     synthetic_fraction)` real images and the rest synthetic; an epoch is one pass over the
     real training set."""
 
+    # a named preset (diversynth.recipes) filling every key left unset here
+    recipe: str | None = None
     model: str = "resnet50"  # any timm model name
     model_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. {drop_path_rate: 0.1}
     image_size: PositiveInt = 32
@@ -358,11 +435,17 @@ class TrainConfig(Section):
     # shards must hold enough. None: all of them
     synthetic_scale: float | None = Field(None, ge=0)
     aux_bn: bool = True  # synthetic images through BN layers of their own (false: shared BN)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "lamb"] = "sgd"
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     warmup_fraction: float = Field(0.05, ge=0, lt=1)  # of all steps, linear from lr / 10
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    mixup: MixupConfig = Field(default_factory=MixupConfig)
+    ema: EmaConfig = Field(default_factory=EmaConfig)
+    # top-1 on the real test split every N epochs and after the last (None: only the
+    # evaluate stage): metrics.jsonl, TensorBoard, and train/best.safetensors
+    validate_every: PositiveInt | None = None
     # auto: bfloat16 autocast on a GPU, float32 on the CPU; float16 adds a gradient scaler
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     channels_last: bool = True
@@ -375,6 +458,18 @@ class TrainConfig(Section):
     tensorboard: bool = True  # also log to train/tensorboard
     device: Device = "auto"
     workers: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_recipe(cls, data: Any) -> Any:
+        return with_recipe(data) if isinstance(data, dict) else data
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, value: str | None) -> str | None:
+        if value is not None and value not in RECIPES:
+            raise ValueError(f"unknown recipe; known: {', '.join(sorted(RECIPES))}")
+        return value
 
     @model_validator(mode="after")
     def _batch_splits(self) -> TrainConfig:

@@ -181,6 +181,7 @@ STAGES = [
         recorded=lambda r: [
             r.manifest,
             *sorted(r.shards.glob("*.tar")),
+            *sorted(r.shards.glob("*.rows.parquet")),
             *sorted(r.shards.glob("*.json")),
         ],  # fmt: skip
         expected_sha="diversynth.generate.stage:recorded_tar_sha",
@@ -330,14 +331,18 @@ def _check_upstream(stage: Stage, run: RunDir, selected: list[str], main: bool) 
             )
 
 
-def _brief(value: Any, limit: int = 12) -> Any:
-    """A summary as the console shows it: a mapping of more than `limit` entries (one per
-    class, at 1000 classes) is counted, not listed; the state file keeps it whole."""
-    if isinstance(value, dict):
+def _brief(summary: dict[str, Any], limit: int = 12) -> dict[str, Any]:
+    """A summary as the console shows it: a nested mapping of more than `limit` entries
+    (one per class, at 1000 classes) is counted, not listed; the state file keeps it whole."""
+
+    def short(value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
         if len(value) > limit:
             return f"{len(value)} entries (in .state/)"
-        return {key: _brief(item, limit) for key, item in value.items()}
-    return value
+        return {key: short(item) for key, item in value.items()}
+
+    return {key: short(value) for key, value in summary.items()}
 
 
 def _main_process() -> bool:

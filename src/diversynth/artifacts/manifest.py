@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypedDict
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from diversynth.rundir import DAMAGED_HINT, RunFileError, atomic_open
@@ -63,26 +64,42 @@ assert set(SCHEMA.names) == set(ManifestRow.__annotations__), "one manifest row,
 ROW_GROUP = 1 << 17
 
 
-def write_manifest(path: Path, shards: Iterable[list[ManifestRow]]) -> int:
-    """Write the rows of each shard in turn (in key order: shards hold ascending prompt
-    ranges, so each shard's sorted rows follow the previous shard's); the row count.
-    Rows go out in row groups of about ROW_GROUP rows, whatever the shard size."""
+def write_rows(path: Path, rows: list[ManifestRow]) -> None:
+    """One shard's rows, in key order, as a parquet file of the manifest's schema."""
+    table = pa.Table.from_pylist(sorted(rows, key=lambda row: row["key"]), schema=SCHEMA)
+    with atomic_open(path, "wb") as handle:
+        pq.write_table(table, handle)
+
+
+def write_manifest(path: Path, shards: Iterable[pa.Table]) -> int:
+    """Write each shard's rows in turn (each in key order; shards hold ascending prompt
+    ranges, so each shard's rows follow the previous shard's); the row count. Rows go out
+    in row groups of about ROW_GROUP rows, whatever the shard size."""
     count, last, pending = 0, "", []
     with atomic_open(path, "wb") as handle, pq.ParquetWriter(handle, SCHEMA) as writer:
-        for rows in shards:
-            if not rows:
+        for table in shards:
+            if not len(table):
                 continue
-            rows = sorted(rows, key=lambda row: row["key"])
-            if rows[0]["key"] <= last:
-                raise ValueError(f"manifest: shard rows out of key order at {rows[0]['key']!r}")
-            pending.append(pa.Table.from_pylist(rows, schema=SCHEMA))
-            count, last = count + len(rows), rows[-1]["key"]
+            table = table.select(SCHEMA.names).cast(SCHEMA)
+            keys = table.column("key")
+            if keys[0].as_py() <= last:
+                raise ValueError(f"manifest: shard rows out of key order at {keys[0].as_py()!r}")
+            pending.append(table)
+            count, last = count + len(table), keys[-1].as_py()
             if sum(len(t) for t in pending) >= ROW_GROUP:
                 writer.write_table(pa.concat_tables(pending), ROW_GROUP)
                 pending = []
         if pending or not count:
             writer.write_table(pa.concat_tables(pending or [SCHEMA.empty_table()]), ROW_GROUP)
     return count
+
+
+def image_flags(table: pa.Table) -> dict[str, int]:
+    """How many of the rows were made again (attempt > 0, under "regenerated") and carry
+    each flag."""
+    counts = pc.value_counts(pc.list_flatten(table.column("flags"))).to_pylist()
+    regenerated = pc.sum(pc.greater(table.column("attempt"), 0)).as_py() or 0
+    return {"regenerated": regenerated, **{row["values"]: row["counts"] for row in counts}}
 
 
 def read_manifest(path: Path, columns: list[str] | None = None) -> pa.Table:

@@ -1,8 +1,12 @@
-"""Shard files on disk: a WebDataset tar (`key.jpg` + `key.json`) and a stats file.
+"""Shard files on disk: a WebDataset tar (`key.jpg` + `key.json`), its manifest rows
+(`NAME.rows.parquet`) and a small stats file.
 
-The tar is written under a temp name and renamed when whole; the stats JSON, written
-atomically after it, marks the shard done (as img2dataset does). Anything else found in
-the shard folder on restart (temp files, a tar without stats) is a leftover and removed.
+The tar is written under a temp name and renamed when whole; the rows follow, then the
+stats JSON, written atomically last, marks the shard done (as img2dataset does). Anything
+else found in the shard folder on restart (temp files, a tar without stats) is a leftover
+and removed. The rows are kept apart from the stats so that what asks for a shard's count,
+time or hash (`generate --status`, the report) reads a few hundred bytes, and the manifest
+is a concatenation of column files (runs made before keep their rows in the stats file).
 """
 
 from __future__ import annotations
@@ -16,17 +20,26 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from PIL import Image
 
-from diversynth.rundir import INFO_FILE, PLAN_FILE, sha256_file, write_text
+from diversynth.artifacts.manifest import SCHEMA, ManifestRow, read_manifest, write_rows
+from diversynth.rundir import INFO_FILE, PLAN_FILE, sha256_file, write_json
 
 # Fixed tar member mtime: the same images give byte-identical shards on every run. An int:
 # a float mtime costs a PAX header (1 KB) per member.
 TAR_MTIME = 0
 
 
+ROWS_SUFFIX = "rows.parquet"
+
+
 def shard_paths(folder: Path, name: str) -> tuple[Path, Path]:
     return folder / f"{name}.tar", folder / f"{name}.json"
+
+
+def rows_path(folder: Path, name: str) -> Path:
+    return folder / f"{name}.{ROWS_SUFFIX}"
 
 
 def is_done(folder: Path, name: str) -> bool:
@@ -40,6 +53,7 @@ def remove_shard(folder: Path, name: str) -> None:
     tar, stats = shard_paths(folder, name)
     stats.unlink(missing_ok=True)
     tar.unlink(missing_ok=True)
+    rows_path(folder, name).unlink(missing_ok=True)
 
 
 def clean_leftovers(folder: Path, planned: set[str]) -> int:
@@ -50,7 +64,8 @@ def clean_leftovers(folder: Path, planned: set[str]) -> int:
             continue
         stem, _, ext = path.name.partition(".")
         temp = path.name.endswith(".tmp")
-        unfinished = ext in ("tar", "json") and not (stem in planned and is_done(folder, stem))
+        mine = ext in ("tar", "json", ROWS_SUFFIX)
+        unfinished = mine and not (stem in planned and is_done(folder, stem))
         if temp or unfinished:
             path.unlink()
             removed += 1
@@ -125,14 +140,17 @@ class ShardWriter:
         self._finish()
         return dict(self._where)
 
-    def commit(self, stats: dict[str, Any]) -> dict[str, Any]:
-        """Rename the finished tar to its final name; the stats file then marks it done."""
+    def commit(
+        self, stats: dict[str, Any], rows: list[ManifestRow] | None = None
+    ) -> dict[str, Any]:
+        """Rename the finished tar to its final name, write its manifest rows; the stats
+        file then marks it done."""
         self._finish()
         stats = {**stats, "count": self.count, "sha256": sha256_file(self.tmp_path)}
         os.replace(self.tmp_path, self.tar_path)
-        # one line, not write_json's indented form: json's C encoder only runs unindented,
-        # and a shard's rows take ten times longer to write indented
-        write_text(self.stats_path, json.dumps(stats, sort_keys=True) + "\n")
+        if rows is not None:
+            write_rows(rows_path(self.tar_path.parent, self.tar_path.stem), rows)
+        write_json(self.stats_path, stats)
         return stats
 
     def abort(self) -> None:
@@ -146,3 +164,12 @@ class ShardWriter:
 
 def read_stats(folder: Path, name: str) -> dict[str, Any]:
     return json.loads(shard_paths(folder, name)[1].read_text())
+
+
+def read_rows(folder: Path, name: str, stats: dict[str, Any]) -> pa.Table:
+    """A finished shard's manifest rows, in key order (from the stats file in runs made
+    before rows had a file of their own)."""
+    path = rows_path(folder, name)
+    if path.is_file():
+        return read_manifest(path)
+    return pa.Table.from_pylist(stats.get("rows", []), schema=SCHEMA).sort_by("key")

@@ -179,7 +179,7 @@ class LocalEngine:
                 "prompt_stop": shard.prompt_stop,
                 "seconds": round(timer.seconds, 3),
                 "worker": f"{socket.gethostname()}:{os.getpid()}",
-                "rows": rows,
                 "dropped_unsafe": dropped,
-            }
+            },
+            rows,
         )

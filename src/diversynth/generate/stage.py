@@ -20,16 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
-from diversynth.artifacts.manifest import ManifestRow, write_manifest
+from diversynth.artifacts.manifest import image_flags, write_manifest
 from diversynth.artifacts.records import PromptRecord, read_classes, read_prompts
 from diversynth.artifacts.shards import (
     clean_leftovers,
     encode_jpeg,
     is_done,
+    read_rows,
     read_stats,
     remove_shard,
+    rows_path,
     shard_paths,
 )
 from diversynth.config import RunConfig
@@ -99,8 +102,9 @@ def discard_damaged(run: RunDir, paths: list[str]) -> None:
     and split info are rebuilt from what is kept."""
     for rel in paths:
         path = run.root / rel
-        if path.parent == run.shards and path.stem.isdigit():
-            remove_shard(run.shards, path.stem)
+        shard = path.name.partition(".")[0]
+        if path.parent == run.shards and shard.isdigit():
+            remove_shard(run.shards, shard)
         else:
             path.unlink(missing_ok=True)
 
@@ -238,26 +242,26 @@ class _Tally:
 
 
 def _write_manifest(run: RunDir, shards: list[ShardSpec], inputs: dict[str, str]) -> _Tally:
-    """manifest.parquet from the shards' stats files, one shard in memory at a time; the
+    """manifest.parquet from the shards' row files, one shard in memory at a time; the
     shards whose stats record another digest than the plan's are left out and listed
     (stats without one come from before digests were recorded: trusted)."""
     tally = _Tally()
 
-    def rows() -> Iterator[list[ManifestRow]]:
+    def tables() -> Iterator[pa.Table]:
         for shard in shards:
             stats = read_stats(run.shards, shard.name)
             if stats.get("inputs", inputs[shard.name]) != inputs[shard.name]:
                 tally.foreign.append(shard)
                 continue
+            rows = read_rows(run.shards, shard.name, stats)
             tally.counts.append(stats["count"])
-            tally.regenerated += sum(1 for row in stats["rows"] if row["attempt"] > 0)
-            tally.below_clip_threshold += sum(
-                1 for row in stats["rows"] if "below_clip_threshold" in row["flags"]
-            )
+            flags = image_flags(rows)
+            tally.regenerated += flags["regenerated"]
+            tally.below_clip_threshold += flags.get("below_clip_threshold", 0)
             tally.dropped_unsafe += len(stats.get("dropped_unsafe", []))
-            yield stats["rows"]
+            yield rows
 
-    write_manifest(run.manifest, rows())
+    write_manifest(run.manifest, tables())
     return tally
 
 
@@ -268,7 +272,9 @@ def bytes_per_image(config: RunConfig, run: RunDir, done: list[ShardSpec]) -> tu
     about as well as a photo; 512 px at quality 90 gives 55 KB)."""
     images = sum(s.images for s in done)
     if images:
-        size = sum(path.stat().st_size for s in done for path in shard_paths(run.shards, s.name))
+        size = sum(path.stat().st_size for s in done
+                   for path in (*shard_paths(run.shards, s.name), rows_path(run.shards, s.name))
+                   if path.is_file())  # fmt: skip
         return size / images, f"measured on {len(done)} finished shard(s)"
     cfg = config.generate
     rng = np.random.default_rng(0)

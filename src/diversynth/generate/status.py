@@ -30,10 +30,12 @@ def generation_status(run: RunDir) -> dict[str, Any]:
         raise StatusError(f"{run.plan}: not a readable plan: the file is damaged; "
                           + DAMAGED_HINT) from None  # fmt: skip
     done = [s for s in plan if is_done(shard_folder, s.name)]
-    stats = [read_stats(shard_folder, s.name) for s in done]
-    images_done = sum(s["count"] for s in stats)
+    images_done, seconds = 0, 0.0
+    for shard in done:  # one stats file in memory at a time (each holds its shard's rows)
+        stats = read_stats(shard_folder, shard.name)
+        images_done += stats["count"]
+        seconds += stats.get("seconds", 0.0)
     images_total = sum(s.images for s in plan)
-    seconds = sum(s.get("seconds", 0.0) for s in stats)
     rate = images_done / seconds if seconds > 0 else None  # images/s of one generating process
     remaining = images_total - images_done
     eta = 0 if not remaining else (round(remaining / rate) if rate else None)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from diversynth.artifacts.manifest import SCHEMA, read_manifest
+from diversynth.artifacts.manifest import SCHEMA, image_flags, read_manifest
 from diversynth.artifacts.records import read_classes, read_prompts
 from diversynth.config import STRATEGIES
 from diversynth.errors import DiversynthError
@@ -116,10 +116,7 @@ class RunFacts:
 
     def image_flags(self) -> dict[str, int]:
         """Images regenerated (attempt > 0) and images carrying a filter flag."""
-        attempts = self.images.column("attempt")
-        regenerated = pc.sum(pc.greater(attempts, 0)).as_py() or 0
-        flags = _value_counts(pc.list_flatten(self.images.column("flags")))
-        return {"regenerated": regenerated, **flags}
+        return image_flags(self.images)
 
 
 def _value_counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:

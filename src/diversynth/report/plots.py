@@ -37,6 +37,21 @@ def training_curves(metrics: list[dict[str, Any]], folder: Path) -> str | None:
     return _save(fig, folder, "training_curves")
 
 
+def validation_curve(metrics: list[dict[str, Any]], folder: Path) -> str | None:
+    """Validation top-1 on the real test split over epochs (train.validate_every)."""
+    rows = [r for r in metrics if "val_top1" in r and "epoch" in r]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
+    ax.plot([r["epoch"] for r in rows], [r["val_top1"] for r in rows], marker="o",
+            label="real test split")  # fmt: skip
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, folder, "validation")
+
+
 def accuracy_vs_scale(points: dict[str, list[tuple[float, float]]], folder: Path) -> str | None:
     """Top-1 against synthetic scale, one line per evaluation set (the paper's headline)."""
     if not points:

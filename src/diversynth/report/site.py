@@ -232,6 +232,7 @@ def build_run_site(facts: RunFacts, site: Path, cfg: Any, up: str | None = None)
     plot_list = []
     for made, alt, width in (
         (plots.training_curves(facts.train_metrics, site / "plots"), "training curves", 640),
+        (plots.validation_curve(facts.train_metrics, site / "plots"), "validation top-1", 640),
         (
             plots.diversity_bars(facts.summary("prompts").get("diversity", {}), site / "plots"),
             "prompt diversity per strategy",

@@ -1,5 +1,6 @@
-"""Resumable training state in one safetensors file: model, optimizer, gradient scaler,
-RNG states, the step, and where the metrics log ended.
+"""Resumable training state in one safetensors file: model, its moving average (EMA),
+optimizer, gradient scaler, RNG states, the step, the best validation top-1 so far, and
+where the metrics log ended.
 
 safetensors holds tensors only, with a string metadata map beside them; everything else
 (the optimizer's hyperparameters, counters) goes into that map as JSON. No pickle is
@@ -27,6 +28,7 @@ class Resume:
     fingerprint: str
     made_with: dict[str, Any] = field(default_factory=dict)  # see diversynth.environment
     version_changes: list[dict[str, Any]] = field(default_factory=list)  # allowed ones
+    best_top1: float | None = None  # validation's best so far (train/best.safetensors)
 
 
 def _split(tree: dict[str, Any], prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -54,9 +56,16 @@ def _join(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return tree
 
 
+def _weights(prefix: str, module: torch.nn.Module | None) -> dict[str, torch.Tensor]:
+    if module is None:
+        return {}
+    return {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
 def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, resume: Resume) -> None:  # fmt: skip
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+               scaler: torch.amp.GradScaler, resume: Resume,
+               ema: torch.nn.Module | None = None) -> None:  # fmt: skip
+    tensors = {**_weights("model.", model), **_weights("ema.", ema)}
     optim = optimizer.state_dict()
     state = {str(k): v for k, v in optim["state"].items()}  # JSON keys are strings
     rng = {"cpu": torch.get_rng_state()}
@@ -86,12 +95,16 @@ def read_resume(path: Path) -> Resume | None:
 
 
 def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler) -> Resume:  # fmt: skip
+               scaler: torch.amp.GradScaler,
+               ema: torch.nn.Module | None = None) -> Resume:  # fmt: skip
     with safe_open(str(path), framework="pt") as handle:
         meta = json.loads(handle.metadata()["diversynth-train-state"])
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    prefix = "model."
-    model.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    for prefix, module in (("model.", model), ("ema.", ema)):
+        if module is not None:
+            module.load_state_dict(
+                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            )
     optim = _join(meta["optimizer"], tensors)
     optim["state"] = {int(k): v for k, v in optim["state"].items()}
     optimizer.load_state_dict(optim)

@@ -2,8 +2,8 @@
 
 Sets with fewer classes than the model (ImageNet-R and -A: 200 of ImageNet's 1000) are
 scored with the logits restricted to their classes, as their papers do. Images are
-prepared the way the checkpoint says (its size, and for imported weights their
-normalisation and crop).
+prepared the way the checkpoint records (size, normalisation, interpolation and centre
+crop), whether diversynth trained it or its weights were imported.
 """
 
 from __future__ import annotations
@@ -23,29 +23,13 @@ from diversynth.progress import console, progress_bar
 from diversynth.realdata import CatalogImageFolder, real_dataset
 from diversynth.rundir import RunDir, write_json
 from diversynth.safe_weights import refusing_pickles
-from diversynth.train.data import image_transform
+from diversynth.train.data import eval_transform
 from diversynth.train.model import load_checkpoint
 from diversynth.vision.device import pick_device
 
 
 class EvaluateError(UsageError, ValueError):
     pass
-
-
-def eval_transform(meta: dict[str, Any]) -> Callable:
-    """The checkpoint's own preprocessing: timm's eval transform for imported weights that
-    record their normalisation, else the one diversynth trains with."""
-    if "mean" not in meta:
-        return image_transform(meta["image_size"], train=False)
-    from timm.data import create_transform
-
-    return create_transform(
-        input_size=(3, meta["image_size"], meta["image_size"]),
-        interpolation=meta.get("interpolation", "bilinear"),
-        mean=tuple(meta["mean"]),
-        std=tuple(meta["std"]),
-        crop_pct=meta.get("crop_pct", 1.0),
-    )
 
 
 @torch.inference_mode()

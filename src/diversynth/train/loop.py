@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
 from diversynth.artifacts.records import ClassRecord, read_classes
@@ -34,7 +36,14 @@ from diversynth.rundir import RunDir, Timer
 from diversynth.train import distributed
 from diversynth.train.aux_bn import convert_aux_bn, has_aux_bn, real_first
 from diversynth.train.checkpoint import Resume, load_state, read_resume, save_state
-from diversynth.train.data import SeededSamples, image_transform
+from diversynth.train.data import (
+    SeededSamples,
+    eval_transform,
+    model_preprocessing,
+    train_transform,
+)
+from diversynth.train.evaluate import topk_accuracy
+from diversynth.train.mixing import DomainMixup
 from diversynth.train.model import create_classifier, save_checkpoint
 from diversynth.train.sampling import MixedBatches
 from diversynth.train.synthetic import synthetic_images
@@ -77,6 +86,22 @@ def _check_batch_fits(cfg: TrainConfig, real_per: int, real: int, synthetic_per:
                 f"train.batch_size: {cfg.batch_size} images a step hold {per} {part} ones, "
                 f"more than the {available} {part} training images: lower train.batch_size "
                 "(or train.synthetic_fraction)"
+            )
+
+
+def _check_mixup_parts(cfg: TrainConfig, real: int, synthetic: int) -> None:
+    """timm's Mixup pairs each image with its mirror: every part it mixes (each process's
+    real and synthetic images, or their sum across domains) needs an even count."""
+    if not cfg.mixup.enabled:
+        return
+    parts = {"real and synthetic": real + synthetic} if cfg.mixup.across_domains else \
+        {"real": real, "synthetic": synthetic}  # fmt: skip
+    for part, count in parts.items():
+        if count and (count < 2 or count % 2):
+            raise TrainError(
+                f"train.mixup: each process's micro-batch holds {count} {part} image(s); "
+                "mixup and cutmix pair images within a part and need an even count of at "
+                "least 2 (change train.batch_size or train.synthetic_fraction)"
             )
 
 
@@ -130,13 +155,14 @@ class _Data:
 def _data(config: RunConfig, run: RunDir, classes: list[ClassRecord], world: int) -> _Data:
     cfg = config.train
     assert config.data is not None
-    transform = image_transform(cfg.image_size, train=True)
+    transform = train_transform(cfg)
     real = real_dataset(config.data, "train", classes, transform)
     synthetic = None
     if cfg.synthetic_fraction > 0:
         synthetic = synthetic_images(run.root, len(real), cfg.synthetic_scale, transform)
     real_per, synthetic_per = _batch_split(cfg, synthetic is not None, world)
     _check_batch_fits(cfg, real_per, len(real), synthetic_per, len(synthetic) if synthetic else 0)
+    _check_mixup_parts(cfg, real_per // world, synthetic_per // world)
     batches = MixedBatches(len(real), len(synthetic) if synthetic else 0, real_per,
                            synthetic_per, config.seed, cfg.epochs, cfg.accumulate)  # fmt: skip
     return _Data(real, synthetic, batches, real_per, synthetic_per)
@@ -144,12 +170,18 @@ def _data(config: RunConfig, run: RunDir, classes: list[ClassRecord], world: int
 
 @dataclass
 class _Trainee:
-    """The model with what updates it."""
+    """The model with what updates it, and its moving average when `train.ema` is on."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: CosineLRScheduler
     scaler: torch.amp.GradScaler
+    ema: ModelEmaV3 | None = None
+
+    @property
+    def final(self) -> torch.nn.Module:
+        """The weights validation, evaluation and export use."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 def _trainee(config: RunConfig, num_classes: int, aux: bool, device: torch.device,
@@ -174,7 +206,10 @@ def _trainee(config: RunConfig, num_classes: int, aux: bool, device: torch.devic
         t_in_epochs=False,
     )
     scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
-    return _Trainee(model, optimizer, scheduler, scaler)
+    ema = None
+    if cfg.ema.decay is not None:  # a copy of the model, both BN sets included
+        ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup, device=device)
+    return _Trainee(model, optimizer, scheduler, scaler, ema)
 
 
 def _start(trainee: _Trainee, state_path: Path, fingerprint: str, current: dict[str, Any],
@@ -184,7 +219,8 @@ def _start(trainee: _Trainee, state_path: Path, fingerprint: str, current: dict[
     resume = _resume_from(state_path, fingerprint, current, forced, allow_version_change)
     if resume is None:
         return Resume(step=0, metrics_bytes=0, fingerprint=fingerprint, made_with=current)
-    loaded = load_state(state_path, trainee.model, trainee.optimizer, trainee.scaler)
+    loaded = load_state(state_path, trainee.model, trainee.optimizer, trainee.scaler,
+                        trainee.ema.module if trainee.ema is not None else None)  # fmt: skip
     return replace(loaded, made_with=current, version_changes=resume.version_changes)
 
 
@@ -226,9 +262,22 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
     state_path = run.train_dir / "state.safetensors"
     resume = _start(trainee, state_path, fingerprint, made_with("train", config), forced,
                     allow_version_change)  # fmt: skip
-    # 3. the steps
+    # 3. the steps, with validation on the real test split every few epochs
+    prep = model_preprocessing(cfg)
+    meta = {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "num_classes": len(classes),
+            **prep}  # fmt: skip
+    validation = None
+    if cfg.validate_every is not None and ranks.main:
+        test = real_dataset(config.data, "test", classes, eval_transform(prep))
+        validation = DataLoader(test, batch_size=config.evaluate.batch_size,
+                                num_workers=cfg.workers)  # fmt: skip
+    mixup = None
+    if cfg.mixup.enabled:
+        mixup = DomainMixup(cfg.mixup, len(classes), cfg.label_smoothing, config.seed)
     steps = _Steps(cfg, trainee, _network(trainee.model, cfg, ranks, device), device,
-                   autocast, ranks, resume, state_path, total_steps)  # fmt: skip
+                   autocast, ranks, resume, state_path, total_steps, mixup,
+                   data.batches.per_epoch // cfg.accumulate, validation,
+                   run.train_dir / "best.safetensors", meta)  # fmt: skip
     loader = DataLoader(
         SeededSamples(data.real, data.synthetic),
         batch_sampler=replace(
@@ -239,12 +288,11 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
         persistent_workers=False,
     )
     steps.run(loader, run)
-    # 4. the trained model
+    # 4. the trained model (its moving average, with EMA on): the last; the best is saved
+    # when validation finds it
     aux_bn = has_aux_bn(trainee.model)
     if ranks.main:
-        meta = {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "aux_bn": aux_bn,
-                "num_classes": len(classes), "image_size": cfg.image_size}  # fmt: skip
-        save_checkpoint(run.checkpoint, trainee.model, meta)
+        save_checkpoint(run.checkpoint, trainee.final, {**meta, "aux_bn": aux_bn})
         state_path.unlink(missing_ok=True)  # the run is whole: nothing left to resume
     real, synthetic = data.real, data.synthetic
     return {
@@ -257,6 +305,9 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
         "aux_bn": aux_bn,
         "processes": ranks.world,
         "final_loss": steps.record["loss"] if steps.record else None,
+        "ema": cfg.ema.decay is not None,
+        "mixup": cfg.mixup.enabled,
+        "best_val_top1": steps.resume.best_top1,
         "images_per_second": round(steps.images * ranks.world / max(steps.seconds, 1e-9), 1),
     }
 
@@ -275,6 +326,11 @@ class _Steps:
     resume: Resume
     state_path: Path
     total_steps: int
+    mixup: DomainMixup | None
+    steps_per_epoch: int
+    validation: DataLoader | None  # the real test split (first process only)
+    best_path: Path
+    meta: dict[str, Any]  # what a saved model records
     images: int = 0
     seconds: float = 0.0
     record: dict[str, Any] | None = None
@@ -283,7 +339,11 @@ class _Steps:
         cfg, ranks = self.cfg, self.ranks
         step = self.resume.step // cfg.accumulate  # optimizer steps done
         self.trainee.scheduler.step_update(step)
-        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        loss_fn: torch.nn.Module = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        if self.mixup is not None:  # soft targets, label smoothing included
+            loss_fn = SoftTargetCrossEntropy()
+        if not step:
+            self.best_path.unlink(missing_ok=True)  # a fresh start: no best of an old run
         log = _open_metrics(run.train_metrics, self.resume.metrics_bytes) if ranks.main else None
         board = _tensorboard(run, cfg, step) if ranks.main else None
         timer, running_loss = Timer(), 0.0
@@ -294,7 +354,10 @@ class _Steps:
             task = bar.add_task("train", total=self.total_steps, completed=step, unit="steps")
             for micro, (x, y, is_synthetic) in enumerate(loader, start=self.resume.step):
                 last_of_step = (micro + 1) % cfg.accumulate == 0
-                running_loss += self._forward_backward(x, y, is_synthetic, last_of_step, loss_fn)
+                real = int((~is_synthetic).sum())
+                if self.mixup is not None:
+                    x, y = self.mixup(x, y, real, micro)
+                running_loss += self._forward_backward(x, y, real, last_of_step, loss_fn)
                 self.images += len(y)
                 if not last_of_step:
                     continue
@@ -302,19 +365,20 @@ class _Steps:
                 mean_loss = self._optimizer_step(step, running_loss)
                 running_loss = 0.0
                 self._log(step, mean_loss, log, board)
+                self._validate(step, log, board)
                 if ranks.main and step % cfg.checkpoint_every == 0 and step < self.total_steps:
                     assert log is not None
                     log.flush()
                     os.fsync(log.fileno())  # the state must never point past the log's end
                     trainee = self.trainee
                     save_state(self.state_path, trainee.model, trainee.optimizer, trainee.scaler,
-                               replace(self.resume, step=micro + 1,
-                                       metrics_bytes=log.tell()))  # fmt: skip
+                               replace(self.resume, step=micro + 1, metrics_bytes=log.tell()),
+                               trainee.ema.module if trainee.ema is not None else None)  # fmt: skip
                 bar.update(task, completed=step)
         self.seconds = timer.seconds
 
     def _forward_backward(
-        self, x: torch.Tensor, y: torch.Tensor, is_synthetic: torch.Tensor, last_of_step: bool,
+        self, x: torch.Tensor, y: torch.Tensor, real: int, last_of_step: bool,
         loss_fn: torch.nn.Module,
     ) -> torch.Tensor:  # fmt: skip
         cfg, device, autocast = self.cfg, self.device, self.autocast
@@ -327,7 +391,7 @@ class _Steps:
         with self.net.no_sync() if accumulating else contextlib.nullcontext():
             with torch.autocast(device.type, dtype=autocast or torch.float32,
                                 enabled=autocast is not None), \
-                    real_first(self.trainee.model, int((~is_synthetic).sum())):  # fmt: skip
+                    real_first(self.trainee.model, real):  # fmt: skip
                 loss = loss_fn(self.net(x), y) / cfg.accumulate
             self.trainee.scaler.scale(loss).backward()
         return loss.detach().float()
@@ -339,6 +403,8 @@ class _Steps:
         trainee.scaler.update()
         trainee.optimizer.zero_grad(set_to_none=True)
         trainee.scheduler.step_update(step)
+        if trainee.ema is not None:
+            trainee.ema.update(trainee.model, step=step)
         mean_loss = distributed.mean_across(running_loss, self.ranks)
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"train: loss is {mean_loss} at step {step}")
@@ -352,3 +418,28 @@ class _Steps:
         if board is not None:
             board.add_scalar("train/loss", mean_loss, step)
             board.add_scalar("train/lr", self.record["lr"], step)
+
+    def _validate(self, step: int, log: IO[bytes] | None, board: Any) -> None:
+        """Top-1 on the real test split at the end of every `validate_every` epochs and of
+        the last step; the best model so far goes to train/best.safetensors."""
+        epochs, at = divmod(step, self.steps_per_epoch)
+        every = self.cfg.validate_every
+        if self.validation is None or not (
+            step == self.total_steps or (not at and epochs % every == 0)
+        ):
+            return  # fmt: skip
+        model = self.trainee.final
+        model.eval()
+        scores = topk_accuracy(model, self.validation, self.device, f"validate epoch {epochs}")
+        model.train()
+        record = {"step": step, "epoch": round(step / self.steps_per_epoch, 3),
+                  **{f"val_{k}": v for k, v in scores.items() if k.startswith("top")}}  # fmt: skip
+        if log is not None:
+            log.write((json.dumps(record) + "\n").encode())
+        if board is not None:
+            board.add_scalar("val/top1", scores["top1"], step)
+        best = self.resume.best_top1
+        if best is None or scores["top1"] > best:
+            self.resume = replace(self.resume, best_top1=scores["top1"])
+            meta = {**self.meta, "aux_bn": has_aux_bn(model), "step": step}
+            save_checkpoint(self.best_path, model, meta)
