@@ -257,3 +257,59 @@ def test_compiled_model_follows_the_split_of_each_batch() -> None:
             compiled(inputs).square().mean().backward()
         torch.testing.assert_close(inputs.grad, train_step(reference, x, real), **exact)
         assert_same_state(model, reference, exact, exact)
+
+
+TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def test_auxiliary_layernorm_leaves_the_real_part_as_it_is_alone(tmp_path: Path) -> None:
+    """A ViT with train.aux_norm: layernorm: the real part of a batch gets exactly the
+    outputs it gets alone; the synthetic part's own affine pairs learn; the export loads
+    strictly into the stock timm model and gives identical eval outputs."""
+    from diversynth.train.aux_bn import AuxLayerNorm, convert_aux_ln
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=5, **TINY_VIT)
+    plain = copy.deepcopy(model)
+    assert convert_aux_ln(model) == sum(isinstance(m, nn.LayerNorm) for m in plain.modules())
+    real, synthetic = torch.randn(3, 3, 32, 32), torch.randn(5, 3, 32, 32) * 3
+    model.train(), plain.train()
+    with torch.no_grad():
+        for layer in model.modules():  # the synthetic pairs drift from the main ones
+            if isinstance(layer, AuxLayerNorm):
+                layer.aux.weight.mul_(1.5)
+                layer.aux.bias.add_(0.3)
+        with real_first(model, 3):
+            both = model(torch.cat([real, synthetic]))
+        torch.testing.assert_close(both[:3], plain(real), rtol=0, atol=0)
+        assert not torch.allclose(both[3:], plain(synthetic))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with real_first(model, 3):
+        model(torch.cat([real, synthetic])).square().mean().backward()
+    aux_grads = [m.aux.weight.grad for m in model.modules() if isinstance(m, AuxLayerNorm)]
+    assert all(g is not None and g.abs().sum() > 0 for g in aux_grads)
+    optimizer.step()
+
+    checkpoint, exported = tmp_path / "vit.safetensors", tmp_path / "plain.safetensors"
+    meta = {"model": "vit_tiny_patch16_224", "model_kwargs": TINY_VIT, "num_classes": 5,
+            "aux_bn": True, "aux_norm": "layernorm"}  # fmt: skip
+    save_checkpoint(checkpoint, model, meta)
+    reloaded, _ = load_checkpoint(checkpoint)
+    assert sum(isinstance(m, AuxLayerNorm) for m in reloaded.modules()) == len(aux_grads)
+    export_plain(checkpoint, exported)
+    from safetensors.torch import load_file
+
+    stock = timm.create_model("vit_tiny_patch16_224", num_classes=5, **TINY_VIT)
+    stock.load_state_dict(load_file(str(exported)))  # strict: the stock keys, nothing else
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        torch.testing.assert_close(stock.eval()(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(reloaded.eval()(x), expected, rtol=0, atol=0)
+
+
+def test_auxiliary_layernorm_on_a_model_without_layernorm_is_refused() -> None:
+    from diversynth.train.model import CheckpointError, convert_auxiliary
+
+    with pytest.raises(CheckpointError, match="train.aux_norm: layernorm, but the model has no"):
+        convert_auxiliary(build("resnet10t"), "layernorm")

@@ -357,10 +357,25 @@ def test_bad_training_settings_fail_clearly(run_copy: Path, kit_overrides: list[
         load_config(OFFLINE_CONFIG, ["train.recipe=resnet-101"])
     with pytest.raises(ConfigError, match=r"train.ema.decay: EMA decay must lie in \(0, 1\)"):
         load_config(OFFLINE_CONFIG, ["train.ema.decay=1"])
+    with pytest.raises(TrainError, match=r"train.aux_norm: layernorm, but the model has no "
+                       r"LayerNorm .*\('resnet10t'\)"):  # fmt: skip
+        _train(run_copy, kit_overrides, ["train.aux_norm=layernorm"])
     # a quarter synthetic: a batch of 33 holds 8 synthetic and 25 real images, one unpaired
     with pytest.raises(TrainError, match=r"train.mixup: each process's micro-batch holds 25 "
                        r"real image\(s\)"):  # fmt: skip
         _train(run_copy, kit_overrides, ["train.batch_size=33", "train.mixup.mixup_alpha=0.2"])
+
+
+def test_a_vit_trains_with_auxiliary_layernorm(run_copy: Path, kit_overrides: list[str]) -> None:
+    from diversynth.train.aux_bn import AuxLayerNorm
+    from diversynth.train.model import load_checkpoint
+
+    summary = _train(run_copy, kit_overrides, [*VIT, "train.epochs=1",
+                                               "train.aux_norm=layernorm"])  # fmt: skip
+    assert summary["aux_bn"] and summary["synthetic_images"] > 0
+    model, meta = load_checkpoint(run_copy / "train" / "model.safetensors")
+    assert meta["aux_norm"] == "layernorm"
+    assert sum(isinstance(m, AuxLayerNorm) for m in model.modules()) == 5  # 2 blocks x 2 + 1
 
 
 def test_recipes_are_listed() -> None:

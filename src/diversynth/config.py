@@ -434,7 +434,10 @@ class TrainConfig(Section):
     # synthetic images used, as a multiple of the real training set (0, 1, ... 6); the run's
     # shards must hold enough. None: all of them
     synthetic_scale: float | None = Field(None, ge=0)
-    aux_bn: bool = True  # synthetic images through BN layers of their own (false: shared BN)
+    aux_bn: bool = True  # synthetic images through norm layers of their own (false: shared)
+    # which norm layers get a twin: batch norm (AdvProp's auxiliary BN), or for models
+    # without BN (ViT, DeiT, Swin) layer norm, whose twin is only a second affine pair
+    aux_norm: Literal["batchnorm", "layernorm"] = "batchnorm"
     optimizer: Literal["sgd", "adamw", "lamb"] = "sgd"
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(5e-4, ge=0)

@@ -10,6 +10,12 @@ and so drops BatchNormAct2d's activation, and it cannot handle BatchNorm1d.
 A batch is laid out real first, synthetic after; `real_first(model, n)` tells every
 layer where the split is. In eval mode, or with no split set, only `main` runs.
 
+Models without batch norm (ViT, DeiT, Swin, ConvNeXt) have nothing to split; with
+`train.aux_norm: layernorm` every LayerNorm becomes an `AuxLayerNorm` instead: its
+statistics are per sample anyway, so what the synthetic part gets of its own is an affine
+pair (weight, bias). It does not keep synthetic statistics out of anything (there are no
+running statistics); it only lets the two domains scale and shift their features apart.
+
 Speed: the obvious form, `cat([main(x[:n]), aux(x[n:])])`, costs a copy of every BN
 output in the forward pass and, in the backward pass, a zero-filled full-size gradient per
 slice plus their sum: about seven extra passes over each activation (timm's split BN, which
@@ -148,13 +154,14 @@ def _pointwise_two_bns(
     return (exact * scale + shift).to(x.dtype)
 
 
-class AuxBatchNorm(nn.Module):
-    def __init__(self, layer: _BatchNorm):
+class _AuxNorm(nn.Module):
+    """A norm layer (`main`) and its twin (`aux`) for the synthetic part of each batch."""
+
+    def __init__(self, layer: nn.Module):
         super().__init__()
         self.main = layer
         self.aux = copy.deepcopy(layer)
         self.split: int | None = None  # leading samples of the batch that are real
-        self.fused = _fusable(layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         split = self.split
@@ -162,8 +169,20 @@ class AuxBatchNorm(nn.Module):
             return self.main(x)
         if split <= 0:
             return self.aux(x)
+        return self._both(x, split)
+
+    def _both(self, x: torch.Tensor, split: int) -> torch.Tensor:
+        return torch.cat([self.main(x[:split]), self.aux(x[split:])])
+
+
+class AuxBatchNorm(_AuxNorm):
+    def __init__(self, layer: _BatchNorm):
+        super().__init__(layer)
+        self.fused = _fusable(layer)
+
+    def _both(self, x: torch.Tensor, split: int) -> torch.Tensor:
         if not self.fused or x.device.type not in ("cpu", "cuda"):
-            return torch.cat([self.main(x[:split]), self.aux(x[split:])])
+            return super()._both(x, split)
         main, aux = self.main, self.aux
         if torch.compiler.is_compiling():
             y = _pointwise_two_bns(x, split, main, aux)
@@ -174,6 +193,23 @@ class AuxBatchNorm(nn.Module):
         if isinstance(main, BatchNormAct2d):
             y = main.act(main.drop(y))
         return y
+
+
+class AuxLayerNorm(_AuxNorm):
+    """A LayerNorm with a second affine pair for the synthetic part of a batch. Each sample
+    is normalised on its own, so the real part's output is exactly what it gets alone."""
+
+
+def convert_aux_ln(model: nn.Module) -> int:
+    """Give every LayerNorm of the model an auxiliary affine pair (in place); the count."""
+    count = 0
+    for name, child in model.named_children():
+        if isinstance(child, nn.LayerNorm):
+            setattr(model, name, AuxLayerNorm(child))
+            count += 1
+        elif not isinstance(child, _AuxNorm):
+            count += convert_aux_ln(child)
+    return count
 
 
 def convert_aux_bn(model: nn.Module) -> nn.Module:
@@ -187,13 +223,14 @@ def convert_aux_bn(model: nn.Module) -> nn.Module:
 
 
 def has_aux_bn(model: nn.Module) -> bool:
-    return any(isinstance(m, AuxBatchNorm) for m in model.modules())
+    """Whether the model has auxiliary norm layers (batch norm or layer norm)."""
+    return any(isinstance(m, _AuxNorm) for m in model.modules())
 
 
 @contextlib.contextmanager
 def real_first(model: nn.Module, real: int) -> Iterator[None]:
     """Within the block, batches hold `real` real images first, then synthetic ones."""
-    layers = [m for m in model.modules() if isinstance(m, AuxBatchNorm)]
+    layers = [m for m in model.modules() if isinstance(m, _AuxNorm)]
     for layer in layers:
         layer.split = real
     try:
@@ -204,13 +241,13 @@ def real_first(model: nn.Module, real: int) -> Iterator[None]:
 
 
 def export_plain_bn(model: nn.Module) -> nn.Module:
-    """A copy of the model with each AuxBatchNorm replaced by its main layer: the stock
-    architecture, loadable by the model's own class with the usual state-dict keys."""
+    """A copy of the model with each auxiliary norm layer replaced by its main layer: the
+    stock architecture, loadable by the model's own class with the usual state-dict keys."""
     plain = copy.deepcopy(model)
 
     def strip(module: nn.Module) -> None:
         for name, child in module.named_children():
-            if isinstance(child, AuxBatchNorm):
+            if isinstance(child, _AuxNorm):
                 setattr(module, name, child.main)
             else:
                 strip(child)

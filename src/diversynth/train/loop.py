@@ -34,7 +34,7 @@ from diversynth.progress import progress_bar
 from diversynth.realdata import real_dataset
 from diversynth.rundir import RunDir, Timer
 from diversynth.train import distributed
-from diversynth.train.aux_bn import convert_aux_bn, has_aux_bn, real_first
+from diversynth.train.aux_bn import has_aux_bn, real_first
 from diversynth.train.checkpoint import Resume, load_state, read_resume, save_state
 from diversynth.train.data import (
     SeededSamples,
@@ -44,7 +44,12 @@ from diversynth.train.data import (
 )
 from diversynth.train.evaluate import topk_accuracy
 from diversynth.train.mixing import DomainMixup
-from diversynth.train.model import create_classifier, save_checkpoint
+from diversynth.train.model import (
+    CheckpointError,
+    convert_auxiliary,
+    create_classifier,
+    save_checkpoint,
+)
 from diversynth.train.sampling import MixedBatches
 from diversynth.train.synthetic import synthetic_images
 from diversynth.vision.device import pick_device
@@ -190,7 +195,10 @@ def _trainee(config: RunConfig, num_classes: int, aux: bool, device: torch.devic
     torch.manual_seed(config.seed)  # the same initial weights on every run and process
     model = create_classifier(cfg.model, num_classes, **cfg.model_kwargs)
     if aux:
-        convert_aux_bn(model)
+        try:
+            convert_auxiliary(model, cfg.aux_norm)
+        except CheckpointError as exc:
+            raise TrainError(f"{exc} ({cfg.model!r})") from None
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -265,7 +273,7 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
     # 3. the steps, with validation on the real test split every few epochs
     prep = model_preprocessing(cfg)
     meta = {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "num_classes": len(classes),
-            **prep}  # fmt: skip
+            "aux_norm": cfg.aux_norm, **prep}  # fmt: skip
     validation = None
     if cfg.validate_every is not None and ranks.main:
         test = real_dataset(config.data, "test", classes, eval_transform(prep))
@@ -342,7 +350,7 @@ class _Steps:
         loss_fn: torch.nn.Module = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         if self.mixup is not None:  # soft targets, label smoothing included
             loss_fn = SoftTargetCrossEntropy()
-        if not step:
+        if not step and ranks.main:
             self.best_path.unlink(missing_ok=True)  # a fresh start: no best of an old run
         log = _open_metrics(run.train_metrics, self.resume.metrics_bytes) if ranks.main else None
         board = _tensorboard(run, cfg, step) if ranks.main else None

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save
 
 from diversynth.errors import UsageError
 from diversynth.rundir import atomic_open
-from diversynth.train.aux_bn import convert_aux_bn, export_plain_bn
+from diversynth.train.aux_bn import convert_aux_bn, convert_aux_ln, export_plain_bn
 
 
 class CheckpointError(UsageError, ValueError):
@@ -23,6 +23,16 @@ class CheckpointError(UsageError, ValueError):
 def create_classifier(name: str, num_classes: int, **kwargs: Any) -> torch.nn.Module:
     """A timm model with random weights; `kwargs` go to `timm.create_model`."""
     return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def convert_auxiliary(model: torch.nn.Module, kind: str) -> None:
+    """Give the model's norm layers of `kind` (train.aux_norm) their auxiliary twins."""
+    if kind == "layernorm":
+        if not convert_aux_ln(model):
+            raise CheckpointError("train.aux_norm: layernorm, but the model has no LayerNorm "
+                                  "(use batchnorm for a model with batch norm)")  # fmt: skip
+    else:
+        convert_aux_bn(model)
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -49,7 +59,7 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     meta = json.loads(meta)
     model = create_classifier(meta["model"], meta["num_classes"], **meta.get("model_kwargs", {}))
     if meta.get("aux_bn"):
-        convert_aux_bn(model)
+        convert_auxiliary(model, meta.get("aux_norm", "batchnorm"))
     model.load_state_dict(load_file(str(path)))
     return model, meta
 
