@@ -23,9 +23,10 @@ import tarfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
 from PIL import Image
 
-from diversynth.artifacts.manifest import write_manifest
+from diversynth.artifacts.manifest import SCHEMA, write_manifest
 from diversynth.classes.imagenet import imagenet_catalog
 from diversynth.config import ReportConfig
 from diversynth.report.browser import chromium, file_url
@@ -107,7 +108,7 @@ def make_run(root: Path, classes: int, per_class: int, shown: int) -> RunDir:
         write_json(
             run.shards / f"{shard}.json", {"sha256": sha256_file(run.shards / f"{shard}.tar")}
         )
-    write_manifest(run.manifest, rows)
+    write_manifest(run.manifest, [pa.Table.from_pylist(rows, schema=SCHEMA)])
     return run
 
 
