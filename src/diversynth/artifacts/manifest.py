@@ -94,12 +94,17 @@ def write_manifest(path: Path, shards: Iterable[pa.Table]) -> int:
     return count
 
 
+def value_counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    """How often each string of a column occurs (dictionary-encoded columns too)."""
+    counts = pc.value_counts(column.cast(pa.string())).to_pylist()
+    return {row["values"]: row["counts"] for row in counts if row["values"]}
+
+
 def image_flags(table: pa.Table) -> dict[str, int]:
     """How many of the rows were made again (attempt > 0, under "regenerated") and carry
     each flag."""
-    counts = pc.value_counts(pc.list_flatten(table.column("flags"))).to_pylist()
     regenerated = pc.sum(pc.greater(table.column("attempt"), 0)).as_py() or 0
-    return {"regenerated": regenerated, **{row["values"]: row["counts"] for row in counts}}
+    return {"regenerated": regenerated, **value_counts(pc.list_flatten(table.column("flags")))}
 
 
 def read_manifest(path: Path, columns: list[str] | None = None) -> pa.Table:

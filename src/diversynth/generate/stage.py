@@ -200,7 +200,7 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
         left = len(missing) - len(todo)
         raise PartialStage(f"{len(shards) - left} of {len(shards)} shards done (--max-shards "
                            f"{max_shards}); run again to make the other {left}")  # fmt: skip
-    # 4. the manifest, read shard by shard from the stats files (a shard made for other
+    # 4. the manifest, read shard by shard from the row files (a shard made for other
     # inputs than the plan's is made again, then the manifest is written once more)
     tally = _write_manifest(run, shards, plan["inputs"])
     remade = len(tally.foreign)
@@ -266,7 +266,7 @@ def _write_manifest(run: RunDir, shards: list[ShardSpec], inputs: dict[str, str]
 
 
 def bytes_per_image(config: RunConfig, run: RunDir, done: list[ShardSpec]) -> tuple[float, str]:
-    """Disk bytes an image takes (its JPEG, metadata, tar headers, stats row) and how that
+    """Disk bytes an image takes (its JPEG, metadata, tar headers, manifest row) and how that
     was found: measured on the finished shards, or, before the first, on a test image
     encoded as generate stores images (a smooth random picture, which JPEG compresses
     about as well as a photo; 512 px at quality 90 gives 55 KB)."""

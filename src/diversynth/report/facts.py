@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 
-from diversynth.artifacts.manifest import SCHEMA, image_flags, read_manifest
+from diversynth.artifacts.manifest import SCHEMA, image_flags, read_manifest, value_counts
 from diversynth.artifacts.records import read_classes, read_prompts
 from diversynth.config import STRATEGIES
 from diversynth.errors import DiversynthError
@@ -94,7 +93,7 @@ class RunFacts:
 
     def counts_by_strategy(self) -> dict[str, dict[str, int]]:
         prompts = Counter(p["strategy"] for p in self.prompts)
-        images = _value_counts(self.images.column("strategy"))
+        images = value_counts(self.images.column("strategy"))
         return {s: {"prompts": prompts[s], "images": images.get(s, 0)} for s in STRATEGIES}
 
     def synthetic_scale(self) -> float | None:
@@ -117,11 +116,6 @@ class RunFacts:
     def image_flags(self) -> dict[str, int]:
         """Images regenerated (attempt > 0) and images carrying a filter flag."""
         return image_flags(self.images)
-
-
-def _value_counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
-    counts = pc.value_counts(column.cast(pa.string()))
-    return {row["values"]: row["counts"] for row in counts.to_pylist() if row["values"]}
 
 
 def load_run(root: Path) -> RunFacts:
