@@ -139,7 +139,7 @@ def main() -> None:
                 "channels_last": args.channels_last,
             },
         })  # fmt: skip
-        shards = plan_shards(len(prompts), per_prompt, per_shard)
+        shards = plan_shards([per_prompt] * len(prompts), per_shard)
         out = Path(tmp) / "shards"
         out.mkdir()
         engine = LocalEngine(config, dict(enumerate(CLASSES)))

@@ -18,17 +18,25 @@ OFFLINE_CONFIG = REPO / "configs" / "offline.yaml"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Tests that need one of these fixtures are slow: a finished offline run (built once, about
-# 100 s on 2 cores), the imagenet1k classes run, a llama.cpp server, Ray or a browser.
+# 4-6 minutes on 2 cores), the imagenet1k classes run, a llama.cpp server, Ray or a browser.
 SLOW_FIXTURES = {"finished_run", "run_copy", "prompts_run", "imagenet_run", "llama_server",
                  "ray_env", "browser"}  # fmt: skip
+# The first test (on each xdist worker) to need the offline run waits while it is built:
+# SmolLM2 asked again for the classes whose answers copied the worked example makes the
+# prompts stage alone take 2-4 minutes on 2 busy cores.
+OFFLINE_RUN_FIXTURES = {"finished_run", "run_copy", "prompts_run"}
+OFFLINE_RUN_TIMEOUT = 900
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`pytest -m "not slow"`: the quick subset leaves out what SLOW_FIXTURES names and
     the tests marked slow by hand (those that run the command line or torchrun)."""
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        if OFFLINE_RUN_FIXTURES & fixtures and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(OFFLINE_RUN_TIMEOUT))
 
 
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str,

@@ -4,6 +4,7 @@ that misbehaves on purpose."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -39,12 +40,21 @@ def chat_reply(content: str, model: str = "test-model") -> dict:
     }
 
 
+def example_shown(request: dict) -> str:
+    """The worked example's JSON in a chat request's last message, or a refusal."""
+    text = request["messages"][-1]["content"]
+    found = re.search(r"^Example for [^:]*: (\{.*\})$", text, re.M)
+    return found.group(1) if found else "I'm sorry, I can't do that."
+
+
 class MisbehavingServer:
     """Answers each request by the next behaviour in `script` (then by `default`):
 
     ok:TEXT     200 with TEXT as the answer        500 / 429 / 404 / 401   that status
     slow        answers after `slow_seconds`       bad_json    200 with a body that is not JSON
     truncated   promises more bytes than it sends  close       closes the connection at once
+    echo        the worked example the request shows ("Example for ...: {...}"), verbatim;
+                a refusal when it shows none
     """
 
     def __init__(self, default: str = 'ok:{"styles": ["oil painting"]}', slow_seconds: float = 3.0):
@@ -64,6 +74,8 @@ class MisbehavingServer:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 server.requests.append(json.loads(body or b"{}"))
                 behaviour = server.script.popleft() if server.script else server.default
+                if behaviour == "echo":
+                    behaviour = "ok:" + example_shown(server.requests[-1])
                 server.respond(self, behaviour)
 
             def do_GET(self):

@@ -29,12 +29,17 @@ GENERATE_ONLY = ["--stages", "classes,prompts,generate"]
 
 
 def test_plan_is_fixed_by_prompt_ranges() -> None:
-    shards = plan_shards(num_prompts=10, images_per_prompt=3, images_per_shard=7)
+    shards = plan_shards([3] * 10, images_per_shard=7)
     assert [(s.prompt_start, s.prompt_stop, s.images) for s in shards] == [
         (0, 2, 6), (2, 4, 6), (4, 6, 6), (6, 8, 6), (8, 10, 6),
     ]  # fmt: skip
     # more images per prompt than per shard: one prompt per shard, never split
-    assert all(s.prompt_stop - s.prompt_start == 1 for s in plan_shards(3, 5, 2))
+    assert all(s.prompt_stop - s.prompt_start == 1 for s in plan_shards([5] * 3, 2))
+    # prompts with more images (a repeated text's): consecutive prompts while they fit
+    shards = plan_shards([2, 4, 2, 2, 6, 1], images_per_shard=6)
+    assert [(s.prompt_start, s.prompt_stop, s.images) for s in shards] == [
+        (0, 2, 6), (2, 4, 4), (4, 5, 6), (5, 6, 1),
+    ]  # fmt: skip
     assert image_key(12, 1) == "p00000012_i001"
 
 
@@ -242,11 +247,13 @@ def test_safety_checker_never_leaves_a_black_image(
 
     summary = run.read_state("generate").summary
     rows = pq_rows(run.manifest)
-    assert summary["images"] + summary["dropped_unsafe"] == len(prompts) == 20
+    planned = sum(len(p["image_seeds"]) for p in prompts)
+    assert summary["images"] + summary["dropped_unsafe"] == planned == 20
     assert summary["regenerated"] >= 1 and summary["images"] == len(rows)
     for row in rows:
         assert "unsafe" not in row["flags"]
-        assert row["seed"] == derive_seed(0, row["prompt_id"], 0, row["attempt"])
+        image_index = int(row["key"].rsplit("_i", 1)[1])
+        assert row["seed"] == derive_seed(0, row["prompt_id"], image_index, row["attempt"])
         assert row["clip_prompt"] is not None and row["clip_class"] is not None
     assert scored and min(scored) > 16, "CLIP scored a blacked-out image"
     for tar in sorted(run.shards.glob("*.tar")):

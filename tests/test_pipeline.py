@@ -46,8 +46,10 @@ def test_offline_run_leaves_every_artifact(finished_run: Path) -> None:
     assert classes[9]["raw_name"] == "Ankle boot" and classes[9]["name"] == "Ankle boot"
 
     prompts = [json.loads(line) for line in (run / "prompts.jsonl").read_text().splitlines()]
-    assert len(prompts) == 100  # 10 per class
-    assert all(len(p["image_seeds"]) == 1 for p in prompts)
+    assert sum(len(p["image_seeds"]) for p in prompts) == 100  # 10 images per class
+    # one template for the two naive prompts: one prompt with both images, no text twice
+    assert all(len(p["image_seeds"]) >= 2 for p in prompts if p["strategy"] == "naive")
+    assert len({(p["class_index"], p["text"]) for p in prompts}) == len(prompts)
     assert len({s for p in prompts for s in p["image_seeds"]}) == 100  # a distinct seed per image
     assert all(classes[p["class_index"]]["name"] in p["text"] for p in prompts)
 

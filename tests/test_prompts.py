@@ -135,29 +135,42 @@ def prompts_run(finished_run: Path) -> Path:
 
 
 def test_offline_prompts_follow_the_shares(prompts_run: Path) -> None:
+    from diversynth.prompts.examples import EXAMPLES, fold
+
     prompts = _prompts(prompts_run)
     classes = [
         json.loads(line) for line in (prompts_run / "classes.jsonl").read_text().splitlines()
     ]
-    assert len(prompts) == 100
+    summary = _state(prompts_run, "prompts")["summary"]
+    assert summary["images"] == 100 == sum(len(p["image_seeds"]) for p in prompts)
+    examples = {e.object: e for e in EXAMPLES}
     for cls in classes:
         mine = [p for p in prompts if p["class_index"] == cls["index"]]
-        assert len(mine) == 10
+        assert sum(len(p["image_seeds"]) for p in mine) == 10  # per_class x images_per_prompt
+        assert len({p["text"] for p in mine}) == len(mine)  # no text twice in a class
         assert all(cls["name"].casefold() in p["text"].casefold() for p in mine)
         assert all(clip_tokens(p["text"]) <= 77 for p in mine)
-        filled = [p for p in mine if p.get("filled_for")]
-        by_strategy = {s: sum(1 for p in mine if p["strategy"] == s) for s in ("naive", "cd", "sd")}
-        # 2 naive, 5 CD, 3 SD, unless the LLM fell short and templates filled in (recorded)
-        assert by_strategy["naive"] == 2 + len(filled)
-        assert by_strategy["cd"] + by_strategy["sd"] + len(filled) == 8
+        images = {s: sum(len(p["image_seeds"]) for p in mine if p["strategy"] == s)
+                  for s in ("naive", "cd", "sd")}  # fmt: skip
+        missing = sum(summary["shortfall"].get(str(cls["index"]), {}).values())
+        # 2 naive (one template: one prompt with both images), 5 CD, 3 SD, unless the LLM
+        # fell short and the template filled in
+        assert sum(1 for p in mine if p["strategy"] == "naive") == 1
+        assert images == {"naive": 2 + missing, "cd": images["cd"], "sd": images["sd"]}
+        assert images["cd"] + images["sd"] + missing == 8
         for p in mine:
             if p["strategy"] == "cd":
                 assert p["contexts"] and all(c in p["text"] for c in p["contexts"])
             if p["strategy"] == "sd":
                 assert p["style"] in p["text"]
-    summary = _state(prompts_run, "prompts")["summary"]
+            if p.get("example"):  # the example shown: none of its phrases kept
+                shown = {fold(x) for x in examples[p["example"]].phrases(p["strategy"])}
+                assert not {fold(x) for x in p.get("contexts", [p.get("style")])} & shown
     assert summary["llm"].startswith("llamacpp:SmolLM2")
     assert summary["per_strategy"]["cd"] >= 40 and summary["per_strategy"]["sd"] >= 25
+    # SmolLM2 copies its examples: counted, and the summary says where images were merged
+    assert summary["copies_rejected"]["cd"] > 0 and summary["repeated_texts"]["naive"] >= 10
+    assert set(summary["shared_phrases"]) == {"cd", "sd"}
     llm_made = [p["text"] for p in prompts if p["strategy"] in ("cd", "sd")]
     assert len(set(llm_made)) == len(llm_made)  # no duplicates among LLM-made prompts
 
@@ -219,12 +232,15 @@ def test_llm_shortfall_is_filled_with_templates(tmp_path: Path, kit_overrides: l
     assert result.returncode == 0, result.stderr
     assert "unusable contexts" in result.stderr and "Coat" in result.stderr
     prompts = _prompts(out)
-    assert len(prompts) == 20
+    assert sum(len(p["image_seeds"]) for p in prompts) == 20
     summary = _state(out, "prompts")["summary"]
     # no CD at all; SD still comes from the built-in styles
     assert summary["per_strategy"]["cd"] == 0 and summary["per_strategy"]["sd"] == 6
     assert summary["shortfall"] == {"0": {"cd": 5}, "1": {"cd": 5}}  # by class index
-    assert all(p["filled_for"] == "cd" for p in prompts if p.get("filled_for"))
+    # the template fills in: its one prompt per class carries 2 naive + 5 missing images
+    naive = [p for p in prompts if p["strategy"] == "naive"]
+    assert [len(p["image_seeds"]) for p in naive] == [7, 7]
+    assert summary["repeated_texts"] == {"naive": 2 * 6}
     shutil.rmtree(out)
 
 
@@ -247,3 +263,109 @@ def test_llm_server_failure_is_one_clear_error_and_writes_nothing(
     assert "Traceback" not in result.stderr
     assert not (out / "prompts.jsonl").exists()
     assert (out / "classes.jsonl").exists()  # the finished stage is kept
+
+
+def test_copies_of_the_worked_example_are_caught() -> None:
+    from diversynth.config import PromptsConfig
+    from diversynth.prompts.diversity import Embedder
+    from diversynth.prompts.examples import EXAMPLES, CopyCheck, fold
+
+    bicycle = next(e for e in EXAMPLES if e.object == "bicycle")
+    check = CopyCheck(Embedder(PromptsConfig().embedder), threshold=0.85)
+    answer = [
+        "Leaning against the wall.",  # the example's, with another article and a full stop
+        "leaning against a brick wall",  # a near copy (MiniLM similarity 0.86)
+        "on a crowded city street",  # a near copy (0.87)
+        "hanging in a closet",  # the class's own idea
+        "folded on a shelf",
+    ]
+    assert check.keep(answer, bicycle, "cd") == ["hanging in a closet", "folded on a shelf"]
+    assert check.keep(["Neon Sign", "crayon drawing"], bicycle, "sd") == ["crayon drawing"]
+    assert check.keep(answer, None, "cd") == answer  # asked without an example
+    assert check.rejected == {"cd": 3, "sd": 1}
+    assert fold("  The Soft, Morning-Light!") == "soft morning light"
+    # the pool's styles are not the built-in ones (a built-in style is no copy)
+    from diversynth.prompts.styles import BUILTIN_STYLES
+
+    assert not {fold(s) for e in EXAMPLES for s in e.styles} & {fold(s) for s in BUILTIN_STYLES}
+
+
+def test_each_class_is_shown_an_example_unlike_itself() -> None:
+    from diversynth.config import PromptsConfig
+    from diversynth.prompts.diversity import Embedder
+    from diversynth.prompts.examples import EXAMPLES, choose_examples
+    from diversynth.prompts.llm_requests import context_request, style_request
+
+    embedder = Embedder(PromptsConfig().embedder)
+    names = ["bicycle", "mountain bike", "fox", "baguette", "overcoat", "oak tree", "violin"]
+    shown = choose_examples(names, embedder(names), embedder([e.object for e in EXAMPLES]),
+                            list(range(len(names))))  # fmt: skip
+    kinds = {"mountain bike": "vehicle", "fox": "animal", "baguette": "food",
+             "overcoat": "garment", "oak tree": "plant",
+             "violin": "musical instrument"}  # fmt: skip
+    assert shown[0].object != "bicycle"  # an example naming the class is never shown to it
+    for name, example in zip(names[1:], shown[1:], strict=True):
+        assert example.kind != kinds[name], (name, example.object)
+    # the request shows it, and asks without one when there is none
+    with_one = context_request("fox", None, ["lighting"], 2, 0, 100, shown[2])
+    assert f"Example for an {shown[2].object}" in with_one.messages[-1][1] or (
+        f"Example for a {shown[2].object}" in with_one.messages[-1][1]
+    )
+    assert (
+        "Example" not in context_request("fox", None, ["lighting"], 2, 0, 100, None).messages[-1][1]
+    )
+    assert "Example" not in style_request("fox", 4, 0, 100, None).messages[-1][1]
+
+
+def test_a_repeated_text_gives_its_images_to_the_first_prompt() -> None:
+    from diversynth.prompts.examples import shared_phrase_share
+    from diversynth.prompts.stage import merge_repeats
+
+    chosen = {
+        "naive": [("a photo of a Bag.", {"template": True})] * 2
+        + [("a photo of a Bag.", {"template": True, "filled_for": "cd"})],
+        "sd": [("a sketch of a Bag", {"style": "sketch"})],
+    }
+    merged, repeated = merge_repeats(chosen)
+    assert merged == {"naive": [("a photo of a Bag.", {"template": True}, 3)],
+                      "sd": [("a sketch of a Bag", {"style": "sketch"}, 1)]}  # fmt: skip
+    assert repeated == {"naive": 2}
+    # "at sunset" for 3 of 8 classes is shared (more than a quarter); the rest are not
+    phrases = {i: {f"phrase {i}", "At sunset"} if i < 3 else {f"phrase {i}"} for i in range(8)}
+    assert shared_phrase_share(phrases, 8) == pytest.approx(3 / 11, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_an_llm_that_echoes_the_example_is_caught(tmp_path: Path,
+                                                   kit_overrides: list[str]) -> None:  # fmt: skip
+    """Every answer the example verbatim: each phrase rejected and counted, the class asked
+    again without an example, templates and built-in styles fill, nothing echoed kept."""
+    from llm_servers import MisbehavingServer
+
+    from diversynth.config import load_config
+    from diversynth.pipeline import run_stages
+    from diversynth.prompts.examples import EXAMPLES, fold
+    from diversynth.rundir import RunDir
+
+    with MisbehavingServer(default="echo") as server:
+        overrides = [*kit_overrides, "llm.backend=openai", "llm.model=any",
+                     f"llm.base_url={server.base_url}", "classes.names=[Dress, Bag]"]  # fmt: skip
+        run_stages(load_config(OFFLINE_CONFIG, overrides), RunDir(tmp_path), ["classes", "prompts"])
+        requests = [r["messages"][-1]["content"] for r in server.requests]
+    summary = _state(tmp_path, "prompts")["summary"]
+    # per class and strategy: one request with the example (6 axes x 2 phrases; 5 styles:
+    # all copies, an empty answer, not retried), then three without (refused)
+    assert summary["copies_rejected"] == {"cd": 2 * 12, "sd": 2 * 5}
+    assert sum("Example for" in r for r in requests) == 2 * 2
+    assert summary["llm_calls"] == len(requests) == 2 * 2 * 4
+    assert summary["shortfall"] == {"0": {"cd": 5}, "1": {"cd": 5}}
+    echoed = {fold(p) for e in EXAMPLES for s in ("cd", "sd") for p in e.phrases(s)}
+    prompts = _prompts(tmp_path)
+    for p in prompts:
+        assert not {fold(c) for c in p.get("contexts", [])} & echoed
+        assert fold(p.get("style", "")) not in echoed
+        assert "example" not in p
+    for index in (0, 1):
+        texts = [p["text"] for p in prompts if p["class_index"] == index]
+        assert len(texts) == len(set(texts))
+        assert sum(len(p["image_seeds"]) for p in prompts if p["class_index"] == index) == 10

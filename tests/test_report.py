@@ -53,6 +53,11 @@ def test_overview_and_class_page_load_cleanly(browser, finished_run: Path) -> No
     assert str(top1) in browser.find_element(By.ID, "evaluation").text
     strategies = browser.find_element(By.ID, "strategies").text
     assert "contextualized (CD)" in strategies and "stylized (SD)" in strategies
+    # the copies of the worked example the prompts stage dropped, per strategy
+    summary = json.loads((finished_run / ".state" / "prompts.json").read_text())["summary"]
+    cd_row = next(r for r in strategies.splitlines() if r.startswith("contextualized (CD)"))
+    assert "rejected as copies" in strategies
+    assert cd_row.split()[-2] == str(summary["copies_rejected"]["cd"])
     plots = browser.find_elements(By.CSS_SELECTOR, ".plots img")
     assert plots and all(
         browser.execute_script("return arguments[0].naturalWidth", p) for p in plots

@@ -175,6 +175,11 @@ class PromptsConfig(Section):
     styles_per_class: PositiveInt = 8
     builtin_styles: bool = True
     near_duplicate_threshold: float = Field(0.95, gt=0, le=1)  # cosine similarity
+    # show the LLM a worked example (one of a pool, unlike the class: prompts/examples.py);
+    # false asks without one, for LLMs that need none
+    few_shot: bool = True
+    # a phrase this similar to the example shown (cosine, embedder) is a copy and dropped
+    copy_threshold: float = Field(0.85, gt=0, le=1)
     blocklist: list[str] = Field(default_factory=list)
     # sentence-transformers model for dedupe and metrics
     embedder: str = Field("bundled:minilm", validate_default=True)

@@ -36,11 +36,12 @@ class PromptRecord(TypedDict):
     strategy: str  # one of config.STRATEGIES
     text: str
     seed: int  # the first image's
-    image_seeds: list[int]
+    image_seeds: list[int]  # one per image (images_per_prompt, more where texts repeated)
     template: NotRequired[bool]  # naive prompts
     filled_for: NotRequired[str]  # a template prompt standing in for missing LLM prompts
     contexts: NotRequired[list[str]]  # CD prompts
     style: NotRequired[str]  # SD prompts
+    example: NotRequired[str]  # CD/SD: the worked example the LLM was shown for its answer
 
 
 def read_classes(run: RunDir) -> list[ClassRecord]:

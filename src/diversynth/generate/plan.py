@@ -6,6 +6,7 @@ whose stats file is missing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,17 +27,19 @@ class ShardSpec:
         return prompts[self.prompt_start : self.prompt_stop]
 
 
-def plan_shards(num_prompts: int, images_per_prompt: int, images_per_shard: int) -> list[ShardSpec]:
-    prompts_per_shard = max(1, images_per_shard // images_per_prompt)
-    return [
-        ShardSpec(
-            i,
-            start,
-            min(start + prompts_per_shard, num_prompts),
-            (min(start + prompts_per_shard, num_prompts) - start) * images_per_prompt,
-        )
-        for i, start in enumerate(range(0, num_prompts, prompts_per_shard))
-    ]
+def plan_shards(images_per_prompt: Sequence[int], images_per_shard: int) -> list[ShardSpec]:
+    """Consecutive prompts per shard, as many as fit `images_per_shard` images (at least
+    one); `images_per_prompt[i]` is prompt i's image count."""
+    shards: list[ShardSpec] = []
+    start = images = 0
+    for prompt, count in enumerate(images_per_prompt):
+        if prompt > start and images + count > images_per_shard:
+            shards.append(ShardSpec(len(shards), start, prompt, images))
+            start, images = prompt, 0
+        images += count
+    if len(images_per_prompt) > start:
+        shards.append(ShardSpec(len(shards), start, len(images_per_prompt), images))
+    return shards
 
 
 def image_key(prompt_id: int, image_index: int) -> str:

@@ -141,11 +141,11 @@ def _prepare_folder(run: RunDir, old: dict[str, Any] | None, plan: dict[str, Any
         write_json(run.plan, plan)
 
 
-def planned_shards(config: RunConfig, run: RunDir) -> list[ShardSpec]:
-    num_prompts = sum(1 for _ in run.prompts.open())
-    return plan_shards(
-        num_prompts, config.prompts.images_per_prompt, config.generate.images_per_shard
-    )
+def planned_shards(config: RunConfig, run: RunDir,
+                   prompts: list[PromptRecord] | None = None) -> list[ShardSpec]:  # fmt: skip
+    """The shards of the run's prompts (`prompts`, when the caller has read them)."""
+    prompts = read_prompts(run) if prompts is None else prompts
+    return plan_shards([len(p["image_seeds"]) for p in prompts], config.generate.images_per_shard)
 
 
 def _record_made_with(config: RunConfig, plan: dict[str, Any], old: dict[str, Any] | None,
@@ -175,7 +175,7 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     # 1. the plan: the shards, and a digest of what each one's bytes depend on
     prompts = read_prompts(run)
     classes = {c["index"]: c["name"] for c in read_classes(run)}
-    shards = planned_shards(config, run)
+    shards = planned_shards(config, run, prompts)
     plan = {
         "fingerprint": fingerprint,
         "shards": [s.__dict__ for s in shards],

@@ -9,6 +9,8 @@ from typing import Any
 
 from diversynth.llm.base import ChatRequest
 from diversynth.llm.json_requests import MAX_PHRASE_CHARS, json_request, phrase_list
+from diversynth.prompts.compose import with_article
+from diversynth.prompts.examples import WorkedExample
 from diversynth.prompts.quality import PhraseMatcher, mentions_other_class
 
 
@@ -16,42 +18,48 @@ def axis_key(axis: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", axis.lower()).strip("_")
 
 
-# A worked example for another object shows the model the kind of phrase wanted.
-EXAMPLE_OBJECT = "bicycle"
-EXAMPLE_CONTEXTS = {
-    "background_or_place": ["on a busy city street", "on a forest trail"],
-    "viewpoint_and_framing": ["seen from above", "close-up of the front"],
-    "lighting": ["soft morning light", "harsh midday sun"],
-    "weather_and_time_of_day": ["on a rainy evening", "at sunset"],
-    "objects_that_appear_with_it": ["next to a lamp post", "with a helmet on it"],
-    "what_it_is_doing_or_its_state": ["leaning against a wall", "covered in mud"],
-}
-EXAMPLE_STYLES = ["pencil sketch", "oil painting", "origami", "plush toy", "tattoo"]
-
-
 def context_request(
-    name: str, description: str | None, axes: list[str], per_axis: int, seed: int, max_tokens: int
+    name: str,
+    description: str | None,
+    axes: list[str],
+    per_axis: int,
+    seed: int,
+    max_tokens: int,
+    example: WorkedExample | None,
 ) -> ChatRequest:
+    """Context phrases per axis for a class, with `example`'s as a worked example (none
+    when it is None)."""
     keys = {axis_key(a): a for a in axes}
-    example = {k: EXAMPLE_CONTEXTS.get(k, ["a short phrase", "another phrase"]) for k in keys}
     about = f" ({description})" if description else ""
+    shown = (
+        f"Example for {with_article(example.object)}: "
+        f"{json.dumps(example.context_example(list(keys)))}\n"
+        if example
+        else ""
+    )
     user = (
         "Write short phrases (2 to 6 words) that describe the setting of a photo, for these "
-        "aspects: " + "; ".join(f"{k}: {a}" for k, a in keys.items()) + ".\n"
-        f"Example for a {EXAMPLE_OBJECT}: {json.dumps(example)}\n"
+        "aspects: " + "; ".join(f"{k}: {a}" for k, a in keys.items()) + ".\n" + shown +
         f"Now write {per_axis} different phrases per aspect for a photo of a {name}{about}. "
-        f"Do not use the word {name!r}. Answer with the JSON object only."
-    )
+        "The phrases must suit this object" + (", not the example's" if example else "") +
+        f". Do not use the word {name!r}. Answer with the JSON object only."
+    )  # fmt: skip
     return json_request(name, user, {k: phrase_list(per_axis) for k in keys}, seed, max_tokens)
 
 
-def style_request(name: str, count: int, seed: int, max_tokens: int) -> ChatRequest:
+def style_request(
+    name: str, count: int, seed: int, max_tokens: int, example: WorkedExample | None
+) -> ChatRequest:
+    shown = (
+        f"Example for {with_article(example.object)}: {json.dumps({'styles': example.styles})}\n"
+        if example
+        else ""
+    )
     user = (
-        f"Name artistic styles or renditions in which an object can be depicted. "
-        f"Example for a {EXAMPLE_OBJECT}: {json.dumps({'styles': EXAMPLE_STYLES})}\n"
+        "Name artistic styles or renditions in which an object can be depicted.\n" + shown +
         f"Now name {count} different styles that suit a {name}. Short phrases, without the "
         f"word {name!r}. Answer with the JSON object only."
-    )
+    )  # fmt: skip
     return json_request(name, user, {"styles": phrase_list(count)}, seed, max_tokens)
 
 
@@ -76,29 +84,42 @@ def clean_phrases(items: Any, name: str, class_names: PhraseMatcher) -> list[str
     return phrases
 
 
+# What leaves a validator's cleaned phrases: those that copy the request's worked example
+# (examples.CopyCheck.keep, bound to the example), counted where it is kept.
+DropCopies = Callable[[list[str]], list[str]]
+
+
+def _no_copies(phrases: list[str]) -> list[str]:
+    return phrases
+
+
 def context_validator(
-    name: str, axes: list[str], class_names: PhraseMatcher
+    name: str, axes: list[str], class_names: PhraseMatcher, drop_copies: DropCopies = _no_copies
 ) -> Callable[[Any], dict[str, list[str]]]:
     keys = [axis_key(a) for a in axes]
 
     def validate(answer: Any) -> dict[str, list[str]]:
         if not isinstance(answer, dict):
             raise ValueError(f"expected a JSON object, got {type(answer).__name__}")
-        contexts = {k: clean_phrases(answer.get(k), name, class_names) for k in keys}
-        if not any(contexts.values()):
+        cleaned = {k: clean_phrases(answer.get(k), name, class_names) for k in keys}
+        if not any(cleaned.values()):
             raise ValueError(f"no usable context phrases (keys wanted: {keys})")
-        return contexts
+        # all copies is a valid, empty answer: asking again with the example shown would
+        # copy again; the stage asks without it
+        return {k: drop_copies(phrases) for k, phrases in cleaned.items()}
 
     return validate
 
 
-def style_validator(name: str, class_names: PhraseMatcher) -> Callable[[Any], list[str]]:
+def style_validator(
+    name: str, class_names: PhraseMatcher, drop_copies: DropCopies = _no_copies
+) -> Callable[[Any], list[str]]:
     def validate(answer: Any) -> list[str]:
         if not isinstance(answer, dict):
             raise ValueError(f"expected a JSON object, got {type(answer).__name__}")
-        styles = clean_phrases(answer.get("styles"), name, class_names)
-        if not styles:
+        cleaned = clean_phrases(answer.get("styles"), name, class_names)
+        if not cleaned:
             raise ValueError("no usable styles")
-        return styles
+        return drop_copies(cleaned)  # all copies: empty, asked again without the example
 
     return validate

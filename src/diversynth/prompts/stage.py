@@ -3,14 +3,18 @@ naive (templates), CD (LLM-written contexts) and SD (styles), with per-image see
 
 Quality controls: each prompt names its class, fits CLIP's 77 tokens, has no blocklisted
 word, and LLM-made prompts are not (near) duplicates of each other (MiniLM embeddings).
-When the LLM gives too little, contexts are resampled, then templates fill the quota and
-the shortfall is recorded per class.
+The LLM is shown a worked example unlike the class, and phrases copying it are dropped
+(prompts/examples.py). When the LLM gives too little, contexts are resampled, then
+templates fill the quota and the shortfall is recorded per class. No text appears twice
+in a class: a prompt that would repeat one gives its images to the prompt that has it.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,6 +27,13 @@ from diversynth.llm import LLM, BadAnswer, open_llm
 from diversynth.progress import console, counting
 from diversynth.prompts import compose, quality
 from diversynth.prompts.diversity import Embedder, mean_cosine_distance, vendi_score
+from diversynth.prompts.examples import (
+    EXAMPLES,
+    CopyCheck,
+    WorkedExample,
+    choose_examples,
+    shared_phrase_share,
+)
 from diversynth.prompts.llm_requests import (
     context_request,
     context_validator,
@@ -109,10 +120,41 @@ class Selector:
         return chosen
 
 
-def _ask(llm: LLM, what: str, requests: list, validators: list) -> list[Any]:
-    console.print(f"  prompts: asking {escape(llm.name)} for {what} of {len(requests)} classes")
-    with counting(f"llm {what}", len(requests), "requests") as progress:
-        answers = llm.complete_json(requests, validators, progress=progress)
+# A class's request for one strategy, given the worked example to show (or None), and the
+# validator of its answer.
+MakeRequest = Callable[[ClassRecord, "WorkedExample | None"], Any]
+MakeValidator = Callable[[ClassRecord, "WorkedExample | None"], Callable[[Any], Any]]
+
+
+def _ask(llm: LLM, what: str, classes: list[ClassRecord], examples: list[WorkedExample | None],
+         request: MakeRequest, validator: MakeValidator, copied: Callable[[ClassRecord], bool],
+         wanted: int) -> tuple[list[Any], list[WorkedExample | None]]:  # fmt: skip
+    """Each class's validated answer, and the example shown in the request it came from.
+    A class whose answer copied its example (`copied`: the copies are dropped) and kept
+    fewer than half the `wanted` phrases, or stayed unusable with it after the retries, is
+    asked once more without one, and the phrases of both answers kept."""
+    console.print(f"  prompts: asking {escape(llm.name)} for {what} of {len(classes)} classes")
+    shown = list(examples)
+    with counting(f"llm {what}", len(classes), "requests") as progress:
+        answers = llm.complete_json(
+            [request(c, ex) for c, ex in zip(classes, shown, strict=True)],
+            [validator(c, ex) for c, ex in zip(classes, shown, strict=True)],
+            progress=progress,
+        )
+    again = [i for i, (c, a) in enumerate(zip(classes, answers, strict=True)) if shown[i] and (
+        isinstance(a, BadAnswer) or (copied(c) and 2 * _phrases(a) < wanted))]  # fmt: skip
+    if again:
+        console.print(f"  prompts: asking again for {what} of {len(again)} classes, without "
+                      "a worked example (their answers copied it)")  # fmt: skip
+        with counting(f"llm {what} again", len(again), "requests") as progress:
+            second = llm.complete_json([request(classes[i], None) for i in again],
+                                       [validator(classes[i], None) for i in again],
+                                       progress=progress)  # fmt: skip
+        for i, answer in zip(again, second, strict=True):
+            if isinstance(answers[i], BadAnswer) or not _phrases(answers[i]):
+                answers[i], shown[i] = answer, None
+            elif not isinstance(answer, BadAnswer):
+                answers[i] = _together(answers[i], answer)
     for answer in answers:
         if isinstance(answer, BadAnswer):
             console.print(
@@ -121,7 +163,20 @@ def _ask(llm: LLM, what: str, requests: list, validators: list) -> list[Any]:
                 markup=True,
                 highlight=False,
             )
-    return answers
+    return answers, shown
+
+
+def _phrases(answer: dict[str, list[str]] | list[str]) -> int:
+    """How many phrases a validated answer holds."""
+    return sum(map(len, answer.values())) if isinstance(answer, dict) else len(answer)
+
+
+def _together(first: Any, second: Any) -> Any:
+    """The phrases of two validated answers (context dicts or style lists), each once."""
+    if isinstance(first, dict):
+        return {k: _together(first.get(k, []), second.get(k, [])) for k in {**first, **second}}
+    seen = {p.casefold() for p in first}
+    return list(first) + [p for p in second if p.casefold() not in seen]
 
 
 def _cd_prompts(name: str, contexts: dict[str, list[str]], want: int, per_prompt: int,
@@ -141,27 +196,75 @@ def _cd_prompts(name: str, contexts: dict[str, list[str]], want: int, per_prompt
     return chosen
 
 
-def _llm_answers(
-    config: RunConfig, run: RunDir, classes: list[ClassRecord], counts: dict[str, int]
-) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    """Per class, the LLM's contexts (CD) and styles (SD), each validated (or a BadAnswer),
-    and the LLM's call counts."""
+class LLMAnswers:
+    """Per class, the LLM's validated contexts (CD) and styles (SD) (or BadAnswers), the
+    worked example each answer was asked with, and what the asking cost and rejected."""
+
+    def __init__(self, classes: list[ClassRecord]):
+        self.contexts: list[Any] = [None] * len(classes)
+        self.styles: list[Any] = [[] for _ in classes]
+        self.examples: dict[str, list[WorkedExample | None]] = {
+            s: [None] * len(classes) for s in ("cd", "sd")
+        }
+        self.stats: dict[str, Any] = {"llm": None, "llm_calls": 0, "llm_cached": 0}
+
+
+def _llm_answers(config: RunConfig, run: RunDir, classes: list[ClassRecord],
+                 counts: dict[str, int], embedder: Embedder) -> LLMAnswers:  # fmt: skip
     cfg = config.prompts
-    names = quality.PhraseMatcher(c["name"] for c in classes)  # another class named: dropped
-    contexts: list[Any] = [None] * len(classes)
-    styles: list[Any] = [[] for _ in classes]
+    result = LLMAnswers(classes)
     if not (config.llm and (counts["cd"] or counts["sd"])):
-        return contexts, styles, {"llm": None, "llm_calls": 0, "llm_cached": 0}
+        return result
+    names = quality.PhraseMatcher(c["name"] for c in classes)  # another class named: dropped
+    examples = _examples(config, classes, embedder)
+    copies = CopyCheck(embedder, cfg.copy_threshold)
+
+    def validator(strategy: str) -> MakeValidator:
+        def make(cls: ClassRecord, example: WorkedExample | None) -> Callable[[Any], Any]:
+            def drop(phrases: list[str]) -> list[str]:
+                return copies.keep(phrases, example, strategy, cls["index"])
+
+            if strategy == "cd":
+                return context_validator(cls["name"], cfg.cd_axes, names, drop)
+            return style_validator(cls["name"], names, drop)
+
+        return make
+
     with open_llm(config.llm, run.llm_cache) as llm:
         if counts["cd"]:
-            requests = [_context_request(config, c) for c in classes]
-            validators = [context_validator(c["name"], cfg.cd_axes, names) for c in classes]
-            contexts = _ask(llm, "contexts", requests, validators)
+            result.contexts, result.examples["cd"] = _ask(
+                llm, "contexts", classes, examples, lambda c, ex: _context_request(config, c, ex),
+                validator("cd"), lambda c: ("cd", c["index"]) in copies.copied,
+                cfg.contexts_per_axis * len(cfg.cd_axes),
+            )  # fmt: skip
         if counts["sd"]:
-            requests = [_style_request(config, c) for c in classes]
-            validators = [style_validator(c["name"], names) for c in classes]
-            styles = _ask(llm, "styles", requests, validators)
-    return contexts, styles, {"llm": llm.name, "llm_calls": llm.calls, "llm_cached": llm.cached}
+            result.styles, result.examples["sd"] = _ask(
+                llm, "styles", classes, examples, lambda c, ex: _style_request(config, c, ex),
+                validator("sd"), lambda c: ("sd", c["index"]) in copies.copied,
+                cfg.styles_per_class,
+            )  # fmt: skip
+    rejected = {s: copies.rejected[s] for s in ("cd", "sd") if counts[s]}
+    result.stats = {"llm": llm.name, "llm_calls": llm.calls, "llm_cached": llm.cached,
+                    "copies_rejected": rejected}  # fmt: skip
+    if any(copies.rejected.values()):
+        console.print(
+            "  prompts: dropped phrases that repeat the worked example shown: "
+            + ", ".join(f"{n} {s.upper()}" for s, n in sorted(copies.rejected.items()))
+        )
+    return result
+
+
+def _examples(config: RunConfig, classes: list[ClassRecord],
+              embedder: Embedder) -> list[WorkedExample | None]:  # fmt: skip
+    """The worked example each class is shown (none with `prompts.few_shot: false`)."""
+    if not config.prompts.few_shot:
+        return [None] * len(classes)
+    about = [f"{c['name']} ({c['description']})" if c.get("description") else c["name"]
+             for c in classes]  # fmt: skip
+    return list(choose_examples(
+        [c["name"] for c in classes], embedder(about), embedder([e.object for e in EXAMPLES]),
+        [derive_seed(config.seed, c["index"], 5) for c in classes],
+    ))  # fmt: skip
 
 
 def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
@@ -171,31 +274,33 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
     templates = (
         compose.clip_imagenet_templates() if cfg.templates == "clip-imagenet" else cfg.templates
     )
-    # 1. what the LLM writes per class
-    contexts, llm_styles, llm_stats = _llm_answers(config, run, classes, counts)
-    # 2. each class's prompts: templates, contexts and styles that pass every check
     embedder = Embedder(cfg.embedder)
+    # 1. what the LLM writes per class
+    answers = _llm_answers(config, run, classes, counts, embedder)
+    # 2. each class's prompts: templates, contexts and styles that pass every check
     records: list[PromptRecord] = []
     shortfall: dict[str, dict[str, int]] = {}
-    rejected: dict[str, int] = {}
+    rejected: Counter[str] = Counter()
+    repeated: Counter[str] = Counter()
     texts_by_strategy: dict[str, dict[int, list[str]]] = {s: {} for s in STRATEGIES}
+    llm_phrases: dict[str, dict[int, set[str]]] = {"cd": {}, "sd": {}}
     embedded: dict[str, np.ndarray] = {}  # the kept LLM prompts' vectors, for the metrics
     with counting("checking prompts", len(classes), "classes") as progress:
         for position, cls in enumerate(classes):
-            chosen, missing, selector = _class_prompts(
-                config, cls, counts, templates, embedder, contexts[position], llm_styles[position]
-            )
-            if missing:
-                shortfall[str(cls["index"])] = missing
-            for why, n in selector.rejected.items():
-                rejected[why] = rejected.get(why, 0) + n
-            embedded.update(selector.vectors)
+            made = _class_prompts(config, cls, counts, templates, embedder, answers, position)
+            if made.missing:
+                shortfall[str(cls["index"])] = made.missing
+            rejected.update(made.selector.rejected)
+            repeated.update(made.repeated)
+            embedded.update(made.selector.vectors)
             for strategy in STRATEGIES:
-                for text, detail in chosen.get(strategy, []):
-                    records.append(
-                        _record(config, len(records), cls["index"], strategy, text, detail)
-                    )
+                for text, detail, slots in made.prompts.get(strategy, []):
+                    images = slots * cfg.images_per_prompt
+                    records.append(_record(config, len(records), cls["index"], strategy, text,
+                                           detail, images))  # fmt: skip
                     texts_by_strategy[strategy].setdefault(cls["index"], []).append(text)
+            for strategy, phrases in made.llm_phrases.items():
+                llm_phrases[strategy][cls["index"]] = phrases
             progress(1)
     if shortfall:
         shown = dict(list(shortfall.items())[:SHORTFALL_SHOWN])
@@ -205,35 +310,70 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
             "  prompts: [yellow]LLM shortfall filled with templates[/yellow] (class index: "
             f"missing prompts) {escape(json.dumps(shown))}{more}"
         )
+    if repeated:
+        console.print(
+            f"  prompts: {sum(repeated.values())} prompt(s) would repeat a text of their class "
+            "(more prompts asked for than distinct texts made): their images went to the "
+            "prompt with that text"
+        )
     # 3. how diverse each strategy came out, and the records
     diversity = _diversity(texts_by_strategy, embedder, embedded)
     _print_diversity(diversity)
     write_jsonl(run.prompts, records)
-    per_strategy = {s: sum(1 for r in records if r["strategy"] == s) for s in STRATEGIES}
     return {
         "prompts": len(records),
-        "images": len(records) * cfg.images_per_prompt,
+        "images": sum(len(r["image_seeds"]) for r in records),
         "per_class": counts,
-        "per_strategy": per_strategy,
+        "per_strategy": {s: sum(1 for r in records if r["strategy"] == s) for s in STRATEGIES},
+        "images_per_strategy": {
+            s: sum(len(r["image_seeds"]) for r in records if r["strategy"] == s) for s in STRATEGIES
+        },
+        "repeated_texts": dict(repeated),
         "shortfall": shortfall,
-        "rejected": rejected,
-        **llm_stats,
+        "rejected": dict(rejected),
+        **answers.stats,
+        "few_shot": cfg.few_shot,
+        "examples_shown": _examples_shown(answers),
+        # share of the LLM's phrases that appear for more than a quarter of the classes
+        "shared_phrases": {
+            s: shared_phrase_share(per_class, len(classes))
+            for s, per_class in llm_phrases.items()
+            if any(per_class.values())
+        },
         "diversity": diversity,
     }
 
 
-def _class_prompts(
-    config: RunConfig,
-    cls: dict[str, Any],
-    counts: dict[str, int],
-    templates: list[str],
-    embedder: Embedder,
-    contexts: dict[str, list[str]] | BadAnswer | None,
-    llm_styles: list[str] | BadAnswer,
-) -> tuple[dict[str, list[tuple[str, Any]]], dict[str, int], Selector]:
-    """One class's prompts per strategy (text, detail), what the LLM left missing, and the
-    selector that records what was rejected."""
+def _examples_shown(answers: LLMAnswers) -> dict[str, dict[str, int]]:
+    """Per strategy, how many classes' answers were asked with each worked example."""
+    return {
+        strategy: dict(Counter(ex.object if ex else "none" for ex in shown))
+        for strategy, shown in answers.examples.items()
+        if any(shown)
+    }
+
+
+Candidate = tuple[str, dict[str, Any]]  # a prompt's text and its record's details
+Slotted = tuple[str, dict[str, Any], int]  # and how many of the class's prompt slots it fills
+
+
+class ClassPrompts:
+    """One class's prompts per strategy as (text, detail, slots): `slots` of the class's
+    prompt quota went to that text; what the LLM left missing; the repeats merged; the
+    LLM's phrases used (CD contexts, SD styles); the selector that rejected the rest."""
+
+    def __init__(self, prompts: dict[str, list[Slotted]],
+                 missing: dict[str, int], repeated: Counter[str],
+                 llm_phrases: dict[str, set[str]], selector: Selector):  # fmt: skip
+        self.prompts, self.missing, self.repeated = prompts, missing, repeated
+        self.llm_phrases, self.selector = llm_phrases, selector
+
+
+def _class_prompts(config: RunConfig, cls: ClassRecord, counts: dict[str, int],
+                   templates: list[str], embedder: Embedder, answers: LLMAnswers,
+                   position: int) -> ClassPrompts:  # fmt: skip
     cfg, name = config.prompts, cls["name"]
+    contexts, llm_styles = answers.contexts[position], answers.styles[position]
     rng = random.Random(derive_seed(config.seed, cls["index"], 3))
     selector = Selector(name, embedder, cfg.blocklist, cfg.near_duplicate_threshold)
     naive = compose.naive_texts(name, templates, counts["naive"])
@@ -242,12 +382,17 @@ def _class_prompts(
         chosen["cd"] = _cd_prompts(
             name, contexts, counts["cd"], cfg.contexts_per_prompt, rng, selector
         )
+    own_styles = list(llm_styles) if isinstance(llm_styles, list) else []
     if counts["sd"]:
-        styles = list(llm_styles) if isinstance(llm_styles, list) else []
-        styles += BUILTIN_STYLES if cfg.builtin_styles else []
+        styles = own_styles + (BUILTIN_STYLES if cfg.builtin_styles else [])
         rng.shuffle(styles)
         candidates = [(compose.style_text(name, s), {"style": s}) for s in styles]
         chosen["sd"] = selector.take(candidates, counts["sd"])
+    for strategy in ("cd", "sd"):
+        example = answers.examples[strategy][position]
+        if example is not None:
+            chosen[strategy] = [(t, {**d, "example": example.object})
+                                for t, d in chosen.get(strategy, [])]  # fmt: skip
     # the LLM gave too little: templates fill the quota, recorded as naive prompts
     missing = {
         s: counts[s] - len(chosen.get(s, []))
@@ -257,29 +402,54 @@ def _class_prompts(
     if missing:
         fill = compose.naive_texts(name, templates, sum(missing.values()), offset=counts["naive"])
         chosen["naive"] += [(t, {"template": True, "filled_for": "/".join(missing)}) for t in fill]
-    return chosen, missing, selector
+    llm_phrases = {
+        "cd": {c for _, d in chosen.get("cd", []) for c in d["contexts"]},
+        "sd": {d["style"] for _, d in chosen.get("sd", []) if d["style"] in own_styles},
+    }
+    prompts, repeated = merge_repeats(chosen)
+    return ClassPrompts(prompts, missing, repeated, llm_phrases, selector)
 
 
-def _context_request(config: RunConfig, cls: dict[str, Any]):
+def merge_repeats(
+    chosen: dict[str, list[Candidate]],
+) -> tuple[dict[str, list[Slotted]], Counter[str]]:
+    """One prompt per distinct text of a class: a text chosen again (two naive prompts from
+    one template, a template filling in for missing LLM prompts) gives its slot, and so its
+    images, to the prompt that has the text, rather than repeating the text. The repeats
+    merged, per strategy."""
+    first: dict[str, list[Any]] = {}
+    merged: dict[str, list[list[Any]]] = {}
+    repeated: Counter[str] = Counter()
+    for strategy in STRATEGIES:
+        for text, detail in chosen.get(strategy, []):
+            entry = first.get(text.casefold())
+            if entry is not None:
+                entry[2] += 1
+                repeated[strategy] += 1
+            else:
+                first[text.casefold()] = entry = [text, detail, 1]
+                merged.setdefault(strategy, []).append(entry)
+    return {s: [(t, d, n) for t, d, n in entries] for s, entries in merged.items()}, repeated
+
+
+def _context_request(config: RunConfig, cls: ClassRecord, example: WorkedExample | None):
     cfg = config.prompts
     seed = _llm_seed(config.seed, cls["index"], 1)
     return context_request(
         cls["name"], cls.get("description"), cfg.cd_axes, cfg.contexts_per_axis, seed,
-        config.llm.max_tokens,
+        config.llm.max_tokens, example,
     )  # fmt: skip
 
 
-def _style_request(config: RunConfig, cls: dict[str, Any]):
+def _style_request(config: RunConfig, cls: ClassRecord, example: WorkedExample | None):
     seed = _llm_seed(config.seed, cls["index"], 2)
-    return style_request(cls["name"], config.prompts.styles_per_class, seed, config.llm.max_tokens)
+    return style_request(cls["name"], config.prompts.styles_per_class, seed,
+                         config.llm.max_tokens, example)  # fmt: skip
 
 
-def _record(
-    config: RunConfig, prompt_id: int, class_index: int, strategy: str, text: str, detail: dict
-) -> PromptRecord:
-    seeds = [
-        derive_seed(config.seed, prompt_id, i) for i in range(config.prompts.images_per_prompt)
-    ]
+def _record(config: RunConfig, prompt_id: int, class_index: int, strategy: str, text: str,
+            detail: dict, images: int) -> PromptRecord:  # fmt: skip
+    seeds = [derive_seed(config.seed, prompt_id, i) for i in range(images)]
     return PromptRecord(  # type: ignore[typeddict-item]
         prompt_id=prompt_id, class_index=class_index, strategy=strategy, text=text,
         **detail, seed=seeds[0], image_seeds=seeds,

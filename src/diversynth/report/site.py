@@ -92,8 +92,10 @@ def _flags(row: dict[str, Any]) -> str:
 
 
 def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]]) -> str:
-    diversity = facts.summary("prompts").get("diversity", {})
+    prompts = facts.summary("prompts")
+    diversity = prompts.get("diversity", {})
     counts = facts.counts_by_strategy()
+    shared = prompts.get("shared_phrases", {})
     strategies = [
         {
             "label": STRATEGY_LABELS[s],
@@ -101,6 +103,8 @@ def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]]) 
             "vendi": _fmt(diversity.get(s, {}).get("vendi")),
             "cosine": _fmt(diversity.get(s, {}).get("mean_cosine_distance")),
             "pooled_vendi": _fmt(diversity.get(s, {}).get("pooled_vendi")),
+            "copies": _fmt(prompts.get("copies_rejected", {}).get(s)),
+            "shared": f"{100 * shared[s]:.0f}%" if s in shared else "-",
         }
         for s in STRATEGIES
     ]
