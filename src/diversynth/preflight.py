@@ -6,6 +6,7 @@ for the stages that use them."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from diversynth.config import ConfigError, RunConfig
 
@@ -61,6 +62,22 @@ def _real_batch_problem(config: RunConfig) -> str | None:
     return None
 
 
+def _aux_layernorm_problem(cfg: Any) -> str | None:
+    """train.aux_norm: layernorm on a model without LayerNorm (it would stop the train
+    stage after the stages before it ran): the model built on the meta device, no weights."""
+    import timm
+    import torch
+
+    if not (cfg.aux_bn and cfg.aux_norm == "layernorm" and timm.is_model(cfg.model)):
+        return None
+    with torch.device("meta"):
+        model = timm.create_model(cfg.model, num_classes=2, **cfg.model_kwargs)
+    if any(isinstance(m, torch.nn.LayerNorm) for m in model.modules()):
+        return None
+    return (f"layernorm, but the model has no LayerNorm ({cfg.model!r}): use batchnorm for "
+            "a model with batch norm")  # fmt: skip
+
+
 def preflight(config: RunConfig, stages: list[str]) -> None:
     """Raise ConfigError, one line per problem, for what the selected stages would meet."""
     problems = []
@@ -76,5 +93,8 @@ def preflight(config: RunConfig, stages: list[str]) -> None:
         problem = _real_batch_problem(config)
         if problem:
             problems.append(f"train.batch_size: {problem}")
+        problem = _aux_layernorm_problem(config.train) if not problems else None
+        if problem:
+            problems.append(f"train.aux_norm: {problem}")
     if problems:
         raise ConfigError("\n".join(problems))
