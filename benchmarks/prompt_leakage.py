@@ -64,7 +64,8 @@ def main() -> None:
         if args.run is None:
             run_stages(config, run, ["classes", "prompts"])
         prompts = read_prompts(run)
-        summary = json.loads((run.root / ".state" / "prompts.json").read_text())["summary"]
+        state = json.loads((run.root / ".state" / "prompts.json").read_text())
+        summary = {**state["summary"], "seconds": state.get("seconds")}
     seconds = time.perf_counter() - start
     embedder = Embedder(config.prompts.embedder)
     builtin = {fold(s) for s in BUILTIN_STYLES}
@@ -78,6 +79,7 @@ def main() -> None:
         + "".join(f" --set {o}" for o in args.overrides)
         + (f" --run {args.run}" if args.run else ""),
         "llm": summary["llm"],
+        "llm_calls": summary["llm_calls"],
         "prompts": len(prompts),
         "images": summary["images"],
         "cd_phrases": len(contexts),
@@ -95,6 +97,8 @@ def main() -> None:
         "shared_phrases": summary.get("shared_phrases"),
         "examples_shown": summary.get("examples_shown"),
         "vendi": {s: d["vendi"] for s, d in summary["diversity"].items()},
+        "pooled_vendi": {s: d["pooled_vendi"] for s, d in summary["diversity"].items()},
+        "stage_seconds": summary.get("seconds"),
         "seconds": round(seconds, 1),
     }
     write_result(args.out, result)
