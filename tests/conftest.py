@@ -18,12 +18,12 @@ OFFLINE_CONFIG = REPO / "configs" / "offline.yaml"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Tests that need one of these fixtures are slow: a finished offline run (built once, about
-# 4-6 minutes on 2 cores), the imagenet1k classes run, a llama.cpp server, Ray or a browser.
+# 3 minutes on 2 quiet cores), the imagenet1k classes run, a llama.cpp server, Ray or a browser.
 SLOW_FIXTURES = {"finished_run", "run_copy", "prompts_run", "imagenet_run", "llama_server",
                  "ray_env", "browser"}  # fmt: skip
 # The first test (on each xdist worker) to need the offline run waits while it is built:
 # SmolLM2 asked again for the classes whose answers copied the worked example makes the
-# prompts stage alone take 2-4 minutes on 2 busy cores.
+# prompts stage take minutes when the 2 cores are busy with other tests.
 OFFLINE_RUN_FIXTURES = {"finished_run", "run_copy", "prompts_run"}
 OFFLINE_RUN_TIMEOUT = 900
 

@@ -145,7 +145,7 @@ def _ask(llm: LLM, what: str, classes: list[ClassRecord], examples: list[WorkedE
         isinstance(a, BadAnswer) or (copied(c) and 2 * _phrases(a) < wanted))]  # fmt: skip
     if again:
         console.print(f"  prompts: asking again for {what} of {len(again)} classes, without "
-                      "a worked example (their answers copied it)")  # fmt: skip
+                      "a worked example (their answers copied it or were unusable)")  # fmt: skip
         with counting(f"llm {what} again", len(again), "requests") as progress:
             second = llm.complete_json([request(classes[i], None) for i in again],
                                        [validator(classes[i], None) for i in again],
@@ -391,7 +391,7 @@ def _class_prompts(config: RunConfig, cls: ClassRecord, counts: dict[str, int],
     for strategy in ("cd", "sd"):
         example = answers.examples[strategy][position]
         if example is not None:
-            chosen[strategy] = [(t, {**d, "example": example.object})
+            chosen[strategy] = [(t, _with_example(d, example, own_styles))
                                 for t, d in chosen.get(strategy, [])]  # fmt: skip
     # the LLM gave too little: templates fill the quota, recorded as naive prompts
     missing = {
@@ -408,6 +408,14 @@ def _class_prompts(config: RunConfig, cls: ClassRecord, counts: dict[str, int],
     }
     prompts, repeated = merge_repeats(chosen)
     return ClassPrompts(prompts, missing, repeated, llm_phrases, selector)
+
+
+def _with_example(detail: dict[str, Any], example: WorkedExample,
+                  own_styles: list[str]) -> dict[str, Any]:  # fmt: skip
+    """The example the LLM saw, on a prompt it wrote (not on one of a built-in style)."""
+    if "style" in detail and detail["style"] not in own_styles:
+        return detail
+    return {**detail, "example": example.object}
 
 
 def merge_repeats(
