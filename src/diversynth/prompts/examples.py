@@ -18,16 +18,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diversynth.prompts.quality import PhraseMatcher
+from diversynth.config import CD_AXES
+from diversynth.prompts.quality import first_mention
 
 UNLIKE_CHOICES = 3  # a class is shown one of the examples least like it, chosen by seed
+
+
+def axis_key(axis: str) -> str:
+    """An aspect's key in the JSON the LLM answers with ("weather and time of day" ->
+    "weather_and_time_of_day")."""
+    return re.sub(r"[^a-z0-9]+", "_", axis.lower()).strip("_")
 
 
 @dataclass(frozen=True)
 class WorkedExample:
     kind: str
     object: str
-    contexts: dict[str, list[str]]  # by axis key (llm_requests.axis_key of config CD_AXES)
+    contexts: dict[str, list[str]]  # by axis key (axis_key of config.CD_AXES)
     styles: list[str]  # none of them among styles.BUILTIN_STYLES
 
     def context_example(self, keys: Sequence[str]) -> dict[str, list[str]]:
@@ -44,9 +51,7 @@ class WorkedExample:
 def _example(kind: str, name: str, places: list[str], views: list[str], light: list[str],
              weather: list[str], things: list[str], state: list[str],
              styles: list[str]) -> WorkedExample:  # fmt: skip
-    axes = ["background_or_place", "viewpoint_and_framing", "lighting",
-            "weather_and_time_of_day", "objects_that_appear_with_it",
-            "what_it_is_doing_or_its_state"]  # fmt: skip
+    axes = [axis_key(a) for a in CD_AXES]  # in CD_AXES's order
     contexts = dict(zip(axes, [places, views, light, weather, things, state], strict=True))
     return WorkedExample(kind, name, contexts, styles)
 
@@ -149,7 +154,7 @@ def choose_examples(names: list[str], vectors: np.ndarray, example_vectors: np.n
 
 
 def _same_thing(example: str, name: str) -> bool:
-    return bool(PhraseMatcher([example]).first(name) or PhraseMatcher([name]).first(example))
+    return bool(first_mention(name, [example]) or first_mention(example, [name]))
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

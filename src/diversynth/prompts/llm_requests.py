@@ -10,12 +10,8 @@ from typing import Any
 from diversynth.llm.base import ChatRequest
 from diversynth.llm.json_requests import MAX_PHRASE_CHARS, json_request, phrase_list
 from diversynth.prompts.compose import with_article
-from diversynth.prompts.examples import WorkedExample
+from diversynth.prompts.examples import WorkedExample, axis_key
 from diversynth.prompts.quality import PhraseMatcher, mentions_other_class
-
-
-def axis_key(axis: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", axis.lower()).strip("_")
 
 
 def context_request(
