@@ -69,16 +69,21 @@ def test_batches_are_a_function_of_the_step() -> None:
         assert sorted(halves[0] + halves[1]) == sorted(batches[step])
 
 
-def test_synthetic_scale_picks_images_evenly_over_classes() -> None:
-    """Round-robin over the classes, each class's images in manifest order: the first of
-    every class, then the second of every class, ..., a class that runs out skipped."""
-    classes = np.array([2, 0, 0, 1, 2, 0, 1, 2, 2, 2])
+def test_synthetic_scale_picks_images_in_proportion_to_each_class() -> None:
+    """Each class keeps its share of the images it has (its budget), each class's images
+    in manifest order; with equal classes, round-robin: the first of every class, then
+    the second of every class, ..."""
+    classes = np.array([2, 0, 0, 1, 2, 0, 1, 2, 2, 2])  # class 0: 3, class 1: 2, class 2: 5
     assert select_images(classes, 3).tolist() == [0, 1, 3]
-    assert select_images(classes, 6).tolist() == [0, 1, 2, 3, 4, 6]
-    assert select_images(classes, 8).tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
-    many = np.random.default_rng(0).integers(0, 50, 20_000)
-    counts = np.bincount(many[select_images(many, 5_000)], minlength=50)
-    assert counts.max() - counts.min() <= 1
+    assert select_images(classes, 5).tolist() == [0, 1, 2, 3, 4]  # 1.5 / 1 / 2.5
+    assert select_images(classes, 10).tolist() == list(range(10))
+    equal = np.array([1, 0, 2, 1, 0, 2, 0, 1, 2])
+    assert select_images(equal, 4).tolist() == [0, 1, 2, 4]  # 0, 1, 2 then class 0 again
+    sizes = np.array([400, 100, 40, 2000, 60])  # a long-tailed budget
+    many = np.random.default_rng(0).permutation(np.repeat(np.arange(5), sizes))
+    counts = np.bincount(many[select_images(many, 650)], minlength=5)
+    assert np.abs(counts - sizes * 650 / sizes.sum()).max() <= 1
+    assert counts.sum() == 650
 
 
 def test_synthetic_images_are_read_by_the_offsets_in_the_manifest(

@@ -157,11 +157,52 @@ CD_AXES = ["background or place", "viewpoint and framing", "lighting", "weather 
            "objects that appear with it", "what it is doing or its state"]  # fmt: skip
 
 
+class BudgetConfig(Section):
+    """How many synthetic images each class gets (diversynth.prompts.budget): `uniform`,
+    per_class x images_per_prompt each; `inverse`, a `total` split in proportion to
+    max(0, target - the class's real images), at least `floor` each; `fill_to`, K - the
+    class's real images (at least `floor`), so every class reaches K real + synthetic."""
+
+    kind: Literal["uniform", "inverse", "fill_to"] = "uniform"
+    target: PositiveInt | None = None  # inverse: None is the largest class's real count
+    total: PositiveInt | None = None  # inverse: None is what uniform would make
+    floor: int = Field(0, ge=0)  # inverse, fill_to: images every class gets at least
+    fill_to: PositiveInt | None = None  # fill_to: K
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        """`budget: inverse` for `budget: {kind: inverse}`; `budget: {fill_to: K}` for
+        `{kind: fill_to, fill_to: K}`."""
+        if isinstance(data, str):
+            return {"kind": data}
+        if isinstance(data, dict) and "kind" not in data and data.get("fill_to") is not None:
+            return {**data, "kind": "fill_to"}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> BudgetConfig:
+        if self.kind == "fill_to" and self.fill_to is None:
+            raise ValueError("prompts.budget.kind is fill_to: give prompts.budget.fill_to: K")
+        takes = {"uniform": set(), "inverse": {"target", "total", "floor"},
+                 "fill_to": {"fill_to", "floor"}}[self.kind]  # fmt: skip
+        given = {k for k in ("target", "total", "floor", "fill_to") if getattr(self, k)}
+        for key in sorted(given - takes):
+            raise ValueError(
+                f"prompts.budget.{key} has no effect with kind {self.kind} (got "
+                f"{getattr(self, key)!r})"
+            )
+        return self
+
+
 class PromptsConfig(Section):
     """How many prompts per class, and from which strategies (shares are normalised)."""
 
     per_class: PositiveInt = 8
     images_per_prompt: PositiveInt = 1
+    # synthetic images per class (uniform: per_class x images_per_prompt); other kinds need
+    # a data section and spread each class's images over its per_class prompts
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
     shares: dict[Strategy, Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: {"naive": 1.0}
     )
@@ -339,6 +380,44 @@ class GenerateConfig(Section):
         return size
 
 
+class SubsetConfig(Section):
+    """A reproducible part of the real training set (diversynth.real_subset): `per_class`
+    images of each class (few-shot; a seeded choice), a `fraction` of each class (at least
+    one image), a long tail (`imbalance`: class i keeps n * imbalance^(-i / (classes - 1))
+    images, n the head's: `per_class`, or what the first class has), or the images a `list`
+    file names. The choice is saved in the run directory, so a rerun or a resumed run
+    trains on the same files."""
+
+    per_class: PositiveInt | None = None
+    fraction: float | None = Field(None, gt=0, le=1)
+    imbalance: float | None = Field(None, ge=1)  # head / tail, exponential profile
+    # one `relative/path label` a line, paths from data.root, labels as class indices (or
+    # wnids): ImageNet-LT's ImageNet_LT_train.txt; test_list the same for the test split
+    list: ExistingPath | None = None
+    test_list: ExistingPath | None = None
+    # per_class (or the long tail's) beyond what a class has: fail, rather than use all it has
+    strict: bool = False
+    seed: int | None = None  # of the choice; None: the run's seed
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> SubsetConfig:
+        rules = [k for k in ("per_class", "fraction", "list") if getattr(self, k) is not None]
+        if self.imbalance is not None and (self.fraction is not None or self.list is not None):
+            rules.append("imbalance")
+        if len(rules) > 1:
+            raise ValueError(
+                f"give one of data.subset.per_class, fraction, imbalance, list (got {rules}; "
+                "imbalance takes per_class as the head's count)"
+            )
+        return self
+
+    @property
+    def chooses_train(self) -> bool:
+        return any(
+            v is not None for v in (self.per_class, self.fraction, self.imbalance, self.list)
+        )
+
+
 class RealDataConfig(Section):
     """The real labelled images: Fashion-MNIST IDX files or an ImageFolder (train/, val/)."""
 
@@ -346,6 +425,7 @@ class RealDataConfig(Section):
     root: ExistingPath
     train_limit: PositiveInt | None = None
     test_limit: PositiveInt | None = None
+    subset: SubsetConfig | None = None
 
 
 AUTO_AUGMENT = re.compile(r"^(rand|augmix|original|originalr|v0|v0r|3a)(-[\w.]+)*$")
@@ -443,6 +523,11 @@ class TrainConfig(Section):
     # which norm layers get a twin: batch norm (AdvProp's auxiliary BN), or for models
     # without BN (ViT, DeiT, Swin) layer norm, whose twin is only a second affine pair
     aux_norm: Literal["batchnorm", "layernorm"] = "batchnorm"
+    # which images each class contributes: in proportion to what it has (instance), the
+    # same for every class (balanced), or in proportion to the square root of its count
+    # (sqrt); applied to the real part, the synthetic part, or both
+    sampler: Literal["instance", "balanced", "sqrt"] = "instance"
+    sampler_on: Literal["real", "synthetic", "both"] = "both"
     optimizer: Literal["sgd", "adamw", "lamb"] = "sgd"
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
@@ -500,9 +585,27 @@ class EvalSetConfig(Section):
     restrict: bool | None = None
 
 
+class FrequencyGroups(Section):
+    """Classes grouped by their real training images, as the ImageNet-LT literature does:
+    many-shot (more than `many_above`), few-shot (fewer than `few_below`), medium between."""
+
+    many_above: int = Field(100, ge=0)
+    few_below: PositiveInt = 20
+
+    @model_validator(mode="after")
+    def _in_order(self) -> FrequencyGroups:
+        if self.few_below > self.many_above + 1:
+            raise ValueError(
+                f"evaluate.groups: few_below ({self.few_below}) must not exceed many_above + 1 "
+                f"(many_above: {self.many_above})"
+            )
+        return self
+
+
 class EvaluateConfig(Section):
     batch_size: PositiveInt = 256
     sets: list[EvalSetConfig] = Field(default_factory=list)
+    groups: FrequencyGroups = Field(default_factory=FrequencyGroups)
 
 
 class ReportConfig(Section):
@@ -534,6 +637,15 @@ class RunConfig(Section):
     def _llm_when_contextualized(self) -> RunConfig:
         if self.prompts.shares.get("cd", 0) > 0 and self.llm is None:
             raise ValueError("prompts.shares.cd is above 0 but no llm is configured")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_needs_data(self) -> RunConfig:
+        if self.prompts.budget.kind != "uniform" and self.data is None:
+            raise ValueError(
+                f"prompts.budget.kind is {self.prompts.budget.kind}: it counts each class's "
+                "real images, so it needs a data section"
+            )
         return self
 
     @model_validator(mode="after")

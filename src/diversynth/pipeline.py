@@ -150,6 +150,22 @@ def _classes_sections(config: RunConfig) -> tuple[str, ...]:
     return sections
 
 
+def _prompts_sections(config: RunConfig) -> tuple[str, ...]:
+    """A budget other than uniform counts each class's real images: the data matters."""
+    if config.prompts.budget.kind == "uniform":
+        return ("prompts", "llm", "seed")
+    return ("prompts", "llm", "seed", "data")
+
+
+def _real_inputs(config: RunConfig) -> list[str | Path | None]:
+    """The real data folder and any subset list files."""
+    data = config.data
+    if data is None:
+        return []
+    subset = data.subset
+    return [data.root, *((subset.list, subset.test_list) if subset else ())]
+
+
 STAGES = [
     Stage(
         "classes",
@@ -163,9 +179,10 @@ STAGES = [
         "prompts",
         version=2,
         run="diversynth.prompts.stage:run_prompts",
-        sections=("prompts", "llm", "seed"),
+        sections=_prompts_sections,
         needs=("classes",),
         outputs=lambda r: [r.prompts],
+        inputs=lambda c: _real_inputs(c) if c.prompts.budget.kind != "uniform" else [],
     ),
     Stage(
         "generate",
@@ -202,7 +219,7 @@ STAGES = [
         requires=("data",),
         needs=("classes", "generate"),
         outputs=lambda r: [r.checkpoint, r.train_metrics],
-        inputs=lambda c: [c.data.root],
+        inputs=_real_inputs,
         resumable=True,
         options=("allow_version_change",),
     ),
@@ -214,7 +231,7 @@ STAGES = [
         requires=("data",),
         needs=("classes", "train"),
         outputs=lambda r: [r.eval],
-        inputs=lambda c: [c.data.root, *(extra.root for extra in c.evaluate.sets)],
+        inputs=lambda c: [*_real_inputs(c), *(extra.root for extra in c.evaluate.sets)],
     ),
     Stage(
         "report",
@@ -332,14 +349,17 @@ def _check_upstream(stage: Stage, run: RunDir, selected: list[str], main: bool) 
 
 
 def _brief(summary: dict[str, Any], limit: int = 12) -> dict[str, Any]:
-    """A summary as the console shows it: a nested mapping of more than `limit` entries
-    (one per class, at 1000 classes) is counted, not listed; the state file keeps it whole."""
+    """A summary as the console shows it: a nested mapping or list of more than `limit`
+    entries (one per class, at 1000 classes) is counted, not listed; the state file keeps
+    it whole."""
 
     def short(value: Any) -> Any:
-        if not isinstance(value, dict):
+        if not isinstance(value, dict | list):
             return value
         if len(value) > limit:
             return f"{len(value)} entries (in .state/)"
+        if isinstance(value, list):
+            return [short(item) for item in value]
         return {key: short(item) for key, item in value.items()}
 
     return {key: short(value) for key, value in summary.items()}

@@ -78,6 +78,32 @@ def _aux_layernorm_problem(cfg: Any) -> str | None:
             "a model with batch norm")  # fmt: skip
 
 
+def _real_data_problems(config: RunConfig, stages: list[str]) -> list[str]:
+    """A subset that cannot be chosen (missing files, unknown classes, per_class beyond a
+    class with strict) and a budget that cannot be met, found before any stage runs."""
+    budgeted = "prompts" in stages and config.prompts.budget.kind != "uniform"
+    subset = config.data.subset if config.data else None
+    trains = bool({"train", "evaluate"} & set(stages)) and subset is not None
+    if config.data is None or not (budgeted or trains):
+        return []
+    from diversynth.classes.catalog import load_classes
+    from diversynth.prompts.budget import class_budgets
+    from diversynth.real_subset import chosen_listing, class_counts
+    from diversynth.realdata import DataError, real_listing
+
+    classes = [entry.identity() for entry in load_classes(config.classes)]
+    try:
+        train = chosen_listing(config, "train", classes, quiet=True)
+        if trains:
+            chosen_listing(config, "test", classes, quiet=True)
+        if budgeted:
+            train = train or real_listing(config.data, "train", classes)
+            class_budgets(config.prompts, class_counts(train.labels, len(classes)), len(classes))
+    except (DataError, ConfigError) as exc:
+        return str(exc).splitlines()
+    return []
+
+
 def preflight(config: RunConfig, stages: list[str]) -> None:
     """Raise ConfigError, one line per problem, for what the selected stages would meet."""
     problems = []
@@ -96,5 +122,7 @@ def preflight(config: RunConfig, stages: list[str]) -> None:
         problem = _aux_layernorm_problem(config.train) if not problems else None
         if problem:
             problems.append(f"train.aux_norm: {problem}")
+    if not problems:
+        problems = _real_data_problems(config, stages)
     if problems:
         raise ConfigError("\n".join(problems))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import default_loader
 
 from diversynth.config import RealDataConfig
 from diversynth.errors import UsageError
@@ -134,10 +136,80 @@ class CatalogImageFolder(ImageFolder):
 IMAGEFOLDER_SPLITS = {"train": "train", "test": "val"}
 
 
-def real_dataset(
-    config: RealDataConfig, split: str, classes: list[dict[str, Any]], transform: Callable
-) -> Dataset:
-    """The real `train` or `test` split; labels are catalog indices."""
+@dataclass(frozen=True)
+class RealList:
+    """A split's images by id, with catalog-index labels. An id is a path relative to
+    data.root (`train/n01440764/n01440764_10026.JPEG`, as ImageNet-LT's lists have them);
+    for Fashion-MNIST it is `train/ROW` or `test/ROW`, the image's row in its IDX file."""
+
+    ids: list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _every_kth(length: int, limit: int | None) -> list[int]:
+    """A fixed, class-balanced-in-expectation part of a folder split: every k-th image."""
+    if not limit or limit >= length:
+        return list(range(length))
+    step = length / limit
+    return [int(i * step) for i in range(limit)]
+
+
+def real_listing(config: RealDataConfig, split: str, classes: list[dict[str, Any]]) -> RealList:
+    """Every image of the `train` or `test` split that the classes have, in the dataset's
+    order, cut to train_limit / test_limit as real_dataset cuts it."""
+    limit = config.train_limit if split == "train" else config.test_limit
+    if config.format == "fashion-mnist":
+        labels = read_idx(config.root / FASHION_FILES[split][1])
+        wanted = catalog_to_dataset_labels([c["raw_name"] for c in classes], FASHION_MNIST_CLASSES)
+        to_catalog = np.full(len(FASHION_MNIST_CLASSES), -1)
+        to_catalog[wanted] = np.arange(len(wanted))
+        rows = np.nonzero(to_catalog[labels] >= 0)[0][: limit or None]
+        return RealList([f"{split}/{row}" for row in rows.tolist()], to_catalog[labels[rows]])
+    folder = config.root / IMAGEFOLDER_SPLITS[split]
+    if not folder.is_dir():
+        raise DataError(f"data.root: {str(config.root)!r} has no {folder.name}/ folder")
+    samples = CatalogImageFolder(folder, classes, transform=None).samples  # type: ignore[arg-type]
+    kept = [samples[i] for i in _every_kth(len(samples), limit)]
+    return RealList([Path(path).relative_to(config.root).as_posix() for path, _ in kept],
+                    np.array([label for _, label in kept], dtype=np.int64))  # fmt: skip
+
+
+class ListedImages(Dataset):
+    """The image files a RealList names, under data.root."""
+
+    def __init__(self, root: Path, listing: RealList, transform: Callable):
+        self.root, self.ids, self.transform = root, listing.ids, transform
+        self.labels = listing.labels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(default_loader(str(self.root / self.ids[i]))), int(self.labels[i])
+
+
+def listed_dataset(config: RealDataConfig, listing: RealList, transform: Callable) -> Dataset:
+    """The images of a listing (a saved subset, a test list) as a dataset."""
+    if config.format != "fashion-mnist":
+        return ListedImages(config.root, listing, transform)
+    split_rows = [i.split("/", 1) for i in listing.ids]
+    images = np.empty((len(listing), 28, 28), dtype=np.uint8)
+    for split in {split for split, _ in split_rows}:
+        at = [k for k, (s, _) in enumerate(split_rows) if s == split]
+        rows = [int(split_rows[k][1]) for k in at]
+        images[at] = read_idx(config.root / FASHION_FILES[split][0])[rows]
+    return ArrayImages(images, listing.labels, transform)
+
+
+def real_dataset(config: RealDataConfig, split: str, classes: list[dict[str, Any]],
+                 transform: Callable, chosen: RealList | None = None) -> Dataset:  # fmt: skip
+    """The real `train` or `test` split, or the part of it `chosen` names (a subset saved
+    in the run, diversynth.real_subset); labels are catalog indices."""
+    if chosen is not None:
+        return listed_dataset(config, chosen, transform)
     if config.format == "fashion-mnist":
         return fashion_mnist(config, split, [c["raw_name"] for c in classes], transform)
     folder = config.root / IMAGEFOLDER_SPLITS[split]
@@ -146,7 +218,14 @@ def real_dataset(
     dataset = CatalogImageFolder(folder, classes, transform)
     limit = config.train_limit if split == "train" else config.test_limit
     if limit and limit < len(dataset):
-        # a fixed, class-balanced-in-expectation subset: every k-th image
-        step = len(dataset) / limit
-        return Subset(dataset, [int(i * step) for i in range(limit)])
+        return Subset(dataset, _every_kth(len(dataset), limit))
     return dataset
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """The catalog label of every image of a real dataset, without reading an image."""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    if isinstance(dataset, ImageFolder):
+        return np.asarray(dataset.targets, dtype=np.int64)
+    return np.asarray(dataset.labels, dtype=np.int64)  # type: ignore[attr-defined]

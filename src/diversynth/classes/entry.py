@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from diversynth.errors import UsageError
 
@@ -20,3 +21,7 @@ class ClassEntry:
     lemmas: tuple[str, ...] = ()  # WordNet lemmas, when the class has a wnid
     hypernyms: tuple[str, ...] = ()  # WordNet hypernym chain, nearest first
     curated: str | None = None  # a curated unambiguous name, when the catalog has one
+
+    def identity(self) -> dict[str, Any]:
+        """What matches the class to a data folder or a list line (records.ClassIdentity)."""
+        return {"index": self.index, "raw_name": self.raw_name, "wnid": self.wnid}

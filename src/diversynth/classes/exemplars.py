@@ -11,7 +11,13 @@ from PIL import Image
 from diversynth.classes.entry import ClassEntry
 from diversynth.config import RealDataConfig
 from diversynth.errors import DiversynthError
-from diversynth.realdata import FASHION_FILES, FASHION_MNIST_CLASSES, read_idx
+from diversynth.realdata import (
+    FASHION_FILES,
+    FASHION_MNIST_CLASSES,
+    RealList,
+    listed_dataset,
+    read_idx,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -54,10 +60,24 @@ def _open(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def exemplar_images(
-    data: RealDataConfig, classes: list[ClassEntry], k: int
-) -> list[list[Image.Image]]:
-    """Up to k real training images per class (fewer, or none, where the data has fewer)."""
+def _chosen(data: RealDataConfig, classes: list[ClassEntry], k: int,
+            chosen: RealList) -> list[list[Image.Image]]:  # fmt: skip
+    """The first k images of each class among those a subset chose."""
+    positions: dict[int, list[int]] = {}
+    for position, label in enumerate(chosen.labels.tolist()):
+        if len(positions.setdefault(label, [])) < k:
+            positions[label].append(position)
+    images = listed_dataset(data, chosen, lambda image: image)
+    return [[images[p][0] for p in positions.get(entry.index, [])] for entry in classes]
+
+
+def exemplar_images(data: RealDataConfig, classes: list[ClassEntry], k: int,
+                    chosen: RealList | None = None) -> list[list[Image.Image]]:  # fmt: skip
+    """Up to k real training images per class (fewer, or none, where the data has fewer);
+    with a subset (`chosen`), from its images only: a few-shot run sees no other real
+    image, not even to choose names."""
+    if chosen is not None:
+        return _chosen(data, classes, k, chosen)
     if data.format == "fashion-mnist":
         return _fashion_mnist(data, classes, k)
     base = data.root / "train"

@@ -127,10 +127,13 @@ def _clip_choose(
     scorer: Any,
 ) -> tuple[list[int], dict[str, Any]]:
     from diversynth.classes.exemplars import exemplar_images
+    from diversynth.real_subset import chosen_listing
 
     rule = config.classes.disambiguate
     assert config.data is not None
-    groups = exemplar_images(config.data, entries, rule.exemplars)
+    identities = [e.identity() for e in entries]
+    chosen = chosen_listing(config, "train", identities, quiet=True)  # data.subset's images
+    groups = exemplar_images(config.data, entries, rule.exemplars, chosen)
     flat = [image for group in groups for image in group]
     if not flat:
         console.print("  classes: [yellow]no exemplar images found: text rule only[/yellow]")

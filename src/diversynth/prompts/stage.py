@@ -26,6 +26,7 @@ from diversynth.config import STRATEGIES, RunConfig
 from diversynth.llm import LLM, BadAnswer, open_llm
 from diversynth.progress import console, counting
 from diversynth.prompts import compose, quality
+from diversynth.prompts.budget import class_budgets, largest_remainder, spread_images
 from diversynth.prompts.diversity import Embedder, mean_cosine_distance, vendi_score
 from diversynth.prompts.examples import (
     EXAMPLES,
@@ -50,13 +51,8 @@ SHORTFALL_SHOWN = 20  # classes whose shortfall the console lists (the summary h
 
 def strategy_counts(per_class: int, shares: dict[str, float]) -> dict[str, int]:
     """Prompts per strategy for one class: exactly `per_class`, split by largest remainder."""
-    total = sum(shares.values())
-    exact = {s: per_class * shares.get(s, 0.0) / total for s in STRATEGIES}
-    counts = {s: int(v) for s, v in exact.items()}
-    by_remainder = sorted(STRATEGIES, key=lambda s: (counts[s] - exact[s], STRATEGIES.index(s)))
-    for s in by_remainder[: per_class - sum(counts.values())]:
-        counts[s] += 1
-    return counts
+    split = largest_remainder(per_class, [shares.get(s, 0.0) for s in STRATEGIES])
+    return dict(zip(STRATEGIES, split, strict=True))
 
 
 def _llm_seed(run_seed: int, class_index: int, salt: int) -> int:
@@ -271,6 +267,12 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
     cfg = config.prompts
     classes = read_classes(run)
     counts = strategy_counts(cfg.per_class, cfg.shares)
+    real_counts = None
+    if cfg.budget.kind != "uniform":
+        from diversynth.real_subset import train_counts  # reads the real data: torch
+
+        real_counts = train_counts(config, run, classes)  # type: ignore[arg-type]
+    budgets = class_budgets(cfg, real_counts, len(classes))
     templates = (
         compose.clip_imagenet_templates() if cfg.templates == "clip-imagenet" else cfg.templates
     )
@@ -293,12 +295,15 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
             rejected.update(made.selector.rejected)
             repeated.update(made.repeated)
             embedded.update(made.selector.vectors)
-            for strategy in STRATEGIES:
-                for text, detail, slots in made.prompts.get(strategy, []):
-                    images = slots * cfg.images_per_prompt
-                    records.append(_record(config, len(records), cls["index"], strategy, text,
-                                           detail, images))  # fmt: skip
-                    texts_by_strategy[strategy].setdefault(cls["index"], []).append(text)
+            made_prompts = [(strategy, *prompt) for strategy in STRATEGIES
+                            for prompt in made.prompts.get(strategy, [])]  # fmt: skip
+            spread = spread_images(budgets[position], [slots for *_, slots in made_prompts])
+            for (strategy, text, detail, _), images in zip(made_prompts, spread, strict=True):
+                if not images:  # a budget below the class's prompt count
+                    continue
+                records.append(_record(config, len(records), cls["index"], strategy, text,
+                                       detail, images))  # fmt: skip
+                texts_by_strategy[strategy].setdefault(cls["index"], []).append(text)
             for strategy, phrases in made.llm_phrases.items():
                 llm_phrases[strategy][cls["index"]] = phrases
             progress(1)
@@ -324,6 +329,12 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
         "prompts": len(records),
         "images": sum(len(r["image_seeds"]) for r in records),
         "per_class": counts,
+        # synthetic images each class gets (index order), and its real training images
+        "budget": {
+            "kind": cfg.budget.kind,
+            "images_per_class": budgets,
+            **({"real_per_class": real_counts.tolist()} if real_counts is not None else {}),
+        },
         "per_strategy": {s: sum(1 for r in records if r["strategy"] == s) for s in STRATEGIES},
         "images_per_strategy": {
             s: sum(len(r["image_seeds"]) for r in records if r["strategy"] == s) for s in STRATEGIES

@@ -81,3 +81,24 @@ def diversity_bars(diversity: dict[str, dict[str, Any]], folder: Path) -> str | 
         ax.set_title(label, fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
     return _save(fig, folder, "prompt_diversity")
+
+
+def frequency_group_bars(groups: list[tuple[str, dict[str, float | None]]],
+                         folder: Path) -> str | None:  # fmt: skip
+    """Top-1 of many-shot, medium and few-shot classes, one bar per run (name, top-1 by
+    group) in each group: real only beside real + synthetic."""
+    if not groups:
+        return None
+    kinds = ["many", "medium", "few"]
+    width = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
+    for i, (name, top1) in enumerate(groups):
+        values = [top1.get(k) for k in kinds]
+        ax.bar([g + i * width for g in range(3)], [v if v is not None else 0 for v in values],
+               width, label=name)  # fmt: skip
+    ax.set_xticks([g + width * (len(groups) - 1) / 2 for g in range(3)],
+                  ["many-shot", "medium-shot", "few-shot"])  # fmt: skip
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, folder, "frequency_groups")

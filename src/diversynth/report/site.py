@@ -84,6 +84,32 @@ def eval_rows(facts: RunFacts) -> list[dict[str, Any]]:
     ]
 
 
+GROUPS = ("many", "medium", "few")
+
+
+def frequency_rows(facts: RunFacts) -> list[dict[str, Any]]:
+    """Per evaluation set: mean per-class top-1 and top-1 of many-shot, medium and
+    few-shot classes (each with its class count), where evaluate recorded them."""
+    rows = []
+    for name, row in (facts.eval or {}).get("sets", {}).items():
+        if "groups" not in row:
+            continue
+        cells = [
+            f"{_fmt(g.get('top1'), 2)} ({g.get('classes', 0)})"
+            for g in (row["groups"].get(k, {}) for k in GROUPS)
+        ]
+        rows.append({"name": name, "mean": _fmt(row.get("mean_class_top1"), 2), "cells": cells})
+    return rows
+
+
+def _group_top1(facts: RunFacts) -> dict[str, float | None] | None:
+    """The first evaluation set's top-1 per frequency group (the real test split)."""
+    for row in (facts.eval or {}).get("sets", {}).values():
+        if "groups" in row:
+            return {k: row["groups"].get(k, {}).get("top1") for k in GROUPS}
+    return None
+
+
 def _flags(row: dict[str, Any]) -> str:
     marks = list(row.get("flags") or [])
     if (row.get("attempt") or 0) > 0:
@@ -119,6 +145,8 @@ def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]]) 
     ]
     train = facts.summary("train")
     training = [(key.replace("_", " "), _fmt(value)) for key, value in train.items()]
+    budget = prompts.get("budget", {})
+    real, planned = budget.get("real_per_class"), budget.get("images_per_class")
     classes = [
         {
             **c,
@@ -126,8 +154,10 @@ def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]]) 
             "prompts": len(facts.prompts_by_class.get(c["index"], [])),
             "images": facts.image_count(c["index"]),
             "clip": _fmt(facts.by_class.mean_clip.get(c["index"])),
+            "real": real[position] if real else None,
+            "budget": planned[position] if planned else None,
         }
-        for c in facts.classes
+        for position, c in enumerate(facts.classes)
     ]
     stages = [
         {"name": name, "seconds": f"{state.seconds:.1f}", "summary": json.dumps(state.summary)}
@@ -143,6 +173,9 @@ def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]]) 
             up=up,
             scale=facts.synthetic_scale(),
             eval_rows=eval_rows(facts),
+            frequency_rows=frequency_rows(facts),
+            budget_kind=budget.get("kind", "uniform"),
+            show_real=real is not None,
             strategies=strategies,
             generation=generation,
             training=training or [("", "not trained yet")],
@@ -303,10 +336,23 @@ def build_comparison(runs: list[RunFacts], out: Path, cfg: Any) -> dict[str, Any
                 cells.append(f"{value:.2f} ({value - ref:+.2f})")
         table.append({"set": set_name, "cells": cells})
     plot = plots.accuracy_vs_scale(points, out / "plots")
+    groups = [(row["name"], g) for row, f in zip(rows, runs, strict=True)
+              if (g := _group_top1(f)) is not None]  # fmt: skip
+    group_plot = plots.frequency_group_bars(groups, out / "plots")
+    group_table = [{"name": name, "cells": [_fmt(g[k], 2) for k in GROUPS]} for name, g in groups]
     html = (
         _env()
         .get_template("compare.html.j2")
-        .render(root="", runs=rows, plot=plot, table=table, baseline=rows[base]["name"])
+        .render(
+            root="",
+            runs=rows,
+            plot=plot,
+            table=table,
+            baseline=rows[base]["name"],
+            group_plot=group_plot,
+            group_table=group_table,
+        )  # fmt: skip
     )
     write_text(out / "index.html", html)
-    return {"runs": len(runs), "page": str(out / "index.html"), "plot": plot}
+    return {"runs": len(runs), "page": str(out / "index.html"), "plot": plot,
+            "group_plot": group_plot}  # fmt: skip

@@ -16,10 +16,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from diversynth.artifacts.records import ClassIdentity, read_classes
-from diversynth.config import RunConfig
+from diversynth.config import FrequencyGroups, RunConfig
 from diversynth.errors import UsageError
 from diversynth.preflight import timm_name_problem
 from diversynth.progress import console, progress_bar
+from diversynth.real_subset import real_subset
+from diversynth.real_subset import train_counts as real_subset_counts
 from diversynth.realdata import CatalogImageFolder, real_dataset
 from diversynth.rundir import RunDir, write_json
 from diversynth.safe_weights import refusing_pickles
@@ -42,7 +44,9 @@ def topk_accuracy(model: torch.nn.Module, loader: DataLoader, device: torch.devi
     if allowed is not None:
         mask = torch.full((num_classes,), float("-inf"))
         mask[allowed] = 0.0
-    hits1 = hitsk = total = 0
+    hitsk = 0
+    class_hits = torch.zeros(num_classes, dtype=torch.int64)
+    class_images = torch.zeros(num_classes, dtype=torch.int64)
     with progress_bar() as bar:
         task = bar.add_task(label, total=len(loader.dataset), unit="images")
         for x, y in loader:
@@ -50,15 +54,46 @@ def topk_accuracy(model: torch.nn.Module, loader: DataLoader, device: torch.devi
             if mask is not None:
                 logits = logits + mask
             top = logits.topk(k, dim=1).indices
-            hits1 += (top[:, 0] == y).sum().item()
+            class_hits += torch.bincount(y[top[:, 0] == y], minlength=num_classes)
+            class_images += torch.bincount(y, minlength=num_classes)
             hitsk += (top == y[:, None]).any(dim=1).sum().item()
-            total += len(y)
             bar.advance(task, len(y))
+    total = int(class_images.sum())
     return {
         "images": total,
-        "top1": round(100 * hits1 / total, 3),
+        "top1": round(100 * int(class_hits.sum()) / total, 3),
         f"top{k}": round(100 * hitsk / total, 3),
+        **per_class_metrics(class_hits.tolist(), class_images.tolist()),
     }
+
+
+def per_class_metrics(hits: list[int], images: list[int]) -> dict[str, Any]:
+    """Each class's top-1 (None where the set has none of its images) and their mean."""
+    top1 = [round(100 * h / n, 3) if n else None for h, n in zip(hits, images, strict=True)]
+    present = [t for t in top1 if t is not None]
+    return {"mean_class_top1": round(sum(present) / len(present), 3), "class_top1": top1}
+
+
+def frequency_groups(class_top1: list[float | None], train_counts: list[int],
+                     groups: FrequencyGroups) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Top-1 of many-shot, medium and few-shot classes (by real training images), each
+    the mean of its classes' top-1 as the ImageNet-LT papers report it; classes the set
+    lacks are left out."""
+
+    def group(n: int) -> str:
+        if n > groups.many_above:
+            return "many"
+        return "few" if n < groups.few_below else "medium"
+
+    members: dict[str, list[float]] = {"many": [], "medium": [], "few": []}
+    for top1, n in zip(class_top1, train_counts, strict=True):
+        if top1 is not None:
+            members[group(n)].append(top1)
+    return {
+        name: {"classes": len(values),
+               "top1": round(sum(values) / len(values), 3) if values else None}
+        for name, values in members.items()
+    }  # fmt: skip
 
 
 def folder_set(root: Path, classes: list[dict[str, Any]], transform: Callable,
@@ -72,16 +107,21 @@ def folder_set(root: Path, classes: list[dict[str, Any]], transform: Callable,
 
 
 def evaluate_on_sets(config: RunConfig, model: torch.nn.Module, meta: dict[str, Any],
-                     classes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Top-1 / top-5 on the config's real test split (when it has a data section) and its
-    out-of-domain sets."""
+                     classes: list[dict[str, Any]],
+                     run: RunDir | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Top-1 / top-5, mean per-class top-1, and top-1 by class frequency on the config's
+    real test split (when it has a data section; the run's test list when it has one)
+    and its out-of-domain sets."""
     device = pick_device(config.train.device)
     model.to(device).eval()
     transform = eval_transform(meta)
     sets: list[tuple[str, Dataset, list[int] | None]] = []
+    train_counts = None
     if config.data is not None:
-        test = real_dataset(config.data, "test", classes, transform)
+        test = real_dataset(config.data, "test", classes, transform,
+                            real_subset(config, run, "test", classes))  # fmt: skip
         sets.append((f"{config.data.format}/test", test, None))
+        train_counts = real_subset_counts(config, run, classes).tolist()
     for extra in config.evaluate.sets:
         sets.append((extra.name, *folder_set(extra.root, classes, transform, extra.restrict)))
     results = {}
@@ -91,6 +131,11 @@ def evaluate_on_sets(config: RunConfig, model: torch.nn.Module, meta: dict[str, 
         results[name] = topk_accuracy(model, loader, device, f"evaluate {name}", allowed)
         if allowed is not None:
             results[name]["restricted_to_classes"] = len(allowed)
+        if train_counts is not None:
+            results[name]["groups"] = frequency_groups(
+                results[name]["class_top1"], train_counts, config.evaluate.groups
+            )
+            results[name]["train_images_per_class"] = train_counts
     _print_table(results)
     return results
 
@@ -112,7 +157,7 @@ def evaluate_model(config: RunConfig, classes: list[ClassIdentity], checkpoint: 
 
 def run_evaluate(config: RunConfig, run: RunDir) -> dict[str, Any]:
     model, meta = load_checkpoint(run.checkpoint)
-    results = evaluate_on_sets(config, model, meta, read_classes(run))
+    results = evaluate_on_sets(config, model, meta, read_classes(run), run)  # type: ignore[arg-type]
     write_json(run.eval, {"model": meta, "sets": results})
     return {"sets": results}
 
@@ -141,9 +186,16 @@ def timm_model(name: str, pretrained: bool, num_classes: int) -> tuple[torch.nn.
 def _print_table(results: dict[str, dict[str, Any]]) -> None:
     from rich.table import Table
 
-    table = Table("set", "images", "top-1 %", "top-5 %", "classes", title="evaluation")
+    table = Table("set", "images", "top-1 %", "top-5 %", "per-class %", "many", "medium",
+                  "few", "classes", title="evaluation")  # fmt: skip
     for name, row in results.items():
         top5 = next((v for k, v in row.items() if k.startswith("top") and k != "top1"), "")
+        groups = row.get("groups", {})
+        by_group = [
+            f"{g['top1']} ({g['classes']})" if g.get("top1") is not None else "-"
+            for g in (groups.get(k, {}) for k in ("many", "medium", "few"))
+        ]
         table.add_row(name, str(row["images"]), str(row["top1"]), str(top5),
+                      str(row.get("mean_class_top1", "")), *by_group,
                       str(row.get("restricted_to_classes", "all")))  # fmt: skip
     console.print(table, markup=False)

@@ -31,7 +31,8 @@ from diversynth.config import RunConfig, TrainConfig
 from diversynth.environment import check_kept_work, made_with
 from diversynth.errors import UsageError
 from diversynth.progress import progress_bar
-from diversynth.realdata import real_dataset
+from diversynth.real_subset import real_subset
+from diversynth.realdata import dataset_labels, real_dataset
 from diversynth.rundir import RunDir, Timer
 from diversynth.train import distributed
 from diversynth.train.aux_bn import has_aux_bn, real_first
@@ -50,7 +51,7 @@ from diversynth.train.model import (
     create_classifier,
     save_checkpoint,
 )
-from diversynth.train.sampling import MixedBatches
+from diversynth.train.sampling import MixedBatches, class_aware_orders
 from diversynth.train.synthetic import synthetic_images
 from diversynth.vision.device import pick_device
 
@@ -161,15 +162,19 @@ def _data(config: RunConfig, run: RunDir, classes: list[ClassRecord], world: int
     cfg = config.train
     assert config.data is not None
     transform = train_transform(cfg)
-    real = real_dataset(config.data, "train", classes, transform)
+    chosen = real_subset(config, run, "train", classes)  # type: ignore[arg-type]
+    real = real_dataset(config.data, "train", classes, transform, chosen)
     synthetic = None
     if cfg.synthetic_fraction > 0:
         synthetic = synthetic_images(run.root, len(real), cfg.synthetic_scale, transform)
     real_per, synthetic_per = _batch_split(cfg, synthetic is not None, world)
     _check_batch_fits(cfg, real_per, len(real), synthetic_per, len(synthetic) if synthetic else 0)
     _check_mixup_parts(cfg, real_per // world, synthetic_per // world)
+    orders = class_aware_orders(cfg.sampler, cfg.sampler_on, dataset_labels(real),
+                                synthetic.labels if synthetic is not None else None)  # fmt: skip
     batches = MixedBatches(len(real), len(synthetic) if synthetic else 0, real_per,
-                           synthetic_per, config.seed, cfg.epochs, cfg.accumulate)  # fmt: skip
+                           synthetic_per, config.seed, cfg.epochs, cfg.accumulate,
+                           real_order=orders[0], synthetic_order=orders[1])  # fmt: skip
     return _Data(real, synthetic, batches, real_per, synthetic_per)
 
 
@@ -276,7 +281,8 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
             "aux_norm": cfg.aux_norm, **prep}  # fmt: skip
     validation = None
     if cfg.validate_every is not None and ranks.main:
-        test = real_dataset(config.data, "test", classes, eval_transform(prep))
+        chosen = real_subset(config, run, "test", classes)  # type: ignore[arg-type]
+        test = real_dataset(config.data, "test", classes, eval_transform(prep), chosen)
         validation = DataLoader(test, batch_size=config.evaluate.batch_size,
                                 num_workers=cfg.workers)  # fmt: skip
     mixup = None
@@ -307,6 +313,10 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
         "steps": total_steps,
         "resumed_from_step": resume.step // cfg.accumulate,
         "real_images": total_micro * min(data.real_per, len(real)),
+        "real_training_set": len(real),  # the images data.subset chose, or the whole split
+        "sampler": cfg.sampler
+        if cfg.sampler == "instance"
+        else f"{cfg.sampler} ({cfg.sampler_on})",
         "synthetic_images": total_micro * data.synthetic_per,
         "synthetic_available": len(synthetic) if synthetic else 0,
         "synthetic_scale": round(len(synthetic) / len(real), 4) if synthetic else 0.0,

@@ -1,11 +1,14 @@
 """Which images go into each training batch: a pure function of (seed, step).
 
 Every micro-batch holds `real` real images and then `synthetic` synthetic ones. Real images
-follow a fresh permutation per epoch (an epoch is one pass over the real set); synthetic
-images follow an endless sequence of permutations of the synthetic set. Each image comes
-with its own augmentation seed. Because nothing depends on what ran before, a resumed run
-starts at any step and sees exactly the batches and augmentations of an uninterrupted one,
-and with N processes each takes its slice of the same global batch.
+follow a fresh permutation per epoch (an epoch is one pass's worth of the real set);
+synthetic images follow an endless sequence of permutations of the synthetic set. With a
+class-aware order (`train.sampler` balanced or sqrt), each epoch or cycle instead holds
+a set number of images of each class, drawn from that class's own endless sequence of
+permutations, then shuffled. Each image comes with its own augmentation seed. Because
+nothing depends on what ran before, a resumed run starts at any step and sees exactly the
+batches and augmentations of an uninterrupted one, and with N processes each takes its
+slice of the same global batch.
 
 torch's samplers keep their position in iterator state that a checkpoint cannot hold, and
 DistributedSampler cannot mix two datasets in fixed proportions; hence this small class.
@@ -16,11 +19,70 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from diversynth.prompts.budget import largest_remainder
+from diversynth.seeding import derive_seed
+
 # A sample is (index into real + synthetic, augmentation seed).
 Sample = tuple[int, int]
+# train.sampler: each class's share of an epoch goes as (its images) ** power
+SAMPLER_POWER = {"instance": 1.0, "sqrt": 0.5, "balanced": 0.0}
+
+
+def _generator(*key: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*key) % (1 << 63))
+
+
+@dataclass
+class ClassAware:
+    """An order of a set's images in which each class gets a quota per cycle: `length`
+    images split over the classes in proportion to (class count) ** power. A class's
+    images come from its own endless sequence of permutations, so a class smaller than
+    its quota repeats its images evenly, and the whole cycle is then shuffled. Integer
+    draws only (torch.randperm): the same order on every CPU."""
+
+    labels: torch.Tensor  # class of each image of the set
+    power: float
+
+    def __post_init__(self) -> None:
+        counts = torch.bincount(self.labels)
+        self.members = list(torch.argsort(self.labels, stable=True).split(counts.tolist()))
+        weights = [float(n) ** self.power if n else 0.0 for n in counts.tolist()]
+        self.quotas = largest_remainder(len(self.labels), weights)
+
+    def order(self, seed: int, cycle: int) -> torch.Tensor:
+        picks = []
+        for label, (members, quota) in enumerate(zip(self.members, self.quotas, strict=True)):
+            size = len(members)
+            if not quota:
+                continue
+            for round_ in range(cycle * quota // size, -(-(cycle + 1) * quota // size)):
+                perm = members[torch.randperm(size, generator=_generator(seed, label, round_))]
+                low = max(cycle * quota - round_ * size, 0)
+                high = min((cycle + 1) * quota - round_ * size, size)
+                picks.append(perm[low:high])
+        together = torch.cat(picks)
+        return together[torch.randperm(len(together), generator=_generator(seed, -1, cycle))]
+
+
+Orders = tuple["ClassAware | None", "ClassAware | None"]  # of the real and synthetic parts
+
+
+def class_aware_orders(sampler: str, applies_to: str, real_labels: np.ndarray,
+                       synthetic_labels: np.ndarray | None) -> Orders:  # fmt: skip
+    """`train.sampler`'s orders for the real and the synthetic part (`train.sampler_on`);
+    None where images go in plain permutations."""
+    power = SAMPLER_POWER[sampler]
+    if power == 1.0:
+        return None, None
+    real = ClassAware(torch.from_numpy(real_labels), power) if applies_to != "synthetic" else None
+    synthetic = None
+    if synthetic_labels is not None and applies_to != "real":
+        synthetic = ClassAware(torch.from_numpy(synthetic_labels), power)
+    return real, synthetic
 
 
 @dataclass
@@ -35,6 +97,9 @@ class MixedBatches(Sampler[list[Sample]]):
     start: int = 0  # first micro-batch to yield (resume)
     rank: int = 0
     world: int = 1
+    # class-aware orders of the real and synthetic sets (None: plain permutations)
+    real_order: ClassAware | None = None
+    synthetic_order: ClassAware | None = None
     _perms: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -61,8 +126,12 @@ class MixedBatches(Sampler[list[Sample]]):
         if key not in self._perms:
             self._perms = {k: v for k, v in self._perms.items() if k[0] != kind}  # keep one
             offset = 0 if kind == "real" else 1 << 20
-            generator = torch.Generator().manual_seed(self.seed * (1 << 21) + offset + cycle)
-            self._perms[key] = torch.randperm(n, generator=generator)
+            aware = self.real_order if kind == "real" else self.synthetic_order
+            if aware is not None:
+                self._perms[key] = aware.order(self.seed * (1 << 21) + offset, cycle)
+            else:
+                generator = torch.Generator().manual_seed(self.seed * (1 << 21) + offset + cycle)
+                self._perms[key] = torch.randperm(n, generator=generator)
         return self._perms[key]
 
     def batch(self, step: int) -> list[Sample]:

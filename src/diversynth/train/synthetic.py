@@ -32,15 +32,19 @@ class SyntheticDataError(DiversynthError, ValueError):
 
 
 def select_images(classes: np.ndarray, count: int) -> np.ndarray:
-    """Positions of `count` images spread evenly over the classes, ascending: round-robin
-    over the classes in index order, each class's images in the order given (the
-    manifest's key order). Sorting by (depth within its class, class) is that round-robin
-    without a Python object per image."""
+    """Positions of `count` images spread over the classes in proportion to the images
+    each has (its budget, prompts.budget), ascending, each class's images in the order
+    given (the manifest's key order). An image's place is (its depth in its class + 1/2) /
+    the class's count, ties to the lower class: with equal counts that is round-robin over
+    the classes (the first of every class, then the second, ...)."""
     by_class = np.argsort(classes, kind="stable")
     grouped = classes[by_class]
     depth = np.empty(len(classes), dtype=np.int64)
     depth[by_class] = np.arange(len(classes)) - np.searchsorted(grouped, grouped)
-    return np.sort(np.lexsort((classes, depth))[:count])
+    sizes = np.bincount(classes)[classes]
+    # correctly rounded divisions: equal fractions give equal floats on every CPU
+    place = (2 * depth + 1) / (2 * sizes)
+    return np.sort(np.lexsort((classes, place))[:count])
 
 
 def synthetic_count(available: int, num_real: int, scale: float | None) -> int:

@@ -1,0 +1,239 @@
+"""A reproducible part of the real data (`data.subset`): few-shot (`per_class`), a
+`fraction` of each class, a long tail (`imbalance`), or the images a list file names
+(ImageNet-LT's `ImageNet_LT_train.txt` format), and a test list.
+
+The choice is written into the run directory (`real/train.txt`, `real/test.txt`, in the
+list format) with the settings it was made from, and read back while they hold: a rerun
+or a resumed run trains on the same files even when the data folder has gained some.
+Within a class, images are ranked by a hash of (seed, id), not by a random generator:
+the same files on any machine and library version, and the 5-shot set of a seed lies
+inside its 10-shot set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from diversynth.config import RunConfig, SubsetConfig
+from diversynth.progress import console
+from diversynth.realdata import DataError, RealList, real_listing
+from diversynth.rundir import RunDir, digest_json, path_signature, write_json, write_text
+
+SHOWN = 3  # problems listed per kind (the count says how many in all)
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(labels, minlength=num_classes)
+
+
+def _rank(seed: int, image_id: str) -> bytes:
+    return hashlib.blake2b(f"{seed}:{image_id}".encode(), digest_size=8).digest()
+
+
+def _wanted(subset: SubsetConfig, have: np.ndarray) -> np.ndarray:
+    """Images per class the rule asks for (before what each class has caps it)."""
+    if subset.fraction is not None:
+        return np.where(have > 0, np.maximum(1, np.floor(subset.fraction * have + 0.5)), 0)
+    if subset.imbalance is None:
+        return np.full(len(have), subset.per_class)
+    head = subset.per_class or int(have.max())
+    last = max(1, len(have) - 1)
+    # CIFAR-LT's exponential profile: class i keeps head * imbalance^(-i / (C - 1))
+    return np.array([max(1, math.floor(head * subset.imbalance ** (-i / last)))
+                     for i in range(len(have))])  # fmt: skip
+
+
+def _names(classes: list[dict[str, Any]], indices: list[int], have: np.ndarray) -> str:
+    shown = ", ".join(f"{classes[i]['raw_name']!r} ({have[i]})" for i in indices[:SHOWN])
+    more = f" and {len(indices) - SHOWN} more" if len(indices) > SHOWN else ""
+    return shown + more
+
+
+def choose(subset: SubsetConfig, listing: RealList, classes: list[dict[str, Any]],
+           seed: int, quiet: bool = False) -> RealList:  # fmt: skip
+    """The images a per_class / fraction / imbalance rule keeps, in the listing's order."""
+    have = class_counts(listing.labels, len(classes))
+    wanted = _wanted(subset, have)
+    short = [i for i in range(len(classes)) if wanted[i] > have[i]]
+    if short:
+        field = "per_class" if subset.imbalance is None else "imbalance"
+        asked = int(wanted[short[0]])
+        what = f"data.subset.{field}: {asked} images asked of classes that have fewer: "
+        if subset.strict:
+            raise DataError(what + _names(classes, short, have) + " (strict: true)")
+        if not quiet:
+            console.print(f"  data: {what}{_names(classes, short, have)}; using all they have")
+    keep = np.minimum(wanted, have)
+    by_class: dict[int, list[tuple[bytes, int]]] = {}
+    for position, (image_id, label) in enumerate(zip(listing.ids, listing.labels.tolist(),
+                                                     strict=True)):  # fmt: skip
+        by_class.setdefault(label, []).append((_rank(seed, image_id), position))
+    chosen = sorted(
+        position
+        for label, ranked in by_class.items()
+        for _, position in sorted(ranked)[: int(keep[label])]
+    )
+    return RealList([listing.ids[p] for p in chosen], listing.labels[chosen])
+
+
+def _label_lookup(classes: list[dict[str, Any]]) -> dict[str, int]:
+    """A list's label token -> class index: the index, or the class's wnid."""
+    lookup = {str(c["index"]): c["index"] for c in classes}
+    lookup.update({c["wnid"].casefold(): c["index"] for c in classes if c.get("wnid")})
+    return lookup
+
+
+def _problems(kind: str, items: list[tuple[int, str]]) -> str:
+    shown = ", ".join(f"line {n} {text!r}" for n, text in items[:SHOWN])
+    return f"{len(items)} lines {kind}: {shown}" + (", ..." if len(items) > SHOWN else "")
+
+
+def read_list(path: Path, root: Path, classes: list[dict[str, Any]], field: str,
+              fashion_rows: dict[str, int] | None = None) -> RealList:  # fmt: skip
+    """A list file: one `relative/path label` a line (blank lines and `#` comments
+    skipped). Every problem of a kind is counted and the first three are named, with
+    line numbers, in one error: malformed lines, paths outside data.root, files that do
+    not exist, labels that are no class of the run."""
+    lookup = _label_lookup(classes)
+    ids, labels = [], []
+    malformed, outside, missing, unknown = [], [], [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.rsplit("\t", 1) if "\t" in text else text.rsplit(None, 1)
+        if len(parts) != 2:
+            malformed.append((number, text))
+            continue
+        image_id, label = parts[0].strip(), parts[1].strip()
+        relative = PurePosixPath(image_id)
+        if relative.is_absolute() or ".." in relative.parts:
+            outside.append((number, image_id))
+            continue
+        if fashion_rows is not None:
+            split, _, row = image_id.partition("/")
+            exists = split in fashion_rows and row.isdigit() and int(row) < fashion_rows[split]
+        else:
+            exists = (root / relative).is_file()
+        if not exists:
+            missing.append((number, image_id))
+        if label.casefold() not in lookup:
+            unknown.append((number, label))
+            continue
+        ids.append(relative.as_posix())
+        labels.append(lookup[label.casefold()])
+    lines = [
+        f"{field}: {str(path)!r}: " + _problems(kind, items)
+        for kind, items in (
+            ("are not `path label`", malformed),
+            ("name a path outside data.root", outside),
+            (f"name files that do not exist under {str(root)!r}", missing),
+            (f"name a class that is not in the class list (labels are class indices 0-"
+             f"{len(classes) - 1} or wnids)", unknown),
+        )
+        if items
+    ]  # fmt: skip
+    if lines:
+        raise DataError("\n".join(lines))
+    if not ids:
+        raise DataError(f"{field}: {str(path)!r} names no images")
+    return RealList(ids, np.array(labels, dtype=np.int64))
+
+
+def write_list(path: Path, listing: RealList) -> None:
+    write_text(path, "".join(f"{i} {label}\n" for i, label in
+                             zip(listing.ids, listing.labels.tolist(), strict=True)))  # fmt: skip
+
+
+def _fashion_rows(config: RunConfig) -> dict[str, int] | None:
+    """Fashion-MNIST's images per split (ids are `split/ROW`), None for a folder."""
+    from diversynth.realdata import FASHION_FILES, idx_length
+
+    data = config.data
+    assert data is not None
+    if data.format != "fashion-mnist":
+        return None
+    return {split: idx_length(data.root / files[1]) for split, files in FASHION_FILES.items()}
+
+
+def chosen_listing(config: RunConfig, split: str, classes: list[dict[str, Any]],
+                   quiet: bool = False) -> RealList | None:  # fmt: skip
+    """The part of the split `data.subset` chooses, freshly made; None when it keeps all."""
+    data = config.data
+    subset = data.subset if data else None
+    if data is None or subset is None:
+        return None
+    if split == "test":
+        if subset.test_list is None:
+            return None
+        return read_list(subset.test_list, data.root, classes, "data.subset.test_list",
+                         _fashion_rows(config))  # fmt: skip
+    if subset.list is not None:
+        return read_list(subset.list, data.root, classes, "data.subset.list", _fashion_rows(config))
+    if not subset.chooses_train:
+        return None
+    seed = config.seed if subset.seed is None else subset.seed
+    return choose(subset, real_listing(data, "train", classes), classes, seed, quiet)
+
+
+def _settings(config: RunConfig, split: str, classes: list[dict[str, Any]]) -> str:
+    """What a saved choice was made from: the data settings, the list files, the classes."""
+    assert config.data is not None
+    subset = config.data.subset
+    lists = [p for p in (subset.list, subset.test_list) if p is not None] if subset else []
+    return digest_json({
+        "split": split, "seed": config.seed, "data": config.data.model_dump(mode="json"),
+        "lists": [path_signature(p) for p in lists],
+        "classes": [[c["index"], c.get("wnid"), c["raw_name"]] for c in classes],
+    })  # fmt: skip
+
+
+def saved_path(run: RunDir, split: str) -> Path:
+    return run.root / "real" / f"{split}.txt"
+
+
+def real_subset(config: RunConfig, run: RunDir | None, split: str,
+                classes: list[dict[str, Any]]) -> RealList | None:  # fmt: skip
+    """The images of the split this run uses when `data.subset` chooses some: read from
+    the run directory when it holds a choice made from these settings, else made and
+    saved there (list first, then its settings: a crash between leaves a list that is
+    made again). None when the whole split is used."""
+    if run is None:
+        return chosen_listing(config, split, classes)
+    path = saved_path(run, split)
+    info = path.with_suffix(".json")
+    settings = _settings(config, split, classes)
+    if path.is_file() and info.is_file() and _recorded(info) == settings:
+        assert config.data is not None
+        field = f"the run's saved {split} subset (delete {path.name} to choose again)"
+        return read_list(path, config.data.root, classes, field, _fashion_rows(config))
+    listing = chosen_listing(config, split, classes)
+    if listing is None:
+        return None
+    write_list(path, listing)
+    counts = class_counts(listing.labels, len(classes)).tolist()
+    write_json(info, {"settings": settings, "images": len(listing), "per_class": counts})
+    return listing
+
+
+def _recorded(info: Path) -> str | None:
+    try:
+        return json.loads(info.read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def train_counts(config: RunConfig, run: RunDir | None,
+                 classes: list[dict[str, Any]]) -> np.ndarray:  # fmt: skip
+    """Real training images per class, as the train stage will see them."""
+    assert config.data is not None
+    listing = real_subset(config, run, "train", classes)
+    if listing is None:
+        listing = real_listing(config.data, "train", classes)
+    return class_counts(listing.labels, len(classes))
