@@ -130,7 +130,7 @@ def main() -> None:
                  for k in ("top1", "mean_class_top1", *GROUPS)]  # fmt: skip
         print(f"{name:10} " + " ".join(f"{c:>13}" for c in cells))
     write_result(args.out, {
-        "command": "python benchmarks/long_tail.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/long_tail.py", *sys.argv[1:]]),
         "machine": machine(),
         "setting": (f"Fashion-MNIST, long tail per_class {args.head} x imbalance "
                     f"{args.imbalance:g} (exponential), balanced test split of "

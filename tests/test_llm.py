@@ -36,9 +36,11 @@ def _styles(answer) -> list[str]:
 
 @pytest.mark.parametrize("failure", ["500", "429", "slow", "truncated", "close"])
 def test_transient_failures_are_retried(failure: str) -> None:
-    with MisbehavingServer(slow_seconds=3.0) as server:
+    # the answer after two failures has 2.5 s: on a loaded 2-core machine 1 s was too
+    # little for it, and a third timeout used up the retries
+    with MisbehavingServer(slow_seconds=5.0) as server:
         server.script.extend([failure, failure])
-        answers = _backend(server.base_url).complete([_request()])
+        answers = _backend(server.base_url, timeout=2.5).complete([_request()])
         assert answers == ['{"styles": ["oil painting"]}']
         assert len(server.requests) == 3  # two failures, then the answer
 

@@ -16,7 +16,7 @@ from diversynth.real_subset import chosen_listing, class_counts, real_subset, sa
 from diversynth.realdata import FASHION_MNIST_CLASSES, DataError
 from diversynth.rundir import RunDir
 from diversynth.train.evaluate import frequency_groups
-from diversynth.train.sampling import ClassAware, MixedBatches, class_aware_orders
+from diversynth.train.sampling import MixedBatches, class_aware_orders
 
 CLASSES = [{"index": i, "raw_name": n, "wnid": None} for i, n in enumerate(FASHION_MNIST_CLASSES)]
 
@@ -82,9 +82,9 @@ def test_a_bad_subset_list_names_its_lines(tmp_path: Path) -> None:
     (root / "val").mkdir()
     listing = tmp_path / "lt.txt"
     listing.write_text(
-        "# comment\ntrain/a/1.png 0\ntrain/b/1.png n01440764\ntrain/a/2.png 1\n"
-        "train/a/3.png 1\ntrain/a/4.png 0\ntrain/a/5.png 1\ntrain/b/1.png 7\nno-label\n"
-        "../etc/passwd 0\n"
+        "# comment\ntrain/a/1.png 0\ntrain/b/1.png n01440764\ntrain/a/2.png 0\n"
+        "train/a/3.png 0\ntrain/a/4.png 0\ntrain/a/5.png 0\ntrain/b/1.png 7\nno-label\n"
+        "../etc/passwd 0\ntrain/a/1.png 1\ntrain/n09999999/1.png 0\ntrain/a/1.png 0\n"
     )
     classes = [{"index": 0, "raw_name": "a", "wnid": None},
                {"index": 1, "raw_name": "b", "wnid": "n01440764"}]  # fmt: skip
@@ -92,16 +92,16 @@ def test_a_bad_subset_list_names_its_lines(tmp_path: Path) -> None:
                                           f"data.subset.list={listing}"])  # fmt: skip
     with pytest.raises(DataError) as caught:
         chosen_listing(config, "train", classes)
-    lines = str(caught.value).splitlines()
-    assert lines == [
-        f"data.subset.list: {str(listing)!r}: 1 lines are not `path label`: line 9 'no-label'",
-        f"data.subset.list: {str(listing)!r}: 1 lines name a path outside data.root: "
-        "line 10 '../etc/passwd'",
-        f"data.subset.list: {str(listing)!r}: 4 lines name files that do not exist under "
-        f"{str(root)!r}: line 4 'train/a/2.png', line 5 'train/a/3.png', line 6 "
-        "'train/a/4.png', ...",
-        f"data.subset.list: {str(listing)!r}: 1 lines name a class that is not in the class "
-        "list (labels are class indices 0-1 or wnids): line 8 '7'",
+    where = f"data.subset.list: {str(listing)!r}:"
+    assert str(caught.value).splitlines() == [
+        f"{where} not `path label` on 1 line: line 9 'no-label'",
+        f"{where} a path outside data.root on 1 line: line 10 '../etc/passwd'",
+        f"{where} a file that does not exist under {str(root)!r} on 5 lines: line 4 "
+        "'train/a/2.png', line 5 'train/a/3.png', line 6 'train/a/4.png', ...",
+        f"{where} a class that is not in the class list (labels are class indices 0-1 or "
+        "wnids, and agree with a folder named by wnid or name) on 3 lines: line 8 '7', "
+        "line 11 \"1, but the folder 'a' is class 0\", line 12 '0 (n09999999)'",
+        f"{where} a file listed before on 1 line: line 13 'train/a/1.png'",
     ]
     listing.write_text("train/a/1.png 0\ntrain/b/1.png n01440764\n")
     chosen = chosen_listing(config, "train", classes)
@@ -118,6 +118,9 @@ def test_the_saved_subset_is_reused_while_its_settings_hold(tmp_path: Path) -> N
     kept = saved.read_text().splitlines()[:5]
     saved.write_text("\n".join(kept) + "\n")
     assert real_subset(config, run, "train", CLASSES).ids == [line.split()[0] for line in kept]
+    # settings the training images do not depend on leave the choice alone
+    other = _config("data.subset.per_class=3", "data.test_limit=100", "report.images_per_class=3")
+    assert real_subset(other, run, "train", CLASSES).ids == [line.split()[0] for line in kept]
     # other settings: chosen again
     again = real_subset(_config("data.subset.per_class=4"), run, "train", CLASSES)
     assert _counts(again) == [4] * 10 and len(saved.read_text().splitlines()) == 40
@@ -138,13 +141,14 @@ def test_budgets() -> None:
         class_budgets(PromptsConfig(budget={"fill_to": 20}), np.full(10, 25), 10)
     with pytest.raises(ConfigError, match=r"total: 10 is less than floor x classes \(4 x 10\)"):
         class_budgets(PromptsConfig(budget={"kind": "inverse", "floor": 4, "total": 10}), real, 10)
-    # a class's images over its prompts, in proportion to each prompt's slots
-    assert spread_images(7, [1, 1, 2]) == [2, 2, 3] and spread_images(2, [1, 1, 1, 1]) == [
-        1,
-        1,
-        0,
-        0,
-    ]
+    # a class's images over its prompts: over the strategies first, so the shares hold
+    # with fewer images than prompts, then by each prompt's slots
+    naive = [("naive", 1), ("naive", 2)]
+    assert spread_images(7, [*naive, ("cd", 1)]) == [2, 3, 2]
+    prompts = [("naive", 1)] * 2 + [("cd", 1)] * 5 + [("sd", 1)] * 3
+    four = spread_images(4, prompts)
+    assert [sum(four[:2]), sum(four[2:7]), sum(four[7:])] == [1, 2, 1]
+    assert spread_images(20, prompts) == [2] * 10
 
 
 @pytest.mark.parametrize(
@@ -177,10 +181,14 @@ def test_class_aware_orders_balance_and_resume_exactly() -> None:
     tail = labels[np.concatenate([first.numpy(), second.numpy()])] == 9
     seen = np.bincount(np.concatenate([first.numpy(), second.numpy()])[tail])
     assert np.ptp(seen[seen > 0]) <= 1  # 3 images, 148 draws: each 49 or 50 times
-    sqrt = ClassAware(torch.from_numpy(labels), 0.5).order(7, 0)
+    sqrt = class_aware_orders("sqrt", "real", labels, None)[0].order(7, 0)
     drawn = np.bincount(labels[sqrt.numpy()])
     assert np.abs(drawn - len(labels) * np.sqrt(counts) / np.sqrt(counts).sum()).max() <= 1
-    assert class_aware_orders("instance", "both", labels, labels) == (None, None)
+    # instance: plain permutations, the batches of a run without train.sampler
+    plain = list(MixedBatches(len(labels), 0, 24, 0, seed=3, epochs=1))
+    instance = class_aware_orders("instance", "both", labels, None)
+    assert list(MixedBatches(len(labels), 0, 24, 0, 3, 1, real_order=instance[0])) == plain
+    assert class_aware_orders("balanced", "both", labels[:0], None) == (None, None)  # no images
 
     synthetic = np.repeat(np.arange(10), 20)
     orders = class_aware_orders("balanced", "both", labels, synthetic)
@@ -404,3 +412,16 @@ def test_a_budget_of_nothing_stops_the_run_before_any_work(tmp_path: Path) -> No
         "(fewest: 5), so it asks for no synthetic images"
     )
     assert not out.exists()
+
+
+def test_evaluation_without_a_train_folder_has_no_groups(tmp_path: Path) -> None:
+    """A data root of val/ only (a test set to score a finished model on) is evaluated
+    without frequency groups rather than failing for want of train/."""
+    from diversynth.train.evaluate import _train_counts
+
+    (tmp_path / "val" / "0").mkdir(parents=True)
+    config = load_config(OFFLINE_CONFIG, ["data.format=imagefolder", f"data.root={tmp_path}"])
+    assert _train_counts(config, None, CLASSES) is None
+    (tmp_path / "train" / "0").mkdir(parents=True)
+    with pytest.raises(DataError, match="no folder in"):  # a train/ folder lacking classes
+        _train_counts(config, None, CLASSES)

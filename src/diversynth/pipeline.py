@@ -173,7 +173,11 @@ STAGES = [
         run="diversynth.classes.stage:run_classes",
         sections=_classes_sections,
         outputs=lambda r: [r.classes],
-        inputs=lambda c: [c.classes.file, c.classes.folder],
+        inputs=lambda c: [
+            c.classes.file,
+            c.classes.folder,
+            *(_real_inputs(c)[1:] if c.disambiguation_mode == "clip" else []),
+        ],
     ),
     Stage(
         "prompts",

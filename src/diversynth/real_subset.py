@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -42,7 +43,7 @@ def _wanted(subset: SubsetConfig, have: np.ndarray) -> np.ndarray:
         return np.where(have > 0, np.maximum(1, np.floor(subset.fraction * have + 0.5)), 0)
     if subset.imbalance is None:
         return np.full(len(have), subset.per_class)
-    head = subset.per_class or int(have.max())
+    head = subset.per_class or int(have[0])
     last = max(1, len(have) - 1)
     # CIFAR-LT's exponential profile: class i keeps head * imbalance^(-i / (C - 1))
     return np.array([max(1, math.floor(head * subset.imbalance ** (-i / last)))
@@ -82,6 +83,9 @@ def choose(subset: SubsetConfig, listing: RealList, classes: list[dict[str, Any]
     return RealList([listing.ids[p] for p in chosen], listing.labels[chosen])
 
 
+WNID = re.compile(r"^n\d{8}$")
+
+
 def _label_lookup(classes: list[dict[str, Any]]) -> dict[str, int]:
     """A list's label token -> class index: the index, or the class's wnid."""
     lookup = {str(c["index"]): c["index"] for c in classes}
@@ -89,9 +93,17 @@ def _label_lookup(classes: list[dict[str, Any]]) -> dict[str, int]:
     return lookup
 
 
+def _folder_lookup(classes: list[dict[str, Any]]) -> dict[str, int]:
+    """A file's folder name -> the class it names (by wnid or name), as ImageFolder matches."""
+    lookup = {c["raw_name"].casefold(): c["index"] for c in classes}
+    lookup.update({c["wnid"].casefold(): c["index"] for c in classes if c.get("wnid")})
+    return lookup
+
+
 def _problems(kind: str, items: list[tuple[int, str]]) -> str:
     shown = ", ".join(f"line {n} {text!r}" for n, text in items[:SHOWN])
-    return f"{len(items)} lines {kind}: {shown}" + (", ..." if len(items) > SHOWN else "")
+    lines = "1 line" if len(items) == 1 else f"{len(items)} lines"
+    return f"{kind} on {lines}: {shown}" + (", ..." if len(items) > SHOWN else "")
 
 
 def read_list(path: Path, root: Path, classes: list[dict[str, Any]], field: str,
@@ -99,10 +111,12 @@ def read_list(path: Path, root: Path, classes: list[dict[str, Any]], field: str,
     """A list file: one `relative/path label` a line (blank lines and `#` comments
     skipped). Every problem of a kind is counted and the first three are named, with
     line numbers, in one error: malformed lines, paths outside data.root, files that do
-    not exist, labels that are no class of the run."""
-    lookup = _label_lookup(classes)
-    ids, labels = [], []
-    malformed, outside, missing, unknown = [], [], [], []
+    not exist, labels that are no class of the run (or another class than the file's
+    folder names: ImageNet-LT's labels are ImageNet's indices, which a class list of
+    another length or order does not share), files listed twice."""
+    lookup, folders = _label_lookup(classes), _folder_lookup(classes)
+    ids, labels, seen = [], [], set()
+    malformed, outside, missing, unknown, repeated = [], [], [], [], []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -123,19 +137,31 @@ def read_list(path: Path, root: Path, classes: list[dict[str, Any]], field: str,
             exists = (root / relative).is_file()
         if not exists:
             missing.append((number, image_id))
-        if label.casefold() not in lookup:
-            unknown.append((number, label))
+        folder = relative.parent.name.casefold()
+        named = folders.get(folder)
+        foreign = named is None and WNID.match(folder)  # a wnid folder of no class listed
+        if label.casefold() not in lookup or foreign:
+            unknown.append((number, f"{label} ({folder})" if foreign else label))
             continue
+        if named is not None and named != lookup[label.casefold()]:
+            unknown.append((number, f"{label}, but the folder {folder!r} is class {named}"))
+            continue
+        if relative.as_posix() in seen:
+            repeated.append((number, image_id))
+            continue
+        seen.add(relative.as_posix())
         ids.append(relative.as_posix())
         labels.append(lookup[label.casefold()])
     lines = [
         f"{field}: {str(path)!r}: " + _problems(kind, items)
         for kind, items in (
-            ("are not `path label`", malformed),
-            ("name a path outside data.root", outside),
-            (f"name files that do not exist under {str(root)!r}", missing),
-            (f"name a class that is not in the class list (labels are class indices 0-"
-             f"{len(classes) - 1} or wnids)", unknown),
+            ("not `path label`", malformed),
+            ("a path outside data.root", outside),
+            (f"a file that does not exist under {str(root)!r}", missing),
+            (f"a class that is not in the class list (labels are class indices 0-"
+             f"{len(classes) - 1} or wnids, and agree with a folder named by wnid or name)",
+             unknown),
+            ("a file listed before", repeated),
         )
         if items
     ]  # fmt: skip
@@ -178,20 +204,33 @@ def chosen_listing(config: RunConfig, split: str, classes: list[dict[str, Any]],
         return read_list(subset.list, data.root, classes, "data.subset.list", _fashion_rows(config))
     if not subset.chooses_train:
         return None
-    seed = config.seed if subset.seed is None else subset.seed
-    return choose(subset, real_listing(data, "train", classes), classes, seed, quiet)
+    return choose(subset, real_listing(data, "train", classes), classes, _seed(config), quiet)
 
 
 def _settings(config: RunConfig, split: str, classes: list[dict[str, Any]]) -> str:
-    """What a saved choice was made from: the data settings, the list files, the classes."""
-    assert config.data is not None
-    subset = config.data.subset
-    lists = [p for p in (subset.list, subset.test_list) if p is not None] if subset else []
+    """What a saved choice of `split` was made from, and nothing else (a new test_limit
+    keeps the training images): the data folder, the split's limit, the subset's rule
+    and seed or its list file, the classes."""
+    data, subset = config.data, config.data.subset if config.data else None
+    assert data is not None and subset is not None
+    if split == "test":
+        rule: dict[str, Any] = {"limit": data.test_limit, "list": subset.test_list}
+    else:
+        rule = {"limit": data.train_limit, "list": subset.list, "seed": _seed(config),
+                **subset.model_dump(mode="json", include={"per_class", "fraction",
+                                                          "imbalance", "strict"})}  # fmt: skip
+    listed = rule["list"]
     return digest_json({
-        "split": split, "seed": config.seed, "data": config.data.model_dump(mode="json"),
-        "lists": [path_signature(p) for p in lists],
+        "split": split, "format": data.format, "root": str(data.root),
+        **{k: v for k, v in rule.items() if k != "list"},
+        "list": path_signature(listed) if listed else None,
         "classes": [[c["index"], c.get("wnid"), c["raw_name"]] for c in classes],
     })  # fmt: skip
+
+
+def _seed(config: RunConfig) -> int:
+    subset = config.data.subset if config.data else None
+    return config.seed if subset is None or subset.seed is None else subset.seed
 
 
 def saved_path(run: RunDir, split: str) -> Path:
@@ -204,7 +243,7 @@ def real_subset(config: RunConfig, run: RunDir | None, split: str,
     the run directory when it holds a choice made from these settings, else made and
     saved there (list first, then its settings: a crash between leaves a list that is
     made again). None when the whole split is used."""
-    if run is None:
+    if run is None or config.data is None or config.data.subset is None:
         return chosen_listing(config, split, classes)
     path = saved_path(run, split)
     info = path.with_suffix(".json")

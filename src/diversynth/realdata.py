@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import default_loader
 
@@ -90,19 +90,9 @@ class ArrayImages(Dataset):
 def fashion_mnist(
     config: RealDataConfig, split: str, class_names: list[str], transform: Callable
 ) -> ArrayImages:
-    image_file, label_file = FASHION_FILES[split]
-    images = read_idx(config.root / image_file)
-    labels = read_idx(config.root / label_file)
-    to_catalog = {
-        ds: cat
-        for cat, ds in enumerate(catalog_to_dataset_labels(class_names, FASHION_MNIST_CLASSES))
-    }
-    keep = np.isin(labels, list(to_catalog))
-    images, labels = images[keep], np.array([to_catalog[int(x)] for x in labels[keep]])
-    limit = config.train_limit if split == "train" else config.test_limit
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    return ArrayImages(images, labels, transform)
+    """A Fashion-MNIST split with labels in the order of `class_names`."""
+    classes = [{"index": i, "raw_name": name} for i, name in enumerate(class_names)]
+    return listed_dataset(config, real_listing(config, split, classes), transform)  # type: ignore[return-value]
 
 
 class CatalogImageFolder(ImageFolder):
@@ -208,24 +198,10 @@ def real_dataset(config: RealDataConfig, split: str, classes: list[dict[str, Any
                  transform: Callable, chosen: RealList | None = None) -> Dataset:  # fmt: skip
     """The real `train` or `test` split, or the part of it `chosen` names (a subset saved
     in the run, diversynth.real_subset); labels are catalog indices."""
-    if chosen is not None:
-        return listed_dataset(config, chosen, transform)
-    if config.format == "fashion-mnist":
-        return fashion_mnist(config, split, [c["raw_name"] for c in classes], transform)
-    folder = config.root / IMAGEFOLDER_SPLITS[split]
-    if not folder.is_dir():
-        raise DataError(f"data.root: {str(config.root)!r} has no {folder.name}/ folder")
-    dataset = CatalogImageFolder(folder, classes, transform)
-    limit = config.train_limit if split == "train" else config.test_limit
-    if limit and limit < len(dataset):
-        return Subset(dataset, _every_kth(len(dataset), limit))
-    return dataset
+    listing = chosen if chosen is not None else real_listing(config, split, classes)
+    return listed_dataset(config, listing, transform)
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray:
     """The catalog label of every image of a real dataset, without reading an image."""
-    if isinstance(dataset, Subset):
-        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
-    if isinstance(dataset, ImageFolder):
-        return np.asarray(dataset.targets, dtype=np.int64)
     return np.asarray(dataset.labels, dtype=np.int64)  # type: ignore[attr-defined]

@@ -14,19 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from diversynth.apportion import largest_remainder
 from diversynth.config import ConfigError, PromptsConfig
-
-
-def largest_remainder(total: int, weights: Sequence[float]) -> list[int]:
-    """`total` split in proportion to `weights` (not all zero), whole numbers summing to
-    it: the floors, then one more to the largest remainders (earlier first on a tie)."""
-    weight_sum = float(sum(weights))
-    exact = [total * w / weight_sum for w in weights]
-    counts = [int(x) for x in exact]
-    order = sorted(range(len(weights)), key=lambda i: (counts[i] - exact[i], i))
-    for i in order[: total - sum(counts)]:
-        counts[i] += 1
-    return counts
 
 
 def class_budgets(cfg: PromptsConfig, real_counts: np.ndarray | None,
@@ -66,8 +55,18 @@ def class_budgets(cfg: PromptsConfig, real_counts: np.ndarray | None,
     return [budget.floor + n for n in largest_remainder(rest, need)]
 
 
-def spread_images(images: int, slots: Sequence[int]) -> list[int]:
-    """A class's images over its prompts, each prompt weighted by its slots (a text
-    chosen twice holds two): in proportion, so the strategy shares hold; prompts left with
-    none make no image."""
-    return largest_remainder(images, slots)
+def spread_images(images: int, prompts: Sequence[tuple[str, int]]) -> list[int]:
+    """A class's images over its prompts, given as (strategy, slots): first over the
+    strategies in proportion to their slots, so the shares hold even when there are fewer
+    images than prompts, then within each strategy in proportion to each prompt's slots
+    (a text chosen twice holds two). Prompts left with none make no image."""
+    strategies = list(dict.fromkeys(strategy for strategy, _ in prompts))
+    slots = [sum(n for s, n in prompts if s == strategy) for strategy in strategies]
+    per_strategy = dict(zip(strategies, largest_remainder(images, slots), strict=True))
+    spread = [0] * len(prompts)
+    for strategy in strategies:
+        mine = [i for i, (s, _) in enumerate(prompts) if s == strategy]
+        shares = largest_remainder(per_strategy[strategy], [prompts[i][1] for i in mine])
+        for i, n in zip(mine, shares, strict=True):
+            spread[i] = n
+    return spread

@@ -21,12 +21,13 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
+from diversynth.apportion import largest_remainder
 from diversynth.artifacts.records import ClassRecord, PromptRecord, read_classes
 from diversynth.config import STRATEGIES, RunConfig
 from diversynth.llm import LLM, BadAnswer, open_llm
 from diversynth.progress import console, counting
 from diversynth.prompts import compose, quality
-from diversynth.prompts.budget import class_budgets, largest_remainder, spread_images
+from diversynth.prompts.budget import class_budgets, spread_images
 from diversynth.prompts.diversity import Embedder, mean_cosine_distance, vendi_score
 from diversynth.prompts.examples import (
     EXAMPLES,
@@ -297,7 +298,7 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
             embedded.update(made.selector.vectors)
             made_prompts = [(strategy, *prompt) for strategy in STRATEGIES
                             for prompt in made.prompts.get(strategy, [])]  # fmt: skip
-            spread = spread_images(budgets[position], [slots for *_, slots in made_prompts])
+            spread = spread_images(budgets[position], [(p[0], p[-1]) for p in made_prompts])
             for (strategy, text, detail, _), images in zip(made_prompts, spread, strict=True):
                 if not images:  # a budget below the class's prompt count
                     continue

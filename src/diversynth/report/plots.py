@@ -94,8 +94,8 @@ def frequency_group_bars(groups: list[tuple[str, dict[str, float | None]]],
     fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
     for i, (name, top1) in enumerate(groups):
         values = [top1.get(k) for k in kinds]
-        ax.bar([g + i * width for g in range(3)], [v if v is not None else 0 for v in values],
-               width, label=name)  # fmt: skip
+        heights = [v if v is not None else float("nan") for v in values]  # no classes: no bar
+        ax.bar([g + i * width for g in range(3)], heights, width, label=name)
     ax.set_xticks([g + width * (len(groups) - 1) / 2 for g in range(3)],
                   ["many-shot", "medium-shot", "few-shot"])  # fmt: skip
     ax.set_ylabel("top-1 accuracy (%)")

@@ -121,7 +121,7 @@ def evaluate_on_sets(config: RunConfig, model: torch.nn.Module, meta: dict[str, 
         test = real_dataset(config.data, "test", classes, transform,
                             real_subset(config, run, "test", classes))  # fmt: skip
         sets.append((f"{config.data.format}/test", test, None))
-        train_counts = real_subset_counts(config, run, classes).tolist()
+        train_counts = _train_counts(config, run, classes)
     for extra in config.evaluate.sets:
         sets.append((extra.name, *folder_set(extra.root, classes, transform, extra.restrict)))
     results = {}
@@ -138,6 +138,18 @@ def evaluate_on_sets(config: RunConfig, model: torch.nn.Module, meta: dict[str, 
             results[name]["train_images_per_class"] = train_counts
     _print_table(results)
     return results
+
+
+def _train_counts(config: RunConfig, run: RunDir | None,
+                  classes: list[dict[str, Any]]) -> list[int] | None:  # fmt: skip
+    """Real training images per class, for the frequency groups; None when the data has
+    no training split (a folder of val/ only: evaluation goes on without the groups)."""
+    data = config.data
+    assert data is not None
+    chosen = data.subset is not None and data.subset.chooses_train
+    if data.format == "imagefolder" and not chosen and not (data.root / "train").is_dir():
+        return None
+    return real_subset_counts(config, run, classes).tolist()
 
 
 def evaluate_model(config: RunConfig, classes: list[ClassIdentity], checkpoint: Path | None,

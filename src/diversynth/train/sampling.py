@@ -16,20 +16,25 @@ DistributedSampler cannot mix two datasets in fixed proportions; hence this smal
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from diversynth.prompts.budget import largest_remainder
+from diversynth.apportion import largest_remainder
 from diversynth.seeding import derive_seed
 
 # A sample is (index into real + synthetic, augmentation seed).
 Sample = tuple[int, int]
-# train.sampler: each class's share of an epoch goes as (its images) ** power
-SAMPLER_POWER = {"instance": 1.0, "sqrt": 0.5, "balanced": 0.0}
+# train.sampler: each class's share of an epoch, from its number of images (math.sqrt is
+# correctly rounded, as pow need not be: the same quotas on every machine)
+CLASS_WEIGHT: dict[str, Callable[[int], float]] = {
+    "sqrt": math.sqrt,
+    "balanced": lambda n: 1.0 if n else 0.0,
+}
 
 
 def _generator(*key: int) -> torch.Generator:
@@ -38,20 +43,19 @@ def _generator(*key: int) -> torch.Generator:
 
 @dataclass
 class ClassAware:
-    """An order of a set's images in which each class gets a quota per cycle: `length`
-    images split over the classes in proportion to (class count) ** power. A class's
+    """An order of a set's images in which each class gets a quota per cycle: as many
+    images as the set has, split over the classes by `weight` of their counts. A class's
     images come from its own endless sequence of permutations, so a class smaller than
     its quota repeats its images evenly, and the whole cycle is then shuffled. Integer
     draws only (torch.randperm): the same order on every CPU."""
 
     labels: torch.Tensor  # class of each image of the set
-    power: float
+    weight: Callable[[int], float]  # of a class, from its number of images
 
     def __post_init__(self) -> None:
-        counts = torch.bincount(self.labels)
-        self.members = list(torch.argsort(self.labels, stable=True).split(counts.tolist()))
-        weights = [float(n) ** self.power if n else 0.0 for n in counts.tolist()]
-        self.quotas = largest_remainder(len(self.labels), weights)
+        counts = torch.bincount(self.labels).tolist()
+        self.members = list(torch.argsort(self.labels, stable=True).split(counts))
+        self.quotas = largest_remainder(len(self.labels), [self.weight(n) for n in counts])
 
     def order(self, seed: int, cycle: int) -> torch.Tensor:
         picks = []
@@ -75,13 +79,15 @@ def class_aware_orders(sampler: str, applies_to: str, real_labels: np.ndarray,
                        synthetic_labels: np.ndarray | None) -> Orders:  # fmt: skip
     """`train.sampler`'s orders for the real and the synthetic part (`train.sampler_on`);
     None where images go in plain permutations."""
-    power = SAMPLER_POWER[sampler]
-    if power == 1.0:
+    weight = CLASS_WEIGHT.get(sampler)
+    if weight is None:  # instance: plain permutations
         return None, None
-    real = ClassAware(torch.from_numpy(real_labels), power) if applies_to != "synthetic" else None
+    real = None
+    if len(real_labels) and applies_to != "synthetic":
+        real = ClassAware(torch.from_numpy(real_labels), weight)
     synthetic = None
-    if synthetic_labels is not None and applies_to != "real":
-        synthetic = ClassAware(torch.from_numpy(synthetic_labels), power)
+    if synthetic_labels is not None and len(synthetic_labels) and applies_to != "real":
+        synthetic = ClassAware(torch.from_numpy(synthetic_labels), weight)
     return real, synthetic
 
 
