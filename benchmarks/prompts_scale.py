@@ -86,7 +86,7 @@ def main() -> None:
         "prompts": summary["summary"]["prompts"],
         "seconds": seconds,
         "peak_rss_mb": round(peak_mb),
-        "command": "python benchmarks/prompts_scale.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/prompts_scale.py", *sys.argv[1:]]),
     })  # fmt: skip
 
 
