@@ -157,13 +157,15 @@ def _prompts_sections(config: RunConfig) -> tuple[str, ...]:
     return ("prompts", "llm", "seed", "data")
 
 
+def _subset_lists(config: RunConfig) -> list[str | Path | None]:
+    """data.subset's list files (none, or None where not given)."""
+    subset = config.data.subset if config.data else None
+    return [subset.list, subset.test_list] if subset else []
+
+
 def _real_inputs(config: RunConfig) -> list[str | Path | None]:
     """The real data folder and any subset list files."""
-    data = config.data
-    if data is None:
-        return []
-    subset = data.subset
-    return [data.root, *((subset.list, subset.test_list) if subset else ())]
+    return [config.data.root, *_subset_lists(config)] if config.data else []
 
 
 STAGES = [
@@ -176,7 +178,7 @@ STAGES = [
         inputs=lambda c: [
             c.classes.file,
             c.classes.folder,
-            *(_real_inputs(c)[1:] if c.disambiguation_mode == "clip" else []),
+            *(_subset_lists(c) if c.disambiguation_mode == "clip" else []),
         ],
     ),
     Stage(

@@ -97,7 +97,8 @@ def _real_data_problems(config: RunConfig, stages: list[str]) -> list[str]:
         if trains:
             chosen_listing(config, "test", classes, quiet=True)
         if budgeted:
-            train = train or real_listing(config.data, "train", classes)
+            if train is None:  # no subset: every training image counts
+                train = real_listing(config.data, "train", classes)
             class_budgets(config.prompts, class_counts(train.labels, len(classes)), len(classes))
     except (DataError, ConfigError) as exc:
         return str(exc).splitlines()

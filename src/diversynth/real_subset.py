@@ -86,18 +86,13 @@ def choose(subset: SubsetConfig, listing: RealList, classes: list[dict[str, Any]
 WNID = re.compile(r"^n\d{8}$")
 
 
-def _label_lookup(classes: list[dict[str, Any]]) -> dict[str, int]:
-    """A list's label token -> class index: the index, or the class's wnid."""
-    lookup = {str(c["index"]): c["index"] for c in classes}
-    lookup.update({c["wnid"].casefold(): c["index"] for c in classes if c.get("wnid")})
-    return lookup
-
-
-def _folder_lookup(classes: list[dict[str, Any]]) -> dict[str, int]:
-    """A file's folder name -> the class it names (by wnid or name), as ImageFolder matches."""
-    lookup = {c["raw_name"].casefold(): c["index"] for c in classes}
-    lookup.update({c["wnid"].casefold(): c["index"] for c in classes if c.get("wnid")})
-    return lookup
+def _lookups(classes: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, int]]:
+    """A list's label token -> class index (the index, or the class's wnid), and a file's
+    folder name -> the class it names (its wnid or name, as ImageFolder matches)."""
+    wnids = {c["wnid"].casefold(): c["index"] for c in classes if c.get("wnid")}
+    labels = {str(c["index"]): c["index"] for c in classes} | wnids
+    folders = {c["raw_name"].casefold(): c["index"] for c in classes} | wnids
+    return labels, folders
 
 
 def _problems(kind: str, items: list[tuple[int, str]]) -> str:
@@ -114,7 +109,7 @@ def read_list(path: Path, root: Path, classes: list[dict[str, Any]], field: str,
     not exist, labels that are no class of the run (or another class than the file's
     folder names: ImageNet-LT's labels are ImageNet's indices, which a class list of
     another length or order does not share), files listed twice."""
-    lookup, folders = _label_lookup(classes), _folder_lookup(classes)
+    lookup, folders = _lookups(classes)
     ids, labels, seen = [], [], set()
     malformed, outside, missing, unknown, repeated = [], [], [], [], []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -127,6 +122,7 @@ def read_list(path: Path, root: Path, classes: list[dict[str, Any]], field: str,
             continue
         image_id, label = parts[0].strip(), parts[1].strip()
         relative = PurePosixPath(image_id)
+        key = relative.as_posix()
         if relative.is_absolute() or ".." in relative.parts:
             outside.append((number, image_id))
             continue
@@ -146,11 +142,11 @@ def read_list(path: Path, root: Path, classes: list[dict[str, Any]], field: str,
         if named is not None and named != lookup[label.casefold()]:
             unknown.append((number, f"{label}, but the folder {folder!r} is class {named}"))
             continue
-        if relative.as_posix() in seen:
+        if key in seen:
             repeated.append((number, image_id))
             continue
-        seen.add(relative.as_posix())
-        ids.append(relative.as_posix())
+        seen.add(key)
+        ids.append(key)
         labels.append(lookup[label.casefold()])
     lines = [
         f"{field}: {str(path)!r}: " + _problems(kind, items)
@@ -213,16 +209,15 @@ def _settings(config: RunConfig, split: str, classes: list[dict[str, Any]]) -> s
     and seed or its list file, the classes."""
     data, subset = config.data, config.data.subset if config.data else None
     assert data is not None and subset is not None
+    rule: dict[str, Any] = {}
     if split == "test":
-        rule: dict[str, Any] = {"limit": data.test_limit, "list": subset.test_list}
+        limit, listed = data.test_limit, subset.test_list
     else:
-        rule = {"limit": data.train_limit, "list": subset.list, "seed": _seed(config),
-                **subset.model_dump(mode="json", include={"per_class", "fraction",
-                                                          "imbalance", "strict"})}  # fmt: skip
-    listed = rule["list"]
+        limit, listed = data.train_limit, subset.list
+        rule = {"seed": _seed(config), **subset.model_dump(
+            mode="json", include={"per_class", "fraction", "imbalance", "strict"})}  # fmt: skip
     return digest_json({
-        "split": split, "format": data.format, "root": str(data.root),
-        **{k: v for k, v in rule.items() if k != "list"},
+        "split": split, "format": data.format, "root": str(data.root), "limit": limit, **rule,
         "list": path_signature(listed) if listed else None,
         "classes": [[c["index"], c.get("wnid"), c["raw_name"]] for c in classes],
     })  # fmt: skip

@@ -87,14 +87,6 @@ class ArrayImages(Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def fashion_mnist(
-    config: RealDataConfig, split: str, class_names: list[str], transform: Callable
-) -> ArrayImages:
-    """A Fashion-MNIST split with labels in the order of `class_names`."""
-    classes = [{"index": i, "raw_name": name} for i, name in enumerate(class_names)]
-    return listed_dataset(config, real_listing(config, split, classes), transform)  # type: ignore[return-value]
-
-
 class CatalogImageFolder(ImageFolder):
     """An ImageFolder whose labels come from the class list, not from sorted folder names.
 
