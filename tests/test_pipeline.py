@@ -292,11 +292,12 @@ def test_folder_that_is_not_a_pipeline_is_one_clear_error(
         "run", str(OFFLINE_CONFIG), "--out", str(run_copy),
         *set_args([*kit_overrides, f"generate.model={broken}"]),
     )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2  # found before any stage runs
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(
-        f"error: generate.model: cannot load '{broken}'"
-    )
+    assert errors == [
+        f"error: generate.model: '{broken}' has no model_index.json: not a diffusers "
+        "pipeline folder (save one with pipeline.save_pretrained)"
+    ]
     assert "Traceback" not in result.stderr
     # the shards of the earlier settings are discarded only once a new model has loaded
     assert len(list((run_copy / "shards").glob("*.tar"))) == 5

@@ -15,8 +15,9 @@ from conftest import OFFLINE_CONFIG, cli, set_args
 
 from diversynth.prompts import diversity
 from diversynth.prompts.diversity import mean_cosine_distance, vendi_score
-from diversynth.prompts.quality import blocked, clip_tokens, near_duplicate_mask
+from diversynth.prompts.quality import blocked, near_duplicate_mask
 from diversynth.prompts.stage import strategy_counts
+from diversynth.vision.clip_tokens import clip_tokens
 
 
 def _prompts(run: Path) -> list[dict]:

@@ -393,6 +393,32 @@ def env_cmd(
         raise typer.Exit(1)
 
 
+@app.command("plan")
+def plan_cmd(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """What the config will cost, before any GPU time: images, prompts, shards, disk, LLM
+    requests and tokens, FLOPs an image (counted on the model's architecture, no weights)
+    and GPU-hours per card."""
+    from diversynth.cost_plan import make_plan, render
+
+    cfg = _load(config, set_)
+    try:
+        plan = make_plan(cfg)
+    except ConfigError as exc:
+        _fail(str(exc))
+    except DiversynthError as exc:
+        _fail(str(exc), exc.exit_code)
+    if as_json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:  # the plan is the command's output: stdout (progress and errors go to stderr)
+        from rich.console import Console
+
+        Console().print(render(plan, cfg.name))
+
+
 @app.command("recipes")
 def recipes_cmd() -> None:
     """The named training recipes (`--set train.recipe=NAME`) and what each sets."""

@@ -330,7 +330,10 @@ class GenerateConfig(Section):
     device: Device = "auto"
     scheduler: str | None = None
     steps: PositiveInt = 30
-    guidance_scale: float = Field(7.5, ge=0)
+    # None: the pipeline's own default (SD 1.5: 7.5, SDXL: 5, SD3: 7, PixArt and Sana: 4.5,
+    # FLUX.1-dev: 3.5); a pipeline that takes no guidance (FLUX.1-schnell) refuses a value.
+    # 0 (or up to 1) turns classifier-free guidance off, as turbo models want
+    guidance_scale: float | None = Field(None, ge=0, exclude_if=lambda v: v is None)
     height: PositiveInt = 512
     width: PositiveInt = 512
     negative_prompt: str | None = None
@@ -349,6 +352,10 @@ class GenerateConfig(Section):
     # again like low-scoring ones, and dropped and counted if every attempt is flagged
     safety_checker: bool = False
     trust_remote_code: bool = False
+    # components loaded as left out (null), as diffusers allows for the ones a pipeline can
+    # run without: {text_encoder_3: null} runs SD3 without its T5 (much less memory).
+    # Components saved as left out in model_index.json are left out without this
+    components: dict[str, None] = Field(default_factory=dict, exclude_if=lambda v: not v)
     # torch threads of a process generating on the CPU (None: torch's default, and on ray
     # cpus_per_worker). CPU results depend on it (oneDNN splits its sums by thread): give
     # it a value for shards that are pixel-identical across engines and machines

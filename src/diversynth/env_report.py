@@ -170,11 +170,11 @@ def _models(config: Any) -> list[Part]:
 
         ref = config.generate.model
         try:
-            index = check_model(config.generate)
+            traits = check_model(config.generate)
             revision = environment.hub_revision(ref)
             where = f"hub revision {revision}" if revision else "local folder"
             parts.append(Part("generate.model",
-                              f"{ref}: {index.get('_class_name', '?')}, {where}"))  # fmt: skip
+                              f"{ref}: {traits.pipeline}, {where}"))  # fmt: skip
         except DiversynthError as exc:
             parts.append(Part("generate.model", str(exc), "broken"))
     if config.clip is not None:

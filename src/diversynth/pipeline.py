@@ -157,6 +157,24 @@ def _prompts_sections(config: RunConfig) -> tuple[str, ...]:
     return ("prompts", "llm", "seed", "data")
 
 
+def _prompt_tokenizers(config: RunConfig) -> list[str | Path | None]:
+    """What measures the prompts' length: the tokenizer folders of the configured pipeline
+    (its id, for a hub model) and the components left out, whose limits do not count."""
+    if config.generate is None:
+        return []
+    model = Path(config.generate.model)
+    refs: list[str | Path | None] = (sorted(model.glob("tokenizer*")) if model.is_dir()
+                                     else [config.generate.model])  # fmt: skip
+    if config.generate.components:
+        refs.append("left out: " + ",".join(sorted(config.generate.components)))
+    return refs
+
+
+def _prompts_inputs(config: RunConfig) -> list[str | Path | None]:
+    budgeted = _real_inputs(config) if config.prompts.budget.kind != "uniform" else []
+    return [*budgeted, *_prompt_tokenizers(config)]
+
+
 def _subset_lists(config: RunConfig) -> list[str | Path | None]:
     """data.subset's list files (none, or None where not given)."""
     subset = config.data.subset if config.data else None
@@ -188,7 +206,7 @@ STAGES = [
         sections=_prompts_sections,
         needs=("classes",),
         outputs=lambda r: [r.prompts],
-        inputs=lambda c: _real_inputs(c) if c.prompts.budget.kind != "uniform" else [],
+        inputs=_prompts_inputs,
     ),
     Stage(
         "generate",

@@ -1,5 +1,6 @@
 """Config checks that need a library or the data, run before the first selected stage:
-a timm model name, a diffusers scheduler, a batch larger than the real data. Pydantic
+a timm model name, a diffusers scheduler, settings the text-to-image pipeline would
+ignore, a batch larger than the real data. Pydantic
 checks the rest when the config is read; these import timm or diffusers, so they run only
 for the stages that use them."""
 
@@ -31,6 +32,22 @@ def _scheduler_problem(name: str) -> str | None:
     if cls is None or not hasattr(cls, "from_config") or not name.endswith("Scheduler"):
         return f"no diffusers scheduler of that name (got {name!r})"
     return None
+
+
+def _pipeline_problems(config: RunConfig) -> list[str]:
+    """Not a text-to-image pipeline, or settings it would ignore (its configs are read, not
+    its weights)."""
+    from diversynth.vision.pipeline_traits import (
+        PipelineTraitsError,
+        read_traits,
+        setting_problems,
+    )
+
+    assert config.generate is not None
+    try:
+        return setting_problems(read_traits(config.generate.model), config.generate)
+    except PipelineTraitsError as exc:
+        return [str(exc)]
 
 
 def _fashion_mnist_count(root: Path) -> int | None:
@@ -88,21 +105,33 @@ def _real_data_problems(config: RunConfig, stages: list[str]) -> list[str]:
         return []
     from diversynth.classes.catalog import load_classes
     from diversynth.prompts.budget import class_budgets
-    from diversynth.real_subset import chosen_listing, class_counts
-    from diversynth.realdata import DataError, real_listing
+    from diversynth.real_subset import chosen_listing
+    from diversynth.realdata import DataError
 
     classes = [entry.identity() for entry in load_classes(config.classes)]
     try:
-        train = chosen_listing(config, "train", classes, quiet=True)
         if trains:
+            chosen_listing(config, "train", classes, quiet=True)
             chosen_listing(config, "test", classes, quiet=True)
         if budgeted:
-            if train is None:  # no subset: every training image counts
-                train = real_listing(config.data, "train", classes)
-            class_budgets(config.prompts, class_counts(train.labels, len(classes)), len(classes))
+            class_budgets(config.prompts, real_train_counts(config), len(classes))
     except (DataError, ConfigError) as exc:
         return str(exc).splitlines()
     return []
+
+
+def real_train_counts(config: RunConfig) -> list[int]:
+    """Real training images per class: the subset's, or the whole train split's."""
+    from diversynth.classes.catalog import load_classes
+    from diversynth.real_subset import chosen_listing, class_counts
+    from diversynth.realdata import real_listing
+
+    assert config.data is not None
+    classes = [entry.identity() for entry in load_classes(config.classes)]
+    train = chosen_listing(config, "train", classes, quiet=True)
+    if train is None:  # no subset: every training image counts
+        train = real_listing(config.data, "train", classes)
+    return class_counts(train.labels, len(classes))
 
 
 def preflight(config: RunConfig, stages: list[str]) -> None:
@@ -116,6 +145,8 @@ def preflight(config: RunConfig, stages: list[str]) -> None:
         problem = _scheduler_problem(config.generate.scheduler)
         if problem:
             problems.append(f"generate.scheduler: {problem}")
+    if {"prompts", "generate"} & set(stages) and config.generate is not None:
+        problems += _pipeline_problems(config)
     if "train" in stages:
         problem = _real_batch_problem(config)
         if problem:

@@ -35,7 +35,7 @@ from diversynth.artifacts.shards import (
     rows_path,
     shard_paths,
 )
-from diversynth.config import RunConfig
+from diversynth.config import GenerateConfig, RunConfig
 from diversynth.environment import check_kept_work, made_with
 from diversynth.errors import DiversynthError, PartialStage
 from diversynth.generate.engines import Engine, open_engine
@@ -267,23 +267,27 @@ def _write_manifest(run: RunDir, shards: list[ShardSpec], inputs: dict[str, str]
 
 def bytes_per_image(config: RunConfig, run: RunDir, done: list[ShardSpec]) -> tuple[float, str]:
     """Disk bytes an image takes (its JPEG, metadata, tar headers, manifest row) and how that
-    was found: measured on the finished shards, or, before the first, on a test image
-    encoded as generate stores images (a smooth random picture, which JPEG compresses
-    about as well as a photo; 512 px at quality 90 gives 55 KB)."""
+    was found: measured on the finished shards, or, before the first, estimated."""
     images = sum(s.images for s in done)
     if images:
         size = sum(path.stat().st_size for s in done
                    for path in (*shard_paths(run.shards, s.name), rows_path(run.shards, s.name))
                    if path.is_file())  # fmt: skip
         return size / images, f"measured on {len(done)} finished shard(s)"
-    cfg = config.generate
+    return estimated_bytes_per_image(config.generate), "estimated on a test image"
+
+
+def estimated_bytes_per_image(cfg: GenerateConfig) -> float:
+    """Disk bytes of an image before any is made: a smooth random picture at the
+    configured size encoded as the stage stores images (JPEG compresses it about as well as
+    a photo: 512 px at quality 90 gives 55 KB), with its tar headers and metadata."""
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (max(1, cfg.height // 16), max(1, cfg.width // 16), 3))
     image = Image.fromarray(small.astype(np.uint8)).resize((cfg.width, cfg.height),
                                                           Image.Resampling.BICUBIC)  # fmt: skip
     jpeg = len(encode_jpeg(image, cfg.jpeg_quality, cfg.store_size))
     # two tar headers, the JSON member and the block padding, and a row in the stats file
-    return jpeg + 4 * tarfile.BLOCKSIZE + 300, "estimated on a test image"
+    return jpeg + 4 * tarfile.BLOCKSIZE + 300
 
 
 def check_disk(config: RunConfig, run: RunDir, todo: list[ShardSpec],

@@ -1,4 +1,5 @@
-"""Prompt quality controls: fits CLIP's context, names its class, no blocked word, no duplicate."""
+"""Prompt quality controls: fits the text encoders, names its class, no blocked word, no
+duplicate."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import Protocol
 
 import numpy as np
 
-from diversynth.vision.clip_tokens import CLIP_CONTEXT, clip_tokens
 
+class TokenLimit(Protocol):
+    """How long a prompt may be (vision.clip_tokens.ClipContext, or the limit of the
+    configured pipeline's text encoders: vision.pipeline_traits.PromptLimit)."""
 
-def fits_clip(text: str) -> bool:
-    return clip_tokens(text) <= CLIP_CONTEXT
+    def describe(self) -> str: ...
+    def count(self, text: str) -> int: ...
+    def fits(self, text: str) -> bool: ...
 
 
 def names_class(text: str, name: str) -> bool:

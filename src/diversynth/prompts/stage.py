@@ -1,7 +1,8 @@
 """The `prompts` stage: classes.jsonl -> prompts.jsonl, N prompts per class in set shares of
 naive (templates), CD (LLM-written contexts) and SD (styles), with per-image seeds.
 
-Quality controls: each prompt names its class, fits CLIP's 77 tokens, has no blocklisted
+Quality controls: each prompt names its class, fits what the pipeline's text encoders read
+(CLIP's 77 tokens for SD 1.x, a T5's 256-512 beside them for SD3 and FLUX), has no blocklisted
 word, and LLM-made prompts are not (near) duplicates of each other (MiniLM embeddings).
 The LLM is shown a worked example unlike the class, and phrases copying it are dropped
 (prompts/examples.py). When the LLM gives too little, contexts are resampled, then
@@ -23,7 +24,7 @@ from rich.table import Table
 
 from diversynth.apportion import largest_remainder
 from diversynth.artifacts.records import ClassRecord, PromptRecord, read_classes
-from diversynth.config import STRATEGIES, RunConfig
+from diversynth.config import STRATEGIES, ConfigError, RunConfig
 from diversynth.llm import LLM, BadAnswer, open_llm
 from diversynth.progress import console, counting
 from diversynth.prompts import compose, quality
@@ -45,6 +46,8 @@ from diversynth.prompts.llm_requests import (
 from diversynth.prompts.styles import BUILTIN_STYLES
 from diversynth.rundir import RunDir, write_jsonl
 from diversynth.seeding import derive_seed
+from diversynth.vision.clip_tokens import ClipContext
+from diversynth.vision.pipeline_traits import prompt_limit
 
 RESAMPLE_ROUNDS = 3  # rounds of new context combinations before templates fill in
 SHORTFALL_SHOWN = 20  # classes whose shortfall the console lists (the summary has all)
@@ -64,8 +67,9 @@ class Selector:
     """Keeps candidate prompts of one class that pass every check and are not near
     duplicates of a prompt already kept."""
 
-    def __init__(self, name: str, embedder: Embedder, blocklist: list[str], threshold: float):
-        self.name, self.embedder = name, embedder
+    def __init__(self, name: str, embedder: Embedder, blocklist: list[str], threshold: float,
+                 limit: quality.TokenLimit):  # fmt: skip
+        self.name, self.embedder, self.limit = name, embedder, limit
         self.blocklist, self.threshold = blocklist, threshold
         self.kept: list[np.ndarray] = []
         self.vectors: dict[str, np.ndarray] = {}  # of the kept texts, for the metrics
@@ -73,8 +77,8 @@ class Selector:
         self.rejected: dict[str, int] = {}
 
     def _problem(self, text: str) -> str | None:
-        if not quality.fits_clip(text):
-            return "longer than 77 tokens"
+        if not self.limit.fits(text):
+            return f"longer than {self.limit.describe()}"
         if not quality.names_class(text, self.name):
             return "does not name the class"
         if quality.blocked(text, self.blocklist):
@@ -183,8 +187,8 @@ def _cd_prompts(name: str, contexts: dict[str, list[str]], want: int, per_prompt
         picks = compose.sample_context_sets(contexts, per_prompt, 4 * want, rng)
         candidates = []
         for pick in picks:
-            while pick and not quality.fits_clip(compose.context_text(name, pick)):
-                pick = pick[:-1]  # too long for CLIP: drop contexts from the end
+            while pick and not selector.limit.fits(compose.context_text(name, pick)):
+                pick = pick[:-1]  # too long for the text encoders: drop contexts from the end
             if pick:
                 candidates.append((compose.context_text(name, pick), {"contexts": pick}))
         chosen += selector.take(candidates, want - len(chosen))
@@ -278,6 +282,7 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
         compose.clip_imagenet_templates() if cfg.templates == "clip-imagenet" else cfg.templates
     )
     embedder = Embedder(cfg.embedder)
+    limit = prompt_token_limit(config)
     # 1. what the LLM writes per class
     answers = _llm_answers(config, run, classes, counts, embedder)
     # 2. each class's prompts: templates, contexts and styles that pass every check
@@ -290,7 +295,8 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
     embedded: dict[str, np.ndarray] = {}  # the kept LLM prompts' vectors, for the metrics
     with counting("checking prompts", len(classes), "classes") as progress:
         for position, cls in enumerate(classes):
-            made = _class_prompts(config, cls, counts, templates, embedder, answers, position)
+            made = _class_prompts(config, cls, counts, templates, embedder, answers, position,
+                                  limit)  # fmt: skip
             if made.missing:
                 shortfall[str(cls["index"])] = made.missing
             rejected.update(made.selector.rejected)
@@ -383,12 +389,13 @@ class ClassPrompts:
 
 def _class_prompts(config: RunConfig, cls: ClassRecord, counts: dict[str, int],
                    templates: list[str], embedder: Embedder, answers: LLMAnswers,
-                   position: int) -> ClassPrompts:  # fmt: skip
+                   position: int, limit: quality.TokenLimit) -> ClassPrompts:  # fmt: skip
     cfg, name = config.prompts, cls["name"]
     contexts, llm_styles = answers.contexts[position], answers.styles[position]
     rng = random.Random(derive_seed(config.seed, cls["index"], 3))
-    selector = Selector(name, embedder, cfg.blocklist, cfg.near_duplicate_threshold)
+    selector = Selector(name, embedder, cfg.blocklist, cfg.near_duplicate_threshold, limit)
     naive = compose.naive_texts(name, templates, counts["naive"])
+    _check_templates(naive, limit)
     chosen: dict[str, list[tuple[str, Any]]] = {"naive": [(t, {"template": True}) for t in naive]}
     if counts["cd"] and isinstance(contexts, dict):
         chosen["cd"] = _cd_prompts(
@@ -420,6 +427,22 @@ def _class_prompts(config: RunConfig, cls: ClassRecord, counts: dict[str, int],
     }
     prompts, repeated = merge_repeats(chosen)
     return ClassPrompts(prompts, missing, repeated, llm_phrases, selector)
+
+
+def prompt_token_limit(config: RunConfig) -> quality.TokenLimit:
+    """The limit of the configured pipeline's text encoders (CLIP's 77 tokens without one)."""
+    if config.generate is None:
+        return ClipContext()
+    return prompt_limit(config.generate) or ClipContext()
+
+
+def _check_templates(texts: list[str], limit: quality.TokenLimit) -> None:
+    """A template prompt longer than every text encoder reads: the config's to mend."""
+    for text in dict.fromkeys(texts):
+        if not limit.fits(text):
+            raise ConfigError(f"prompts.templates: {text!r} is {limit.count(text)} tokens, "
+                              f"longer than the text encoders read ({limit.describe()}): "
+                              "shorten the template")  # fmt: skip
 
 
 def _with_example(detail: dict[str, Any], example: WorkedExample,

@@ -16,3 +16,18 @@ def _clip_tokenizer():
 
 def clip_tokens(text: str) -> int:
     return len(_clip_tokenizer().encode(text)) + 2
+
+
+class ClipContext:
+    """The prompt limit without a text-to-image pipeline to ask: CLIP's 77 tokens."""
+
+    tokens = CLIP_CONTEXT
+
+    def describe(self) -> str:
+        return f"{CLIP_CONTEXT} CLIP tokens"
+
+    def count(self, text: str) -> int:
+        return clip_tokens(text)
+
+    def fits(self, text: str) -> bool:
+        return clip_tokens(text) <= CLIP_CONTEXT

@@ -12,6 +12,14 @@ from diversynth.config import GenerateConfig
 from diversynth.errors import DiversynthError
 from diversynth.safe_weights import UnsafeWeightsError, refusing_pickles
 from diversynth.vision.device import pick_device, pick_dtype
+from diversynth.vision.pipeline_traits import (
+    PipelineTraits,
+    PipelineTraitsError,
+    call_options,
+    load_overrides,
+    read_traits,
+    setting_problems,
+)
 
 
 class GeneratorLoadError(DiversynthError):
@@ -27,18 +35,20 @@ def _scheduler_class(name: str) -> Any:
     return cls
 
 
-def check_model(config: GenerateConfig) -> dict[str, Any]:
-    """The pipeline's component list (`model_index.json`), read without loading weights,
-    and the scheduler name: a wrong reference fails here, in a second, rather than in
-    every worker."""
-    import diffusers
-
+def check_model(config: GenerateConfig) -> PipelineTraits:
+    """What the pipeline takes, read from its configs without loading weights, checked
+    against the settings, and the scheduler name: a wrong reference or a setting the
+    pipeline would ignore fails here, in a second, rather than in every worker."""
     if config.scheduler:
         _scheduler_class(config.scheduler)
     try:
-        return diffusers.DiffusionPipeline.load_config(config.model)
-    except (OSError, ValueError) as exc:
-        raise GeneratorLoadError(f"generate.model: cannot load {config.model!r}: {exc}") from exc
+        traits = read_traits(config.model)
+    except PipelineTraitsError as exc:
+        raise GeneratorLoadError(str(exc)) from exc
+    problems = setting_problems(traits, config)
+    if problems:
+        raise GeneratorLoadError("\n".join(problems))
+    return traits
 
 
 def _speed_up(pipe: Any, config: GenerateConfig) -> None:
@@ -79,6 +89,7 @@ class TextToImage:
     pipe: Any
     config: GenerateConfig
     device: torch.device
+    traits: PipelineTraits
 
     @classmethod
     def load(cls, config: GenerateConfig) -> TextToImage:
@@ -94,8 +105,9 @@ class TextToImage:
 
         device = pick_device(config.device)
         dtype = pick_dtype(config.dtype, device)
-        extra: dict[str, Any] = {}
-        if "safety_checker" in check_model(config) and not config.safety_checker:
+        traits = check_model(config)
+        extra: dict[str, Any] = load_overrides(traits, config)
+        if "safety_checker" in traits.components and not config.safety_checker:
             extra["safety_checker"] = None  # not even loaded
         try:
             with refusing_pickles("generate.model"):
@@ -122,7 +134,7 @@ class TextToImage:
         pipe = pipe.to(device)
         if device.type == "cuda":
             _speed_up(pipe, config)
-        return cls(pipe=pipe, config=config, device=device)
+        return cls(pipe=pipe, config=config, device=device, traits=traits)
 
     def __call__(
         self, prompts: list[str], seeds: list[int]
@@ -130,19 +142,17 @@ class TextToImage:
         """One image per (prompt, seed), each depending only on its own seed, and whether
         the safety checker (when kept) flagged it."""
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        negative = (
-            [self.config.negative_prompt] * len(prompts) if self.config.negative_prompt else None
-        )
+        options = call_options(self.traits, self.config)
+        if self.config.negative_prompt:  # checked: the pipeline takes it and guides with it
+            options["negative_prompt"] = [self.config.negative_prompt] * len(prompts)
         with torch.inference_mode():
             out = self.pipe(
                 prompt=prompts,
-                negative_prompt=negative,
-                num_inference_steps=self.config.steps,
-                guidance_scale=self.config.guidance_scale,
                 height=self.config.height,
                 width=self.config.width,
                 generator=generators,
                 output_type="pil",
+                **options,
             )
         flagged = getattr(out, "nsfw_content_detected", None) or [False] * len(prompts)
         return list(out.images), [bool(f) for f in flagged]

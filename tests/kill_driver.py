@@ -1,0 +1,66 @@
+"""Helper process for tests/test_architectures.py: the generate stage of many runs, each
+killed with SIGKILL in the middle of its second shard, for the cost of one import.
+
+For each job (JSON list in the file named by argv[1]: configs/offline.yaml's overrides,
+the run to kill, the run to finish), a forked child runs the generate stage on the run to
+kill and sends itself SIGKILL once the first image of shard 000001 is in its temp file: no
+handler, no cleanup, as a killed `diversynth run`. Children are forked before this process
+has run any torch operation (a fork after torch's thread pools start is not safe); then it
+runs each job's other run to the end, uninterrupted, as the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from diversynth.artifacts import shards
+from diversynth.config import load_config
+from diversynth.pipeline import run_stages
+from diversynth.rundir import RunDir
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "offline.yaml"
+
+
+def _die_in_second_shard() -> None:
+    original = shards.ShardWriter.write
+
+    def write(self: shards.ShardWriter, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)
+        if self.tar_path.stem == "000001":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    shards.ShardWriter.write = write  # type: ignore[method-assign]
+
+
+def main() -> int:
+    jobs = json.loads(Path(sys.argv[1]).read_text())
+    # what every child imports, imported once here (imports start no torch threads)
+    import diversynth.generate.local  # noqa: F401  torch, diffusers, transformers, open_clip
+    from diversynth.vision.pipeline_traits import text_to_image_classes
+
+    text_to_image_classes()  # every pipeline module AutoPipelineForText2Image knows
+    for job in jobs:
+        config = load_config(CONFIG, job["settings"])
+        pid = os.fork()
+        if pid == 0:  # the child: killed by its own hand, or exits 3
+            try:
+                _die_in_second_shard()
+                run_stages(config, RunDir(Path(job["killed"])), stages=["generate"])
+            finally:
+                os._exit(3)
+        _, status = os.waitpid(pid, 0)
+        if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+            print(f"{job['killed']}: not killed (status {status})", file=sys.stderr)
+            return 1
+    for job in jobs:
+        run_stages(load_config(CONFIG, job["settings"]), RunDir(Path(job["whole"])),
+                   stages=["generate"])  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""`diversynth plan`: FLOPs counted on the real architectures (meta device), the run's counts,
+disk and hours, and one clear line for a model it cannot price."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import OFFLINE_CONFIG, REPO, cli
+
+from diversynth.config import GenerateConfig, load_config
+from diversynth.cost_plan import PlanError, count_architecture_flops, make_plan
+from diversynth.released_models import RELEASED
+
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def test_sd15_flops_match_the_measured_architecture() -> None:
+    """803 GFLOP a UNet call (batch 1, 512 px) and about 2.5 TFLOP a VAE decode."""
+    settings = GenerateConfig(model=SD15, steps=50, guidance_scale=7.5, height=512, width=512)
+    parts = {p.name: p for p in count_architecture_flops(RELEASED[SD15], settings)}
+    assert parts["unet"].flops == pytest.approx(803e9, rel=0.05)
+    assert parts["unet"].calls == 100  # two calls a step with classifier-free guidance
+    assert parts["vae"].flops == pytest.approx(2.5e12, rel=0.05)
+    # guidance off (turbo-style): one call a step; 4x the pixels, more than 4x the FLOPs
+    # (attention grows with the square of the latent tokens)
+    off = GenerateConfig(model=SD15, steps=4, guidance_scale=0, height=1024, width=1024)
+    parts_off = {p.name: p for p in count_architecture_flops(RELEASED[SD15], off)}
+    assert parts_off["unet"].calls == 4 and parts_off["text_encoder"].calls == 1
+    assert 4.5 < parts_off["unet"].flops / parts["unet"].flops < 7
+
+
+def test_plan_of_a_real_run_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the bundled configs of the released model
+    config = load_config(REPO / "configs" / "imagenet-flux-schnell.yaml", [])
+    plan = make_plan(config)
+    assert (plan.classes, plan.prompts, plan.images) == (1000, 260_000, 1_300_000)
+    assert plan.shards == 1300 and plan.llm_requests == 2000
+    assert plan.pipeline == "FluxPipeline"
+    names = [c.name for c in plan.components]
+    assert names == ["transformer", "vae", "text_encoder", "text_encoder_2"]
+    assert plan.components[0].calls == 4  # no guidance: one call a step
+    assert 5e3 < plan.bytes_per_image < 1e5  # a 256 px JPEG
+    assert set(plan.gpu_hours) >= {"H100", "H200"}
+    # hours follow from FLOPs and the measured fraction of the H100's peak
+    assert plan.gpu_hours["H100"] == pytest.approx(
+        plan.images * plan.flops_per_image / (989e12 * 0.246) / 3600, rel=0.02
+    )
+    assert any("assumed the same for FluxTransformer2DModel" in n for n in plan.notes)
+
+
+@pytest.mark.slow
+def test_plan_command_prints_a_table_and_json(tmp_path: Path) -> None:
+    result = cli("plan", str(REPO / "configs" / "imagenet-sd15.yaml"), "--json",
+                 env={"HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["pipeline"] == "StableDiffusionPipeline"
+    unet = plan["components"][0]
+    assert unet["name"] == "unet" and abs(unet["flops"] / 803e9 - 1) < 0.05
+    result = cli("plan", str(REPO / "configs" / "imagenet-sd15.yaml"), env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    for row in ("images", "1,300,000", "GPU-hours", "H100", "803.3 GFLOP"):
+        assert row in result.stdout
+
+    # a model folder without config files: one line, before any work
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    (empty / "model.safetensors").write_bytes(b"")
+    result = cli("plan", str(OFFLINE_CONFIG), "--set", f"generate.model={empty}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: plan: generate.model '{empty}' has no model_index.json: not a diffusers "
+        "pipeline folder"
+    )
+
+
+def test_plan_of_a_hub_model_it_cannot_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = load_config(OFFLINE_CONFIG, ["generate.model=someone/unknown-model"])
+    with pytest.raises(PlanError, match="cannot read the configs of generate.model "
+                                        "'someone/unknown-model'"):  # fmt: skip
+        make_plan(config)
