@@ -14,7 +14,7 @@ import pytest
 from conftest import OFFLINE_CONFIG, cli, set_args
 from PIL import Image
 
-STAGES = ["classes", "prompts", "generate", "train", "evaluate", "report"]
+STAGES = ["classes", "prompts", "generate", "leaks", "train", "evaluate", "report"]
 
 
 def _outcomes(stderr: str) -> dict[str, str]:
@@ -127,7 +127,7 @@ def test_deleted_shard_is_regenerated_pixel_identical(
     # same outputs: nothing after generate needs to run again
     outcomes = _outcomes(result.stderr)
     assert outcomes["generate"] == "ran"
-    assert all(outcomes[s] == "skipped" for s in ("train", "evaluate", "report"))
+    assert all(outcomes[s] == "skipped" for s in ("leaks", "train", "evaluate", "report"))
 
 
 def test_changed_generate_settings_rerun_generate_and_later_only(
@@ -152,7 +152,7 @@ def test_changed_generate_settings_rerun_generate_and_later_only(
     for stage in STAGES:
         state = run.read_state(stage.name)
         assert (fingerprint(stage, config, run) != state.fingerprint) == (
-            stage.name in ("train", "report")
+            stage.name in ("leaks", "train", "report")
         ), stage.name
 
 

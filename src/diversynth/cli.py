@@ -233,6 +233,7 @@ def generate(
          allow_version_change)  # fmt: skip
 
 
+_stage_command("leaks", "Find synthetic images too close to an evaluation image (leaks.json).")
 _stage_command("train", "Train a classifier on real + synthetic images.")
 _stage_command("evaluate", "Evaluate the trained classifier (eval.json).")
 

@@ -535,6 +535,8 @@ class TrainConfig(Section):
     # (sqrt); applied to the real part, the synthetic part, or both
     sampler: Literal["instance", "balanced", "sqrt"] = "instance"
     sampler_on: Literal["real", "synthetic", "both"] = "both"
+    # leave out the synthetic images the leaks stage found too close to an evaluation image
+    exclude_leaks: bool = Field(False, exclude_if=lambda v: not v)
     optimizer: Literal["sgd", "adamw", "lamb"] = "sgd"
     lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
@@ -615,6 +617,19 @@ class EvaluateConfig(Section):
     groups: FrequencyGroups = Field(default_factory=FrequencyGroups)
 
 
+class LeaksConfig(Section):
+    """The leaks stage (diversynth.leaks): synthetic images whose CLIP image embedding is
+    within `threshold` cosine similarity of an image of the real test split or of an
+    evaluate.sets folder."""
+
+    check: bool = True
+    # near-copies of one image (crops, re-encodings) score above 0.95 with CLIP ViT
+    # models; images of one object from another view score below
+    threshold: float = Field(0.95, gt=0, le=1)
+    pairs_shown: PositiveInt = 12  # the closest pairs the report shows side by side
+    batch_size: PositiveInt = 256  # evaluation images a CLIP batch
+
+
 class ReportConfig(Section):
     images_per_class: PositiveInt = 48  # thumbnails on a class page
     prompts_per_class: PositiveInt = 100  # prompts listed per strategy on a class page
@@ -632,6 +647,7 @@ class RunConfig(Section):
     data: RealDataConfig | None = None  # required by train and evaluate
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    leaks: LeaksConfig = Field(default_factory=LeaksConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="after")

@@ -229,10 +229,14 @@ def count_architecture_flops(parts: dict[str, Any], config: GenerateConfig) -> l
     with torch.device("meta"):
         latent = torch.randn(1, channels, config.height // factor, config.width // factor)
     guided = _guided(config, pipeline)
-    # the text the denoiser attends to: SD3 joins CLIP's 77 tokens and the T5's
-    text_len = sum(tokens.values()) if cls == "SD3Transformer2DModel" else max(tokens.values())
-    if cls == "FluxTransformer2DModel":
-        text_len = max(n for name, n in tokens.items() if parts[name][1].startswith("T5"))
+    # the text the denoiser attends to: the longest encoder's tokens; SD3 joins the CLIPs'
+    # 77 (side by side) and max_sequence_length T5 tokens (zeros without its T5); FLUX
+    # attends to the T5's only
+    text_len = max(tokens.values(), default=77)
+    if cls == "SD3Transformer2DModel":
+        text_len = 77 + _text_tokens(pipeline, "T5TokenizerFast", {})
+    elif cls == "FluxTransformer2DModel":
+        text_len = max(n for name, n in tokens.items() if "CLIP" not in parts[name][1])
     with torch.device("meta"):  # the inputs too
         call = _denoiser_call(denoiser, cls, latent, text_len)
     found = [ComponentFlops(denoiser_name, cls, _flops(call),

@@ -55,7 +55,9 @@ class Stage:
     sections: tuple[str, ...] | Callable[[RunConfig], tuple[str, ...]]
     requires: tuple[str, ...] = ()  # optional config sections it cannot run without
     needs: tuple[str, ...] = ()  # earlier stages whose outputs it reads
-    reads: tuple[str, ...] = ()  # earlier stages whose outputs it uses when they exist
+    # earlier stages whose outputs it uses when they exist (or a function of the config
+    # that names them)
+    reads: tuple[str, ...] | Callable[[RunConfig], tuple[str, ...]] = ()
     outputs: Callable[[RunDir], list[Path]] = field(default=lambda run: [])
     inputs: Callable[[RunConfig], list[str | Path | None]] = field(default=lambda config: [])
     complete: str | None = None  # 'module:function' (config, run_dir) -> bool; default: outputs
@@ -85,6 +87,9 @@ class Stage:
         if self.resumable:
             return _resolve(self.run)(config, run, fingerprint, forced=forced, **mine)
         return _resolve(self.run)(config, run, **mine)
+
+    def reads_in(self, config: RunConfig) -> tuple[str, ...]:
+        return self.reads(config) if callable(self.reads) else self.reads
 
     def is_complete(self, config: RunConfig, run: RunDir) -> bool:
         if self.complete is not None:
@@ -236,12 +241,27 @@ STAGES = [
         ignores=("generate.engine", "generate.ray"),
     ),
     Stage(
+        "leaks",
+        version=1,
+        run="diversynth.leaks:run_leaks",
+        sections=("leaks", "clip", "data"),
+        requires=("data",),
+        needs=("classes", "generate"),
+        outputs=lambda r: [r.leaks],
+        inputs=lambda c: [
+            *_real_inputs(c),
+            *(s.root for s in c.evaluate.sets),
+            "evaluate.sets: " + ",".join(s.name for s in c.evaluate.sets),
+        ],  # fmt: skip
+    ),
+    Stage(
         "train",
         version=2,
         run="diversynth.train.loop:run_train",
         sections=("train", "data", "seed"),
         requires=("data",),
         needs=("classes", "generate"),
+        reads=lambda c: ("leaks",) if c.train.exclude_leaks else (),
         outputs=lambda r: [r.checkpoint, r.train_metrics],
         inputs=_real_inputs,
         resumable=True,
@@ -265,7 +285,7 @@ STAGES = [
         needs=("classes", "prompts"),
         # `diversynth report` rewrites the site outside the pipeline: not damage
         recorded=lambda r: [],
-        reads=("generate", "train", "evaluate"),
+        reads=("generate", "leaks", "train", "evaluate"),
         outputs=lambda r: [r.report_dir / "index.html"],
     ),
 ]
@@ -297,7 +317,7 @@ def fingerprint(stage: Stage, config: RunConfig, run: RunDir, upstream: bool = T
                 f"add it to --stages"
             )
         outputs[name] = state.output_digest
-    for name in stage.reads if upstream else ():
+    for name in stage.reads_in(config) if upstream else ():
         state = run.read_state(name)
         outputs[name] = state.output_digest if state else None
     sections = stage.sections(config) if callable(stage.sections) else stage.sections
@@ -356,10 +376,11 @@ def run_stages(
         return _run_locked(config, run, selected, forced_from, options)
 
 
-def _check_upstream(stage: Stage, run: RunDir, selected: list[str], main: bool) -> None:
+def _check_upstream(stage: Stage, config: RunConfig, run: RunDir, selected: list[str],
+                    main: bool) -> None:  # fmt: skip
     """The outputs of earlier stages this one reads, when those stages are not run now,
     must be as they were written."""
-    for name in (*stage.needs, *stage.reads):
+    for name in (*stage.needs, *stage.reads_in(config)):
         if name in selected:
             continue  # checked, and remade if damaged, when its turn came
         upstream = STAGES[STAGE_NAMES.index(name)]
@@ -405,7 +426,7 @@ def _run_locked(config: RunConfig, run: RunDir, selected: list[str], forced_from
     for stage in STAGES:
         if stage.name not in selected:
             continue
-        _check_upstream(stage, run, selected, main)
+        _check_upstream(stage, config, run, selected, main)
         fp = fingerprint(stage, config, run)
         state = run.read_state(stage.name)
         forced = STAGE_NAMES.index(stage.name) >= forced_from

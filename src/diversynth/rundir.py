@@ -150,7 +150,7 @@ class StageState:
 
 
 # The stages, in the order they run: each leaves .state/NAME.json when it finishes
-STAGE_NAMES = ("classes", "prompts", "generate", "train", "evaluate", "report")
+STAGE_NAMES = ("classes", "prompts", "generate", "leaks", "train", "evaluate", "report")
 # Files of the shard folder that are not shards
 PLAN_FILE, INFO_FILE = "plan.json", "_info.json"
 
@@ -198,6 +198,8 @@ class RunDir:
     plan = property(lambda self: self.shards / PLAN_FILE)  # the shards and their inputs
     shard_info = property(lambda self: self.shards / INFO_FILE)  # timm's split description
     manifest = property(lambda self: self.root / "manifest.parquet")
+    leaks = property(lambda self: self.root / "leaks.json")
+    leak_thumbs = property(lambda self: self.root / "leaks")  # the closest pairs' eval images
     train_dir = property(lambda self: self.root / "train")
     checkpoint = property(lambda self: self.root / "train" / "model.safetensors")
     train_metrics = property(lambda self: self.root / "train" / "metrics.jsonl")

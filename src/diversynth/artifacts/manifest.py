@@ -60,13 +60,26 @@ SCHEMA = pa.schema(
 
 assert set(SCHEMA.names) == set(ManifestRow.__annotations__), "one manifest row, two forms"
 
+
+class ShardRow(ManifestRow, total=False):
+    """A row of a shard's rows file: the manifest's columns and the image's CLIP embedding
+    (unit length, float16: 1 KB an image at 512 dimensions, kept out of the manifest, which
+    every reader loads whole), for the image diversity and leakage checks. Null where CLIP
+    did not score the image, and absent in shards made before it was kept."""
+
+    clip_image: list[float] | None
+
+
+ROWS_SCHEMA = SCHEMA.append(pa.field("clip_image", pa.list_(pa.float16())))
+
 # rows per parquet row group: a few MB of columns, written and read as one
 ROW_GROUP = 1 << 17
 
 
-def write_rows(path: Path, rows: list[ManifestRow]) -> None:
-    """One shard's rows, in key order, as a parquet file of the manifest's schema."""
-    table = pa.Table.from_pylist(sorted(rows, key=lambda row: row["key"]), schema=SCHEMA)
+def write_rows(path: Path, rows: list[ShardRow]) -> None:
+    """One shard's rows, in key order, as a parquet file (the manifest's schema, and each
+    image's CLIP embedding)."""
+    table = pa.Table.from_pylist(sorted(rows, key=lambda row: row["key"]), schema=ROWS_SCHEMA)
     with atomic_open(path, "wb") as handle:
         pq.write_table(table, handle)
 

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image
 
-from diversynth.artifacts.manifest import SCHEMA, ManifestRow, read_manifest, write_rows
+from diversynth.artifacts.manifest import SCHEMA, ShardRow, read_manifest, write_rows
 from diversynth.rundir import INFO_FILE, PLAN_FILE, sha256_file, write_json
 
 # Fixed tar member mtime: the same images give byte-identical shards on every run. An int:
@@ -140,9 +140,7 @@ class ShardWriter:
         self._finish()
         return dict(self._where)
 
-    def commit(
-        self, stats: dict[str, Any], rows: list[ManifestRow] | None = None
-    ) -> dict[str, Any]:
+    def commit(self, stats: dict[str, Any], rows: list[ShardRow] | None = None) -> dict[str, Any]:
         """Rename the finished tar to its final name, write its manifest rows; the stats
         file then marks it done."""
         self._finish()

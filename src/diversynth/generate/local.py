@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from diversynth.artifacts.shards import ShardWriter, encode_jpeg
@@ -44,21 +45,25 @@ class LocalEngine:
 
     def _scores(
         self, batch: list[ImageJob], images: list[Image.Image], unsafe: list[bool]
-    ) -> tuple[list, list]:
-        """CLIP similarity of each image to its prompt and to its class name; None for an
+    ) -> tuple[list, list, list]:
+        """CLIP similarity of each image to its prompt and to its class name, and its CLIP
+        image embedding (float16, for the image diversity and leakage checks); None for an
         image the safety checker flagged (diffusers blacked it out: nothing to score)."""
         keep = [i for i, bad in enumerate(unsafe) if not bad]
         prompt: list[float | None] = [None] * len(batch)
         name: list[float | None] = [None] * len(batch)
+        embedding: list[list[float] | None] = [None] * len(batch)
         if self.clip is None or not keep:
-            return prompt, name
-        kept = [images[i] for i in keep]
+            return prompt, name, embedding
+        kept = self.clip.encode_images([images[i] for i in keep])
         texts = [batch[i].prompt["text"] for i in keep]
         names = [self.class_names[batch[i].prompt["class_index"]] for i in keep]
-        for i, p, c in zip(keep, self.clip.pair_scores(kept, texts),
-                           self.clip.pair_scores(kept, names), strict=True):  # fmt: skip
-            prompt[i], name[i] = p, c
-        return prompt, name
+        vectors = kept.cpu().numpy().astype(np.float16).tolist()
+        for i, p, c, v in zip(keep, self.clip.embedded_pair_scores(kept, texts),
+                              self.clip.embedded_pair_scores(kept, names), vectors,
+                              strict=True):  # fmt: skip
+            prompt[i], name[i], embedding[i] = p, c, v
+        return prompt, name, embedding
 
     def _make(self, batch: list[ImageJob]) -> tuple[list[Image.Image], list[dict[str, Any]]]:
         """Images for a batch and, per image, its seed, attempt, CLIP scores and flags.
@@ -73,8 +78,8 @@ class LocalEngine:
                                   [job.seed for job in batch])  # fmt: skip
         info = [{"seed": job.seed, "attempt": 0, "unsafe": bad} for job, bad in
                 zip(batch, unsafe, strict=True)]  # fmt: skip
-        for row, p, c in zip(info, *self._scores(batch, images, unsafe), strict=True):
-            row.update(clip_prompt=p, clip_class=c)
+        for row, p, c, e in zip(info, *self._scores(batch, images, unsafe), strict=True):
+            row.update(clip_prompt=p, clip_class=c, clip_image=e)
         key = "clip_" + cfg.clip_threshold_on
         threshold = cfg.clip_threshold if self.clip is not None else None
 
@@ -100,7 +105,8 @@ class LocalEngine:
             scores = self._scores(jobs, again, flagged)
             for k, i in enumerate(todo):
                 row = {"seed": seeds[k], "attempt": attempt, "unsafe": flagged[k],
-                       "clip_prompt": scores[0][k], "clip_class": scores[1][k]}  # fmt: skip
+                       "clip_prompt": scores[0][k], "clip_class": scores[1][k],
+                       "clip_image": scores[2][k]}  # fmt: skip
                 if rank(row) > rank(info[i]):
                     images[i], info[i] = again[k], row
         for row in info:
@@ -155,7 +161,8 @@ class LocalEngine:
                     **made,
                 }
                 jpeg = encode_jpeg(image, cfg.jpeg_quality, cfg.store_size)
-                writer.write(job.key, jpeg, {**row, "prompt": job.prompt["text"]})
+                meta = {k: v for k, v in row.items() if k != "clip_image"}  # rows file only
+                writer.write(job.key, jpeg, {**meta, "prompt": job.prompt["text"]})
                 rows.append(row)
             on_images(len(batch))
 

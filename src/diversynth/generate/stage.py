@@ -39,8 +39,10 @@ from diversynth.config import GenerateConfig, RunConfig
 from diversynth.environment import check_kept_work, made_with
 from diversynth.errors import DiversynthError, PartialStage
 from diversynth.generate.engines import Engine, open_engine
+from diversynth.generate.image_diversity import ImageDiversity
 from diversynth.generate.plan import ShardSpec, plan_shards
 from diversynth.progress import console, progress_bar
+from diversynth.prompts.diversity import print_diversity
 from diversynth.rundir import RunDir, Timer, digest_json, sha256_file, write_json
 
 
@@ -212,6 +214,9 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
             raise GenerateError("generate: shards keep being overwritten with other inputs: "
                                 "is another process writing to this run's shards?")  # fmt: skip
     write_json(run.shard_info, _dataset_info(config, shards, tally.counts))
+    diversity = tally.diversity.summary()
+    if diversity:
+        print_diversity(diversity, "image")
     return {
         "shards": len(shards),
         "shards_generated": len(todo) + remade,
@@ -223,6 +228,9 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
         "images_per_second": round(generated / timer.seconds, 3) if generated else None,
         "engine": config.generate.engine,
         "workers": engine.workers if engine is not None else 0,
+        # CLIP image embeddings per class and strategy (images made without: not counted)
+        "image_diversity": diversity,
+        "images_without_embedding": tally.diversity.missing,
     }
 
 
@@ -231,6 +239,7 @@ class _Tally:
     """What the manifest pass counts, shard by shard (no row is kept)."""
 
     counts: list[int] = field(default_factory=list)  # images per shard
+    diversity: ImageDiversity = field(default_factory=ImageDiversity)
     foreign: list[ShardSpec] = field(default_factory=list)
     regenerated: int = 0
     below_clip_threshold: int = 0
@@ -259,6 +268,7 @@ def _write_manifest(run: RunDir, shards: list[ShardSpec], inputs: dict[str, str]
             tally.regenerated += flags["regenerated"]
             tally.below_clip_threshold += flags.get("below_clip_threshold", 0)
             tally.dropped_unsafe += len(stats.get("dropped_unsafe", []))
+            tally.diversity.add(rows)
             yield rows
 
     write_manifest(run.manifest, tables())

@@ -9,6 +9,7 @@ of K/n, K the cosine-similarity matrix: the effective number of distinct prompts
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,13 @@ def vendi_score(embeddings: np.ndarray) -> float:
     n = len(embeddings)
     if n == 0:
         return 0.0
-    eigenvalues = np.linalg.eigvalsh(_gram(embeddings) / n)
+    return vendi_from_gram(_gram(embeddings), n)
+
+
+def vendi_from_gram(gram: np.ndarray, n: int) -> float:
+    """The Vendi score of n unit vectors from their Gram matrix (X X^T or X^T X): a set
+    can be summed into X^T X part by part and scored at the end."""
+    eigenvalues = np.linalg.eigvalsh(gram / n)
     eigenvalues = eigenvalues[eigenvalues > 1e-12]
     return float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
 
@@ -82,3 +89,24 @@ class Embedder:
             if progress is not None:
                 progress(len(part))
         return np.concatenate(parts)
+
+
+def print_diversity(diversity: dict[str, Any], what: str) -> None:
+    """The console table of a stage's diversity summary (`what`: prompt or image)."""
+    from rich.table import Table
+
+    from diversynth.progress import console
+
+    table = Table(
+        "strategy", "cosine distance", "Vendi score", "pooled cosine distance", "pooled Vendi",
+        title=f"{what} diversity (per class, mean over classes; and all classes pooled)",
+    )  # fmt: skip
+    for strategy, row in diversity.items():
+        table.add_row(
+            strategy,
+            f"{row['mean_cosine_distance']:.3f}",
+            f"{row['vendi']:.2f}",
+            f"{row['pooled_mean_cosine_distance']:.3f}",
+            f"{row['pooled_vendi']:.2f}",
+        )
+    console.print(table)

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 from rich.markup import escape
-from rich.table import Table
 
 from diversynth.apportion import largest_remainder
 from diversynth.artifacts.records import ClassRecord, PromptRecord, read_classes
@@ -29,7 +28,12 @@ from diversynth.llm import LLM, BadAnswer, open_llm
 from diversynth.progress import console, counting
 from diversynth.prompts import compose, quality
 from diversynth.prompts.budget import class_budgets, spread_images
-from diversynth.prompts.diversity import Embedder, mean_cosine_distance, vendi_score
+from diversynth.prompts.diversity import (
+    Embedder,
+    mean_cosine_distance,
+    print_diversity,
+    vendi_score,
+)
 from diversynth.prompts.examples import (
     EXAMPLES,
     CopyCheck,
@@ -330,7 +334,7 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
         )
     # 3. how diverse each strategy came out, and the records
     diversity = _diversity(texts_by_strategy, embedder, embedded)
-    _print_diversity(diversity)
+    print_diversity(diversity, "prompt")
     write_jsonl(run.prompts, records)
     return {
         "prompts": len(records),
@@ -534,19 +538,3 @@ def _diversity(texts: dict[str, dict[int, list[str]]], embedder: Embedder,
             "per_class": classes,
         }
     return result
-
-
-def _print_diversity(diversity: dict[str, Any]) -> None:
-    table = Table(
-        "strategy", "cosine distance", "Vendi score", "pooled cosine distance", "pooled Vendi",
-        title="prompt diversity (per class, mean over classes; and all classes pooled)",
-    )  # fmt: skip
-    for strategy, row in diversity.items():
-        table.add_row(
-            strategy,
-            f"{row['mean_cosine_distance']:.3f}",
-            f"{row['vendi']:.2f}",
-            f"{row['pooled_mean_cosine_distance']:.3f}",
-            f"{row['pooled_vendi']:.2f}",
-        )
-    console.print(table)

@@ -7,6 +7,7 @@ page shows it (a dict per row took most of a 33 s build at 1M images).
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -90,6 +91,24 @@ class RunFacts:
             return []
         stop = start + min(count, self.by_class.count[class_index])
         return self.images.take(self.by_class.order[start:stop]).to_pylist()
+
+    def rows_of(self, keys: list[str]) -> list[dict[str, Any]]:
+        """The manifest rows of these keys (those the manifest has), in the order given."""
+        import pyarrow.compute as pc
+
+        table = self.images.filter(pc.is_in(self.images.column("key"), pa.array(keys)))
+        found = {row["key"]: row for row in table.to_pylist()}
+        return [found[k] for k in keys if k in found]
+
+    @cached_property
+    def leaks(self) -> dict[str, Any] | None:
+        """leaks.json of the leaks stage, when it ran."""
+        if "leaks" not in self.states:
+            return None
+        try:
+            return json.loads(self.run.leaks.read_text())
+        except (OSError, ValueError):
+            return None
 
     def counts_by_strategy(self) -> dict[str, dict[str, int]]:
         prompts = Counter(p["strategy"] for p in self.prompts)

@@ -67,8 +67,9 @@ def accuracy_vs_scale(points: dict[str, list[tuple[float, float]]], folder: Path
     return _save(fig, folder, "accuracy_vs_scale")
 
 
-def diversity_bars(diversity: dict[str, dict[str, Any]], folder: Path) -> str | None:
-    """Vendi score and mean cosine distance of prompts, per strategy."""
+def diversity_bars(diversity: dict[str, dict[str, Any]], folder: Path,
+                   what: str = "prompt") -> str | None:  # fmt: skip
+    """Vendi score and mean cosine distance of prompts (or images), per strategy."""
     if not diversity:
         return None
     names = list(diversity)
@@ -80,7 +81,8 @@ def diversity_bars(diversity: dict[str, dict[str, Any]], folder: Path) -> str | 
         ax.bar(names, [diversity[n][key] for n in names], color=["C0", "C2", "C3"][: len(names)])
         ax.set_title(label, fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
-    return _save(fig, folder, "prompt_diversity")
+    fig.suptitle(f"{what} diversity", fontsize="medium")
+    return _save(fig, folder, f"{what}_diversity")
 
 
 def frequency_group_bars(groups: list[tuple[str, dict[str, float | None]]],

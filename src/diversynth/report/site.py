@@ -117,9 +117,52 @@ def _flags(row: dict[str, Any]) -> str:
     return ", ".join(marks)
 
 
-def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]]) -> str:
+def leakage_section(facts: RunFacts, thumbs: dict[str, str]) -> dict[str, Any] | None:
+    """What the leaks stage found, for the overview: per set, and the closest pairs with
+    the thumbnails of both images (None when the stage has not run)."""
+    leaks = facts.leaks
+    if leaks is None:
+        return None
+    if not leaks.get("checked"):
+        return {"checked": False, "reason": leaks.get("reason", "")}
+    names = {c["index"]: c["name"] for c in facts.classes}
+    sets = []
+    for name, info in leaks.get("sets", {}).items():
+        worst = sorted(info["per_class"].items(), key=lambda kv: (-kv[1], int(kv[0])))[:5]
+        most = ", ".join(f"{names.get(int(k), k)} ({n})" for k, n in worst)
+        sets.append({"name": name, "images": info["images"], "leaks": info["leaks"],
+                     "classes": most})  # fmt: skip
+    pairs = [
+        {**pair, "class_name": names.get(pair["class_index"], pair["class_index"]),
+         "thumb": thumbs.get(pair["key"]), "eval_thumb": f"leaks/eval-{rank:03d}.jpg",
+         "leak": pair["similarity"] >= leaks["threshold"]}
+        for rank, pair in enumerate(leaks.get("closest_pairs", []))
+    ]  # fmt: skip
+    excluded = bool((facts.config.get("train") or {}).get("exclude_leaks"))
+    return {"checked": True, "threshold": leaks["threshold"], "leaks": leaks["leaks"],
+            "images": leaks["synthetic_images"], "sets": sets, "pairs": pairs,
+            "excluded": excluded}  # fmt: skip
+
+
+def _copy_leak_thumbnails(facts: RunFacts, site: Path) -> None:
+    """The evaluation images of the closest pairs, saved by the leaks stage."""
+    import shutil
+
+    folder = site / "leaks"
+    shutil.rmtree(folder, ignore_errors=True)
+    source = facts.run.leak_thumbs
+    if facts.leaks is None or not source.is_dir():
+        return
+    folder.mkdir(parents=True)
+    for path in sorted(source.glob("eval-*.jpg")):
+        shutil.copyfile(path, folder / path.name)
+
+
+def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]],
+              thumbs: dict[str, str]) -> str:  # fmt: skip
     prompts = facts.summary("prompts")
     diversity = prompts.get("diversity", {})
+    images = facts.summary("generate").get("image_diversity", {})
     counts = facts.counts_by_strategy()
     shared = prompts.get("shared_phrases", {})
     strategies = [
@@ -129,6 +172,8 @@ def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]]) 
             "vendi": _fmt(diversity.get(s, {}).get("vendi")),
             "cosine": _fmt(diversity.get(s, {}).get("mean_cosine_distance")),
             "pooled_vendi": _fmt(diversity.get(s, {}).get("pooled_vendi")),
+            "image_vendi": _fmt(images.get(s, {}).get("vendi")),
+            "image_cosine": _fmt(images.get(s, {}).get("mean_cosine_distance")),
             "copies": _fmt(prompts.get("copies_rejected", {}).get(s)),
             "shared": f"{100 * shared[s]:.0f}%" if s in shared else "-",
         }
@@ -177,6 +222,7 @@ def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]]) 
             budget_kind=budget.get("kind", "uniform"),
             show_real=real is not None,
             strategies=strategies,
+            leakage=leakage_section(facts, thumbs),
             generation=generation,
             training=training or [("", "not trained yet")],
             plots=plot_list,
@@ -265,7 +311,11 @@ def build_run_site(facts: RunFacts, site: Path, cfg: Any, up: str | None = None)
     _copy_assets(site)
     shown = cfg.images_per_class
     wanted = [r for c in facts.classes for r in facts.first_images(c["index"], shown)]
+    listed = {r["key"] for r in wanted}
+    pairs = (facts.leaks or {}).get("closest_pairs", [])
+    wanted += [r for r in facts.rows_of([p["key"] for p in pairs]) if r["key"] not in listed]
     thumbs = make_thumbnails(facts.run, wanted, site, cfg.thumbnail_size) if wanted else {}
+    _copy_leak_thumbnails(facts, site)
     plot_list = []
     for made, alt, width in (
         (plots.training_curves(facts.train_metrics, site / "plots"), "training curves", 640),
@@ -275,10 +325,17 @@ def build_run_site(facts: RunFacts, site: Path, cfg: Any, up: str | None = None)
             "prompt diversity per strategy",
             640,
         ),
+        (
+            plots.diversity_bars(
+                facts.summary("generate").get("image_diversity", {}), site / "plots", "image"
+            ),
+            "image diversity per strategy (CLIP image embeddings)",
+            640,
+        ),  # fmt: skip
     ):
         if made:
             plot_list.append({"src": made, "alt": alt, "width": width})
-    write_text(site / "index.html", _overview(facts, up, plot_list))
+    write_text(site / "index.html", _overview(facts, up, plot_list, thumbs))
     pages = site / "classes"
     pages.mkdir(exist_ok=True)
     keep = set()

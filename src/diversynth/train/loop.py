@@ -30,6 +30,7 @@ from diversynth.artifacts.records import ClassRecord, read_classes
 from diversynth.config import RunConfig, TrainConfig
 from diversynth.environment import check_kept_work, made_with
 from diversynth.errors import UsageError
+from diversynth.leaks import leaked_keys
 from diversynth.progress import progress_bar
 from diversynth.real_subset import real_subset
 from diversynth.realdata import dataset_labels, real_dataset
@@ -166,7 +167,8 @@ def _data(config: RunConfig, run: RunDir, classes: list[ClassRecord], world: int
     real = real_dataset(config.data, "train", classes, transform, chosen)
     synthetic = None
     if cfg.synthetic_fraction > 0:
-        synthetic = synthetic_images(run.root, len(real), cfg.synthetic_scale, transform)
+        leaked = leaked_keys(run) if cfg.exclude_leaks else None
+        synthetic = synthetic_images(run.root, len(real), cfg.synthetic_scale, transform, leaked)
     real_per, synthetic_per = _batch_split(cfg, synthetic is not None, world)
     _check_batch_fits(cfg, real_per, len(real), synthetic_per, len(synthetic) if synthetic else 0)
     _check_mixup_parts(cfg, real_per // world, synthetic_per // world)

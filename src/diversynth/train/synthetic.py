@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -135,9 +136,10 @@ class ShardImages(Dataset):
         return {**self.__dict__, "_files": {}}  # file handles stay in their process
 
 
-def synthetic_images(run_root: Path, num_real: int, scale: float | None,
-                     transform: Callable) -> ShardImages | None:  # fmt: skip
-    """The synthetic images training uses, or None when there are none (or scale is 0)."""
+def synthetic_images(run_root: Path, num_real: int, scale: float | None, transform: Callable,
+                     exclude: set[str] | None = None) -> ShardImages | None:  # fmt: skip
+    """The synthetic images training uses, or None when there are none (or scale is 0);
+    `exclude`: keys left out (the leaks stage's)."""
     manifest = run_root / "manifest.parquet"
     if scale == 0 or not manifest.is_file():
         if scale:
@@ -147,6 +149,9 @@ def synthetic_images(run_root: Path, num_real: int, scale: float | None,
             )
         return None
     table = read_manifest(manifest, ["key", "shard", "class_index", "jpg_offset", "jpg_size"])
+    if exclude:
+        keep = pc.invert(pc.is_in(table.column("key"), pa.array(sorted(exclude))))
+        table = table.filter(keep)
     count = synthetic_count(table.num_rows, num_real, scale)
     if count == 0:
         return None

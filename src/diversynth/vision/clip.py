@@ -55,5 +55,9 @@ class ClipScorer:
 
     def pair_scores(self, images: list[Image.Image], texts: list[str]) -> list[float]:
         """Cosine similarity of image i with text i."""
-        sims = (self.encode_images(images) * self.encode_texts(texts)).sum(dim=-1)
+        return self.embedded_pair_scores(self.encode_images(images), texts)
+
+    def embedded_pair_scores(self, images: torch.Tensor, texts: list[str]) -> list[float]:
+        """pair_scores for images already encoded (encode_images)."""
+        sims = (images * self.encode_texts(texts)).sum(dim=-1)
         return [round(float(s), 6) for s in sims]
