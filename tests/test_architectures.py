@@ -186,51 +186,40 @@ def test_template_longer_than_every_text_encoder_is_refused(
     assert not run.prompts.exists()
 
 
-@pytest.fixture(scope="session")
-def killed_runs(tmp_path_factory: pytest.TempPathFactory, kit: dict[str, Path]) -> Path:
-    """Per architecture, a run killed in its second shard (`killed/`) and the same run made
-    without interruption (`whole/`), all made by one helper process (tests/kill_driver.py)
-    from one classes-and-prompts run (templates only: the same prompts for every model)."""
-
-    def build(folder: Path) -> None:
-        base = RunDir(folder / "base")
-        sd15 = tiny_pipeline(tmp_path_factory, "sd15")
-        run_stages(load_config(OFFLINE_CONFIG, overrides(sd15, kit, "sd15")), base,
-                   stages=["classes", "prompts"])  # fmt: skip
-        jobs = []
-        for arch in MATRIX:
-            for copy in ("killed", "whole"):
-                shutil.copytree(base.root, folder / arch / copy)
-            jobs.append({"settings": overrides(tiny_pipeline(tmp_path_factory, arch), kit, arch),
-                         "killed": str(folder / arch / "killed"),
-                         "whole": str(folder / arch / "whole")})  # fmt: skip
-        (folder / "jobs.json").write_text(json.dumps(jobs))
-        result = subprocess.run([sys.executable, str(REPO / "tests" / "kill_driver.py"),
-                                 str(folder / "jobs.json")], cwd=REPO, capture_output=True,
-                                text=True, timeout=900)  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-
-    return built_once(tmp_path_factory, "killed-architectures", build)
+def _killed_runs(folder: Path, tmp_path_factory: pytest.TempPathFactory,
+                 kit: dict[str, Path]) -> None:  # fmt: skip
+    """Per architecture, a run killed in its second shard (`ARCH/killed/`) and the same run
+    made without interruption (`ARCH/whole/`), all made by one helper process
+    (tests/kill_driver.py) from one classes-and-prompts run (templates only: the same
+    prompts for every model)."""
+    base = RunDir(folder / "base")
+    sd15 = tiny_pipeline(tmp_path_factory, "sd15")
+    run_stages(load_config(OFFLINE_CONFIG, overrides(sd15, kit, "sd15")), base,
+               stages=["classes", "prompts"])  # fmt: skip
+    jobs = []
+    for arch in MATRIX:
+        for copy in ("killed", "whole"):
+            shutil.copytree(base.root, folder / arch / copy)
+        jobs.append({"settings": overrides(tiny_pipeline(tmp_path_factory, arch), kit, arch),
+                     "killed": str(folder / arch / "killed"),
+                     "whole": str(folder / arch / "whole")})  # fmt: skip
+    (folder / "jobs.json").write_text(json.dumps(jobs))
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "kill_driver.py"),
+                             str(folder / "jobs.json")], cwd=REPO, capture_output=True,
+                            text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", list(MATRIX))
-def test_architecture_generates_resumes_and_trains(
-    arch: str, killed_runs: Path, tmp_path_factory: pytest.TempPathFactory,
-    kit: dict[str, Path], tmp_path: Path,
-) -> None:  # fmt: skip
+def _resumed_equals_whole(arch: str, folder: Path, model: Path, kit: dict[str, Path]) -> None:
+    """The killed run, resumed: the uninterrupted run's bytes, read back by training."""
     from diversynth.artifacts.manifest import read_manifest
     from diversynth.train.synthetic import synthetic_images
 
-    whole = RunDir(killed_runs / arch / "whole")
-    killed = RunDir(tmp_path / "killed")
-    shutil.copytree(killed_runs / arch / "killed", killed.root)
+    whole, killed = RunDir(folder / arch / "whole"), RunDir(folder / arch / "killed")
     done = len(list(killed.shards.glob("*.json"))) - 1  # less the plan
     assert done == 1 and list(killed.shards.glob("000001.tar.*.tmp"))  # killed mid-shard
-    config = load_config(
-        OFFLINE_CONFIG, overrides(tiny_pipeline(tmp_path_factory, arch), kit, arch)
-    )
-    run_stages(config, killed, stages=["generate"])
+    run_stages(load_config(OFFLINE_CONFIG, overrides(model, kit, arch)), killed,
+               stages=["generate"])  # fmt: skip
     summary = killed.read_state("generate").summary  # type: ignore[union-attr]
     assert summary["shards_generated"] == SHARDS - done and summary["images"] == 10
     for i in range(SHARDS):
@@ -239,7 +228,6 @@ def test_architecture_generates_resumes_and_trains(
             assert (killed.shards / name).read_bytes() == (whole.shards / name).read_bytes(), name
     assert killed.manifest.read_bytes() == whole.manifest.read_bytes()
     assert not list(killed.shards.glob("*.tmp"))
-
     # the training stage's reader: every image, 32 px, with its manifest label
     rows = read_manifest(killed.manifest, ["class_index", "clip_class"])
     assert rows.column("clip_class").null_count == 0  # CLIP scored every image
@@ -248,3 +236,19 @@ def test_architecture_generates_resumes_and_trains(
     read = [images[i] for i in range(len(images))]
     assert {im.size for im, _ in read} == {(32, 32)}
     assert sorted(label for _, label in read) == sorted(rows.column("class_index").to_pylist())
+
+
+@pytest.mark.slow
+def test_every_architecture_generates_resumes_and_trains(
+    tmp_path_factory: pytest.TempPathFactory, kit: dict[str, Path], tmp_path: Path
+) -> None:
+    """One test, not one per architecture: the runs come from one helper process, and a
+    test per architecture would hold both test workers waiting for it."""
+    _killed_runs(tmp_path, tmp_path_factory, kit)
+    failures = []
+    for arch in MATRIX:
+        try:
+            _resumed_equals_whole(arch, tmp_path, tiny_pipeline(tmp_path_factory, arch), kit)
+        except AssertionError as exc:
+            failures.append(f"{arch}: {exc}")
+    assert not failures, "\n".join(failures)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import OFFLINE_CONFIG, REPO, cli
+from conftest import OFFLINE_CONFIG, REPO
 
 from diversynth.config import GenerateConfig, load_config
 from diversynth.cost_plan import PlanError, count_architecture_flops, make_plan
@@ -50,17 +50,27 @@ def test_plan_of_a_real_run_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert any("assumed the same for FluxTransformer2DModel" in n for n in plan.notes)
 
 
-@pytest.mark.slow
-def test_plan_command_prints_a_table_and_json(tmp_path: Path) -> None:
-    result = cli("plan", str(REPO / "configs" / "imagenet-sd15.yaml"), "--json",
-                 env={"HF_HUB_OFFLINE": "1"})  # fmt: skip
-    assert result.returncode == 0, result.stderr
+def test_plan_command_prints_a_table_and_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command itself, run in this process (typer's runner): the table on stdout,
+    --json, and one line for a model folder without configs."""
+    from typer.testing import CliRunner
+
+    from diversynth.cli import app
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+    config = str(REPO / "configs" / "imagenet-sd15.yaml")
+    result = runner.invoke(app, ["plan", config, "--json"])
+    assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert plan["pipeline"] == "StableDiffusionPipeline"
     unet = plan["components"][0]
     assert unet["name"] == "unet" and abs(unet["flops"] / 803e9 - 1) < 0.05
-    result = cli("plan", str(REPO / "configs" / "imagenet-sd15.yaml"), env={"HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr
+    result = runner.invoke(app, ["plan", config])
+    assert result.exit_code == 0, result.output
     for row in ("images", "1,300,000", "GPU-hours", "H100", "803.3 GFLOP"):
         assert row in result.stdout
 
@@ -68,9 +78,9 @@ def test_plan_command_prints_a_table_and_json(tmp_path: Path) -> None:
     empty = tmp_path / "empty-model"
     empty.mkdir()
     (empty / "model.safetensors").write_bytes(b"")
-    result = cli("plan", str(OFFLINE_CONFIG), "--set", f"generate.model={empty}")
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
+    result = runner.invoke(app, ["plan", str(OFFLINE_CONFIG), "--set", f"generate.model={empty}"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
         f"error: plan: generate.model '{empty}' has no model_index.json: not a diffusers "
         "pipeline folder"
     )

@@ -58,3 +58,20 @@ def test_second_build_is_skipped(kit: dict[str, Path]) -> None:
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
     make_tiny_models(root)
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+
+
+def test_a_folder_of_user_files_is_never_replaced(tmp_path: Path) -> None:
+    """Both kits replace their folder whole: one holding other files is refused, untouched."""
+    import pytest
+
+    from diversynth.errors import UsageError
+    from diversynth.pipeline_kit import save_tiny_pipeline
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for build in (lambda: make_tiny_models(mine), lambda: save_tiny_pipeline("sd15", mine)):
+        with pytest.raises(UsageError, match="exists and is not a model kit"):
+            build()
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert (mine / "notes.txt").read_text() == "keep me"

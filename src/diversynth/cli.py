@@ -348,11 +348,31 @@ def evaluate_model(
 def make_tiny_models_cmd(
     out: Annotated[Path, typer.Argument(help="Folder to write the kit into.")],
     force: Annotated[bool, typer.Option(help="Rebuild even if the kit is there.")] = False,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead, one tiny pipeline of this architecture into OUT "
+            "(sd15, sd2, sdxl, sdxl-turbo, sd3, pixart-sigma, flux-schnell, sana)."
+        ),
+    ] = None,
 ) -> None:
     """Build tiny random-weight models (diffusers pipeline, open_clip) for offline runs."""
+    if arch is not None:
+        from diversynth.pipeline_kit import ARCHITECTURES, save_tiny_pipeline
+
+        if arch not in ARCHITECTURES:
+            _fail(f"--arch: no architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+        try:
+            console.print(f"{arch}: {save_tiny_pipeline(arch, out)}")
+        except DiversynthError as exc:
+            _fail(str(exc), exc.exit_code)
+        return
     from diversynth.modelkit import make_tiny_models
 
-    paths = make_tiny_models(out, force=force)
+    try:
+        paths = make_tiny_models(out, force=force)
+    except DiversynthError as exc:
+        _fail(str(exc), exc.exit_code)
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
 

@@ -14,6 +14,8 @@ import json
 import shutil
 from pathlib import Path
 
+from diversynth.errors import UsageError
+
 KIT_VERSION = "2"
 SD_DIR = "stable-diffusion"
 CLIP_DIR = "open-clip"
@@ -178,9 +180,20 @@ def save_tiny_exemplars(root: Path, seed: int = 0) -> None:
             Image.fromarray(pixels).save(folder / f"{wnid}_{i}.png")
 
 
+def refuse_foreign_folder(folder: Path, marker: str) -> None:
+    """A kit replaces its folder whole: refuse one that holds anything but an earlier kit
+    (which has `marker`), rather than delete a user's files."""
+    if not folder.exists():
+        return
+    if not folder.is_dir() or (any(folder.iterdir()) and not (folder / marker).exists()):
+        raise UsageError(f"{str(folder)!r} exists and is not a model kit: give a new or empty "
+                         "folder (it is replaced whole)")  # fmt: skip
+
+
 def make_tiny_models(out: Path, force: bool = False) -> dict[str, Path]:
     """Write the kit under `out`; skipped when a kit of this version is already there."""
     out = Path(out)
+    refuse_foreign_folder(out, "KIT_VERSION")
     paths = {
         "stable-diffusion": out / SD_DIR,
         "open-clip": out / CLIP_DIR,

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from diversynth.modelkit import write_clip_tokenizer_files
+from diversynth.modelkit import refuse_foreign_folder, write_clip_tokenizer_files
 
 CLIP_VOCAB = 49408
 TINY_SIZE = 32  # px: every tiny pipeline makes 32x32 images
@@ -317,6 +317,7 @@ def save_tiny_pipeline(arch: str, folder: Path, seed: int = 0,
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     folder = Path(folder)
+    refuse_foreign_folder(folder, "model_index.json")
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     write_clip_tokenizer_files(staging / "tokenizer-src")

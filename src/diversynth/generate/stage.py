@@ -296,8 +296,9 @@ def estimated_bytes_per_image(cfg: GenerateConfig) -> float:
     image = Image.fromarray(small.astype(np.uint8)).resize((cfg.width, cfg.height),
                                                           Image.Resampling.BICUBIC)  # fmt: skip
     jpeg = len(encode_jpeg(image, cfg.jpeg_quality, cfg.store_size))
-    # two tar headers, the JSON member and the block padding, and a row in the stats file
-    return jpeg + 4 * tarfile.BLOCKSIZE + 300
+    # two tar headers, the JSON member and the block padding, a row in the rows file and,
+    # with CLIP scores, the image's CLIP embedding there (float16; 512 numbers for ViT-B)
+    return jpeg + 4 * tarfile.BLOCKSIZE + 300 + (1024 if cfg.clip_score else 0)
 
 
 def check_disk(config: RunConfig, run: RunDir, todo: list[ShardSpec],

@@ -96,7 +96,10 @@ class RunFacts:
         """The manifest rows of these keys (those the manifest has), in the order given."""
         import pyarrow.compute as pc
 
-        table = self.images.filter(pc.is_in(self.images.column("key"), pa.array(keys)))
+        if not keys:
+            return []
+        wanted = pa.array(keys, pa.string())
+        table = self.images.filter(pc.is_in(self.images.column("key"), wanted))
         found = {row["key"]: row for row in table.to_pylist()}
         return [found[k] for k in keys if k in found]
 
