@@ -30,13 +30,22 @@ OFFLINE_RUN_TIMEOUT = 900
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """`pytest -m "not slow"`: the quick subset leaves out what SLOW_FIXTURES names and
-    the tests marked slow by hand (those that run the command line or torchrun)."""
+    the tests marked slow by hand (those that run the command line or torchrun).
+
+    Order: one test that needs the offline run first, the other tests that need it last.
+    pytest-xdist hands out tests in this order, so one worker builds the run (minutes)
+    while the other works through the rest, instead of waiting on the build's lock."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
         if OFFLINE_RUN_FIXTURES & fixtures and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(OFFLINE_RUN_TIMEOUT))
+    needs_run = [bool(OFFLINE_RUN_FIXTURES & set(getattr(i, "fixturenames", ()))) for i in items]
+    first = needs_run.index(True) if any(needs_run) else -1
+    rank = {id(item): 0 if k == first else 2 if needs_run[k] else 1
+            for k, item in enumerate(items)}  # fmt: skip
+    items.sort(key=lambda item: rank[id(item)])  # stable: file order within each rank
 
 
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str,

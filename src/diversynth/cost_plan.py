@@ -20,6 +20,12 @@ from typing import Any
 
 from diversynth.config import GenerateConfig, RunConfig
 from diversynth.errors import UsageError
+from diversynth.vision.pipeline_traits import (
+    call_defaults,
+    encoder_tokens,
+    read_json,
+    text_to_image_classes,
+)
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 # dense fp16/bf16 tensor-core peaks (no sparsity), from the vendors' data sheets
@@ -72,12 +78,11 @@ def architecture_configs(model: str) -> tuple[dict[str, Any], str]:
     """{component: (library, class, config)} and "_class_name", and where they came from:
     the model folder, the hub, or the released configs bundled for well-known ids."""
     from diversynth.released_models import RELEASED
-    from diversynth.vision.pipeline_traits import _read_json
 
     path = Path(model)
     local = path.is_dir()
     try:
-        index = _read_json(model, "model_index.json")
+        index = read_json(model, "model_index.json")
     except Exception:  # the hub unreachable: use the bundled configs if we know the id
         index = None
         if model in RELEASED:
@@ -95,11 +100,11 @@ def architecture_configs(model: str) -> tuple[dict[str, Any], str]:
             continue
         library, cls = entry
         if name.startswith("tokenizer"):
-            config = _read_json(model, f"{name}/tokenizer_config.json") or {}
+            config = read_json(model, f"{name}/tokenizer_config.json") or {}
         elif name in ("scheduler",) or library not in ("diffusers", "transformers"):
             continue
         else:
-            config = _read_json(model, f"{name}/config.json")
+            config = read_json(model, f"{name}/config.json")
             if config is None:
                 raise PlanError(f"plan: generate.model {model!r} has no {name}/config.json")
         found[name] = (library, cls, config)
@@ -208,8 +213,6 @@ def count_architecture_flops(parts: dict[str, Any], config: GenerateConfig) -> l
     image at the configured size, steps and guidance."""
     import torch
 
-    from diversynth.vision.pipeline_traits import text_to_image_classes
-
     pipeline = parts["_class_name"]
     if pipeline not in text_to_image_classes():
         raise PlanError(f"plan: generate.model {config.model!r} is a {pipeline}, not a "
@@ -263,38 +266,19 @@ def count_architecture_flops(parts: dict[str, Any], config: GenerateConfig) -> l
 
 
 def _text_tokens(pipeline: str, cls: str, settings: dict[str, Any]) -> int:
-    """Tokens a tokenizer gives its encoder: CLIP's 77; a T5's or Gemma's, the pipeline's
-    max_sequence_length (within the tokenizer's maximum)."""
-    import inspect
-
-    from diversynth.vision.pipeline_traits import text_to_image_classes
-
-    own = settings.get("model_max_length")
-    own = int(own) if isinstance(own, int | float) and own < 1e9 else None
-    if "CLIP" in cls:
-        return own or 77
-    call = inspect.signature(text_to_image_classes()[pipeline].__call__).parameters
-    sequence = call["max_sequence_length"].default if "max_sequence_length" in call else None
-    if isinstance(sequence, int):
-        return min(sequence, own) if own else sequence
-    return own or 77
+    """Tokens a tokenizer of class `cls` gives its encoder in `pipeline`."""
+    return encoder_tokens(cls, settings, call_defaults(text_to_image_classes()[pipeline]))
 
 
 def _guided(config: GenerateConfig, pipeline: str) -> bool:
     """Whether each step calls the denoiser twice (classifier-free guidance on)."""
-    import inspect
-
-    from diversynth.vision.pipeline_traits import text_to_image_classes
-
     if pipeline.startswith("Flux"):
         return False  # distilled or no guidance: one call a step
-    call = inspect.signature(text_to_image_classes()[pipeline].__call__).parameters
-    if "guidance_scale" not in call:
+    defaults = call_defaults(text_to_image_classes()[pipeline])
+    if "guidance_scale" not in defaults:
         return False
     scale = config.guidance_scale
-    if scale is None:
-        scale = call["guidance_scale"].default
-    return scale > 1
+    return (defaults["guidance_scale"] if scale is None else scale) > 1
 
 
 # --- measured efficiency -----------------------------------------------------------------

@@ -54,7 +54,7 @@ class PipelineTraits:
         return max(self.encoders, key=lambda e: e.tokens, default=None)
 
 
-def _read_json(model: str, name: str) -> dict[str, Any] | None:
+def read_json(model: str, name: str) -> dict[str, Any] | None:
     """A config file of a local model folder or a hub model (None when it has none)."""
     path = Path(model)
     if path.is_dir():
@@ -82,7 +82,7 @@ def _guidance(cls: type, model: str, options: frozenset[str]) -> Guidance:
     if "guidance_scale" not in options:
         return "none"
     if cls.__name__.startswith("Flux"):  # the transformer embeds the scale, if anything
-        transformer = _read_json(model, "transformer/config.json") or {}
+        transformer = read_json(model, "transformer/config.json") or {}
         return "distilled" if transformer.get("guidance_embeds") else "none"
     return "classifier-free"
 
@@ -97,24 +97,33 @@ def _encoders(cls: type, model: str, index: dict[str, Any],
         if not name.startswith("tokenizer") or not isinstance(entry, list) or entry[1] is None:
             continue
         kind = entry[1]
-        settings = _read_json(model, f"{name}/tokenizer_config.json") or {}
-        own = settings.get("model_max_length")
-        own = int(own) if isinstance(own, int | float) and own < 1e9 else None
-        sequence = defaults.get("max_sequence_length")
-        if "CLIP" in kind:
-            tokens = own or CLIP_TOKENS
-        elif isinstance(sequence, int):
-            tokens = min(sequence, own) if own else sequence
-        else:
-            tokens = own or CLIP_TOKENS
-        found.append(TextEncoder(name, kind, tokens))
+        settings = read_json(model, f"{name}/tokenizer_config.json") or {}
+        found.append(TextEncoder(name, kind, encoder_tokens(kind, settings, defaults)))
     return tuple(found)
+
+
+def encoder_tokens(kind: str, settings: dict[str, Any], defaults: dict[str, Any]) -> int:
+    """Tokens of a prompt the pipeline gives an encoder whose tokenizer is of class `kind`
+    (`settings`: its tokenizer_config.json; `defaults`: the pipeline call's defaults): a
+    CLIP tokenizer's model_max_length; a T5's or Gemma's, max_sequence_length within it."""
+    own = settings.get("model_max_length")
+    own = int(own) if isinstance(own, int | float) and own < 1e9 else None
+    sequence = defaults.get("max_sequence_length")
+    if "CLIP" not in kind and isinstance(sequence, int):
+        return min(sequence, own) if own else sequence
+    return own or CLIP_TOKENS
+
+
+def call_defaults(cls: type) -> dict[str, Any]:
+    """The default of each parameter of a pipeline class's __call__."""
+    signature = inspect.signature(cls.__call__).parameters
+    return {k: p.default for k, p in signature.items() if p.default is not inspect.Parameter.empty}
 
 
 def read_traits(model: str) -> PipelineTraits:
     """The traits of the pipeline saved at `model` (a folder or a hub id)."""
     try:
-        index = _read_json(model, "model_index.json")
+        index = read_json(model, "model_index.json")
     except Exception as exc:  # hub errors come in many classes; the message names them
         raise PipelineTraitsError(f"generate.model: cannot read {model!r}: {exc}") from exc
     if index is None:
@@ -130,11 +139,8 @@ def read_traits(model: str) -> PipelineTraits:
             "text-to-image pipeline that AutoPipelineForText2Image loads"
         )
     cls = known[name]
-    signature = inspect.signature(cls.__call__).parameters
-    options = frozenset(signature)
-    defaults = {
-        k: p.default for k, p in signature.items() if p.default is not inspect.Parameter.empty
-    }
+    options = frozenset(inspect.signature(cls.__call__).parameters)
+    defaults = call_defaults(cls)
     guidance = _guidance(cls, model, options)
     default_guidance = defaults.get("guidance_scale") if guidance != "none" else None
     components = {k: v for k, v in index.items() if not k.startswith("_")}
