@@ -101,6 +101,7 @@ def test_traits_read_from_the_saved_configs(tmp_path_factory: pytest.TempPathFac
     assert flux is not None and flux.count(long_prompt) > 77 and flux.fits(long_prompt)
 
 
+@pytest.mark.slow
 def test_plan_counts_flops_of_every_architecture(tmp_path_factory: pytest.TempPathFactory) -> None:
     """`diversynth plan` builds each architecture on the meta device from its saved configs
     and counts one image: denoiser calls (two a step with classifier-free guidance), the VAE

@@ -50,6 +50,7 @@ def test_plan_of_a_real_run_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert any("assumed the same for FluxTransformer2DModel" in n for n in plan.notes)
 
 
+@pytest.mark.slow
 def test_plan_command_prints_a_table_and_json(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
