@@ -183,7 +183,7 @@ def _save_thumbnails(run: RunDir, pairs: list[dict[str, Any]], sets: list[_Set])
     by_name = {s.name: s for s in sets}
     for rank, pair in enumerate(pairs):
         image = by_name[pair["set"]].image(pair["eval_index"]).convert("RGB")
-        image.thumbnail((THUMB, THUMB)) if max(image.size) > THUMB else None
+        image.thumbnail((THUMB, THUMB))  # shrinks a larger image; never enlarges
         image.save(folder / f"eval-{rank:03d}.jpg", quality=90)
 
 
