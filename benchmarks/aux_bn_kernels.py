@@ -5,9 +5,10 @@ and aux-BN models, and one BN layer's forward + backward alone, at the shapes of
     python benchmarks/aux_bn_kernels.py --model resnet18 --batch 16 --size 64   # CPU smoke
 
 Prints, per model, the step time and the kernels that take the most device time (which
-kernels plain BN runs, cuDNN's or aten's own, and which the fused aux form runs), and per
-layer shape the median forward + backward seconds of plain BN and of the aux form with the
-batch half real, half synthetic. Writes benchmarks/results/aux_bn_kernels_<device>.json.
+kernels plain BN runs, cuDNN's or aten's own, and which the fused aux form runs, with and
+without its one-pass input-gradient kernel: `aux`, `aux_aten`), and per layer shape the
+median forward + backward seconds of plain BN and of both aux forms with the batch half
+real, half synthetic. Writes benchmarks/results/aux_bn_kernels_<device>.json.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import contextlib
 import copy
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -27,6 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from _results import median_seconds, sync, write_result  # noqa: E402
 from train_speed import header, model_and_batch  # noqa: E402
 
+from diversynth.train import aux_bn  # noqa: E402
 from diversynth.train.aux_bn import convert_aux_bn, real_first  # noqa: E402
 
 
@@ -62,22 +65,35 @@ def top_kernels(fn, device: torch.device, steps: int, top: int) -> list[dict]:
 
 
 def layer_times(channels: int, hw: int, batch: int, device, dtype, repeats: int) -> dict:
-    """Forward + backward of one BN layer on a channels_last batch: plain and aux."""
+    """Forward + backward of one BN layer on a channels_last batch: plain, aux, and aux
+    without the one-pass input-gradient kernel (aux_aten)."""
     x = torch.randn(batch, channels, hw, hw, device=device, dtype=dtype or torch.float32)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
     grad = torch.randn_like(x)
     plain = torch.nn.BatchNorm2d(channels).to(device)
     aux = convert_aux_bn(torch.nn.Sequential(copy.deepcopy(plain))).to(device)
     out = {}
-    for name, layer in (("plain", plain), ("aux", aux)):
+    for name, layer in (("plain", plain), ("aux", aux), ("aux_aten", aux)):
 
         def run(layer=layer, name=name) -> None:
-            with real_first(layer, batch // 2) if name == "aux" else contextlib.nullcontext():
+            split = real_first(layer, batch // 2) if name != "plain" else contextlib.nullcontext()
+            with split, one_pass(name != "aux_aten"):
                 layer(x).backward(grad)
 
         out[name] = median_seconds(run, device, repeats) * 1000
     return {"ms": {k: round(v, 3) for k, v in out.items()},
-            "aux_over_plain_time": round(out["aux"] / out["plain"], 3)}  # fmt: skip
+            "aux_over_plain_time": round(out["aux"] / out["plain"], 3),
+            "aux_aten_over_plain_time": round(out["aux_aten"] / out["plain"], 3)}  # fmt: skip
+
+
+@contextlib.contextmanager
+def one_pass(on: bool) -> Iterator[None]:
+    """Aux BN's one-pass input-gradient kernel (a GPU's) on or off within the block."""
+    aux_bn.ONE_PASS_INPUT_GRAD = on
+    try:
+        yield
+    finally:
+        aux_bn.ONE_PASS_INPUT_GRAD = True
 
 
 def main() -> None:
@@ -91,14 +107,15 @@ def main() -> None:
     result = header("aux_bn_kernels.py", dtype)
     result["cudnn"] = torch.backends.cudnn.version() if device.type == "cuda" else None
     name = "aux_bn_kernels_" + ("gpu" if device.type == "cuda" else "cpu")
-    for label in ("plain", "aux"):
+    for label in ("plain", "aux", "aux_aten"):
         model = copy.deepcopy(base) if label == "plain" else convert_aux_bn(copy.deepcopy(base))
         model = model.to(device).to(memory_format=torch.channels_last).train()
         step = step_fn(model, x, y, dtype)
-        result[label] = {
-            "step_ms": round(median_seconds(step, device, 5) * 1000, 2),
-            "top_kernels": top_kernels(step, device, 2, args.top),
-        }
+        with one_pass(label != "aux_aten"):
+            result[label] = {
+                "step_ms": round(median_seconds(step, device, 5) * 1000, 2),
+                "top_kernels": top_kernels(step, device, 2, args.top),
+            }
         print(label, result[label]["step_ms"], "ms/step", flush=True)
         for row in result[label]["top_kernels"]:
             print(f"  {row['ms_per_step']:8.3f} ms  x{row['calls_per_step']:<4} {row['name']}")

@@ -11,6 +11,7 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
+from diversynth.train import aux_bn, aux_bn_kernel
 from diversynth.train.aux_bn import AuxBatchNorm, convert_aux_bn, export_plain_bn, real_first
 from diversynth.train.model import export_plain, load_checkpoint, save_checkpoint
 
@@ -313,3 +314,138 @@ def test_auxiliary_layernorm_on_a_model_without_layernorm_is_refused() -> None:
 
     with pytest.raises(CheckpointError, match="train.aux_norm: layernorm, but the model has no"):
         convert_auxiliary(build("resnet10t"), "layernorm")
+
+
+def _one_pass_interpreted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-pass input-gradient kernel (Triton) on this CPU, through Triton's
+    interpreter: the same kernel source a GPU compiles."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(aux_bn, "ONE_PASS_INPUT_GRAD", True)
+
+
+def _input_grad(layer: nn.Module, x: torch.Tensor, upstream: torch.Tensor, split: int,
+                one_pass: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:  # fmt: skip
+    monkeypatch.setattr(aux_bn, "ONE_PASS_INPUT_GRAD", one_pass)
+    layer = copy.deepcopy(layer)
+    inputs = x.clone().requires_grad_(True)
+    layer.split = split
+    layer(inputs).backward(upstream)
+    return inputs.grad, [p.grad for p in layer.parameters()]
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "split"),
+    [((8, 6, 5, 3), "contiguous", 3), ((8, 6, 5, 3), "channels_last", 1),
+     ((8, 6, 5, 3), "channels_last", 7), ((9, 6), "contiguous", 4),
+     ((4, 6, 3, 2, 2), "channels_last_3d", 2)],
+)  # fmt: skip
+def test_one_pass_input_gradient_matches_aten(
+    shape: tuple, layout: str, split: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both halves' input gradients written by one kernel from aten's reductions: in
+    float64 the gradient aten's own backward gives, to rounding, in every layout the
+    kernel addresses (samples outermost, channels strided or adjacent) and any split; the
+    parameter gradients are aten's, untouched."""
+    _one_pass_interpreted(monkeypatch)
+    kind = {2: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[len(shape)]
+    torch.manual_seed(0)
+    layer = AuxBatchNorm(kind(shape[1])).train().double()
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.uniform_(0.5, 1.5)
+    x = torch.randn(shape, dtype=torch.float64) * 3 + 2
+    upstream = torch.randn(shape, dtype=torch.float64)
+    if layout != "contiguous":
+        form = getattr(torch, layout)
+        x, upstream = x.contiguous(memory_format=form), upstream.contiguous(memory_format=form)
+    assert aux_bn_kernel.usable(upstream, x)
+    grad, params = _input_grad(layer, x, upstream, split, True, monkeypatch)
+    grad_aten, params_aten = _input_grad(layer, x, upstream, split, False, monkeypatch)
+    assert grad.stride() == x.stride()
+    torch.testing.assert_close(grad, grad_aten, rtol=1e-12, atol=1e-12)
+    for a, b in zip(params, params_aten, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_one_pass_input_gradient_in_bfloat16_is_as_close_as_aten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In bfloat16 (the GPU training precision) the kernel computes in float32 as aten does:
+    its input gradient is as close to the float64 truth as aten's, to one bfloat16 step
+    (Triton's interpreter truncates where a GPU rounds to nearest when narrowing to
+    bfloat16, so no closer bound holds here)."""
+    _one_pass_interpreted(monkeypatch)
+    torch.manual_seed(0)
+    layer = AuxBatchNorm(nn.BatchNorm2d(16)).train()
+    shape = (8, 16, 6, 6)
+    x = (torch.randn(shape) * 3 + 2).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    truth, _ = _input_grad(layer.double(), x.double(), upstream.double(), 5, False, monkeypatch)
+    layer = layer.float()
+    grad, _ = _input_grad(layer, x, upstream, 5, True, monkeypatch)
+    grad_aten, _ = _input_grad(layer, x, upstream, 5, False, monkeypatch)
+    assert grad.dtype == torch.bfloat16
+    error = (grad.double() - truth).abs()
+    error_aten = (grad_aten.double() - truth).abs()
+    step = truth.abs().clamp_min(2**-10) * 2**-7  # one bfloat16 step at each value
+    assert (error <= error_aten + step).all()
+
+
+def test_one_pass_kernel_trains_a_model_as_aten_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole model (timm's test ResNet, channels_last) trained two steps in float64 with
+    the kernel: input gradients, parameters, running statistics and parameter gradients of
+    the aten path, to rounding."""
+    _one_pass_interpreted(monkeypatch)
+    model = convert_aux_bn(build("test_resnet")).train().double()
+    reference = copy.deepcopy(model)
+    x = torch.cat([torch.randn(3, 3, 32, 32), torch.randn(5, 3, 32, 32) * 2 + 1]).double()
+    x = x.contiguous(memory_format=torch.channels_last)
+    for _ in range(2):
+        monkeypatch.setattr(aux_bn, "ONE_PASS_INPUT_GRAD", True)
+        grad = train_step(model, x, 3)
+        monkeypatch.setattr(aux_bn, "ONE_PASS_INPUT_GRAD", False)
+        grad_reference = train_step(reference, x, 3)
+    exact = {"rtol": 1e-9, "atol": 1e-12}
+    torch.testing.assert_close(grad, grad_reference, **exact)
+    assert_same_state(model, reference, exact, exact)
+
+
+def test_one_pass_kernel_only_where_it_applies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a CPU the kernel would run only interpreted (hundreds of times slower than aten):
+    training there keeps aten's path, as do layers without affine weights and gradients
+    laid out unlike the input."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = torch.randn(4, 3, 5, 5)
+    assert not aux_bn_kernel.usable(x, x)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert aux_bn_kernel.usable(x, x)
+    assert not aux_bn_kernel.usable(x, x, affine=False)  # no weights: aten's path
+    assert not aux_bn_kernel.usable(x.transpose(2, 3), x)  # a gradient laid out otherwise
+
+
+@pytest.mark.parametrize("arch", [80, 90])  # Ampere (A100), Hopper (H100, H200)
+def test_one_pass_kernel_compiles_for_the_gpus_it_runs_on(arch: int) -> None:
+    """The interpreter is lenient where the compiler is not: the kernel also compiles to
+    a GPU binary for the training precisions (Triton's own compiler and ptxas, no GPU
+    needed), and narrows float32 to bfloat16 rounding to nearest, as aten does."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    for data, table in (("bf16", "fp32"), ("fp32", "fp32")):
+        for index in ("i32", "i64"):  # Triton passes sizes as i64 from 2**31 elements on
+            half = [f"*{table}"] * 5  # weight, mean, 1/std, weight and bias gradients
+            sizes = ("numel", "split_at", "inner", "channels", "count0", "count1")
+            pointers = [f"*{data}"] * 3 + half + half
+            signature = dict(zip(aux_bn_kernel.PARAMETERS, pointers, strict=False))
+            signature |= dict.fromkeys(sizes, index) | {"BLOCK": "constexpr"}
+            source = ASTSource(fn=aux_bn_kernel._kernel(False), signature=signature,
+                               constexprs={"BLOCK": aux_bn_kernel.BLOCK})  # fmt: skip
+            binary = triton.compile(source, target=GPUTarget("cuda", arch, 32))
+            assert binary.asm["cubin"]
+            if data == "bf16":
+                assert "cvt.rn.bf16.f32" in binary.asm["ptx"]

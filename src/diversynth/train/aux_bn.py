@@ -20,9 +20,11 @@ Speed: the obvious form, `cat([main(x[:n]), aux(x[n:])])`, costs a copy of every
 output in the forward pass and, in the backward pass, a zero-filled full-size gradient per
 slice plus their sum: about seven extra passes over each activation (timm's split BN, which
 is built that way, trains ResNet-50 22% slower). `_TwoBatchNorms` runs the same aten
-kernels F.batch_norm runs, each writing its slice of one output in place, so the only extra
-work left is one copy of the input gradient. The results are bit-identical to the obvious
-form, which remains for layers the fused kernels cannot stand for. Under torch.compile,
+kernels F.batch_norm runs, each writing its slice of one output in place; its results are
+bit-identical to the obvious form, which remains for layers the fused kernels cannot stand
+for. On a GPU, one Triton kernel (`aux_bn_kernel`) then writes both halves' input gradients
+from aten's reductions, instead of copying in each half's (aten's backward has no out=
+form): equal to aten's to float rounding, not bit for bit. Under torch.compile,
 `_pointwise_two_bns` writes both as batch statistics of two slices and one per-sample scale
 and shift, which the compiler fuses as it fuses a plain BN (the fused kernels, opaque to the
 compiler, were slower there: 0.90x plain BN against 0.98x in a trial on 2 CPU cores).
@@ -42,7 +44,13 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from diversynth.train import aux_bn_kernel
+
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+# Both halves' input gradients written by one Triton kernel (aux_bn_kernel) where it can
+# run (a GPU); off, each half's comes from aten and is copied in (the benchmarks compare).
+ONE_PASS_INPUT_GRAD = True
 
 
 def _fusable(layer: _BatchNorm) -> bool:
@@ -109,17 +117,27 @@ class _TwoBatchNorms(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         x, *saved = ctx.saved_tensors
         need = ctx.needs_input_grad  # x, split, main, aux, then the four parameters
-        grad_x = torch.empty_like(x) if need[0] else None
+        parts = (slice(0, ctx.split), slice(ctx.split, None))
+        affine = saved[0] is not None and saved[3] is not None
+        one_pass = need[0] and ONE_PASS_INPUT_GRAD and aux_bn_kernel.usable(grad, x, affine)
+        grad_x = torch.empty_like(x) if need[0] and not one_pass else None
         param_grads: list[torch.Tensor | None] = []
-        for k, part in enumerate((slice(0, ctx.split), slice(ctx.split, None))):
+        halves = []
+        for k, part in enumerate(parts):
             weight, mean, invstd = saved[3 * k : 3 * k + 3]
-            mask = [need[0], need[4 + 2 * k], need[5 + 2 * k]]
+            # the one-pass kernel needs both reductions, whichever gradients autograd wants
+            mask = [grad_x is not None, one_pass or need[4 + 2 * k], one_pass or need[5 + 2 * k]]
             grad_part, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
                 grad[part], x[part], weight, None, None, mean, invstd, True, ctx.eps[k], mask
             )
             if grad_x is not None:
-                grad_x[part].copy_(grad_part)  # the one copy left (no out= form in aten)
-            param_grads += [grad_weight, grad_bias]
+                grad_x[part].copy_(grad_part)  # aten has no out= form: see aux_bn_kernel
+            halves.append((weight, mean, invstd, grad_weight, grad_bias))
+            keep = (need[4 + 2 * k], need[5 + 2 * k])
+            param_grads += [g if wanted else None for g, wanted in
+                            zip((grad_weight, grad_bias), keep, strict=True)]  # fmt: skip
+        if one_pass:
+            grad_x = aux_bn_kernel.two_halves_input_grad(grad, x, ctx.split, halves)
         return (grad_x, None, None, None, *param_grads)
 
 
