@@ -22,7 +22,9 @@ from diversynth.config import GenerateConfig, RunConfig
 from diversynth.errors import UsageError
 from diversynth.vision.pipeline_traits import (
     call_defaults,
+    classifier_free_on,
     encoder_tokens,
+    guidance_kind,
     read_json,
     text_to_image_classes,
 )
@@ -231,7 +233,7 @@ def count_architecture_flops(parts: dict[str, Any], config: GenerateConfig) -> l
     channels = _denoiser_in_channels(denoiser, cls)
     with torch.device("meta"):
         latent = torch.randn(1, channels, config.height // factor, config.width // factor)
-    guided = _guided(config, pipeline)
+    guided = _guided(config, parts)
     # the text the denoiser attends to: the longest encoder's tokens; SD3 joins the CLIPs'
     # 77 (side by side) and max_sequence_length T5 tokens (zeros without its T5); FLUX
     # attends to the T5's only
@@ -270,15 +272,12 @@ def _text_tokens(pipeline: str, cls: str, settings: dict[str, Any]) -> int:
     return encoder_tokens(cls, settings, call_defaults(text_to_image_classes()[pipeline]))
 
 
-def _guided(config: GenerateConfig, pipeline: str) -> bool:
+def _guided(config: GenerateConfig, parts: dict[str, Any]) -> bool:
     """Whether each step calls the denoiser twice (classifier-free guidance on)."""
-    if pipeline.startswith("Flux"):
-        return False  # distilled or no guidance: one call a step
-    defaults = call_defaults(text_to_image_classes()[pipeline])
-    if "guidance_scale" not in defaults:
-        return False
-    scale = config.guidance_scale
-    return (defaults["guidance_scale"] if scale is None else scale) > 1
+    cls = text_to_image_classes()[parts["_class_name"]]
+    transformer = parts["transformer"][2] if "transformer" in parts else None
+    default = call_defaults(cls).get("guidance_scale")
+    return classifier_free_on(guidance_kind(cls, transformer), config.guidance_scale, default)
 
 
 # --- measured efficiency -----------------------------------------------------------------

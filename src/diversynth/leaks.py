@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,22 +66,12 @@ class _Set:
 
 
 def evaluation_sets(config: RunConfig, run: RunDir, clip: Any) -> list[_Set]:
-    """The real test split (the run's test list when it has one) and evaluate.sets."""
-    from diversynth.real_subset import real_subset
-    from diversynth.realdata import CatalogImageFolder, real_dataset, real_listing
+    """The sets evaluation scores (the real test split, evaluate.sets), CLIP-embedded."""
+    from diversynth.train.evaluate import evaluation_sets as sets
 
-    assert config.data is not None
     classes = read_classes(run)
-    batch = config.leaks.batch_size
-    chosen = real_subset(config, run, "test", classes)  # type: ignore[arg-type]
-    listing = chosen if chosen is not None else real_listing(config.data, "test", classes)  # type: ignore[arg-type]
-    test = real_dataset(config.data, "test", classes, clip.preprocess, listing)  # type: ignore[arg-type]
-    sets = [_Set(f"{config.data.format}/test", test, list(listing.ids), clip, batch)]
-    for extra in config.evaluate.sets:
-        folder = CatalogImageFolder(extra.root, classes, clip.preprocess, require_all=False)  # type: ignore[arg-type]
-        ids = [str(Path(path).relative_to(extra.root)) for path, _ in folder.samples]
-        sets.append(_Set(extra.name, folder, ids, clip, batch))
-    return sets
+    return [_Set(s.name, s.dataset, s.ids, clip, config.leaks.batch_size)
+            for s in sets(config, run, classes, clip.preprocess)]  # type: ignore[arg-type]  # fmt: skip
 
 
 def _nearest(vectors: torch.Tensor, sets: list[_Set], chunk: int = 8192) -> tuple[np.ndarray, ...]:

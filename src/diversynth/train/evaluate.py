@@ -9,6 +9,7 @@ crop), whether diversynth trained it or its weights were imported.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from diversynth.preflight import timm_name_problem
 from diversynth.progress import console, progress_bar
 from diversynth.real_subset import real_subset
 from diversynth.real_subset import train_counts as real_subset_counts
-from diversynth.realdata import CatalogImageFolder, real_dataset
+from diversynth.realdata import CatalogImageFolder, listed_dataset, real_listing
 from diversynth.rundir import RunDir, write_json
 from diversynth.safe_weights import refusing_pickles
 from diversynth.train.data import eval_transform
@@ -106,27 +107,49 @@ def folder_set(root: Path, classes: list[dict[str, Any]], transform: Callable,
     return dataset, present if restrict else None
 
 
+@dataclass(frozen=True)
+class EvaluationSet:
+    """Images a model is evaluated on: the classes its logits are restricted to (None:
+    all), and each image's id (its listing id, `test/ROW` for Fashion-MNIST, or its file
+    under the folder)."""
+
+    name: str
+    dataset: Dataset
+    allowed: list[int] | None
+    ids: list[str]
+
+
+def evaluation_sets(config: RunConfig, run: RunDir | None, classes: list[dict[str, Any]],
+                    transform: Callable) -> list[EvaluationSet]:  # fmt: skip
+    """The config's real test split (when it has a data section; the run's test list when
+    it has one) and its out-of-domain folders (evaluate.sets), images through `transform`."""
+    sets = []
+    if config.data is not None:
+        listing = real_subset(config, run, "test", classes)
+        if listing is None:
+            listing = real_listing(config.data, "test", classes)
+        test = listed_dataset(config.data, listing, transform)
+        sets.append(EvaluationSet(f"{config.data.format}/test", test, None, list(listing.ids)))
+    for extra in config.evaluate.sets:
+        folder, allowed = folder_set(extra.root, classes, transform, extra.restrict)
+        ids = [Path(path).relative_to(extra.root).as_posix() for path, _ in folder.samples]
+        sets.append(EvaluationSet(extra.name, folder, allowed, ids))
+    return sets
+
+
 def evaluate_on_sets(config: RunConfig, model: torch.nn.Module, meta: dict[str, Any],
                      classes: list[dict[str, Any]],
                      run: RunDir | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Top-1 / top-5, mean per-class top-1, and top-1 by class frequency on the config's
-    real test split (when it has a data section; the run's test list when it has one)
-    and its out-of-domain sets."""
+    evaluation sets (`evaluation_sets`)."""
     device = pick_device(config.train.device)
     model.to(device).eval()
-    transform = eval_transform(meta)
-    sets: list[tuple[str, Dataset, list[int] | None]] = []
-    train_counts = None
-    if config.data is not None:
-        test = real_dataset(config.data, "test", classes, transform,
-                            real_subset(config, run, "test", classes))  # fmt: skip
-        sets.append((f"{config.data.format}/test", test, None))
-        train_counts = _train_counts(config, run, classes)
-    for extra in config.evaluate.sets:
-        sets.append((extra.name, *folder_set(extra.root, classes, transform, extra.restrict)))
+    sets = evaluation_sets(config, run, classes, eval_transform(meta))
+    train_counts = _train_counts(config, run, classes) if config.data is not None else None
     results = {}
-    for name, dataset, allowed in sets:
-        loader = DataLoader(dataset, batch_size=config.evaluate.batch_size,
+    for evaluation in sets:
+        name, allowed = evaluation.name, evaluation.allowed
+        loader = DataLoader(evaluation.dataset, batch_size=config.evaluate.batch_size,
                             num_workers=config.train.workers)  # fmt: skip
         results[name] = topk_accuracy(model, loader, device, f"evaluate {name}", allowed)
         if allowed is not None:

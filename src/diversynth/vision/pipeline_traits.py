@@ -78,13 +78,21 @@ def text_to_image_classes() -> dict[str, type]:
     return {cls.__name__: cls for cls in AUTO_TEXT2IMAGE_PIPELINES_MAPPING.values()}
 
 
-def _guidance(cls: type, model: str, options: frozenset[str]) -> Guidance:
-    if "guidance_scale" not in options:
+def guidance_kind(cls: type, transformer: dict[str, Any] | None) -> Guidance:
+    """How a pipeline class guides, given its transformer's config (FLUX's embeds the
+    scale when it has guidance embeddings, as FLUX.1-dev does; schnell's takes none)."""
+    if "guidance_scale" not in inspect.signature(cls.__call__).parameters:
         return "none"
-    if cls.__name__.startswith("Flux"):  # the transformer embeds the scale, if anything
-        transformer = read_json(model, "transformer/config.json") or {}
-        return "distilled" if transformer.get("guidance_embeds") else "none"
+    if cls.__name__.startswith("Flux"):
+        return "distilled" if (transformer or {}).get("guidance_embeds") else "none"
     return "classifier-free"
+
+
+def classifier_free_on(kind: Guidance, scale: float | None, default: float | None) -> bool:
+    """Whether each step calls the denoiser twice: classifier-free guidance, at a scale (the
+    setting, else the pipeline's default) above 1."""
+    value = scale if scale is not None else default
+    return kind == "classifier-free" and value is not None and value > 1
 
 
 def _encoders(cls: type, model: str, index: dict[str, Any],
@@ -141,7 +149,8 @@ def read_traits(model: str) -> PipelineTraits:
     cls = known[name]
     options = frozenset(inspect.signature(cls.__call__).parameters)
     defaults = call_defaults(cls)
-    guidance = _guidance(cls, model, options)
+    transformer = read_json(model, "transformer/config.json") if "transformer" in index else None
+    guidance = guidance_kind(cls, transformer)
     default_guidance = defaults.get("guidance_scale") if guidance != "none" else None
     components = {k: v for k, v in index.items() if not k.startswith("_")}
     left_out = tuple(
