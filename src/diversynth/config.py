@@ -560,6 +560,10 @@ class TrainConfig(Section):
     tensorboard: bool = True  # also log to train/tensorboard
     device: Device = "auto"
     workers: int = Field(0, ge=0)
+    # where JPEGs are decoded, cropped, flipped and normalised: in the loader workers (every
+    # augmentation), or on the training device (nvJPEG on a GPU; the workers only read the
+    # bytes and draw each image's crop and flip): crop and flip only
+    decode_on: Literal["workers", "device"] = Field("workers", exclude_if=lambda v: v == "workers")
 
     @model_validator(mode="before")
     @classmethod
@@ -579,6 +583,26 @@ class TrainConfig(Section):
             raise ValueError(
                 f"train.batch_size: {self.batch_size} does not divide into "
                 f"train.accumulate={self.accumulate} micro-batches"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _device_augmentations(self) -> TrainConfig:
+        """The device path crops, resizes, flips and normalises; nothing else."""
+        if self.decode_on != "device":
+            return self
+        aug = self.augment
+        left = [f"{name}: {value}" for name, value, on in (
+            ("color_jitter", aug.color_jitter, aug.color_jitter > 0),
+            ("auto_augment", aug.auto_augment, aug.auto_augment is not None),
+            ("re_prob", aug.re_prob, aug.re_prob > 0),
+            ("interpolation", aug.interpolation, aug.interpolation == "random"),
+        ) if on]  # fmt: skip
+        if left:
+            raise ValueError(
+                "train.decode_on: device crops and flips only, so train.augment."
+                f"{', train.augment.'.join(left)} cannot run (use decode_on: workers, or "
+                f"turn {'it' if len(left) == 1 else 'them'} off)"
             )
         return self
 

@@ -83,6 +83,10 @@ class ArrayImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def raw(self, i: int) -> np.ndarray:
+        """Image i's pixels (H, W)."""
+        return self.images[i]
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
@@ -168,6 +172,10 @@ class ListedImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def raw(self, i: int) -> bytes:
+        """Image i's file, undecoded."""
+        return (self.root / self.ids[i]).read_bytes()
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(default_loader(str(self.root / self.ids[i]))), int(self.labels[i])

@@ -44,6 +44,7 @@ from diversynth.train.data import (
     model_preprocessing,
     train_transform,
 )
+from diversynth.train.device_augment import DeviceAugment, EncodedSamples, collate_encoded
 from diversynth.train.evaluate import topk_accuracy
 from diversynth.train.mixing import DomainMixup
 from diversynth.train.model import (
@@ -294,12 +295,18 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
                    autocast, ranks, resume, state_path, total_steps, mixup,
                    data.batches.per_epoch // cfg.accumulate, validation,
                    run.train_dir / "best.safetensors", meta)  # fmt: skip
+    samples, collate = SeededSamples(data.real, data.synthetic), None
+    if cfg.decode_on == "device":  # the workers read the files; the device decodes
+        synthetic = None if data.synthetic is None else EncodedSamples(data.synthetic, cfg.augment)
+        samples = SeededSamples(EncodedSamples(data.real, cfg.augment), synthetic)
+        collate, steps.on_device = collate_encoded, DeviceAugment(cfg, device)
     loader = DataLoader(
-        SeededSamples(data.real, data.synthetic),
+        samples,
         batch_sampler=replace(
             data.batches, start=resume.step, rank=ranks.rank, world=ranks.world
         ),  # fmt: skip
         num_workers=cfg.workers,
+        collate_fn=collate,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
@@ -354,6 +361,7 @@ class _Steps:
     images: int = 0
     seconds: float = 0.0
     record: dict[str, Any] | None = None
+    on_device: DeviceAugment | None = None  # train.decode_on: device
 
     def run(self, loader: DataLoader, run: RunDir) -> None:
         cfg, ranks = self.cfg, self.ranks
@@ -373,6 +381,8 @@ class _Steps:
             cleanup.callback(lambda: board and board.close())
             task = bar.add_task("train", total=self.total_steps, completed=step, unit="steps")
             for micro, (x, y, is_synthetic) in enumerate(loader, start=self.resume.step):
+                if self.on_device is not None:  # the encoded images, decoded and augmented
+                    x = self.on_device(x)
                 last_of_step = (micro + 1) % cfg.accumulate == 0
                 real = int((~is_synthetic).sum())
                 if self.mixup is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -123,13 +124,18 @@ class ShardImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def raw(self, i: int) -> bytes:
+        """Image i's JPEG file, undecoded."""
         shard = self.shards[self.shard_ids[i]]
         handle = self._files.get(shard)
         if handle is None:
             handle = self._files[shard] = self._path(shard).open("rb")
-        handle.seek(int(self.offsets[i]))
-        image = Image.open(io.BytesIO(handle.read(int(self.sizes[i])))).convert("RGB")
+        # a positional read: workers forked after this process read a shard share its file
+        # position, which seek-then-read would race on
+        return os.pread(handle.fileno(), int(self.sizes[i]), int(self.offsets[i]))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = Image.open(io.BytesIO(self.raw(i))).convert("RGB")
         return self.transform(image), int(self.labels[i])
 
     def __getstate__(self) -> dict[str, Any]:
