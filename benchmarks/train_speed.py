@@ -8,9 +8,11 @@ against tensors already on the device. Both comparisons in one run, on the same 
    and against aux BN done the obvious way, cat([main(real), aux(synthetic)]) (`aux_cat`,
    as timm's split BN does it), with the batch half real and half synthetic; eager, and
    with `--compile` under `torch.compile` too. Rounds alternate; ratios are of medians.
-2. The same aux-BN model fed by diversynth's training input path (real + synthetic JPEG
-   shards read by byte offset, seeded augmentation, DataLoader workers) against the same
-   model on a batch already on the device.
+2. diversynth's training input path (real + synthetic JPEG shards read by byte offset,
+   seeded augmentation) both ways, `train.decode_on` workers (DataLoader workers decode and
+   augment) and device (the workers read the bytes; one batched decode, crop and resize on
+   the device; `--decode-on` picks): each loader alone, and feeding the aux-BN model,
+   against the same model on a batch already on the device.
 
 GPU (the figures the training issue asks for):
     python benchmarks/train_speed.py --model resnet50 --batch 256 --size 224 --compile --workers 14
@@ -42,8 +44,14 @@ from _results import log, machine, sync, write_result  # noqa: E402
 
 from diversynth.artifacts.shards import ShardWriter, encode_jpeg  # noqa: E402
 from diversynth.config import TrainConfig  # noqa: E402
+from diversynth.train import aux_bn, aux_bn_kernel  # noqa: E402
 from diversynth.train.aux_bn import AuxBatchNorm, convert_aux_bn, real_first  # noqa: E402
 from diversynth.train.data import SeededSamples, train_transform  # noqa: E402
+from diversynth.train.device_augment import (  # noqa: E402
+    DeviceAugment,
+    EncodedSamples,
+    collate_encoded,
+)
 from diversynth.train.sampling import MixedBatches  # noqa: E402
 from diversynth.train.synthetic import ShardImages  # noqa: E402
 
@@ -78,7 +86,9 @@ class Stepper:
         device: torch.device,
         dtype: torch.dtype | None,
         compile_: bool,
+        one_pass: bool = True,
     ):
+        self.one_pass = one_pass  # aux BN's one-pass input-gradient kernel (GPU) on or off
         self.model = model.to(device).to(memory_format=torch.channels_last).train()
         self.forward = torch.compile(self.model) if compile_ else self.model
         self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -94,7 +104,9 @@ class Stepper:
         ):
             loss = self.loss_fn(self.forward(x), y)
         self.optimizer.zero_grad(set_to_none=True)
+        aux_bn.ONE_PASS_INPUT_GRAD = self.one_pass
         loss.backward()
+        aux_bn.ONE_PASS_INPUT_GRAD = True
         self.optimizer.step()
 
 
@@ -140,6 +152,7 @@ def check_fused(base: torch.nn.Module, device: torch.device, dtype: torch.dtype 
 
 
 SECTIONS = ("eager", "loader", "compiled")
+DECODE_ON = ("workers", "device")
 
 
 def fixed_batches(x: torch.Tensor, y: torch.Tensor):
@@ -166,25 +179,36 @@ def write_shards(folder: Path, count: int, size: int, per_shard: int = 256) -> l
     return rows
 
 
-def loader_batches(folder: Path, rows: list[dict], args, device: torch.device):
-    transform = train_transform(TrainConfig(model=args.model, image_size=args.size))
+PREFETCH = 4  # batches each loader worker keeps ready
+
+
+def loader_batches(folder: Path, rows: list[dict], args, device: torch.device, decode_on: str):
+    """Training batches on the device, decoded as `train.decode_on` says."""
+    cfg = TrainConfig(model=args.model, image_size=args.size, decode_on=decode_on)
+    transform = train_transform(cfg)
     table = pa.Table.from_pylist(rows)
     half = ShardImages(folder, table[: len(rows) // 2], transform)  # stands in for real
     synthetic = ShardImages(folder, table[len(rows) // 2 :], transform)
+    samples, collate, on_device = SeededSamples(half, synthetic), None, None
+    if decode_on == "device":
+        samples = SeededSamples(EncodedSamples(half, cfg.augment),
+                                EncodedSamples(synthetic, cfg.augment))  # fmt: skip
+        collate, on_device = collate_encoded, DeviceAugment(cfg, device)
     sampler = MixedBatches(
         len(half), len(synthetic), args.batch // 2, args.batch // 2, seed=0, epochs=1000
     )
     loader = DataLoader(
-        SeededSamples(half, synthetic),
+        samples,
         batch_sampler=sampler,
         num_workers=args.workers,
+        collate_fn=collate,
         pin_memory=device.type == "cuda",
         persistent_workers=args.workers > 0,
-        prefetch_factor=4 if args.workers else None,
+        prefetch_factor=PREFETCH if args.workers else None,
     )
     for x, y, _ in loader:
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        yield x, y.to(device, non_blocking=True)
+        x = on_device(x) if on_device is not None else x.to(device, non_blocking=True)
+        yield x.contiguous(memory_format=torch.channels_last), y.to(device, non_blocking=True)
 
 
 def main() -> None:
@@ -202,6 +226,8 @@ def main() -> None:
                         help="run this section (repeatable; results go to a file named "
                              "after them); default: all, compiled with --compile")  # fmt: skip
     parser.add_argument("--images", type=int, default=4096, help="JPEGs written for part 2")
+    parser.add_argument("--decode-on", nargs="+", choices=DECODE_ON, default=list(DECODE_ON),
+                        help="the input paths part 2 times (train.decode_on)")  # fmt: skip
     args = parser.parse_args()
     sections = args.only or [s for s in SECTIONS if s != "compiled" or args.compile]
     device, dtype, base, x, y = model_and_batch(args)
@@ -239,50 +265,76 @@ def main() -> None:
         write_result(name, result)
 
 
+def loader_images_per_second(batches, count: int, batch: int, device: torch.device) -> float:
+    """The input path alone: its batches taken and dropped."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in zip(range(count), batches, strict=False):
+        pass
+    sync(device)
+    return count * batch / (time.perf_counter() - start)
+
+
 def time_loader(step_model, x, y, args, device, dtype, result: dict) -> dict:
-    """The aux model fed by the training input path against the same model on a batch
-    already on the device, rounds alternating."""
+    """For each input path (`--decode-on`): the loader alone, and the aux model fed by it,
+    against the same model on a batch already on the device, each a median of rounds.
+
+    A path's rounds run back to back after its workers' prefetched batches are spent (a
+    rate measured from a full queue would flatter the loader), and the resident rounds run
+    with no loader alive (its workers would share the CPU with them)."""
     real = args.batch // 2
+    step = Stepper(step_model, device, dtype, False)
+    images_per_second(step, fixed_batches(x, y), 3, args.batch, real)  # warm-up
+    paths = {}
     with tempfile.TemporaryDirectory() as tmp:
         rows = write_shards(Path(tmp), args.images, max(args.size, 256))
         log(f"{len(rows)} JPEGs written")
-        step = Stepper(step_model, device, dtype, False)
-        feed = loader_batches(Path(tmp), rows, args, device)
-        images_per_second(step, feed, 3, args.batch, real)  # warm-up: workers start
-        fed, resident = [], []
-        for _ in range(args.rounds):
-            fed.append(images_per_second(step, feed, args.steps, args.batch, real))
-            resident.append(
-                images_per_second(step, fixed_batches(x, y), args.steps, args.batch, real)
-            )
-    section = {
+        for decode_on in args.decode_on:
+            feed = loader_batches(Path(tmp), rows, args, device, decode_on)
+            loader_images_per_second(feed, args.workers * PREFETCH + 2, args.batch, device)
+            alone = [loader_images_per_second(feed, args.steps, args.batch, device)
+                     for _ in range(args.rounds)]  # fmt: skip
+            fed = [images_per_second(step, feed, args.steps, args.batch, real)
+                   for _ in range(args.rounds)]  # fmt: skip
+            feed.close()  # its workers end
+            paths[decode_on] = {"loader_alone": statistics.median(alone),
+                                "feeding_aux_model": statistics.median(fed)}  # fmt: skip
+            log(f"decode_on {decode_on}: {paths[decode_on]}")
+    resident = statistics.median(
+        images_per_second(step, fixed_batches(x, y), args.steps, args.batch, real)
+        for _ in range(args.rounds)
+    )
+    rates = {f"{kind}_decode_on_{path}": round(rate, 1)
+             for path, kinds in paths.items() for kind, rate in kinds.items()}  # fmt: skip
+    section: dict = {
         "workers": args.workers,
-        "images_per_second": {
-            "from_jpeg_shards": round(statistics.median(fed), 1),
-            "tensors_on_device": round(statistics.median(resident), 1),
+        "images_per_second": {"tensors_on_device": round(resident, 1), **rates},
+        "fed_over_resident": {
+            path: round(kinds["feeding_aux_model"] / resident, 3) for path, kinds in paths.items()
         },
-        "loader_over_resident": round(statistics.median(fed) / statistics.median(resident), 3),
     }
-    if "aux_bn_eager" in result:
-        # the workers keep decoding (filling their prefetch queues) while the resident
-        # rounds run, so those share the CPU with them; against the eager section's aux
-        # rate, measured with no workers alive, the loader's share of full speed:
-        section["loader_over_idle_resident"] = round(
-            statistics.median(fed) / result["aux_bn_eager"]["images_per_second"]["aux"], 3
-        )
+    if len(paths) == 2:
+        section["device_over_workers"] = {
+            kind: round(paths["device"][kind] / paths["workers"][kind], 3)
+            for kind in ("loader_alone", "feeding_aux_model")
+        }
     log(f"loader: {section}")
     return section
 
 
 def time_aux_bn(base, aux_model, fused: bool, x, y, args, device, dtype, compiled: bool) -> dict:
     """Median images/s of plain, aux and aux_cat models in one mode; rounds alternate.
-    With --no-compiled-cat, compiled aux_cat is left out: a third compilation (over a
-    minute for ResNet-50 on a GPU) that a time-boxed GPU session cannot afford."""
+    Eager on a GPU, also aux without the one-pass input-gradient kernel (`aux_aten`: each
+    half's gradient from aten, copied in). With --no-compiled-cat, compiled aux_cat is
+    left out: a third compilation (over a minute for ResNet-50 on a GPU) that a time-boxed
+    GPU session cannot afford."""
     real = args.batch // 2
     steppers = {
         "plain": Stepper(copy.deepcopy(base), device, dtype, compiled),
         "aux": Stepper(aux_model(fused), device, dtype, compiled),
     }
+    if not compiled and aux_bn_kernel.usable(x, x):
+        steppers["aux_aten"] = Stepper(aux_model(fused), device, dtype, False, one_pass=False)
     if not (compiled and args.no_compiled_cat):
         steppers["aux_cat"] = Stepper(aux_model(False), device, dtype, compiled)
     for name, step in steppers.items():  # warm-up (and compilation)
