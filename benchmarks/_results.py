@@ -53,13 +53,14 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads")  # fmt: skip
 
 
-def write_result(name: str, result: dict[str, Any]) -> Path:
-    """Print the result and write it to benchmarks/results/NAME.json (or to the folder
-    DIVERSYNTH_BENCHMARK_RESULTS names)."""
+def write_result(name: str, result: dict[str, Any], show: bool = True) -> Path:
+    """Write the result to benchmarks/results/NAME.json (or to the folder
+    DIVERSYNTH_BENCHMARK_RESULTS names); print it when `show`."""
     text = json.dumps(result, indent=2) + "\n"
-    print(text, end="")
     out = RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    print(f"wrote {out}")
+    if show:
+        print(text, end="")
+        print(f"wrote {out}")
     return out

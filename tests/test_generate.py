@@ -295,3 +295,107 @@ def test_gpu_speed_settings_apply_to_the_pipeline(kit: dict[str, Path]) -> None:
     assert isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
     # channels_last is off by default (slower for SD 1.5 on an H100)
     assert pipe.vae.encoder.conv_in.weight.is_contiguous()
+
+
+def test_speed_settings_are_checked(kit: dict[str, Path]) -> None:
+    from pydantic import ValidationError
+
+    from diversynth.config import GenerateConfig
+
+    model = str(kit["stable-diffusion"])
+    with pytest.raises(ValidationError, match="compile_vae needs generate.compile"):
+        GenerateConfig(model=model, compile_vae=True)
+    with pytest.raises(ValidationError, match="flash runs float16 and bfloat16 only"):
+        GenerateConfig(model=model, sdpa_kernel="flash", dtype="float32")
+    with pytest.raises(ValidationError, match="sdpa_kernel"):
+        GenerateConfig(model=model, sdpa_kernel="xformers")
+    GenerateConfig(model=model, compile="reduce-overhead", compile_vae=True, sdpa_kernel="cudnn")
+    GenerateConfig(model=model, sdpa_kernel="efficient", dtype="float32")
+
+
+def test_speed_settings_left_at_default_keep_the_fingerprint(
+    kit_overrides: list[str], tmp_path: Path
+) -> None:
+    """Runs made before compile_vae and sdpa_kernel existed keep their shards."""
+    from diversynth.config import load_config
+    from diversynth.pipeline import settings_fingerprint
+    from diversynth.rundir import RunDir
+
+    def settings(*extra: str) -> tuple[dict, str]:
+        config = load_config(OFFLINE_CONFIG, [*kit_overrides, *extra])
+        section = config.section("generate")["generate"]
+        return section, settings_fingerprint("generate", config, RunDir(tmp_path))
+
+    section, before = settings()
+    assert "compile_vae" not in section and "sdpa_kernel" not in section
+    assert settings("generate.compile_vae=false", "generate.sdpa_kernel=auto")[1] == before
+    section, after = settings("generate.compile=true", "generate.compile_vae=true")
+    assert section["compile_vae"] is True and after != settings("generate.compile=true")[1]
+    section, after = settings("generate.sdpa_kernel=cudnn")
+    assert section["sdpa_kernel"] == "cudnn" and after != before
+
+
+def test_speed_settings_are_left_off_on_the_cpu(kit: dict[str, Path]) -> None:
+    """Like the other GPU settings: loaded on the CPU, the pipeline is left as it is."""
+    import numpy as np
+
+    from diversynth.config import GenerateConfig
+    from diversynth.vision.generator import TextToImage
+
+    def made(**speed: object) -> tuple[TextToImage, list]:
+        t2i = TextToImage.load(GenerateConfig(model=str(kit["stable-diffusion"]), device="cpu",
+                                              steps=2, height=32, width=32, **speed))  # fmt: skip
+        return t2i, [np.asarray(im) for im in t2i(["a cat", "a dog"], [1, 2])[0]]
+
+    t2i, images = made(compile=True, fuse_qkv=True, compile_vae=True, sdpa_kernel="math")
+    assert "forward" not in vars(t2i.pipe.unet) and "decode" not in vars(t2i.pipe.vae)
+    assert type(t2i.pipe.unet).__name__ == "UNet2DConditionModel"
+    assert all((a == b).all() for a, b in zip(images, made()[1], strict=True))
+
+
+def test_sdpa_kernel_is_traced_into_the_compiled_code(
+    kit: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU path run on the CPU, compiled by a backend that records the aten graph: the
+    decoder compiled with compile_vae runs the kernel sdpa_kernel puts first, even after a
+    decoder compiled under torch's own choice, whose graph dynamo would otherwise reuse."""
+    import torch
+    from diffusers import AutoPipelineForText2Image
+    from torch._dynamo.backends.common import aot_autograd
+    from torch.nn.attention import SDPBackend
+
+    from diversynth.config import GenerateConfig
+    from diversynth.vision import generator
+
+    kernels = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+               SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]  # fmt: skip
+    assert generator._sdpa_backends("cudnn") == kernels
+    # the CPU takes no priority order, only which kernels are on: math alone shows the choice
+    monkeypatch.setattr(generator, "_sdpa_backends", lambda name: [SDPBackend.MATH])
+    ops: list[set[str]] = []
+
+    def record(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        ops.append({str(node.target) for node in graph.graph.nodes})
+        return graph.forward
+
+    backend = aot_autograd(fw_compiler=record)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **settings: real_compile(fn, backend=backend))
+    model = str(kit["stable-diffusion"])
+    latents = torch.randn(1, 4, 4, 4)
+
+    def decoded(**speed: object) -> tuple[torch.Tensor, set[str]]:
+        pipe = AutoPipelineForText2Image.from_pretrained(model, use_safetensors=True)
+        config = GenerateConfig(model=model, compile=True, compile_vae=True, **speed)
+        generator._speed_up(pipe, config)
+        assert isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
+        assert ("forward" in vars(pipe.unet._orig_mod)) == ("sdpa_kernel" in speed)
+        with torch.inference_mode():
+            image = pipe.vae.decode(latents).sample
+        return image, ops.pop()  # a new graph: none when dynamo reused the last one
+
+    flash = "aten._scaled_dot_product_flash_attention_for_cpu.default"
+    image, graph = decoded()
+    assert flash in graph  # torch's own choice on the CPU
+    same, graph = decoded(sdpa_kernel="math")
+    assert flash not in graph and torch.allclose(image, same, atol=1e-5)

@@ -367,16 +367,39 @@ class GenerateConfig(Section):
     # default mode with the settings of diffusers' speed-up guide, 1x1 convolutions as
     # matrix products and no epilogue fusion, and inductor's deterministic mode, so that a
     # resumed run remakes a shard with the same pixels; a mode name: that mode, whose timed
-    # kernel picks may differ between processes). The first batches compile: about a minute
-    # for SD 1.5 on an H100
+    # kernel picks may differ between processes; reduce-overhead replays CUDA graphs and
+    # needs nothing more, as a pipeline reads each output before its next call overwrites
+    # it). The first batches compile: about a minute for SD 1.5 on an H100
     channels_last: bool = False
     fuse_qkv: bool = False
     compile: Compile = False
+    # also GPU only: the VAE decoder compiled too (its `decode`, which pipelines call), in
+    # compile's mode and settings: it needs `compile`, as a decode is 4% of an eager batch
+    # (SD 1.5 on an H100), worth compiling beside the denoiser, not alone
+    compile_vae: bool = Field(False, exclude_if=lambda v: not v)
+    # the attention kernel (torch.nn.attention.sdpa_kernel) the denoiser and VAE decoder try
+    # first, set inside their compiled code so that a compiled denoiser is traced with it;
+    # a call it cannot run (the VAE's 512-wide head is beyond flash and cuDNN) gets torch's
+    # next choice (flash, memory-efficient, math). auto: torch's own order, flash first, or
+    # cuDNN's fused attention first where recent torch prefers it (Hopper, Blackwell)
+    sdpa_kernel: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
+        "auto", exclude_if=lambda v: v == "auto"
+    )
 
     @model_validator(mode="after")
     def _threshold_needs_scores(self) -> GenerateConfig:
         if self.clip_threshold is not None and not self.clip_score:
             raise ValueError("generate.clip_threshold needs generate.clip_score: true")
+        return self
+
+    @model_validator(mode="after")
+    def _speed_settings(self) -> GenerateConfig:
+        if self.compile_vae and not self.compile:
+            raise ValueError("generate.compile_vae needs generate.compile (the VAE decoder "
+                             "is compiled in its mode)")  # fmt: skip
+        if self.sdpa_kernel in ("flash", "cudnn") and self.dtype == "float32":
+            raise ValueError(f"generate.sdpa_kernel: {self.sdpa_kernel} runs float16 and "
+                             "bfloat16 only (generate.dtype is float32)")  # fmt: skip
         return self
 
     @field_validator("height", "width")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,14 +53,44 @@ def check_model(config: GenerateConfig) -> PipelineTraits:
     return traits
 
 
+# generate.sdpa_kernel's names for torch's attention kernels (torch.nn.attention.SDPBackend)
+SDPA_KERNELS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+                "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}  # fmt: skip
+
+
+def _sdpa_backends(name: str) -> list[Any]:
+    """`generate.sdpa_kernel` as a priority list for torch.nn.attention.sdpa_kernel: the
+    chosen kernel, then torch's own order for the calls it cannot run."""
+    from torch.nn.attention import SDPBackend
+
+    order = (SDPA_KERNELS[name], "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+    return [getattr(SDPBackend, kernel) for kernel in dict.fromkeys(order)]
+
+
+def _under_sdpa(fn: Callable[..., Any], backends: list[Any]) -> Callable[..., Any]:
+    """`fn` run under the attention kernels `backends`. Wrapped before torch.compile, the
+    choice is traced into the compiled code; set around a compiled call, it would not be
+    seen: dynamo does not guard on it, and reuses a graph that another instance traced
+    under other kernels."""
+    from torch.nn.attention import sdpa_kernel
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with sdpa_kernel(backends, set_priority=True):
+            return fn(*args, **kwargs)
+
+    return run
+
+
 def _speed_up(pipe: Any, config: GenerateConfig) -> None:
     """The GPU settings of diffusers' own speed-up guide, each one optional. cudnn.benchmark
     stays off: its timed algorithm picks can differ from one process to the next, and with
     them the pixels of a shard remade after a resume."""
     name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
     denoiser = getattr(pipe, name, None)
+    vae = getattr(pipe, "vae", None)
     if config.channels_last:
-        for module in (denoiser, getattr(pipe, "vae", None)):
+        for module in (denoiser, vae):
             if module is not None:
                 module.to(memory_format=torch.channels_last)
     if config.fuse_qkv:
@@ -67,19 +99,29 @@ def _speed_up(pipe: Any, config: GenerateConfig) -> None:
                 f"generate.fuse_qkv: {type(pipe).__name__} cannot fuse its projections"
             )
         pipe.fuse_qkv_projections()
-    if config.compile and denoiser is not None:
+    if config.sdpa_kernel != "auto":
+        backends = _sdpa_backends(config.sdpa_kernel)
+        if denoiser is not None:
+            denoiser.forward = _under_sdpa(denoiser.forward, backends)
+        if vae is not None:
+            vae.decode = _under_sdpa(vae.decode, backends)
+    if config.compile:
         if config.compile is True:
-            options = {
+            settings: dict[str, Any] = {"options": {
                 # the inductor settings of diffusers' speed-up guide
                 "conv_1x1_as_mm": True,
                 "epilogue_fusion": False,
                 # no kernel picked by timing where the pick changes the sums: a shard
                 # remade in another process must get the same pixels
                 "deterministic": True,
-            }
-            setattr(pipe, name, torch.compile(denoiser, options=options))
+            }}  # fmt: skip
         else:  # torch.compile takes a mode or options, not both; timed picks allowed
-            setattr(pipe, name, torch.compile(denoiser, mode=config.compile))
+            settings = {"mode": config.compile}
+        if denoiser is not None:
+            setattr(pipe, name, torch.compile(denoiser, **settings))
+        if config.compile_vae and vae is not None:
+            # the method pipelines call, as diffusers' guide compiles it
+            vae.decode = torch.compile(vae.decode, **settings)
 
 
 @dataclass
