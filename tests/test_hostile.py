@@ -115,28 +115,45 @@ def test_a_pickled_checkpoint_for_evaluate_model_is_one_line(tmp_path: Path) -> 
     assert "model.pth" in line and "not a readable safetensors file" in line
 
 
+SETTINGS_REFUSED = [
+    ("train.model=resnet9999", "train.model: not a timm model name (got 'resnet9999')"),
+    ('prompts.templates=["a {place} with a {name}"]', "unknown field {place}"),
+    ('prompts.templates=["a { {name}"]', "not a template"),
+    ("train.lr=.inf", "train.lr: Input should be a finite number"),
+    ("generate.scheduler=NoSuchScheduler", "generate.scheduler: no diffusers scheduler"),
+    ("train.batch_size=1000000", "more than the 6000 real training images"),
+    ("generate.steps=[3", "--set 'generate.steps=[3': the value is not YAML"),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [
-        ("train.model=resnet9999", "train.model: not a timm model name (got 'resnet9999')"),
-        ('prompts.templates=["a {place} with a {name}"]', "unknown field {place}"),
-        ('prompts.templates=["a { {name}"]', "not a template"),
-        ("train.lr=.inf", "train.lr: Input should be a finite number"),
-        ("generate.scheduler=NoSuchScheduler", "generate.scheduler: no diffusers scheduler"),
-        ("train.batch_size=1000000", "more than the 6000 real training images"),
-        ("generate.steps=[3", "--set 'generate.steps=[3': the value is not YAML"),
-    ],
-)
 def test_settings_are_checked_before_any_stage_runs(
-    kit_overrides: list[str], tmp_path: Path, override: str, expected: str
+    kit_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    out = tmp_path / "run"
+    """Each refused setting is one `error:` line (exit 2, no traceback) before the run
+    directory exists. The command runs in this process (typer's runner: one import of
+    everything for all of them), the first also as the real command in a child process."""
+    from typer.testing import CliRunner
+
+    from diversynth.cli import app
+
+    monkeypatch.setenv("COLUMNS", "200")
     overrides = [o for o in kit_overrides if not o.startswith("data.train_limit")]
-    args = ["run", str(OFFLINE_CONFIG), "--out", str(out), *set_args([*overrides, override])]
-    line = one_error(cli(*args), 2)
-    assert expected in line
-    assert not out.exists()  # refused before the run directory was made
+    for k, (override, expected) in enumerate(SETTINGS_REFUSED):
+        out = tmp_path / f"run{k}"
+        args = ["run", str(OFFLINE_CONFIG), "--out", str(out), *set_args([*overrides, override])]
+        if k == 0:
+            line = one_error(cli(*args), 2)
+        else:
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 2, (override, result.output)
+            assert isinstance(result.exception, SystemExit)  # the command's exit, no crash
+            assert "Traceback" not in result.output
+            errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1, (override, result.output)
+            line = errors[0]
+        assert expected in line, (override, line)
+        assert not out.exists()  # refused before the run directory was made
 
 
 def test_a_class_file_that_does_not_parse_names_the_file_and_position(tmp_path: Path) -> None:
