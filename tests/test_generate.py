@@ -353,6 +353,7 @@ def test_speed_settings_are_left_off_on_the_cpu(kit: dict[str, Path]) -> None:
     assert all((a == b).all() for a, b in zip(images, made()[1], strict=True))
 
 
+@pytest.mark.slow  # two compilations
 def test_sdpa_kernel_is_traced_into_the_compiled_code(
     kit: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -400,6 +400,7 @@ def test_low_data_config_plans_its_budget() -> None:
     assert class_budgets(config.prompts, class_counts(chosen.labels, 10), 10) == [40] * 10
 
 
+@pytest.mark.slow  # the command line in a child process
 def test_a_budget_of_nothing_stops_the_run_before_any_work(tmp_path: Path) -> None:
     from conftest import cli
 
