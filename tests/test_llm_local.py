@@ -138,7 +138,7 @@ def test_prompts_through_the_real_llamacpp_server(
     out = tmp_path / "run"
     overrides = [*kit_overrides, "llm.backend=openai", "llm.model=smollm2",
                  f"llm.base_url={llama_server.base_url}", "llm.json_mode=json_object",
-                 "classes.names=[Sneaker, Bag]"]  # fmt: skip
+                 "classes.names=[Sneaker, Bag]", "llm.max_tokens=120"]  # fmt: skip
     args = ["run", str(OFFLINE_CONFIG), "--out", str(out), "--stages", "classes,prompts"]
     result = cli(*args, *set_args(overrides))
     assert result.returncode == 0, result.stderr
