@@ -46,12 +46,8 @@ from diversynth.artifacts.shards import ShardWriter, encode_jpeg  # noqa: E402
 from diversynth.config import TrainConfig  # noqa: E402
 from diversynth.train import aux_bn, aux_bn_kernel  # noqa: E402
 from diversynth.train.aux_bn import AuxBatchNorm, convert_aux_bn, real_first  # noqa: E402
-from diversynth.train.data import SeededSamples, train_transform  # noqa: E402
-from diversynth.train.device_augment import (  # noqa: E402
-    DeviceAugment,
-    EncodedSamples,
-    collate_encoded,
-)
+from diversynth.train.data import train_transform  # noqa: E402
+from diversynth.train.device_augment import loader_parts  # noqa: E402
 from diversynth.train.sampling import MixedBatches  # noqa: E402
 from diversynth.train.synthetic import ShardImages  # noqa: E402
 
@@ -189,11 +185,7 @@ def loader_batches(folder: Path, rows: list[dict], args, device: torch.device, d
     table = pa.Table.from_pylist(rows)
     half = ShardImages(folder, table[: len(rows) // 2], transform)  # stands in for real
     synthetic = ShardImages(folder, table[len(rows) // 2 :], transform)
-    samples, collate, on_device = SeededSamples(half, synthetic), None, None
-    if decode_on == "device":
-        samples = SeededSamples(EncodedSamples(half, cfg.augment),
-                                EncodedSamples(synthetic, cfg.augment))  # fmt: skip
-        collate, on_device = collate_encoded, DeviceAugment(cfg, device)
+    samples, collate, on_device = loader_parts(half, synthetic, cfg, device)
     sampler = MixedBatches(
         len(half), len(synthetic), args.batch // 2, args.batch // 2, seed=0, epochs=1000
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -29,7 +30,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from diversynth.config import AugmentConfig, TrainConfig
-from diversynth.train.data import model_preprocessing
+from diversynth.train.data import SeededSamples, model_preprocessing
 
 
 class EncodedImage(NamedTuple):
@@ -161,3 +162,16 @@ class DeviceAugment:
                                     DeprecationWarning)  # fmt: skip
             decoded = decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=self.decode_device)
         return [image.to(self.device, non_blocking=True) for image in decoded]
+
+
+def loader_parts(real: Dataset, synthetic: Dataset | None, cfg: TrainConfig,
+                 device: torch.device) -> tuple[SeededSamples, Callable | None,
+                                                DeviceAugment | None]:  # fmt: skip
+    """What a training DataLoader reads, its collate_fn (None: the default) and what turns
+    its batches into the model's input on the device (None: the batches are that already),
+    as `train.decode_on` says."""
+    if cfg.decode_on != "device":
+        return SeededSamples(real, synthetic), None, None
+    encoded = None if synthetic is None else EncodedSamples(synthetic, cfg.augment)
+    samples = SeededSamples(EncodedSamples(real, cfg.augment), encoded)
+    return samples, collate_encoded, DeviceAugment(cfg, device)

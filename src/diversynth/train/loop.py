@@ -39,12 +39,11 @@ from diversynth.train import distributed
 from diversynth.train.aux_bn import has_aux_bn, real_first
 from diversynth.train.checkpoint import Resume, load_state, read_resume, save_state
 from diversynth.train.data import (
-    SeededSamples,
     eval_transform,
     model_preprocessing,
     train_transform,
 )
-from diversynth.train.device_augment import DeviceAugment, EncodedSamples, collate_encoded
+from diversynth.train.device_augment import DeviceAugment, loader_parts
 from diversynth.train.evaluate import topk_accuracy
 from diversynth.train.mixing import DomainMixup
 from diversynth.train.model import (
@@ -295,11 +294,7 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
                    autocast, ranks, resume, state_path, total_steps, mixup,
                    data.batches.per_epoch // cfg.accumulate, validation,
                    run.train_dir / "best.safetensors", meta)  # fmt: skip
-    samples, collate = SeededSamples(data.real, data.synthetic), None
-    if cfg.decode_on == "device":  # the workers read the files; the device decodes
-        synthetic = None if data.synthetic is None else EncodedSamples(data.synthetic, cfg.augment)
-        samples = SeededSamples(EncodedSamples(data.real, cfg.augment), synthetic)
-        collate, steps.on_device = collate_encoded, DeviceAugment(cfg, device)
+    samples, collate, steps.on_device = loader_parts(data.real, data.synthetic, cfg, device)
     loader = DataLoader(
         samples,
         batch_sampler=replace(
