@@ -69,6 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -755,11 +756,17 @@ def resume_child(job: Path) -> None:
     spec = json.loads(job.read_text())
     config, run = RunConfig.model_validate(spec["config"]), RunDir(spec["run"])
     text_to_image_classes()  # every pipeline module, imported once for both processes
+    # a CUDA context made before the fork (an import that asks the device's capability, say)
+    # cannot be used in the child: say so rather than leave the child's failure silent
+    cuda_before_fork = torch.cuda.is_initialized()
     pid = os.fork()
-    if pid == 0:  # killed by its own hand, or exits 3
+    if pid == 0:  # killed by its own hand, or exits 3 with its traceback printed
         try:
             _die_in_second_shard()
             run_generate(config, run, "resume-check")
+        except BaseException:  # noqa: BLE001 - the child's only way to tell why it was not killed
+            traceback.print_exc()
+            sys.stderr.flush()
         finally:
             os._exit(3)
     _, status = os.waitpid(pid, 0)
@@ -770,6 +777,7 @@ def resume_child(job: Path) -> None:
     summary = run_generate(config, run, "resume-check")
     Path(spec["report"]).write_text(json.dumps({
         "killed_mid_shard": killed and mid, "shards_remade_on_resume": summary["shards_generated"],
+        "cuda_initialised_before_fork": cuda_before_fork,
     }))  # fmt: skip
 
 
