@@ -26,7 +26,7 @@ from pydantic import (
 
 from diversynth.errors import UsageError
 from diversynth.recipes import RECIPES, with_recipe
-from diversynth.safe_weights import check_local_weights
+from diversynth.safe_weights import check_local_weights, check_pipeline_folder
 
 # A hub id is "name" or "org/name"; anything else that does not exist on disk is an error.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -60,6 +60,14 @@ def _model_ref(value: str, also: tuple[str, ...] = ()) -> str:
     return value
 
 
+def _pipeline_ref(value: str) -> str:
+    """A diffusers pipeline: a hub id, or a local folder whose every component loads."""
+    ref = _model_ref(value)
+    if Path(ref).is_dir():
+        check_pipeline_folder(ref)
+    return ref
+
+
 def _clip_ref(value: str) -> str:
     """An open_clip model: `local-dir:PATH`, `hf-hub:ORG/NAME`, or a built-in name."""
     if value.startswith("local-dir:"):
@@ -75,6 +83,7 @@ def _clip_ref(value: str) -> str:
 
 ExistingPath = Annotated[Path, AfterValidator(_resolve_path)]
 ModelRef = Annotated[str, AfterValidator(_model_ref)]
+PipelineRef = Annotated[str, AfterValidator(_pipeline_ref)]
 ClipRef = Annotated[str, AfterValidator(_clip_ref)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Dtype = Literal["float32", "float16", "bfloat16"]
@@ -268,8 +277,11 @@ class LLMConfig(Section):
     base_url: str | None = None  # openai: the server, e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = None  # openai: the environment variable that holds the key
     max_in_flight: PositiveInt = 4
-    timeout: float = Field(60.0, gt=0)
-    max_retries: int = Field(3, ge=0)
+    timeout: float = Field(60.0, gt=0, le=3600)  # seconds between two reads of an answer
+    # seconds for a whole request, retries included: a server that sends a byte now and
+    # then never exceeds `timeout`, and is stopped by this
+    deadline: float = Field(300.0, gt=0, le=86400)
+    max_retries: int = Field(3, ge=0, le=20)
     temperature: float = Field(0.7, ge=0)
     max_tokens: PositiveInt = 256
     json_mode: Literal["json_schema", "json_object", "off"] = "json_schema"
@@ -325,7 +337,7 @@ class RayConfig(Section):
 class GenerateConfig(Section):
     engine: Literal["local", "ray"] = "local"
     ray: RayConfig = Field(default_factory=RayConfig)
-    model: ModelRef
+    model: PipelineRef
     dtype: Dtype = "float16"
     device: Device = "auto"
     scheduler: str | None = None
@@ -456,6 +468,10 @@ class RealDataConfig(Section):
     train_limit: PositiveInt | None = None
     test_limit: PositiveInt | None = None
     subset: SubsetConfig | None = None
+    # images that cannot be decoded (truncated, not an image): stop naming the first
+    # (false), or leave them out of every split, counted (true; `diversynth verify --data`
+    # lists them without running anything)
+    skip_unreadable: bool = Field(False, exclude_if=lambda v: not v)
 
 
 AUTO_AUGMENT = re.compile(r"^(rand|augmix|original|originalr|v0|v0r|3a)(-[\w.]+)*$")

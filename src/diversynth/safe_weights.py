@@ -62,6 +62,10 @@ def check_local_weights(setting: str, path: str | Path, also: tuple[str, ...] = 
             )
 
 
+def check_pipeline_folder(path: str | Path) -> None:
+    """Refuse a local diffusers pipeline folder that cannot load: (to be filled in)."""
+
+
 @contextlib.contextmanager
 def refusing_pickles(setting: str) -> Iterator[None]:
     """Within the block, a library reaching for `torch.load` gets UnsafeWeightsError
