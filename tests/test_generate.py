@@ -43,17 +43,25 @@ def test_plan_is_fixed_by_prompt_ranges() -> None:
     assert image_key(12, 1) == "p00000012_i001"
 
 
-def test_leftovers_are_removed(tmp_path: Path) -> None:
+def test_leftovers_are_removed_and_files_no_plan_names_are_kept(tmp_path: Path) -> None:
+    """Temp files, unfinished shards and shards of an earlier, larger plan go; a file that
+    no plan of the run named (the user's, or one of another tool) stays, whatever its
+    name looks like."""
     names = ["000000.tar", "000000.json", "000000.rows.parquet", "000001.tar",
-             "000001.rows.parquet", "000002.tar.tmp", ".000003.json.abc.tmp"]  # fmt: skip
-    names += ["000009.tar", "000009.json", "plan.json", "notes.txt"]
-    for name in names:
+             "000001.rows.parquet", "000002.tar.0123456789ab.tmp", ".000003.json.k2_x9.tmp",
+             ".plan.json.abc123.tmp"]  # fmt: skip
+    names += ["000009.tar", "000009.json", "plan.json"]  # 000009: named by the plan before
+    foreign = ["notes.txt", "backup.tar", "catalog.json", "000042.tar", "x.tmp", "000002.tar.tmp"]
+    for name in names + foreign:
         (tmp_path / name).write_text("x")
-    removed = clean_leftovers(tmp_path, planned={"000000", "000001", "000002", "000003"})
-    assert removed == 6
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "000000.json", "000000.rows.parquet", "000000.tar", "notes.txt", "plan.json",
-    ]  # fmt: skip
+    known = {f"{i:06d}" for i in range(10)}
+    found = clean_leftovers(tmp_path, planned={"000000", "000001", "000002", "000003"},
+                            known=known)  # fmt: skip
+    assert found.removed == 7
+    assert found.foreign == sorted(foreign)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["000000.json", "000000.rows.parquet", "000000.tar", "plan.json", *foreign]
+    )
 
 
 @pytest.mark.slow

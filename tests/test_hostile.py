@@ -274,8 +274,8 @@ def test_a_plan_that_cannot_fit_the_disk_is_refused_before_any_image(
 
     monkeypatch.setattr(stage.shutil, "disk_usage", free(100_000))
     with pytest.raises(stage.GenerateError, match=r"generate: 100 images to make need about "
-                       r"\d+\.\d KB \(\d\.\d KB an image, estimated on a test image\); the "
-                       r"disk of .* has 100\.0 KB free"):  # fmt: skip
+                       r"\d+\.\d KB \(\d\.\d KB an image and \d+\.\d KB a shard, estimated "
+                       r"on a test image\); the disk of .* has 100\.0 KB free"):  # fmt: skip
         run_stages(config, RunDir(run), stages=["generate"])
     assert not list((run / "shards").glob("*.tar"))
     # the first two shards made: what is left is measured on them
@@ -290,3 +290,322 @@ def test_a_plan_that_cannot_fit_the_disk_is_refused_before_any_image(
     monkeypatch.setattr(stage.shutil, "disk_usage", free(int(measured * (100 - made - 5))))
     with pytest.raises(stage.GenerateError, match=rf"{100 - made} images to make .* measured on 2"):
         run_stages(config, RunDir(run), stages=["generate"])
+
+
+# --------------------------------------------------------------------------- round two
+
+
+def invoke(*args: str) -> tuple[int, list[str], str]:
+    """A command run in this process (typer's runner): exit code, its `error:` lines, and
+    all it printed. A crash would be an exception other than SystemExit."""
+    from typer.testing import CliRunner
+
+    from diversynth.cli import app
+
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    return result.exit_code, errors, result.output
+
+
+def one_line(code: int, *args: str) -> str:
+    """The one `error:` line of a command run in this process that exits with `code`."""
+    exit_code, errors, output = invoke(*args)
+    assert exit_code == code and len(errors) == 1, output[-3000:]
+    assert len(errors[0]) < 1000  # a value is shown cut, never whole
+    return errors[0]
+
+
+def _planted(folder: Path, files: dict[str, str]) -> dict[str, bytes]:
+    """User files written under `folder`; their bytes, to compare after."""
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return {name: (folder / name).read_bytes() for name in files}
+
+
+def _unchanged(folder: Path, planted: dict[str, bytes]) -> bool:
+    return all((folder / name).read_bytes() == data for name, data in planted.items())
+
+
+USER_FILES = {"backup.tar": "my only copy\n", "catalog.json": '{"mine": true}\n'}
+
+
+def test_a_run_folder_that_links_out_of_the_run_is_refused_and_the_target_untouched(
+    kit_overrides: list[str], tmp_path: Path
+) -> None:
+    """RUN/shards as a link to a folder of the user's: the run would write there and
+    remove what it did not plan. Refused before any stage, naming the link."""
+    user = tmp_path / "data"
+    user.mkdir()
+    planted = _planted(user, USER_FILES)
+    out = tmp_path / "run"
+    RunDir(out).claim()
+    (out / "shards").symlink_to(user)
+    args = ["run", str(OFFLINE_CONFIG), "--out", str(out), *set_args(kit_overrides)]
+    line = one_line(2, *args, "--stages", "generate")
+    assert "shards' is a symbolic link to" in line and "outside the run directory" in line
+    assert _unchanged(user, planted)
+    assert sorted(p.name for p in user.iterdir()) == sorted(USER_FILES)
+    assert not (out / "config.yaml").exists()  # nothing of the run written either
+    # a link that stays inside the run is the user's business
+    (out / "shards").unlink()
+    (out / "elsewhere").mkdir()
+    (out / "shards").symlink_to(out / "elsewhere")
+    RunDir(out).check_confined()
+
+
+def test_writing_where_the_user_named_a_file_that_exists_needs_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """import-weights and evaluate-model --json never replace a file that is there (a
+    config named by mistake became a 19 MB checkpoint) unless --force."""
+    planted = _planted(tmp_path, {"existing.yaml": "name: keep me\n", "eval.json": "{}\n",
+                                  "model.safetensors": "not yet\n"})  # fmt: skip
+    line = one_line(2, "import-weights", "efficientnet-lite0", str(tmp_path / "existing.yaml"))
+    assert "existing.yaml' does not end in .safetensors" in line
+    line = one_line(2, "import-weights", "efficientnet-lite0", str(tmp_path / "model.safetensors"))
+    assert "model.safetensors' exists; give a new file, or --force to replace it" in line
+    line = one_line(2, "import-weights", "efficientnet-lite0", str(tmp_path))
+    assert "is a folder" in line
+    line = one_line(2, "evaluate-model", str(OFFLINE_CONFIG), "--model", "resnet18",
+                    "--json", str(tmp_path / "eval.json"))  # fmt: skip
+    assert "eval.json' exists" in line
+    assert _unchanged(tmp_path, planted)
+    # --force replaces it, through the importer's own writer
+    from diversynth.train import import_weights
+
+    made = []
+    monkeypatch.setitem(import_weights.IMPORTERS, "efficientnet-lite0",
+                        lambda out: made.append(out) or {"model": "m"})  # fmt: skip
+    code, errors, _ = invoke("import-weights", "efficientnet-lite0",
+                             str(tmp_path / "model.safetensors"), "--force")  # fmt: skip
+    assert code == 0 and not errors and made == [tmp_path / "model.safetensors"]
+
+
+def _bomb(depth: int, under: str) -> str:
+    """A billion-laughs YAML: nine aliases of nine aliases ... of a nine-item list."""
+    lines = ['b0: &b0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, depth + 1):
+        lines.append(f"b{level}: &b{level} [" + ", ".join([f"*b{level - 1}"] * 9) + "]")
+    return "\n".join(lines) + f"\n{under}\n"
+
+
+def test_yaml_alias_bombs_and_files_that_are_not_files_are_one_line_at_once(
+    tmp_path: Path,
+) -> None:
+    """Each in well under a second: the YAML is measured before anything is built from it,
+    and a file is read only when it is a regular file below its bound."""
+    import os
+    import time
+
+    base = OFFLINE_CONFIG.read_text()
+    cases = {
+        "unknown key": _bomb(9, "x: *b9") + base,
+        "class names": _bomb(9, "") + base.replace("classes:\n", "classes:\n  names: *b9\n", 1),
+    }
+    for what, text in cases.items():
+        path = tmp_path / f"{what.replace(' ', '_')}.yaml"
+        path.write_text(text)
+        start = time.perf_counter()
+        line = one_line(2, "plan", str(path))
+        assert time.perf_counter() - start < 5, what
+        assert "expands to more than 1,000,000 values" in line, (what, line)
+    line = one_line(2, "plan", str(OFFLINE_CONFIG), "--set", "x=[&a [1, *a]]")
+    assert "--set" in line and ("expands to more than" in line or "not valid YAML" in line)
+
+    fifo = tmp_path / "classes.txt"
+    os.mkfifo(fifo)  # no writer: opening it would wait for ever
+    zero = tmp_path / "zero.txt"
+    zero.symlink_to("/dev/zero")
+    for path, kind in ((fifo, "a FIFO"), (zero, "a character device")):
+        start = time.perf_counter()
+        line = one_line(2, "plan", str(OFFLINE_CONFIG), "--set", f"classes.file={path}",
+                        "--set", "classes.catalog=null")  # fmt: skip
+        assert line.startswith("error: classes.file:") and kind in line, line
+        line = one_line(2, "plan", str(path))
+        assert line.startswith("error: config:") and kind in line, line
+        assert time.perf_counter() - start < 5
+    line = one_line(2, "plan", str(tmp_path))
+    assert "is a folder, not a regular file" in line
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * (9 << 20))
+    assert "above the bound of 8 MB" in one_line(2, "plan", str(big))
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("prompts.per_class=1000000000", "prompts.per_class: Input should be less than or equal"),
+        ("prompts.per_class=5000000", "make 50,000,000 prompts, above the bound of 20,000,000 "
+         "(the environment variable DIVERSYNTH_MAX_IMAGES raises it)"),
+        ("generate.height=40000", "generate.height: Input should be less than or equal to 4096"),
+        ("seed=18446744073709551621", "seed: Input should be less than 9223372036854775808"),
+        ("seed=-1", "seed: Input should be greater than or equal to 0"),
+        ("llm.max_tokens=100000000", "llm.max_tokens: Input should be less than or equal"),
+    ],
+)
+def test_sizes_counts_and_seeds_are_bounded_when_read(override: str, expected: str) -> None:
+    """Refused by `plan` before it builds anything (it took 4 GB in 8 s for 10**9 prompts
+    a class), with the bound in the line."""
+    assert expected in one_line(2, "plan", str(OFFLINE_CONFIG), "--set", override)
+
+
+def test_every_numeric_setting_has_an_upper_bound() -> None:
+    """The rule behind the cases above: no int or float setting without a maximum."""
+    import annotated_types
+    from pydantic import BaseModel
+
+    from diversynth import config
+
+    unbounded = []
+
+    def bounded(metadata: list[object]) -> bool:
+        return any(isinstance(m, annotated_types.Le | annotated_types.Lt) for m in metadata)
+
+    def visit(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            kinds = [field.annotation, *getattr(field.annotation, "__args__", ())]
+            subs = [k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)]
+            for sub in subs:
+                visit(sub, f"{prefix}{name}.")
+            numeric = [k for k in kinds if k in (int, float)]
+            if numeric and not bounded(field.metadata):
+                unbounded.append(prefix + name)
+
+    visit(config.RunConfig, "")
+    assert not unbounded
+
+
+def test_class_lists_long_names_and_names_equal_in_any_case_are_refused(tmp_path: Path) -> None:
+    from diversynth.classes.catalog import load_classes
+    from diversynth.classes.entry import ClassListError
+    from diversynth.config import ClassesConfig
+
+    with pytest.raises(ClassListError, match=r"classes.names\[1\]: a class name of 5,000 "
+                       r"characters, above the bound of 200") as err:  # fmt: skip
+        load_classes(ClassesConfig(names=["cat", "x" * 5000]))
+    assert len(str(err.value)) < 400
+    with pytest.raises(ClassListError, match=r"classes 0 \('Cat'\) and 2 \('cat'\) have the "
+                       "same name in any case"):  # fmt: skip
+        load_classes(ClassesConfig(names=["Cat", "dog", "cat"]))
+    listing = tmp_path / "classes.txt"
+    listing.write_text("Shirt\nshirt\n")
+    with pytest.raises(ClassListError, match="classes.file: classes 0"):
+        load_classes(ClassesConfig(file=listing))
+    # the same name with two wnids is two classes (ImageNet's two cranes)
+    cranes = [{"name": "crane", "wnid": "n02012849"}, {"name": "crane", "wnid": "n03126707"}]
+    assert len(load_classes(ClassesConfig(names=cranes))) == 2
+
+
+def test_messages_name_the_right_thing(tmp_path: Path) -> None:
+    """--stages that names nothing, and a run name rich would take for markup."""
+    line = one_line(2, "run", str(OFFLINE_CONFIG), "--out", str(tmp_path / "r"), "--stages", ",")
+    assert "--stages: no stage named (got ',')" in line
+    assert not (tmp_path / "r").exists()
+    code, errors, output = invoke("plan", str(OFFLINE_CONFIG), "--set", 'name="[/oops] [b]x"')
+    assert code == 0 and not errors and "plan: [/oops] [b]x" in output
+    from diversynth.progress import console
+
+    console.print("a class named [/oops]")  # printed as it stands, no MarkupError
+    code, errors, output = invoke("report", "--run", str(tmp_path), "--port", "70000")
+    assert code == 2 and "--port" in output and "65535" in output
+
+
+def test_generate_keeps_files_no_plan_named_and_plans_the_disk_at_small_shards(
+    finished_run: Path, kit_overrides: list[str], tmp_path: Path
+) -> None:
+    """Files in RUN/shards that no plan of the run named are left as they were (before,
+    every *.tar and *.json not planned was removed); the disk estimate counts each
+    shard's own bytes (it was about half the truth at 4 images a shard)."""
+    from conftest import copy_before_generate
+
+    from diversynth.config import load_config
+    from diversynth.generate import stage
+    from diversynth.pipeline import run_stages
+
+    run = copy_before_generate(finished_run, tmp_path / "run")
+    (run / "shards").mkdir()
+    planted = _planted(run / "shards", {**USER_FILES, "000777.tar": "not a shard\n"})
+    config = load_config(OFFLINE_CONFIG, [*kit_overrides, "generate.images_per_shard=4"])
+    todo = stage.planned_shards(config, RunDir(run))
+    per_image, _ = stage.bytes_per_image(config, RunDir(run), [])
+    estimate = sum(s.images for s in todo) * per_image + len(todo) * stage.SHARD_BYTES
+    run_stages(config, RunDir(run), stages=["generate"])
+    assert _unchanged(run / "shards", planted)
+    on_disk = sum(p.stat().st_size for p in (run / "shards").iterdir()
+                  if p.name[:6].isdigit() and p.name != "000777.tar")  # fmt: skip
+    assert 0.8 < estimate / on_disk < 1.5, (estimate, on_disk)
+    # a smaller plan removes the shards of the larger one, and still nothing of the user's
+    smaller = load_config(OFFLINE_CONFIG, [*kit_overrides, "generate.images_per_shard=50"])
+    run_stages(smaller, RunDir(run), stages=["generate"])
+    assert sorted(p.name for p in (run / "shards").glob("*.tar")) == [
+        "000000.tar", "000001.tar", "000777.tar", "backup.tar"]  # fmt: skip
+    assert _unchanged(run / "shards", planted)
+
+
+def test_a_report_goes_only_into_a_folder_of_reports_unless_forced(
+    run_copy: Path, tmp_path: Path
+) -> None:
+    """A folder with an index.html of the user's was taken for a report and its pages
+    overwritten; now only a folder a report was written to (its marker) is, and the serve
+    port is checked."""
+    import socket
+
+    site = tmp_path / "site"
+    site.mkdir()
+    planted = _planted(site, {"index.html": "<h1>my page</h1>\n",
+                              "classes/00000.html": "<p>mine</p>\n"})  # fmt: skip
+    line = one_line(2, "report", "--run", str(run_copy), "--out", str(site))
+    assert "holds files that are not a diversynth report (classes, index.html)" in line
+    assert "--force" in line and _unchanged(site, planted)
+    assert one_line(2, "report", "--run", str(run_copy), "--out", str(run_copy / "config.yaml"))
+    code, errors, _ = invoke("report", "--run", str(run_copy), "--out", str(site), "--force")
+    assert code == 0 and not errors and (site / ".diversynth-report").is_file()
+    assert not _unchanged(site, planted)  # forced: replaced, as asked
+    fresh = tmp_path / "fresh"
+    assert invoke("report", "--run", str(run_copy), "--out", str(fresh))[0] == 0
+    assert invoke("report", "--run", str(run_copy), "--out", str(fresh))[0] == 0  # its own
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        line = one_line(1, "report", "--run", str(run_copy), "--out", str(fresh), "--serve",
+                        "--port", port)  # fmt: skip
+    assert f"--port: cannot serve on 127.0.0.1:{port}: Address already in use" in line
+
+
+def test_a_full_disk_mid_run_says_the_work_is_kept(
+    run_copy: Path, kit_overrides: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from diversynth.report import stage
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(run_copy / "report" / "x"))
+
+    monkeypatch.setattr(stage, "run_report", full)
+    line = one_line(1, "run", str(OFFLINE_CONFIG), "--out", str(run_copy),
+                    *set_args(kit_overrides), "--force", "report")  # fmt: skip
+    assert f"the disk of {str(run_copy)!r} is full" in line and "run the same command" in line
+
+
+def test_a_run_on_a_read_only_disk_is_reported_elsewhere(run_copy: Path, tmp_path: Path) -> None:
+    """An archived run on a read-only mount: its lock file cannot be opened to write, which
+    stopped every report; `--out` elsewhere now works, and writing beside it says where."""
+    mount = tmp_path / "archive"
+    mount.mkdir()
+    made = subprocess.run(["mount", "--bind", "-o", "ro", str(run_copy), str(mount)],
+                          capture_output=True)  # fmt: skip
+    if made.returncode:  # a bind mount needs the privilege to mount; the checks need one
+        pytest.skip(f"cannot make a read-only mount here: {made.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=True)
+        code, errors, _ = invoke("report", "--run", str(mount), "--out", str(tmp_path / "site"))
+        assert code == 0 and not errors and (tmp_path / "site" / "index.html").is_file()
+        line = one_line(1, "report", "--run", str(mount))
+        assert "Read-only file system" in line and "--out DIR writes it elsewhere" in line
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

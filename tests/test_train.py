@@ -360,7 +360,7 @@ def test_bad_training_settings_fail_clearly(run_copy: Path, kit_overrides: list[
     with pytest.raises(ConfigError, match=r"train.recipe: unknown recipe; known: deit-small, "
                        r"resnet50-tv2 \(got 'resnet-101'\)"):  # fmt: skip
         load_config(OFFLINE_CONFIG, ["train.recipe=resnet-101"])
-    with pytest.raises(ConfigError, match=r"train.ema.decay: EMA decay must lie in \(0, 1\)"):
+    with pytest.raises(ConfigError, match=r"train.ema.decay: Input should be less than 1"):
         load_config(OFFLINE_CONFIG, ["train.ema.decay=1"])
     # before any stage runs (the model built on the meta device)
     with pytest.raises(ConfigError, match=r"train.aux_norm: layernorm, but the model has no "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -13,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from diversynth.config import ConfigError, RunConfig, load_config
-from diversynth.errors import DiversynthError
+from diversynth.errors import DiversynthError, shown
 from diversynth.pipeline import STAGE_NAMES, PipelineError, parse_stage_list, run_stages
 from diversynth.progress import console
 from diversynth.rundir import RunDir, write_json
@@ -49,6 +50,17 @@ def _fail(message: str, code: int = 2) -> None:
     for line in message.splitlines():
         console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _new_file(path: Path, what: str, force: bool, suffix: str = "") -> None:
+    """A file the command writes where the user said: never a folder, never a file that
+    is there unless `force` (a config named by mistake would become a checkpoint)."""
+    if path.is_dir():
+        _fail(f"{what}: {str(path)!r} is a folder; name the file to write")
+    if suffix and path.suffix != suffix:
+        _fail(f"{what}: {str(path)!r} does not end in {suffix}")
+    if (path.exists() or path.is_symlink()) and not force:
+        _fail(f"{what}: {str(path)!r} exists; give a new file, or --force to replace it")
 
 
 def _existing_run(path: Path) -> RunDir:
@@ -95,6 +107,10 @@ def _run(config: Path, out: Path, stages: list[str], force: list[str],
     except DiversynthError as exc:
         _fail(str(exc), exc.exit_code)
     except OSError as exc:  # disk full, permissions: the run directory keeps finished work
+        if exc.errno == errno.ENOSPC:
+            _fail(f"the disk of {str(out)!r} is full ({exc.filename or 'writing'}): the work "
+                  "finished so far is kept; free some space and run the same command again "
+                  "to go on", code=1)  # fmt: skip
         _fail(f"{exc.strerror or exc} ({exc.filename or out})", code=1)
     # anything else is a bug and keeps its traceback
 
@@ -250,7 +266,12 @@ def report(
         ),
     ] = None,
     serve: Annotated[bool, typer.Option(help="Serve the site on 127.0.0.1 afterwards.")] = False,
-    port: Annotated[int, typer.Option(help="Port for --serve (0: any free port).")] = 8000,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port for --serve (0: any free port).")
+    ] = 8000,
+    force: Annotated[
+        bool, typer.Option(help="Write into an --out folder that holds other files.")
+    ] = False,
 ) -> None:
     """Write the HTML report of a run (overview and class pages), or compare several runs.
 
@@ -258,15 +279,18 @@ def report(
     """
     from diversynth.config import ReportConfig
     from diversynth.report.facts import load_run
-    from diversynth.report.site import build_comparison, build_run_site
+    from diversynth.report.site import build_comparison, build_run_site, claim_site
 
     if len(runs) > 1 and out is None:
         _fail("--out: give a folder for the comparison of several runs")
     dirs = [_existing_run(run) for run in runs]
-    if out is not None and out.is_dir() and any(out.iterdir()):
-        if not (out / "index.html").is_file():
-            _fail(f"--out: {str(out)!r} holds files that are not a report; give a new or "
-                  "empty folder")  # fmt: skip
+    try:
+        if out is not None:
+            claim_site(out, "--out", force)
+        else:
+            dirs[0].check_confined()  # RUN/report/ is written
+    except DiversynthError as exc:
+        _fail(str(exc), exc.exit_code)
     try:
         with contextlib.ExitStack() as locks:  # no stage rewrites a run while it is read
             for run in dirs:
@@ -283,14 +307,20 @@ def report(
         _fail(str(exc), exc.exit_code)
         return
     except OSError as exc:  # a read-only or full disk
+        hint = "" if out is not None else "; --out DIR writes it elsewhere"
         _fail(f"report: cannot write the site: {exc.strerror or exc} "
-              f"({exc.filename or out or runs[0]})", code=1)  # fmt: skip
+              f"({exc.filename or out or runs[0]}){hint}", code=1)  # fmt: skip
         return
     console.print(f"report: {escape(str(site / 'index.html'))} ({escape(json.dumps(summary))})")
     if serve:
         from diversynth.report.serve import make_server
 
-        server = make_server(site, port)
+        try:
+            server = make_server(site, port)
+        except OSError as exc:  # taken by another program, or not ours to bind
+            _fail(f"--port: cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}; give "
+                  "another port, or --port 0 for any free one", code=1)  # fmt: skip
+            return
         console.print(f"serving on http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)")
         try:
             server.serve_forever()
@@ -310,6 +340,7 @@ def evaluate_model(
     pretrained: Annotated[bool, typer.Option(help="With --model: timm's weights.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
     set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Replace the --json file if it exists.")] = False,
 ) -> None:
     """Evaluate any checkpoint or timm model on the config's test split (if it has a data
     section) and its evaluate.sets.
@@ -328,6 +359,8 @@ def evaluate_model(
         _fail("nothing to evaluate on: give a data section or evaluate.sets")
     if checkpoint is not None and not checkpoint.is_file():
         _fail(f"--checkpoint: no file {str(checkpoint)!r}")
+    if json_out is not None:
+        _new_file(json_out, "--json", force)
     if model is not None:
         try:
             check_timm_name(model)
@@ -381,12 +414,14 @@ def make_tiny_models_cmd(
 def import_weights_cmd(
     name: Annotated[str, typer.Argument(help="Which weights: efficientnet-lite0.")],
     out: Annotated[Path, typer.Argument(help="The safetensors checkpoint to write.")],
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Convert real pretrained weights that install offline into a safetensors checkpoint."""
     from diversynth.train.import_weights import IMPORTERS
 
     if name not in IMPORTERS:
-        _fail(f"import-weights: unknown weights {name!r} (known: {', '.join(IMPORTERS)})")
+        _fail(f"import-weights: unknown weights {shown(name)} (known: {', '.join(IMPORTERS)})")
+    _new_file(out, "OUT", force, ".safetensors")
     try:
         meta = IMPORTERS[name](out)
     except DiversynthError as exc:

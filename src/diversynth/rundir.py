@@ -10,6 +10,7 @@ so a stage that reruns and produces the same bytes does not invalidate the rest.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -188,7 +189,42 @@ class RunDir:
                     f"--out: {str(self.root)!r} holds files that are not a diversynth run "
                     f"({shown}); give a new or empty folder, or an existing run directory"
                 )
+        self.check_confined()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+
+    def check_confined(self) -> None:
+        """Refuse a run whose folders lead out of it: a link such as RUN/shards -> /data
+        would have the run write, and remove its leftovers, in a folder of the user's."""
+        escape = self.outside_link()
+        if escape is not None:
+            link, target = escape
+            rel = link.relative_to(self.root)
+            raise RunDirError(
+                f"--out: {str(link)!r} is a symbolic link to {str(target)!r}, outside the run "
+                "directory: diversynth writes and removes files only inside the run. Put the "
+                f"whole run on that disk (--out a folder there), or replace the link "
+                f"{str(rel)!r} by a folder"
+            )
+
+    def outside_link(self) -> tuple[Path, Path] | None:
+        """The first link (and its target) inside the run that leads out of it, if any.
+        Links to files are followed by nothing that writes (files are replaced whole, not
+        written through), but one is refused all the same: a train/metrics.jsonl link would
+        be appended to."""
+        if not self.root.is_dir():
+            return None
+        root = self.root.resolve()
+        folders = [self.root]
+        while folders:  # scandir's entries know whether they are links: no stat each
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    if entry.is_symlink():
+                        target = Path(entry.path).resolve()
+                        if not target.is_relative_to(root):
+                            return Path(entry.path), target
+                    elif entry.is_dir():
+                        folders.append(Path(entry.path))
+        return None
 
     # artifacts (the layout the README shows)
     config = property(lambda self: self.root / "config.yaml")
@@ -211,8 +247,20 @@ class RunDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """One process at a time works in a run directory (the pipeline, a report build);
-        the OS drops the lock if the process dies."""
-        with (self.root / ".lock").open("a") as handle:
+        the OS drops the lock if the process dies. A run on a read-only disk or archive
+        (its lock file not writable) is locked through a read-only handle, or, with no lock
+        file at all, not locked: no process can change it there."""
+        path = self.root / ".lock"
+        try:
+            handle = path.open("a")
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            if not path.is_file():
+                yield
+                return
+            handle = path.open("r")  # flock takes a read-only descriptor too
+        with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -2,11 +2,12 @@
 (`NAME.rows.parquet`) and a small stats file.
 
 The tar is written under a temp name and renamed when whole; the rows follow, then the
-stats JSON, written atomically last, marks the shard done (as img2dataset does). Anything
-else found in the shard folder on restart (temp files, a tar without stats) is a leftover
-and removed. The rows are kept apart from the stats so that what asks for a shard's count,
-time or hash (`generate --status`, the report) reads a few hundred bytes, and the manifest
-is a concatenation of column files (runs made before keep their rows in the stats file).
+stats JSON, written atomically last, marks the shard done (as img2dataset does). On restart
+the shard files and temp files of shards a plan of the run named, when unfinished or no
+longer planned, are leftovers and removed; any other file is left as it is. The rows are
+kept apart from the stats so that what asks for a shard's count, time or hash (`generate
+--status`, the report) reads a few hundred bytes, and the manifest is a concatenation of
+column files (runs made before keep their rows in the stats file).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import io
 import json
 import math
 import os
+import re
 import tarfile
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,20 +59,40 @@ def remove_shard(folder: Path, name: str) -> None:
     rows_path(folder, name).unlink(missing_ok=True)
 
 
-def clean_leftovers(folder: Path, planned: set[str]) -> int:
-    """Remove temp files, unfinished shards and shards not in the plan; return the count."""
-    removed = 0
-    for path in folder.iterdir():
-        if not path.is_file() or path.name in (PLAN_FILE, INFO_FILE):
+# The files of shard NAME, and the temp files they are written under: ShardWriter's
+# NAME.tar.<12 hex>.tmp, rundir.atomic_open's .NAME.json.<random>.tmp (and the plan's)
+_SHARD_FILE = re.compile(r"^(\d{6})\.(tar|json|rows\.parquet)$")
+_SHARD_TEMP = re.compile(
+    r"^(\d{6})\.tar\.[0-9a-f]{12}\.tmp$|^\.(\d{6})\.(json|rows\.parquet)\.\w+\.tmp$"
+)
+_PLAN_TEMP = re.compile(rf"^\.({re.escape(PLAN_FILE)}|{re.escape(INFO_FILE)})\.\w+\.tmp$")
+
+
+@dataclass
+class Leftovers:
+    removed: int = 0  # temp files, unfinished shards, shards no longer planned
+    foreign: list[str] = field(default_factory=list)  # files no plan of the run names
+
+
+def clean_leftovers(folder: Path, planned: set[str], known: set[str]) -> Leftovers:
+    """Remove what the run provably wrote and no longer needs: temp files and unfinished
+    or unplanned shard files of the shards in `known` (those a plan of this run, the new
+    one or the one on disk, named). Other files are the user's: listed, never touched."""
+    found = Leftovers()
+    for entry in os.scandir(folder):
+        name = entry.name
+        if not entry.is_file(follow_symlinks=False) or name in (PLAN_FILE, INFO_FILE):
             continue
-        stem, _, ext = path.name.partition(".")
-        temp = path.name.endswith(".tmp")
-        mine = ext in ("tar", "json", ROWS_SUFFIX)
-        unfinished = mine and not (stem in planned and is_done(folder, stem))
-        if temp or unfinished:
-            path.unlink()
-            removed += 1
-    return removed
+        shard, temp = _SHARD_FILE.match(name), _SHARD_TEMP.match(name)
+        stem = (shard and shard[1]) or (temp and (temp[1] or temp[2]))
+        ours = stem in known if stem else bool(_PLAN_TEMP.match(name))
+        if not ours:
+            found.foreign.append(name)
+        elif temp or not stem or not (stem in planned and is_done(folder, stem)):
+            os.unlink(entry.path)
+            found.removed += 1
+    found.foreign.sort()
+    return found
 
 
 def encode_jpeg(image: Image.Image, quality: int, store_size: int | None) -> bytes:

@@ -5,29 +5,63 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import unicodedata
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from diversynth.bounded_yaml import load_yaml
 from diversynth.classes.entry import ClassEntry, ClassListError
 from diversynth.classes.imagenet import imagenet_catalog, wordnet_entry
 from diversynth.classes.wordnet import WNID
+from diversynth.config import MAX_CLASSES
+from diversynth.errors import shown
+from diversynth.userfiles import LIST_BYTES, read_user_text
+
+# Characters of a class name: prompts put it beside contexts within a text encoder's 77
+# tokens (about 300 characters), so a longer one is a description given as a name
+MAX_NAME_CHARS = 200
+MAX_DESCRIPTION_CHARS = 2000
 
 
 def _clean(name: object, where: str) -> str:
     if not isinstance(name, str):
-        raise ClassListError(f"{where}: class name must be text, got {name!r}")
+        raise ClassListError(f"{where}: class name must be text, got {shown(name)}")
+    if len(name) > MAX_NAME_CHARS * 4:  # before any work on it: spaces are folded below
+        raise ClassListError(f"{where}: a class name of {len(name):,} characters, above the "
+                             f"bound of {MAX_NAME_CHARS} (got {shown(name, 60)})")  # fmt: skip
     text = unicodedata.normalize("NFC", " ".join(name.split()))
     if not text:
         raise ClassListError(f"{where}: class name is empty")
+    if len(text) > MAX_NAME_CHARS:
+        raise ClassListError(f"{where}: a class name of {len(text):,} characters, above the "
+                             f"bound of {MAX_NAME_CHARS} (got {shown(text, 60)}); put the rest "
+                             "in its description")  # fmt: skip
     if any(unicodedata.category(ch).startswith("C") for ch in text):
-        raise ClassListError(f"{where}: class name has control characters: {name!r}")
+        raise ClassListError(f"{where}: class name has control characters: {shown(name)}")
     return text
 
 
+def _distinct(entries: list[ClassEntry], where: str) -> None:
+    """Refuse two classes whose names differ only in case and spacing, unless their wnids
+    tell them apart: real images are matched to a class by its name (a folder named `Cat`
+    serves a class `cat`), so both would be given the same images."""
+    seen: dict[str, ClassEntry] = {}
+    for entry in entries:
+        key = entry.raw_name.casefold()
+        other = seen.setdefault(key, entry)
+        if other is not entry and not (other.wnid and entry.wnid and other.wnid != entry.wnid):
+            raise ClassListError(
+                f"{where}: classes {other.index} ({other.raw_name!r}) and {entry.index} "
+                f"({entry.raw_name!r}) have the same name in any case, so real images could "
+                "not be told apart: rename one, or give each its wnid"
+            )
+
+
 def _from_items(items: list[object], where: str) -> list[ClassEntry]:
+    if len(items) > MAX_CLASSES:
+        raise ClassListError(f"{where}: {len(items):,} classes, above the bound of "
+                             f"{MAX_CLASSES:,}")  # fmt: skip
     entries = []
     for i, item in enumerate(items):
         description = None
@@ -41,7 +75,11 @@ def _from_items(items: list[object], where: str) -> list[ClassEntry]:
         else:
             wnid = None
         if description is not None and not isinstance(description, str):
-            raise ClassListError(f"{where}[{i}].description: must be text, got {description!r}")
+            raise ClassListError(f"{where}[{i}].description: must be text, got "
+                                 f"{shown(description)}")  # fmt: skip
+        if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
+            raise ClassListError(f"{where}[{i}].description: {len(description):,} characters, "
+                                 f"above the bound of {MAX_DESCRIPTION_CHARS}")  # fmt: skip
         name = _clean(item, f"{where}[{i}]")
         if wnid is not None:
             entries.append(wordnet_entry(i, str(wnid), name, description, f"{where}[{i}].wnid"))
@@ -49,17 +87,13 @@ def _from_items(items: list[object], where: str) -> list[ClassEntry]:
             entries.append(ClassEntry(i, name, None, description))
     if not entries:
         raise ClassListError(f"{where}: the class list is empty")
+    _distinct(entries, where)
     return entries
 
 
 def _read_file(path: Path) -> list[object]:
     suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ClassListError(
-            f"classes.file: {path} is not UTF-8 text (byte {exc.start}: {exc.reason})"
-        ) from None
+    text = read_user_text(path, "classes.file", LIST_BYTES)
     if suffix == ".txt":
         return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if suffix == ".csv":
@@ -68,13 +102,13 @@ def _read_file(path: Path) -> list[object]:
             rows = rows[1:]
         return [{"name": r[0], "description": r[1]} if len(r) > 1 else r[0] for r in rows]
     if suffix in (".json", ".yaml", ".yml"):
-        try:
-            data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as exc:  # both name the line and column
-            where = str(exc).replace("\n", " ")
-            raise ClassListError(
-                f"classes.file: {path} is not valid {suffix[1:]}: {where}"
-            ) from None
+        if suffix == ".json":
+            try:
+                data = json.loads(text)
+            except ValueError as exc:  # names the line and column
+                raise ClassListError(f"classes.file: {path} is not valid json: {exc}") from None
+        else:
+            data = load_yaml(text, f"classes.file: {path}")
         if isinstance(data, dict) and "classes" in data:
             data = data["classes"]
         if not isinstance(data, list):
@@ -88,15 +122,20 @@ def _from_folder(root: Path) -> list[ClassEntry]:
     sorted by name; a folder named by a wnid becomes that WordNet class."""
 
     base = root / "train" if (root / "train").is_dir() else root
-    folders = sorted(entry.name for entry in base.iterdir() if entry.is_dir())
+    folders = sorted(entry.name for entry in os.scandir(base) if entry.is_dir())
     if not folders:
         raise ClassListError(f"classes.folder: no class folders in {str(base)!r}")
-    return [
-        wordnet_entry(i, name, where=f"classes.folder ({name!r})")
+    if len(folders) > MAX_CLASSES:
+        raise ClassListError(f"classes.folder: {len(folders):,} class folders in "
+                             f"{str(base)!r}, above the bound of {MAX_CLASSES:,}")  # fmt: skip
+    entries = [
+        wordnet_entry(i, name, where=f"classes.folder ({shown(name, 60)})")
         if WNID.match(name)
-        else ClassEntry(i, _clean(name, f"classes.folder ({name!r})"))
+        else ClassEntry(i, _clean(name, f"classes.folder ({shown(name, 60)})"))
         for i, name in enumerate(folders)
     ]
+    _distinct(entries, "classes.folder")
+    return entries
 
 
 def load_classes(config: Any) -> list[ClassEntry]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from PIL import Image
+from rich.markup import escape
 
 from diversynth.artifacts.manifest import image_flags, write_manifest
 from diversynth.artifacts.records import PromptRecord, read_classes, read_prompts
@@ -88,6 +89,18 @@ def _read_plan(run: RunDir, done: set[str]) -> dict[str, Any] | None:
     return {"inputs": inputs} if inputs else None
 
 
+def _named(plan: dict[str, Any] | None) -> int:
+    """How many shard names (000000 on) a plan of this run has ever named: its files are
+    the run's own, whatever the current plan (kept across plans, so that a run killed
+    between writing a smaller plan and removing the shards it dropped removes them next
+    time)."""
+    if not plan:
+        return 0
+    names = [*(s.get("index", -1) + 1 for s in plan.get("shards", [])),
+             *(int(name) + 1 for name in plan.get("inputs", {}) if name.isdigit())]  # fmt: skip
+    return max(int(plan.get("named", 0)), *names, 0)
+
+
 def recorded_tar_sha(run: RunDir, rel: str) -> str | None:
     """The sha256 a shard's stats file holds for its tar (None for other files)."""
     path = run.root / rel
@@ -133,9 +146,15 @@ def _prepare_folder(run: RunDir, old: dict[str, Any] | None, plan: dict[str, Any
             remove_shard(run.shards, name)
         console.print(f"  generate: discarded {len(stale)} shard(s) made for other settings "
                       "or prompts")  # fmt: skip
-    removed = clean_leftovers(run.shards, {s.name for s in shards})
+    known = {f"{i:06d}" for i in range(plan["named"])}
+    leftovers = clean_leftovers(run.shards, {s.name for s in shards}, known)
+    removed = leftovers.removed
     if removed:
         console.print(f"  generate: removed {removed} unfinished file(s) from an earlier run")
+    if leftovers.foreign:
+        shown = ", ".join(leftovers.foreign[:5]) + (", ..." if len(leftovers.foreign) > 5 else "")
+        console.print(f"  generate: {len(leftovers.foreign)} file(s) in shards/ that no plan of "
+                      f"this run names, left as they are: {escape(shown)}")  # fmt: skip
     if stale or removed:  # both describe the shards that were there: rebuilt at the end
         run.manifest.unlink(missing_ok=True)
         run.shard_info.unlink(missing_ok=True)
@@ -186,6 +205,7 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     # 2. which finished shards are kept, and what is left to make
     done = {s.name for s in shards if is_done(run.shards, s.name)}
     old = _read_plan(run, done)
+    plan["named"] = max(len(shards), _named(old))
     keep = set() if forced else _unchanged(old, plan)
     _record_made_with(config, plan, old, len(keep & done), allow_version_change)
     stale = [s.name for s in shards if s.name in done and s.name not in keep]
@@ -275,9 +295,16 @@ def _write_manifest(run: RunDir, shards: list[ShardSpec], inputs: dict[str, str]
     return tally
 
 
+# Disk bytes of a shard besides its images: the tar's end, padded to a 10 KB record
+# (tarfile.RECORDSIZE), the rows file's parquet schema and footer (about 3 KB) and the
+# stats file. At a few images a shard it is most of the shard.
+SHARD_BYTES = tarfile.RECORDSIZE + 4096 + 1024
+
+
 def bytes_per_image(config: RunConfig, run: RunDir, done: list[ShardSpec]) -> tuple[float, str]:
-    """Disk bytes an image takes (its JPEG, metadata, tar headers, manifest row) and how that
-    was found: measured on the finished shards, or, before the first, estimated."""
+    """Disk bytes an image takes (its JPEG, metadata, tar headers, manifest row) and how
+    that was found: measured on the finished shards (with its share of their own bytes,
+    SHARD_BYTES), or, before the first, estimated."""
     images = sum(s.images for s in done)
     if images:
         size = sum(path.stat().st_size for s in done
@@ -308,12 +335,15 @@ def check_disk(config: RunConfig, run: RunDir, todo: list[ShardSpec],
     if not images:
         return
     per_image, how = bytes_per_image(config, run, done)
-    needed = images * per_image * 1.05  # and the manifest, with room to spare
+    # measured: each image's share of its shard's own bytes is in per_image already
+    per_shard = 0 if done else SHARD_BYTES
+    needed = (images * per_image + len(todo) * per_shard) * 1.05  # and the manifest
     free = shutil.disk_usage(run.root).free
     if needed > free:
+        shards = f" and {_size(per_shard)} a shard" if per_shard else ""
         raise GenerateError(
             f"generate: {images:,} images to make need about {_size(needed)} "
-            f"({_size(per_image)} an image, {how}); the disk of {str(run.root)!r} has "
+            f"({_size(per_image)} an image{shards}, {how}); the disk of {str(run.root)!r} has "
             f"{_size(free)} free: free some space, put the run on a larger disk, or "
             "make fewer images (prompts.per_class, prompts.images_per_prompt)"
         )

@@ -5,6 +5,7 @@ LLM goes through Jinja's autoescaping, and pages are named by class index, never
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from diversynth.config import STRATEGIES
+from diversynth.errors import UsageError
 from diversynth.report import plots
 from diversynth.report.facts import RunFacts
 from diversynth.report.thumbs import make_thumbnails
@@ -34,6 +36,39 @@ CONFIG_KEYS = [
     ("epochs", "train.epochs"),
     ("synthetic share of a batch", "train.synthetic_fraction"),
 ]
+
+
+# Marks a folder as a report site diversynth made: only such a folder (or a new or empty
+# one) is written into without --force. An index.html alone proves nothing: a user's
+# own site has one.
+SITE_MARKER = ".diversynth-report"
+
+
+class SiteFolderError(UsageError):
+    pass
+
+
+def claim_site(site: Path, what: str, force: bool = False) -> None:
+    """Make `site` a report folder: it must be new, empty, or one a report was written to,
+    unless `force`. The marker goes in before any page."""
+    if site.exists() and not site.is_dir():
+        raise SiteFolderError(f"{what}: {str(site)!r} is a file, not a folder")
+    if site.is_dir() and not (site / SITE_MARKER).is_file() and not force:
+        present = sorted(entry.name for entry in os.scandir(site))
+        if present:
+            listed = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+            raise SiteFolderError(
+                f"{what}: {str(site)!r} holds files that are not a diversynth report "
+                f"({listed}); give a new or empty folder, or --force to write the report "
+                "into it (files of the same names are replaced)"
+            )
+    _mark_site(site)
+
+
+def _mark_site(site: Path) -> None:
+    site.mkdir(parents=True, exist_ok=True)
+    if not (site / SITE_MARKER).is_file():
+        write_text(site / SITE_MARKER, "a report site written by diversynth\n")
 
 
 def _env() -> Environment:
@@ -306,8 +341,9 @@ def _class_page(facts: RunFacts, position: int, cfg: Any, thumbs: dict[str, str]
 
 
 def build_run_site(facts: RunFacts, site: Path, cfg: Any, up: str | None = None) -> dict[str, Any]:
-    """Write (or refresh) one run's site under `site`; thumbnails already made are kept."""
-    site.mkdir(parents=True, exist_ok=True)
+    """Write (or refresh) one run's site under `site`, a folder `claim_site` accepted (or
+    the run's own report folder); thumbnails already made are kept."""
+    _mark_site(site)
     _copy_assets(site)
     shown = cfg.images_per_class
     wanted = [r for c in facts.classes for r in facts.first_images(c["index"], shown)]
@@ -355,7 +391,7 @@ def build_run_site(facts: RunFacts, site: Path, cfg: Any, up: str | None = None)
 
 def build_comparison(runs: list[RunFacts], out: Path, cfg: Any) -> dict[str, Any]:
     """out/index.html compares the runs; each run's own site goes to out/run-N/."""
-    out.mkdir(parents=True, exist_ok=True)
+    _mark_site(out)
     _copy_assets(out)
     rows, points, sets = [], {}, []
     for number, facts in enumerate(runs, start=1):

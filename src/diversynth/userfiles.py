@@ -1,0 +1,69 @@
+"""Files the user names (a config, a class list, a subset list) are read only when they are
+regular files below a size: a FIFO with no writer would block for ever, and a link to
+/dev/zero would fill the memory."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from diversynth.errors import UsageError
+
+MB = 1 << 20
+CONFIG_BYTES = 8 * MB  # a config with every ImageNet class written out inline is ~0.2 MB
+LIST_BYTES = 256 * MB  # a list of every ImageNet training image is ~60 MB
+
+_KINDS = {
+    stat.S_ISDIR: "a folder",
+    stat.S_ISFIFO: "a FIFO (named pipe)",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISSOCK: "a socket",
+}
+
+
+class UserFileError(UsageError, ValueError):
+    """A named file that is missing, not a regular file, or too large to read."""
+
+
+def file_problem(path: Path, limit: int) -> str | None:
+    """Why `path` cannot be read as a file of at most `limit` bytes (None: it can). Links
+    are followed: what counts is what they point to."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _KINDS.items() if test(info.st_mode)), "not a file")
+        return f"is {kind}, not a regular file"
+    if info.st_size > limit:
+        return f"is {info.st_size / MB:,.1f} MB, above the bound of {limit // MB} MB"
+    return None
+
+
+def read_user_bytes(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of a file the user named as `what` (the setting or argument), checked
+    first; never more than `limit` bytes are read, even from a file that grows meanwhile."""
+    problem = file_problem(path, limit)
+    if problem:
+        raise UserFileError(f"{what}: {str(path)!r} {problem}")
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise UserFileError(f"{what}: {str(path)!r} grew past the bound of {limit // MB} MB "
+                            "while being read")  # fmt: skip
+    return data
+
+
+def read_user_text(path: Path, what: str, limit: int) -> str:
+    """A UTF-8 text file the user named (see read_user_bytes)."""
+    data = read_user_bytes(path, what, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserFileError(
+            f"{what}: {str(path)!r} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
