@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import OFFLINE_CONFIG, REPO
+from safetensors.numpy import save_file
 
 from diversynth.config import GenerateConfig, load_config
 from diversynth.cost_plan import PlanError, count_architecture_flops, make_plan
@@ -78,7 +79,7 @@ def test_plan_command_prints_a_table_and_json(
     # a model folder without config files: one line, before any work
     empty = tmp_path / "empty-model"
     empty.mkdir()
-    (empty / "model.safetensors").write_bytes(b"")
+    save_file({}, str(empty / "model.safetensors"))  # weights, but no configs
     result = runner.invoke(app, ["plan", str(OFFLINE_CONFIG), "--set", f"generate.model={empty}"])
     assert result.exit_code == 2
     assert result.output.strip() == (

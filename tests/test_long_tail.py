@@ -154,7 +154,7 @@ def test_budgets() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["prompts.budget.kind=fill_to"], "prompts.budget: prompts.budget.kind is fill_to: give"),
+        (["prompts.budget.kind=fill_to"], "prompts.budget.kind is fill_to: give"),
         (["prompts.budget={kind: uniform, floor: 3}"], "prompts.budget.floor has no effect"),
         (["prompts.budget=inverse", "data=null", "train.synthetic_fraction=0"],
          "prompts.budget.kind is inverse: it counts each class's real images"),

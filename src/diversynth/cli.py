@@ -46,8 +46,15 @@ SetOpt = Annotated[
 ]
 
 
+# characters of an error line at most: messages cut the values they show (errors.shown);
+# this catches one that does not, from a library say
+MAX_LINE = 1000
+
+
 def _fail(message: str, code: int = 2) -> None:
-    for line in message.splitlines():
+    for line in message.splitlines()[:50]:
+        if len(line) > MAX_LINE:
+            line = f"{line[:MAX_LINE]}... ({len(line):,} characters)"
         console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 

@@ -27,7 +27,7 @@ from pydantic import (
 from diversynth.bounded_yaml import YamlError, load_yaml
 from diversynth.errors import UsageError, shown
 from diversynth.recipes import RECIPES, with_recipe
-from diversynth.safe_weights import check_local_weights, check_pipeline_folder
+from diversynth.safe_weights import WeightsError, check_local_weights, check_pipeline_folder
 from diversynth.userfiles import (
     CONFIG_BYTES,
     LIST_BYTES,
@@ -68,14 +68,6 @@ def _model_ref(value: str, also: tuple[str, ...] = ()) -> str:
     return value
 
 
-def _pipeline_ref(value: str) -> str:
-    """A diffusers pipeline: a hub id, or a local folder whose every component loads."""
-    ref = _model_ref(value)
-    if Path(ref).is_dir():
-        check_pipeline_folder(ref)
-    return ref
-
-
 def _clip_ref(value: str) -> str:
     """An open_clip model: `local-dir:PATH`, `hf-hub:ORG/NAME`, or a built-in name."""
     if value.startswith("local-dir:"):
@@ -100,7 +92,6 @@ def _readable_list(value: Path) -> Path:
 ExistingPath = Annotated[Path, AfterValidator(_resolve_path)]
 ListFile = Annotated[Path, AfterValidator(_resolve_path), AfterValidator(_readable_list)]
 ModelRef = Annotated[str, AfterValidator(_model_ref)]
-PipelineRef = Annotated[str, AfterValidator(_pipeline_ref)]
 ClipRef = Annotated[str, AfterValidator(_clip_ref)]
 # Bounds of the settings, checked when the config is read: past them a run would need
 # more memory or time than any machine has, or reach a library's limits mid-run.
@@ -300,7 +291,9 @@ def _asset_or_model(ref: str, also: tuple[str, ...] = ()) -> str:
     if ref.startswith("bundled:"):
         from diversynth.assets import resolve_bundled
 
-        return str(resolve_bundled(ref))
+        path = resolve_bundled(ref)
+        check_local_weights("", path, also)  # an install can be damaged too
+        return str(path)
     return _model_ref(ref, also)
 
 
@@ -375,7 +368,7 @@ class RayConfig(Section):
 class GenerateConfig(Section):
     engine: Literal["local", "ray"] = "local"
     ray: RayConfig = Field(default_factory=RayConfig)
-    model: PipelineRef
+    model: ModelRef  # a hub id, or a pipeline folder (checked whole: _components_present)
     dtype: Dtype = "float16"
     device: Device = "auto"
     scheduler: str | None = None
@@ -436,6 +429,18 @@ class GenerateConfig(Section):
     sdpa_kernel: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
         "auto", exclude_if=lambda v: v == "auto"
     )
+
+    @model_validator(mode="after")
+    def _components_present(self) -> GenerateConfig:
+        """A local pipeline folder with every component it loads: those the config leaves
+        out (and the safety checker, unless kept) need no folder."""
+        if Path(self.model).is_dir():
+            left_out = {*self.components, *(() if self.safety_checker else ("safety_checker",))}
+            try:
+                check_pipeline_folder(self.model, "generate.model", left_out)
+            except WeightsError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
     @model_validator(mode="after")
     def _threshold_needs_scores(self) -> GenerateConfig:
@@ -913,7 +918,9 @@ def _format_errors(error: ValidationError, model: type[BaseModel]) -> str:
         if item["type"] == "missing":
             lines.append(f"{where}: required field is missing")
         elif isinstance(value, dict):  # a whole section: the message says what is wrong
-            lines.append(f"{where}: {message}")
+            # and may name the key itself ("train.batch_size: ..."), as a section's rule does
+            named = message.startswith(f"{where}.")
+            lines.append(message if named else f"{where}: {message}")
         else:
             lines.append(f"{where}: {message} (got {shown(value)})")
     if len(items) > MAX_ERROR_LINES:

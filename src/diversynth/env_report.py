@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from diversynth import environment
+from diversynth.safe_weights import WeightsError, check_local_weights
 
 CORE_LIBRARIES = ("torch", "torchvision", "diffusers", "transformers", "open_clip_torch",
                   "timm", "safetensors", "pydantic")  # fmt: skip
@@ -90,6 +91,8 @@ def _llamacpp_build() -> str:
 
 def _llm_part(config: Any | None, needed: bool) -> Part:
     """One token from the configured LLM (or the bundled SmolLM2 through llama.cpp)."""
+    from pydantic import ValidationError
+
     from diversynth.config import LLMConfig
     from diversynth.llm import ChatRequest, LLMError, open_llm
 
@@ -98,9 +101,15 @@ def _llm_part(config: Any | None, needed: bool) -> Part:
             return Part("llm", "llama-cpp-python is not installed", "broken", needed)
         try:
             config = LLMConfig(backend="llamacpp", model="bundled:smollm2")
-        except ValueError as exc:
-            return Part("llm", str(exc).splitlines()[-1], "broken", needed)
+        except ValidationError as exc:  # the bundled file missing or damaged
+            reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            return Part("llm", f"llm.model: {reason}", "broken", needed)
     what = f"{config.backend}:{Path(config.model).name}"
+    if config.backend != "openai" and Path(config.model).exists():
+        try:  # a damaged file is named here, not by llama.cpp's loader
+            check_local_weights("llm.model", config.model, also=(".gguf",))
+        except WeightsError as exc:
+            return Part("llm", f"{what}: {exc}", "broken", needed)
     build = f"; {_llamacpp_build()}" if config.backend == "llamacpp" else ""
     request = ChatRequest(messages=(("user", "Say hello."),), max_tokens=1, temperature=0.0)
     start = time.perf_counter()
@@ -124,6 +133,9 @@ def _chromium() -> Part:
 
 
 def _assets(config: Any | None) -> list[Part]:
+    """The bundled assets, there and whole (the weights check a local model gets when a
+    config is read: a Git LFS pointer or a file cut short is named), WordNet and
+    Fashion-MNIST."""
     from diversynth.assets import BUNDLED, resolve_bundled
     from diversynth.classes.wordnet import WORDNET_DIR
 
@@ -132,8 +144,10 @@ def _assets(config: Any | None) -> list[Part]:
         ref = f"bundled:{name}"
         needed = config is None or ref in _bundled_refs(config)
         try:
-            parts.append(Part(ref, str(resolve_bundled(ref)), needed=needed))
-        except ValueError as exc:
+            path = resolve_bundled(ref)
+            check_local_weights("", path, also=(".gguf",))
+            parts.append(Part(ref, str(path), needed=needed))
+        except ValueError as exc:  # WeightsError is one
             parts.append(Part(ref, str(exc), "broken", needed))
     wordnet = WORDNET_DIR / "data.noun"
     parts.append(Part("wordnet", str(wordnet)) if wordnet.is_file() else Part(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from diversynth.errors import UsageError
@@ -182,12 +183,23 @@ def save_tiny_exemplars(root: Path, seed: int = 0) -> None:
 
 def refuse_foreign_folder(folder: Path, marker: str) -> None:
     """A kit replaces its folder whole: refuse one that holds anything but an earlier kit
-    (which has `marker`), rather than delete a user's files."""
-    if not folder.exists():
+    (which has `marker`, a file only a kit has), rather than delete a user's files."""
+    if not folder.exists() and not folder.is_symlink():
         return
-    if not folder.is_dir() or (any(folder.iterdir()) and not (folder / marker).exists()):
+    if (
+        folder.is_symlink()
+        or not folder.is_dir()
+        or (any(folder.iterdir()) and not (folder / marker).exists())
+    ):
         raise UsageError(f"{str(folder)!r} exists and is not a model kit: give a new or empty "
                          "folder (it is replaced whole)")  # fmt: skip
+
+
+def staging_folder(out: Path) -> Path:
+    """A new folder beside `out` to build a kit in, then renamed to `out`: made here, so
+    never a folder of the user's (a fixed name such as OUT.partial could be one)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
 
 
 def make_tiny_models(out: Path, force: bool = False) -> dict[str, Path]:
@@ -208,8 +220,7 @@ def make_tiny_models(out: Path, force: bool = False) -> dict[str, Path]:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards" of the encoder
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_folder(out)
     tokenizer_dir = staging / "tokenizer-src"
     write_clip_tokenizer_files(tokenizer_dir)
     pipeline = build_tiny_sd_pipeline(tokenizer_dir=tokenizer_dir)

@@ -21,7 +21,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from diversynth.modelkit import refuse_foreign_folder, write_clip_tokenizer_files
+from diversynth.modelkit import (
+    refuse_foreign_folder,
+    staging_folder,
+    write_clip_tokenizer_files,
+)
 
 CLIP_VOCAB = 49408
 TINY_SIZE = 32  # px: every tiny pipeline makes 32x32 images
@@ -296,6 +300,9 @@ def _sana(tok: Path) -> Any:
                         text_encoder=encoder, tokenizer=tokenizer)  # fmt: skip
 
 
+# in a pipeline folder written by save_tiny_pipeline, which alone it replaces
+TINY_MARKER = ".diversynth-tiny-pipeline"
+
 # name -> builder; the names are the architectures `generate` is tested with
 ARCHITECTURES: dict[str, Callable[[Path], Any]] = {
     "sd15": _sd15, "sd2": _sd2, "sdxl": _sdxl, "sdxl-turbo": _sdxl_turbo, "sd3": _sd3,
@@ -317,15 +324,16 @@ def save_tiny_pipeline(arch: str, folder: Path, seed: int = 0,
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     folder = Path(folder)
-    refuse_foreign_folder(folder, "model_index.json")
-    staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    # every pipeline folder has a model_index.json: only one this function wrote is replaced
+    refuse_foreign_folder(folder, TINY_MARKER)
+    staging = staging_folder(folder)
     write_clip_tokenizer_files(staging / "tokenizer-src")
     torch.manual_seed(seed)
     pipe = ARCHITECTURES[arch](staging / "tokenizer-src")
     for name in drop:
         pipe.register_modules(**{name: None})
     pipe.save_pretrained(staging / "pipeline", safe_serialization=True)
+    (staging / "pipeline" / TINY_MARKER).write_text(f"tiny random-weight {arch} pipeline\n")
     shutil.rmtree(folder, ignore_errors=True)
     (staging / "pipeline").rename(folder)
     shutil.rmtree(staging)

@@ -42,22 +42,6 @@ def _clean(name: object, where: str) -> str:
     return text
 
 
-def _distinct(entries: list[ClassEntry], where: str) -> None:
-    """Refuse two classes whose names differ only in case and spacing, unless their wnids
-    tell them apart: real images are matched to a class by its name (a folder named `Cat`
-    serves a class `cat`), so both would be given the same images."""
-    seen: dict[str, ClassEntry] = {}
-    for entry in entries:
-        key = entry.raw_name.casefold()
-        other = seen.setdefault(key, entry)
-        if other is not entry and not (other.wnid and entry.wnid and other.wnid != entry.wnid):
-            raise ClassListError(
-                f"{where}: classes {other.index} ({other.raw_name!r}) and {entry.index} "
-                f"({entry.raw_name!r}) have the same name in any case, so real images could "
-                "not be told apart: rename one, or give each its wnid"
-            )
-
-
 def _from_items(items: list[object], where: str) -> list[ClassEntry]:
     if len(items) > MAX_CLASSES:
         raise ClassListError(f"{where}: {len(items):,} classes, above the bound of "
@@ -87,7 +71,6 @@ def _from_items(items: list[object], where: str) -> list[ClassEntry]:
             entries.append(ClassEntry(i, name, None, description))
     if not entries:
         raise ClassListError(f"{where}: the class list is empty")
-    _distinct(entries, where)
     return entries
 
 
@@ -134,7 +117,6 @@ def _from_folder(root: Path) -> list[ClassEntry]:
         else ClassEntry(i, _clean(name, f"classes.folder ({shown(name, 60)})"))
         for i, name in enumerate(folders)
     ]
-    _distinct(entries, "classes.folder")
     return entries
 
 

@@ -12,7 +12,6 @@ and prompts are measured with the pipeline's own tokenizers.
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Literal
 
 from diversynth.config import GenerateConfig
 from diversynth.errors import UsageError
+from diversynth.safe_weights import ModelFolderError, read_json_object
 
 Guidance = Literal["classifier-free", "distilled", "none"]
 CLIP_TOKENS = 77
@@ -55,20 +55,36 @@ class PipelineTraits:
 
 
 def read_json(model: str, name: str) -> dict[str, Any] | None:
-    """A config file of a local model folder or a hub model (None when it has none)."""
+    """A config file of a local model folder or a hub model (None when it has none): a
+    JSON object of a bounded size, else PipelineTraitsError naming the file."""
     path = Path(model)
     if path.is_dir():
-        try:
-            return json.loads((path / name).read_text())
-        except FileNotFoundError:
+        file = path / name
+        if not (file.exists() or file.is_symlink()):
             return None
+        return _json_object(file)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
     try:
-        return json.loads(Path(hf_hub_download(model, name)).read_text())
+        file = Path(hf_hub_download(model, name))
     except RemoteEntryNotFoundError:  # the hub has the model, not this file
         return None
+    return _json_object(file)
+
+
+def _json_object(file: Path) -> dict[str, Any]:
+    try:
+        return read_json_object(file, "generate.model")
+    except ModelFolderError as exc:
+        raise PipelineTraitsError(str(exc)) from None
+
+
+def _named(entry: Any) -> bool:
+    """A model_index.json entry that names a component to load: [library, class]
+    (a component saved as left out is [null, null])."""
+    return (isinstance(entry, list) and len(entry) == 2
+            and all(isinstance(e, str) for e in entry))  # fmt: skip
 
 
 def text_to_image_classes() -> dict[str, type]:
@@ -102,7 +118,7 @@ def _encoders(cls: type, model: str, index: dict[str, Any],
     max_sequence_length (its default), within the tokenizer's own maximum."""
     found = []
     for name, entry in sorted(index.items()):
-        if not name.startswith("tokenizer") or not isinstance(entry, list) or entry[1] is None:
+        if not (name.startswith("tokenizer") and _named(entry)):
             continue
         kind = entry[1]
         settings = read_json(model, f"{name}/tokenizer_config.json") or {}
@@ -132,6 +148,8 @@ def read_traits(model: str) -> PipelineTraits:
     """The traits of the pipeline saved at `model` (a folder or a hub id)."""
     try:
         index = read_json(model, "model_index.json")
+    except PipelineTraitsError:  # the file is there, and is no JSON object: named
+        raise
     except Exception as exc:  # hub errors come in many classes; the message names them
         raise PipelineTraitsError(f"generate.model: cannot read {model!r}: {exc}") from exc
     if index is None:
@@ -139,7 +157,8 @@ def read_traits(model: str) -> PipelineTraits:
             f"generate.model: {model!r} has no model_index.json: not a diffusers pipeline "
             "folder (save one with pipeline.save_pretrained)"
         )
-    name = index.get("_class_name", "")
+    name = index.get("_class_name")
+    name = name if isinstance(name, str) else ""
     known = text_to_image_classes()
     if name not in known:
         raise PipelineTraitsError(
@@ -156,7 +175,7 @@ def read_traits(model: str) -> PipelineTraits:
     left_out = tuple(
         k
         for k, v in components.items()
-        if isinstance(v, list) and v[0] is None and k not in cls._optional_components
+        if isinstance(v, list) and v[:1] == [None] and k not in cls._optional_components
     )
     return PipelineTraits(
         model=model, pipeline=name, guidance=guidance,
