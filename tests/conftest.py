@@ -186,3 +186,25 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def invoke(*args: str) -> tuple[int, list[str], str]:
+    """A command run in this process (typer's runner): exit code, its `error:` lines, and
+    all it printed. A crash would be an exception other than SystemExit."""
+    from typer.testing import CliRunner
+
+    from diversynth.cli import app
+
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    return result.exit_code, errors, result.output
+
+
+def one_line(code: int, *args: str) -> str:
+    """The one `error:` line of a command run in this process that exits with `code`."""
+    exit_code, errors, output = invoke(*args)
+    assert exit_code == code and len(errors) == 1, output[-3000:]
+    assert len(errors[0]) < 1000  # a value is shown cut, never whole
+    return errors[0]

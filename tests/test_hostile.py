@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import OFFLINE_CONFIG, cli, set_args, tree_snapshot
+from conftest import OFFLINE_CONFIG, cli, invoke, one_line, set_args, tree_snapshot
 from safetensors.torch import load_file
 
 from diversynth.assets import resolve_bundled
@@ -122,7 +122,7 @@ SETTINGS_REFUSED = [
     ("train.lr=.inf", "train.lr: Input should be a finite number"),
     ("generate.scheduler=NoSuchScheduler", "generate.scheduler: no diffusers scheduler"),
     ("train.batch_size=1000000", "more than the 6000 real training images"),
-    ("generate.steps=[3", "--set 'generate.steps=[3': the value is not YAML"),
+    ("generate.steps=[3", "--set 'generate.steps=[3': not valid YAML"),
 ]
 
 
@@ -293,28 +293,6 @@ def test_a_plan_that_cannot_fit_the_disk_is_refused_before_any_image(
 
 
 # --------------------------------------------------------------------------- round two
-
-
-def invoke(*args: str) -> tuple[int, list[str], str]:
-    """A command run in this process (typer's runner): exit code, its `error:` lines, and
-    all it printed. A crash would be an exception other than SystemExit."""
-    from typer.testing import CliRunner
-
-    from diversynth.cli import app
-
-    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    return result.exit_code, errors, result.output
-
-
-def one_line(code: int, *args: str) -> str:
-    """The one `error:` line of a command run in this process that exits with `code`."""
-    exit_code, errors, output = invoke(*args)
-    assert exit_code == code and len(errors) == 1, output[-3000:]
-    assert len(errors[0]) < 1000  # a value is shown cut, never whole
-    return errors[0]
 
 
 def _planted(folder: Path, files: dict[str, str]) -> dict[str, bytes]:

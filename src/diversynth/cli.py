@@ -496,11 +496,41 @@ def recipes_cmd() -> None:
 
 
 @app.command()
-def verify(run_dir: Annotated[Path, typer.Option("--run", help="Run directory.")]) -> None:
-    """Hash and parse every output of every finished stage against what the stage wrote;
-    name each damaged file. Exits 1 if any is damaged (`run` then makes them again)."""
+def verify(
+    run_dir: Annotated[Path | None, typer.Option("--run", help="Run directory.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="A config: decode every image of its real data and evaluate.sets."),
+    ] = None,
+    set_: SetOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=1024, help="Threads decoding (--data; default: the cores, at most 32)."
+        ),  # fmt: skip
+    ] = None,
+) -> None:
+    """Hash and parse every output of every finished stage against what the stage wrote,
+    naming each damaged file (--run); or decode every real image a config reads, naming
+    each that cannot be read (--data). Exits 1 if any is damaged (`run` then makes damaged
+    run files again; `data.skip_unreadable: true` leaves unreadable images out)."""
+    if (run_dir is None) == (data is None):
+        _fail("verify: give --run RUN (a run's files) or --data CONFIG (its real images)")
+    if data is not None:
+        from diversynth.data_scan import verify_data
+
+        cfg = _load(data, set_)
+        try:
+            bad = verify_data(cfg, workers)
+        except DiversynthError as exc:
+            _fail(str(exc), exc.exit_code)
+            return
+        if bad:
+            raise typer.Exit(1)
+        return
     from diversynth.pipeline import STAGES
 
+    assert run_dir is not None
     run = _existing_run(run_dir)
     damaged: list[str] = []
     for stage in STAGES:

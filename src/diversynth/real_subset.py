@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from diversynth.config import RunConfig, SubsetConfig
+from diversynth.errors import shown
 from diversynth.progress import console
 from diversynth.realdata import DataError, RealList, real_listing
 from diversynth.rundir import RunDir, digest_json, path_signature, write_json, write_text
+from diversynth.userfiles import LIST_BYTES, read_user_text
 
 SHOWN = 3  # problems listed per kind (the count says how many in all)
 
@@ -96,9 +98,9 @@ def _lookups(classes: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, i
 
 
 def _problems(kind: str, items: list[tuple[int, str]]) -> str:
-    shown = ", ".join(f"line {n} {text!r}" for n, text in items[:SHOWN])
+    listed = ", ".join(f"line {n} {shown(text, 100)}" for n, text in items[:SHOWN])
     lines = "1 line" if len(items) == 1 else f"{len(items)} lines"
-    return f"{kind} on {lines}: {shown}" + (", ..." if len(items) > SHOWN else "")
+    return f"{kind} on {lines}: {listed}" + (", ..." if len(items) > SHOWN else "")
 
 
 def read_list(path: Path, root: Path, classes: list[dict[str, Any]], field: str,
@@ -108,11 +110,13 @@ def read_list(path: Path, root: Path, classes: list[dict[str, Any]], field: str,
     line numbers, in one error: malformed lines, paths outside data.root, files that do
     not exist, labels that are no class of the run (or another class than the file's
     folder names: ImageNet-LT's labels are ImageNet's indices, which a class list of
-    another length or order does not share), files listed twice."""
+    another length or order does not share), files listed twice. The file is read only
+    when it is a regular file of at most LIST_BYTES (a FIFO would block for ever)."""
     lookup, folders = _lookups(classes)
     ids, labels, seen = [], [], set()
     malformed, outside, missing, unknown, repeated = [], [], [], [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    content = read_user_text(path, field, LIST_BYTES)
+    for number, line in enumerate(content.splitlines(), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue

@@ -10,10 +10,12 @@ from PIL import Image
 
 from diversynth.classes.entry import ClassEntry
 from diversynth.config import RealDataConfig
+from diversynth.data_scan import ImageReadError, open_rgb
 from diversynth.errors import DiversynthError
 from diversynth.realdata import (
     FASHION_FILES,
     FASHION_MNIST_CLASSES,
+    UNREADABLE_HINT,
     RealList,
     listed_dataset,
     read_idx,
@@ -55,9 +57,16 @@ def _folder_files(base: Path, classes: list[ClassEntry], k: int) -> list[list[Pa
     return files
 
 
-def _open(path: Path) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+def _open(path: Path, root: Path) -> Image.Image:
+    """An exemplar, read only when it is a regular file (a FIFO would block); one that
+    cannot be read is named, as the train stage names it."""
+    try:
+        return open_rgb(path)
+    except ImageReadError as why:
+        raise DiversynthError(
+            f"data.root: {path.relative_to(root).as_posix()!r} (an exemplar for the classes "
+            f"stage) cannot be read: {why}; {UNREADABLE_HINT}"
+        ) from None
 
 
 def _chosen(data: RealDataConfig, classes: list[ClassEntry], k: int,
@@ -85,7 +94,8 @@ def exemplar_images(data: RealDataConfig, classes: list[ClassEntry], k: int,
         raise DiversynthError(f"data.root: {str(data.root)!r} has no train/ folder for exemplars")
     files = _folder_files(base, classes, k)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        flat = list(pool.map(_open, [path for group in files for path in group]))
+        flat = list(pool.map(lambda path: _open(path, data.root),
+                             [path for group in files for path in group]))  # fmt: skip
     images, start = [], 0
     for group in files:
         images.append(flat[start : start + len(group)])

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from diversynth.artifacts.records import ClassIdentity, read_classes
 from diversynth.config import FrequencyGroups, RunConfig
+from diversynth.data_scan import readable_folder, readable_listing
 from diversynth.errors import UsageError
 from diversynth.preflight import timm_name_problem
 from diversynth.progress import console, progress_bar
@@ -98,9 +99,11 @@ def frequency_groups(class_top1: list[float | None], train_counts: list[int],
 
 
 def folder_set(root: Path, classes: list[dict[str, Any]], transform: Callable,
-               restrict: bool | None) -> tuple[Dataset, list[int] | None]:  # fmt: skip
-    """An out-of-domain folder and the classes its logits are restricted to (if any)."""
-    dataset = CatalogImageFolder(root, classes, transform, require_all=False)
+               restrict: bool | None, field: str = "evaluate.sets[].root",
+               ) -> tuple[Dataset, list[int] | None]:  # fmt: skip
+    """An out-of-domain folder and the classes its logits are restricted to (if any);
+    `field` names the setting in messages (`evaluate.sets[0].root ('sketch')`)."""
+    dataset = CatalogImageFolder(root, classes, transform, require_all=False, field=field)
     present = sorted(set(dataset.class_to_idx.values()))
     if restrict is None:
         restrict = len(present) < len(classes)
@@ -117,6 +120,7 @@ class EvaluationSet:
     dataset: Dataset
     allowed: list[int] | None
     ids: list[str]
+    unreadable: int = 0  # images left out (data.skip_unreadable)
 
 
 def evaluation_sets(config: RunConfig, run: RunDir | None, classes: list[dict[str, Any]],
@@ -128,12 +132,16 @@ def evaluation_sets(config: RunConfig, run: RunDir | None, classes: list[dict[st
         listing = real_subset(config, run, "test", classes)
         if listing is None:
             listing = real_listing(config.data, "test", classes)
-        test = listed_dataset(config.data, listing, transform)
-        sets.append(EvaluationSet(f"{config.data.format}/test", test, None, list(listing.ids)))
-    for extra in config.evaluate.sets:
-        folder, allowed = folder_set(extra.root, classes, transform, extra.restrict)
+        listing, unreadable = readable_listing(config, run, "test", listing)
+        test = listed_dataset(config.data, listing, transform, classes)
+        sets.append(EvaluationSet(f"{config.data.format}/test", test, None, list(listing.ids),
+                                  unreadable))  # fmt: skip
+    for i, extra in enumerate(config.evaluate.sets):
+        field = f"evaluate.sets[{i}].root ({extra.name!r})"
+        folder, allowed = folder_set(extra.root, classes, transform, extra.restrict, field)
+        unreadable = readable_folder(config, run, i, folder)
         ids = [Path(path).relative_to(extra.root).as_posix() for path, _ in folder.samples]
-        sets.append(EvaluationSet(extra.name, folder, allowed, ids))
+        sets.append(EvaluationSet(extra.name, folder, allowed, ids, unreadable))
     return sets
 
 
@@ -149,11 +157,16 @@ def evaluate_on_sets(config: RunConfig, model: torch.nn.Module, meta: dict[str, 
     results = {}
     for evaluation in sets:
         name, allowed = evaluation.name, evaluation.allowed
+        if not len(evaluation.dataset):  # type: ignore[arg-type]
+            left = " once the unreadable images are left out" if evaluation.unreadable else ""
+            raise EvaluateError(f"evaluate: the set {name!r} has no images{left}")
         loader = DataLoader(evaluation.dataset, batch_size=config.evaluate.batch_size,
                             num_workers=config.train.workers)  # fmt: skip
         results[name] = topk_accuracy(model, loader, device, f"evaluate {name}", allowed)
         if allowed is not None:
             results[name]["restricted_to_classes"] = len(allowed)
+        if config.data is not None and config.data.skip_unreadable:
+            results[name]["unreadable_left_out"] = evaluation.unreadable
         if train_counts is not None:
             results[name]["groups"] = frequency_groups(
                 results[name]["class_top1"], train_counts, config.evaluate.groups

@@ -28,12 +28,13 @@ from torch.utils.data import DataLoader
 
 from diversynth.artifacts.records import ClassRecord, read_classes
 from diversynth.config import RunConfig, TrainConfig
+from diversynth.data_scan import readable_listing
 from diversynth.environment import check_kept_work, made_with
 from diversynth.errors import UsageError
 from diversynth.leaks import leaked_keys
-from diversynth.progress import progress_bar
+from diversynth.progress import console, progress_bar
 from diversynth.real_subset import real_subset
-from diversynth.realdata import dataset_labels, real_dataset
+from diversynth.realdata import dataset_labels, listed_dataset, real_listing
 from diversynth.rundir import RunDir, Timer
 from diversynth.train import distributed
 from diversynth.train.aux_bn import has_aux_bn, real_first
@@ -157,14 +158,50 @@ class _Data:
     batches: MixedBatches
     real_per: int  # real images per micro-batch, all processes together
     synthetic_per: int
+    unreadable: int = 0  # real images left out (data.skip_unreadable)
+
+    @property
+    def real_per_epoch(self) -> int:
+        """Real images an epoch uses: whole optimizer steps only, so up to one step's
+        worth fewer than the set holds (the ones left over differ from epoch to epoch)."""
+        return min(self.batches.per_epoch * self.real_per, len(self.real))
+
+
+def real_split(config: RunConfig, run: RunDir | None, split: str, classes: list[Any],
+               transform: Any) -> tuple[Any, int]:  # fmt: skip
+    """A real split as the run uses it: data.subset's choice or the whole split, less the
+    images that cannot be read under data.skip_unreadable (and how many those are)."""
+    assert config.data is not None
+    listing = real_subset(config, run, split, classes)
+    if listing is None:
+        listing = real_listing(config.data, split, classes)
+    listing, unreadable = readable_listing(config, run, split, listing)
+    return listed_dataset(config.data, listing, transform, classes), unreadable
+
+
+def _say_epoch_use(data: _Data, cfg: TrainConfig) -> None:
+    """One line when an epoch leaves some real images out (batches hold whole steps)."""
+    used, have = data.real_per_epoch, len(data.real)
+    if used >= have:
+        return
+    steps = data.batches.per_epoch // cfg.accumulate
+    per_step = data.real_per * cfg.accumulate
+    later = "differ from epoch to epoch" if cfg.epochs > 1 else "are not seen (1 epoch)"
+    console.print(f"  train: an epoch uses {used:,} of the {have:,} real training images "
+                  f"({steps:,} step(s) of {per_step:,} real images); the {have - used:,} left "
+                  f"over {later}", highlight=False, soft_wrap=True)  # fmt: skip
 
 
 def _data(config: RunConfig, run: RunDir, classes: list[ClassRecord], world: int) -> _Data:
     cfg = config.train
     assert config.data is not None
     transform = train_transform(cfg)
-    chosen = real_subset(config, run, "train", classes)  # type: ignore[arg-type]
-    real = real_dataset(config.data, "train", classes, transform, chosen)
+    real, unreadable = real_split(config, run, "train", classes, transform)
+    if not len(real):
+        raise TrainError(
+            "train: the real training set is empty"
+            + (" once the unreadable images are left out" if unreadable else "")
+        )
     synthetic = None
     if cfg.synthetic_fraction > 0:
         leaked = leaked_keys(run) if cfg.exclude_leaks else None
@@ -177,7 +214,7 @@ def _data(config: RunConfig, run: RunDir, classes: list[ClassRecord], world: int
     batches = MixedBatches(len(real), len(synthetic) if synthetic else 0, real_per,
                            synthetic_per, config.seed, cfg.epochs, cfg.accumulate,
                            real_order=orders[0], synthetic_order=orders[1])  # fmt: skip
-    return _Data(real, synthetic, batches, real_per, synthetic_per)
+    return _Data(real, synthetic, batches, real_per, synthetic_per, unreadable)
 
 
 @dataclass
@@ -269,6 +306,8 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
 
     # 1. the data, and the batches every step takes from it
     data = _data(config, run, classes, ranks.world)
+    if ranks.main:
+        _say_epoch_use(data, cfg)
     total_micro = len(data.batches)
     total_steps = total_micro // cfg.accumulate
     # 2. the model, its optimizer and schedule, from a saved state when there is one
@@ -281,10 +320,9 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
     prep = model_preprocessing(cfg)
     meta = {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "num_classes": len(classes),
             "aux_norm": cfg.aux_norm, **prep}  # fmt: skip
-    validation = None
+    validation, unreadable_test = None, 0
     if cfg.validate_every is not None and ranks.main:
-        chosen = real_subset(config, run, "test", classes)  # type: ignore[arg-type]
-        test = real_dataset(config.data, "test", classes, eval_transform(prep), chosen)
+        test, unreadable_test = real_split(config, run, "test", classes, eval_transform(prep))
         validation = DataLoader(test, batch_size=config.evaluate.batch_size,
                                 num_workers=cfg.workers)  # fmt: skip
     mixup = None
@@ -318,6 +356,12 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
         "resumed_from_step": resume.step // cfg.accumulate,
         "real_images": total_micro * min(data.real_per, len(real)),
         "real_training_set": len(real),  # the images data.subset chose, or the whole split
+        "real_images_per_epoch": data.real_per_epoch,
+        **(
+            {"unreadable_left_out": {"train": data.unreadable, "test": unreadable_test}}
+            if config.data.skip_unreadable
+            else {}
+        ),  # fmt: skip
         "sampler": cfg.sampler
         if cfg.sampler == "instance"
         else f"{cfg.sampler} ({cfg.sampler_on})",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -26,11 +27,17 @@ from torch.utils.data import Dataset
 
 from diversynth.artifacts.manifest import read_manifest
 from diversynth.artifacts.shards import jpeg_locations
+from diversynth.data_scan import OneLineFromWorkers, read_problem
 from diversynth.errors import DiversynthError
 
 
 class SyntheticDataError(DiversynthError, ValueError):
     pass
+
+
+class DamagedShardError(OneLineFromWorkers, SyntheticDataError):
+    """A synthetic image that cannot be read: its shard was changed after it was written
+    (one line, also from a loader worker)."""
 
 
 def select_images(classes: np.ndarray, count: int) -> np.ndarray:
@@ -134,8 +141,33 @@ class ShardImages(Dataset):
         # position, which seek-then-read would race on
         return os.pread(handle.fileno(), int(self.sizes[i]), int(self.offsets[i]))
 
+    def _key(self, i: int) -> str | None:
+        """Image i's sample key, from the tar header before its JPEG (the USTAR header
+        the shard writer wrote); None where that header is damaged too."""
+        offset = int(self.offsets[i])
+        try:
+            with self._path(self.shards[self.shard_ids[i]]).open("rb") as handle:
+                header = os.pread(handle.fileno(), tarfile.BLOCKSIZE, offset - tarfile.BLOCKSIZE)
+            name = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape").name
+        except (OSError, ValueError, tarfile.TarError):
+            return None
+        return name.rpartition(".")[0] or None
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = Image.open(io.BytesIO(self.raw(i))).convert("RGB")
+        try:
+            image = Image.open(io.BytesIO(self.raw(i))).convert("RGB")
+        except MemoryError:
+            raise
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError...
+            shard = self.shards[self.shard_ids[i]]
+            key = self._key(i)
+            sample = f"sample {key!r}" if key else f"the image at byte {int(self.offsets[i])}"
+            run = self.folder.parent
+            raise DamagedShardError(
+                f"train: shards/{shard}.tar, {sample}: cannot be read ({read_problem(exc)}); "
+                f"the shard changed after the generate stage wrote it: `diversynth verify "
+                f"--run {run}` names every damaged file, and `diversynth run` makes them again"
+            ) from None
         return self.transform(image), int(self.labels[i])
 
     def __getstate__(self) -> dict[str, Any]:
