@@ -94,3 +94,22 @@ def test_plan_of_a_hub_model_it_cannot_read(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(PlanError, match="cannot read the configs of generate.model "
                                         "'someone/unknown-model'"):  # fmt: skip
         make_plan(config)
+
+
+def test_a_known_hub_id_is_planned_from_its_bundled_configs_without_the_hub(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no hub reachable, asking it cost 37 s of retries before the bundled configs
+    were used: a known id now goes to them at once (the hub here refuses at once too, so
+    any request would show as retries in the time)."""
+    import time
+
+    from diversynth.cost_plan import architecture_configs
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    start = time.perf_counter()
+    configs, source = architecture_configs("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert time.perf_counter() - start < 1
+    assert source == "released configs bundled with diversynth" and "unet" in configs
