@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from diversynth.errors import UsageError, shown
-from diversynth.userfiles import MB, file_problem
+from diversynth.userfiles import MB, UserFileError, read_user_bytes
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFE_SUFFIXES = (".safetensors",)
@@ -284,13 +284,10 @@ def read_json_object(path: Path, setting: str = "", limit: int = JSON_BYTES) -> 
     """A JSON object from a model folder's config file, read only when it is a regular
     file within `limit` bytes; ModelFolderError names the file and what is wrong."""
     where, name = _where(setting), repr(str(path))
-    problem = file_problem(path, limit)
-    if problem:
-        raise ModelFolderError(f"{where}{name} {problem}")
-    with open(path, "rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise ModelFolderError(f"{where}{name} grew past the bound of {limit // MB} MB")
+    try:
+        data = read_user_bytes(path, setting, limit)
+    except UserFileError as exc:
+        raise ModelFolderError(str(exc)) from None
     lfs = _lfs_problem(path, data)
     if lfs:
         raise ModelFolderError(where + lfs)

@@ -47,13 +47,14 @@ def file_problem(path: Path, limit: int) -> str | None:
 def read_user_bytes(path: Path, what: str, limit: int) -> bytes:
     """The bytes of a file the user named as `what` (the setting or argument), checked
     first; never more than `limit` bytes are read, even from a file that grows meanwhile."""
+    where = f"{what}: " if what else ""
     problem = file_problem(path, limit)
     if problem:
-        raise UserFileError(f"{what}: {str(path)!r} {problem}")
+        raise UserFileError(f"{where}{str(path)!r} {problem}")
     with open(path, "rb") as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
-        raise UserFileError(f"{what}: {str(path)!r} grew past the bound of {limit // MB} MB "
+        raise UserFileError(f"{where}{str(path)!r} grew past the bound of {limit // MB} MB "
                             "while being read")  # fmt: skip
     return data
 
