@@ -20,6 +20,10 @@ from diversynth.errors import UsageError
 MAX_VALUES = 1_000_000
 
 
+# libyaml's parser where PyYAML was built with it (5x faster); the same safe constructor
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class YamlError(UsageError, ValueError):
     """YAML that is not valid, or expands beyond MAX_VALUES."""
 
@@ -54,7 +58,7 @@ def _expanded_size(root: yaml.Node, limit: int) -> int:
 
 def load_yaml(text: str, what: str, limit: int = MAX_VALUES) -> Any:
     """The YAML document in `text` (None when empty); `what` names it in errors."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:

@@ -13,6 +13,9 @@ from diversynth.errors import UsageError
 MB = 1 << 20
 CONFIG_BYTES = 8 * MB  # a config with every ImageNet class written out inline is ~0.2 MB
 LIST_BYTES = 256 * MB  # a list of every ImageNet training image is ~60 MB
+# YAML is read at about 2 MB/s into about 30 times its size in memory: a list of 21,843
+# classes with their WordNet glosses is ~3 MB
+YAML_BYTES = 16 * MB
 
 _KINDS = {
     stat.S_ISDIR: "a folder",
