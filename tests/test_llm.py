@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import re
+import socket
 import time
+import tracemalloc
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from llm_servers import MisbehavingServer, free_port
+from llm_servers import MisbehavingServer, chat_reply, free_port
 
 from diversynth.config import LLMConfig
 from diversynth.llm import LLM, BadAnswer, ChatRequest, LLMError
 from diversynth.llm.backends import OpenAIBackend
 from diversynth.llm.cache import AnswerCache
+from diversynth.llm.chat_client import MIN_REPLY_BYTES
 
 STYLE_SCHEMA = {"type": "object", "properties": {"styles": {"type": "array"}}}
 
@@ -52,13 +59,14 @@ def test_transient_failures_are_retried(failure: str) -> None:
         ("404", "model 'test-model' not found"),
         ("401", "authentication failed"),
         ("bad_json", "llm (openai) at http://127.0.0.1"),
+        ("truncated", "RemoteProtocolError"),  # cut off mid-body: asked again here
     ],
 )
 def test_persistent_failures_give_one_clear_error(failure: str, message: str) -> None:
     with MisbehavingServer(default=failure) as server:
         with pytest.raises(LLMError, match=re.escape(message)) as info:
             _backend(server.base_url).complete([_request("Ankle boot")])
-        if failure in ("500", "bad_json"):
+        if failure in ("500", "bad_json", "truncated"):
             assert "'Ankle boot'" in str(info.value)
         assert len(server.requests) <= 3
 
@@ -115,6 +123,23 @@ def test_bad_answers_are_asked_again_then_reported(bad: str, tmp_path: Path) -> 
         assert result == ["plush toy"]
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "```" + " " * 1_000_000,  # an unclosed fence: quadratic backtracking took hours
+        "[" * 100_000,  # nested past Python's recursion limit
+    ],
+)
+def test_pathological_answers_are_bad_answers_at_once(bad: str) -> None:
+    with MisbehavingServer(default="ok:" + bad) as server:
+        start = time.monotonic()
+        [result] = LLM(_backend(server.base_url)).complete_json(
+            [_request("Bag")], [_styles], attempts=2
+        )
+        assert isinstance(result, BadAnswer) and result.reason == "not JSON"
+        assert time.monotonic() - start < 5
+
+
 def test_cache_answers_a_repeat_without_calls(tmp_path: Path) -> None:
     with MisbehavingServer() as server:
         llm = LLM(_backend(server.base_url), AnswerCache(tmp_path / "cache.sqlite"))
@@ -147,3 +172,116 @@ def test_the_configured_temperature_reaches_the_request_and_the_cache_key(tmp_pa
             llm.complete([_request("Coat")])
             assert llm.calls == 1
         assert [r["temperature"] for r in server.requests] == [0.0, 0.9]
+
+
+@functools.cache
+def _huge_reply() -> bytes:
+    """A well-formed reply of 20 MB: an answer of 1.25M styles."""
+    answer = '{"styles": [' + '"oil painting", ' * 1_250_000 + '"sketch"]}'
+    return json.dumps(chat_reply(answer)).encode()
+
+
+class HostileServer(MisbehavingServer):
+    """MisbehavingServer, and also:
+
+    trickle     a whole reply, one byte every `trickle_seconds` (never a read timeout)
+    huge        a 20 MB reply with its Content-Length     huge_chunked   the same, chunked
+    """
+
+    def __init__(self, default: str, trickle_seconds: float = 0.2):
+        super().__init__(default)
+        self.trickle_seconds = trickle_seconds
+        self.sent: list[int] = []  # bytes of each hostile reply that went out
+
+    def respond(self, handler: BaseHTTPRequestHandler, behaviour: str) -> None:
+        if behaviour not in ("trickle", "huge", "huge_chunked"):
+            return super().respond(handler, behaviour)
+        self.sent.append(0)
+        try:
+            if behaviour == "trickle":
+                reply = json.dumps(chat_reply('{"styles": ["late answer"]}')).encode()
+                head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(reply)}\r\n\r\n".encode()
+                for byte in head + reply:
+                    handler.wfile.write(bytes([byte]))
+                    handler.wfile.flush()
+                    self.sent[-1] += 1
+                    time.sleep(self.trickle_seconds)
+                return
+            body = _huge_reply()
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            if behaviour == "huge":
+                handler.send_header("Content-Length", str(len(body)))
+            else:
+                handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            for start in range(0, len(body), 1 << 16):
+                chunk = body[start : start + (1 << 16)]
+                if behaviour == "huge_chunked":
+                    chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+                handler.wfile.write(chunk)
+                self.sent[-1] += len(chunk)
+        except OSError:  # the client hung up: what these tests want
+            handler.close_connection = True
+        finally:
+            with contextlib.suppress(OSError):
+                handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_server_that_trickles_is_stopped_at_the_deadline() -> None:
+    """A byte every 0.2 s never trips the per-read timeout (1 s); llm.deadline (the whole
+    request, retries included) ends it, in one line that names the setting to raise."""
+    with HostileServer(default="trickle") as server:
+        backend = _backend(server.base_url, timeout=1.0, deadline=1.5)
+        start = time.monotonic()
+        with pytest.raises(LLMError) as info:
+            backend.complete([_request("Coat")])
+        seconds = time.monotonic() - start
+    message = str(info.value)
+    assert message.startswith(f"llm (openai) at {server.base_url}, for 'Coat': ")
+    assert "llm.deadline=1.5 s" in message and "\n" not in message
+    assert 1.4 < seconds < 5  # the whole reply would take about 80 s
+    assert 0 < server.sent[0] < 20  # it was still trickling
+
+
+def test_the_deadline_counts_from_a_request_s_turn_not_from_the_batch() -> None:
+    with MisbehavingServer(default="slow", slow_seconds=0.5) as server:
+        backend = _backend(server.base_url, max_in_flight=1, timeout=5.0, deadline=1.5)
+        answers = backend.complete([_request(seed=i) for i in range(4)])  # 2 s in all
+    assert answers == ['{"styles": ["late answer"]}'] * 4
+
+
+@pytest.mark.parametrize("huge", ["huge", "huge_chunked"])
+def test_a_huge_reply_is_a_bad_answer_read_no_further_than_the_cap(
+    huge: str, tmp_path: Path
+) -> None:
+    """A 20 MB reply is read to the cap and no further (memory does not follow it), is a
+    bad answer asked again with the next seed, and is not cached."""
+    _huge_reply()  # built before memory is traced
+    with HostileServer(default=huge) as server:
+        cache = AnswerCache(tmp_path / "cache.sqlite")
+        llm = LLM(_backend(server.base_url), cache)
+        server.script.append('ok:{"styles": ["oil painting"]}')
+        llm.complete([_request("Warm-up", seed=99)])  # openai's modules loaded, not traced
+        tracemalloc.start()
+        try:
+            start = time.monotonic()
+            [result] = llm.complete_json([_request("Sandal")], [_styles], attempts=2)
+            seconds = time.monotonic() - start
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert isinstance(result, BadAnswer) and result.label == "Sandal"
+        assert (
+            result.reason == f"reply longer than {MIN_REPLY_BYTES:,} bytes, the most read "
+            "for max_tokens=256"
+        )
+        assert [r["seed"] for r in server.requests[1:]] == [0, 1]
+        assert peak < 4 * MIN_REPLY_BYTES  # the reply is 20 MB
+        assert seconds < 5
+        assert all(sent < len(_huge_reply()) for sent in server.sent)  # none was read whole
+        # not cached: asked again, and a good answer this time is used
+        server.script.append('ok:{"styles": ["plush toy"]}')
+        [result] = llm.complete_json([_request("Sandal")], [_styles])
+        assert result == ["plush toy"] and llm.cached == 0
+        llm.close()

@@ -130,6 +130,24 @@ def test_quality_checks() -> None:
     assert near_duplicate_mask(vectors, threshold=0.95).tolist() == [True, False, True]
 
 
+def test_a_huge_answer_is_cleaned_in_bounded_time() -> None:
+    """An answer of 250k phrases (a 10 MB answer hung the prompts stage): only the first
+    MAX_LIST_ITEMS are looked at, at once; duplicates in another case are still dropped."""
+    import time
+
+    from diversynth.llm.json_requests import MAX_LIST_ITEMS
+    from diversynth.prompts.llm_requests import clean_phrases
+    from diversynth.prompts.quality import PhraseMatcher
+
+    head = ["Sunny beach", "SUNNY  BEACH.", "sunny beach", "coat", "a red bag on a chair"]
+    items = head + [f"city street number {i}" for i in range(250_000)]
+    start = time.perf_counter()
+    phrases = clean_phrases(items, "Coat", PhraseMatcher(["Coat", "Bag"]))
+    assert time.perf_counter() - start < 1.0  # 2.7 s for 8k phrases when it was quadratic
+    streets = MAX_LIST_ITEMS - len(head)  # the other four are copies or name a class
+    assert phrases == ["Sunny beach", *(f"city street number {i}" for i in range(streets))]
+
+
 @pytest.fixture(scope="module")
 def prompts_run(finished_run: Path) -> Path:
     return finished_run

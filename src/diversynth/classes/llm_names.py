@@ -10,7 +10,7 @@ from typing import Any
 from diversynth.classes.candidates import clean_name
 from diversynth.classes.entry import ClassEntry
 from diversynth.llm.base import ChatRequest
-from diversynth.llm.json_requests import json_request, phrase_list
+from diversynth.llm.json_requests import MAX_LIST_ITEMS, json_request, phrase_list
 
 MAX_NAME_WORDS = 6
 EXAMPLE = {
@@ -65,7 +65,8 @@ def name_validator(
         if not isinstance(answer, dict) or not isinstance(answer.get("names"), list):
             raise ValueError('expected {"names": [...]}')
         names: list[str] = []
-        for item in answer["names"]:
+        seen: set[str] = set()  # casefolded: a set, as an answer may list thousands
+        for item in answer["names"][:MAX_LIST_ITEMS]:
             name = clean_name(item, strip=".,;:\"'")
             if name is None or len(name.split()) > MAX_NAME_WORDS:
                 why = "not a short name"
@@ -77,10 +78,11 @@ def name_validator(
                 why = "names a broader class"
             elif name.casefold() in echo:
                 why = "copies the example"
-            elif name.casefold() in (n.casefold() for n in names):
+            elif name.casefold() in seen:
                 why = "repeated"
             else:
                 names.append(name)
+                seen.add(name.casefold())
                 continue
             rejected[why] += 1
         if not names:

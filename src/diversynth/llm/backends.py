@@ -43,6 +43,7 @@ class OpenAIBackend:
             timeout=config.timeout, max_retries=config.max_retries,
             max_in_flight=config.max_in_flight,
             response_format=openai_response_format(config.json_mode),
+            deadline=config.deadline,
         )  # fmt: skip
 
     def complete(self, requests: list[ChatRequest], on_answer: OnAnswer | None = None) -> list[str]:

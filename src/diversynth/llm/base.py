@@ -14,6 +14,7 @@ class LLMError(DiversynthError):
 
 
 DEFAULT_TEMPERATURE = 0.7  # config.LLMConfig's default too
+DEFAULT_DEADLINE = 300.0  # seconds per request, retries included: config.LLMConfig's default too
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,19 @@ class ChatRequest:
         fields = asdict(self)
         fields.pop("label")
         return fields
+
+
+class Unusable(str):
+    """Stands in for an answer a backend could not take whole (a reply over the size cap):
+    empty text, and why. LLM.complete_json counts it a bad answer, asked again with the
+    next seed; it is never cached, since it is not what the model said."""
+
+    reason: str
+
+    def __new__(cls, reason: str) -> Unusable:
+        answer = super().__new__(cls, "")
+        answer.reason = reason
+        return answer
 
 
 # Called with (position in the batch, answer) as each answer arrives, so that a backend

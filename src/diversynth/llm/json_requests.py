@@ -9,6 +9,11 @@ from diversynth.llm.base import ChatRequest
 
 SYSTEM = "You help build a diverse image dataset. You answer with one JSON object and nothing else."
 MAX_PHRASE_CHARS = 80
+# The most items of one list in an answer that are looked at. The stages ask for at most 256
+# (prompts.styles_per_class; contexts_per_axis and classes' llm_names at most 64), so 4x
+# that leaves room for an answer that repeats or pads itself, while one of 250k phrases
+# (a 10 MB answer) costs no more than this.
+MAX_LIST_ITEMS = 1024
 
 
 def phrase_list(max_items: int, max_chars: int = MAX_PHRASE_CHARS) -> dict[str, Any]:

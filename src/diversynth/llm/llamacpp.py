@@ -177,7 +177,7 @@ class LlamaCppBackend:
         self._server.start()
         return ChatClient(
             who="llm (llamacpp)", base_url=self._server.base_url, model=self.model,
-            api_key="not-needed", timeout=self.config.timeout,
+            api_key="not-needed", timeout=self.config.timeout, deadline=self.config.deadline,
             max_retries=self.config.max_retries, max_in_flight=1,
             response_format=llamacpp_response_format(self.config.json_mode),
             server_ended=self._server.ended,

@@ -8,7 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 from diversynth.llm.base import ChatRequest
-from diversynth.llm.json_requests import MAX_PHRASE_CHARS, json_request, phrase_list
+from diversynth.llm.json_requests import (
+    MAX_LIST_ITEMS,
+    MAX_PHRASE_CHARS,
+    json_request,
+    phrase_list,
+)
 from diversynth.prompts.compose import with_article
 from diversynth.prompts.examples import WorkedExample, axis_key
 from diversynth.prompts.quality import PhraseMatcher, mentions_other_class
@@ -60,22 +65,23 @@ def style_request(
 
 
 def clean_phrases(items: Any, name: str, class_names: PhraseMatcher) -> list[str]:
-    """Usable phrases: text, one line, short, not the class name alone, no other class named."""
+    """Usable phrases among the first MAX_LIST_ITEMS items: text, one line, short, not the
+    class name alone, no other class named, each once (any case)."""
     if not isinstance(items, list):
         return []
     phrases = []
-    for item in items:
+    # the class name alone is no phrase; a set, since a scan of the phrases kept was quadratic
+    seen = {name.casefold()}
+    for item in items[:MAX_LIST_ITEMS]:
         if not isinstance(item, str):
             continue
         text = " ".join(item.split()).strip(" .,;:")
-        if not re.search(r"[^\W\d_]{2}", text) or len(text) > MAX_PHRASE_CHARS:
-            continue  # no word in it ("...", "1."), or a sentence rather than a phrase
-        if text.casefold() == name.casefold():
+        if len(text) > MAX_PHRASE_CHARS or not re.search(r"[^\W\d_]{2}", text):
+            continue  # a sentence rather than a phrase, or no word in it ("...", "1.")
+        key = text.casefold()
+        if key in seen or mentions_other_class(text, class_names, name):
             continue
-        if mentions_other_class(text, class_names, name) or text.casefold() in (
-            p.casefold() for p in phrases
-        ):
-            continue
+        seen.add(key)
         phrases.append(text)
     return phrases
 
