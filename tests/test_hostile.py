@@ -560,7 +560,7 @@ def test_a_full_disk_mid_run_says_the_work_is_kept(
     monkeypatch.setattr(stage, "run_report", full)
     line = one_line(1, "run", str(OFFLINE_CONFIG), "--out", str(run_copy),
                     *set_args(kit_overrides), "--force", "report")  # fmt: skip
-    assert f"the disk of {str(run_copy)!r} is full" in line and "run the same command" in line
+    assert "the disk is full" in line and "report/x" in line and "run the same command" in line
 
 
 def test_a_run_on_a_read_only_disk_is_reported_elsewhere(run_copy: Path, tmp_path: Path) -> None:
@@ -598,3 +598,61 @@ def test_a_tiny_pipeline_never_replaces_a_pipeline_folder_of_the_users(tmp_path:
     assert invoke("make-tiny-models", str(made), "--arch", "sd15")[0] == 0  # its own: remade
     assert (made / "model_index.json").is_file() and _unchanged(tmp_path, beside)
     assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_what_cannot_run_here_is_one_line_before_any_stage(
+    kit: dict[str, Path], kit_overrides: list[str], tmp_path: Path
+) -> None:
+    """A device the machine lacks, model_kwargs that build but cannot run a batch (the
+    model is run on the meta device), a pipeline component that cannot be left out or a
+    class its library lacks, a path under a file, a loop of links in the run: each one
+    line, before anything is written."""
+    import json
+
+    import torch
+
+    out = tmp_path / "run"
+    base = ["run", str(OFFLINE_CONFIG), "--out", str(out), *set_args(kit_overrides)]
+    if not torch.cuda.is_available():
+        line = one_line(2, *base, "--set", "train.device=cuda:3")
+        assert "train.device: cuda:3, but torch sees no CUDA device" in line
+    line = one_line(2, *base, "--set", "train.model_kwargs={in_chans: 1}")
+    assert "train.model_kwargs: resnet10t with {'in_chans': 1} fails on a 32 px RGB batch" in line
+    line = one_line(2, *base, "--set", "train.model_kwargs={drop_rate: 5}")
+    assert "dropout probability has to be between 0 and 1" in line
+    line = one_line(2, *base, "--set", "generate.components={unet: null}")
+    assert "StableDiffusionPipeline cannot run without its unet" in line
+    sd = Path(shutil.copytree(kit["stable-diffusion"], tmp_path / "sd"))
+    index = json.loads((sd / "model_index.json").read_text())
+    (sd / "model_index.json").write_text(json.dumps({**index, "unet": ["diffusers", "NoUNet"]}))
+    line = one_line(2, *base, "--set", f"generate.model={sd}")
+    assert "model_index.json names unet a diffusers NoUNet, a class diffusers does not have" in line
+    assert not out.exists()
+    (tmp_path / "notes.txt").write_text("mine\n")
+    under = tmp_path / "notes.txt" / "run"
+    line = one_line(2, "run", str(OFFLINE_CONFIG), "--out", str(under))
+    assert f"cannot make {str(under)!r}: {str(tmp_path / 'notes.txt')!r} is a file" in line
+    line = one_line(2, "evaluate-model", str(OFFLINE_CONFIG), "--model", "resnet18", "--json",
+                    str(tmp_path / "notes.txt" / "eval.json"))  # fmt: skip
+    assert "is a file, not a folder" in line
+    RunDir(out).claim()
+    (out / "a").symlink_to(out / "b")
+    (out / "b").symlink_to(out / "a")
+    line = one_line(2, *base, "--stages", "classes")
+    assert "is one of a loop of symbolic links" in line
+
+
+def test_a_model_its_library_cannot_build_is_one_line(kit: dict[str, Path], tmp_path: Path) -> None:
+    """A config value the library cannot take (a damaged config.json) fails inside
+    diffusers with its own error class: the loader says which setting and model, in one
+    line (it was a traceback)."""
+    import json
+
+    from diversynth.config import GenerateConfig
+    from diversynth.vision.generator import GeneratorLoadError, TextToImage
+
+    sd = Path(shutil.copytree(kit["stable-diffusion"], tmp_path / "sd"))
+    unet = json.loads((sd / "unet" / "config.json").read_text())
+    (sd / "unet" / "config.json").write_text(json.dumps({**unet, "norm_num_groups": "x"}))
+    with pytest.raises(GeneratorLoadError, match=rf"generate.model: cannot load '{sd}': \w+"):
+        TextToImage.load(GenerateConfig(model=str(sd), device="cpu"))

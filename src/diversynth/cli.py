@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -18,8 +20,43 @@ from diversynth.errors import DiversynthError, shown
 from diversynth.pipeline import STAGE_NAMES, PipelineError, parse_stage_list, run_stages
 from diversynth.progress import console
 from diversynth.rundir import RunDir, write_json
+from diversynth.userfiles import folder_problem
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """A typer app whose commands end in one line on a fault they did not catch
+    themselves: a DiversynthError's message and exit code; an OSError (a full disk, a path
+    under a file, a folder not writable) with exit 1. Anything else is a bug and keeps its
+    traceback."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(func: Callable[..., Any]) -> Any:
+            @functools.wraps(func)  # typer reads the signature through __wrapped__
+            def one_line(*call_args: Any, **call_kwargs: Any) -> Any:
+                try:
+                    return func(*call_args, **call_kwargs)
+                except DiversynthError as exc:
+                    _fail(str(exc), exc.exit_code)
+                except OSError as exc:
+                    _fail(_os_error(exc), code=1)
+
+            return register(one_line)
+
+        return decorator
+
+
+def _os_error(exc: OSError, where: object = None) -> str:
+    """An OSError as a line: a full disk says the work is kept and how to go on."""
+    place = exc.filename or where or "writing"
+    if exc.errno == errno.ENOSPC:
+        return (f"the disk is full ({place}): the work finished so far is kept; free some "
+                "space and run the same command again to go on")  # fmt: skip
+    return f"{exc.strerror or exc} ({place})"
+
+
+app = _App(
     help="Diversified synthetic images for image-classifier training.",
     no_args_is_help=True,
     add_completion=False,
@@ -59,11 +96,20 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _place(path: Path, what: str) -> None:
+    """Refuse a path whose folders cannot be made (one of them is a file), before any
+    work whose result would have nowhere to go."""
+    problem = folder_problem(path)
+    if problem:
+        _fail(f"{what}: cannot write {str(path)!r}: {problem}")
+
+
 def _new_file(path: Path, what: str, force: bool, suffix: str = "") -> None:
     """A file the command writes where the user said: never a folder, never a file that
     is there unless `force` (a config named by mistake would become a checkpoint)."""
     if path.is_dir():
         _fail(f"{what}: {str(path)!r} is a folder; name the file to write")
+    _place(path, what)
     if suffix and path.suffix != suffix:
         _fail(f"{what}: {str(path)!r} does not end in {suffix}")
     if (path.exists() or path.is_symlink()) and not force:
@@ -114,11 +160,7 @@ def _run(config: Path, out: Path, stages: list[str], force: list[str],
     except DiversynthError as exc:
         _fail(str(exc), exc.exit_code)
     except OSError as exc:  # disk full, permissions: the run directory keeps finished work
-        if exc.errno == errno.ENOSPC:
-            _fail(f"the disk of {str(out)!r} is full ({exc.filename or 'writing'}): the work "
-                  "finished so far is kept; free some space and run the same command again "
-                  "to go on", code=1)  # fmt: skip
-        _fail(f"{exc.strerror or exc} ({exc.filename or out})", code=1)
+        _fail(_os_error(exc, out), code=1)
     # anything else is a bug and keeps its traceback
 
 
@@ -180,7 +222,7 @@ def _stage_command(name: str, summary: str, group: typer.Typer = app, as_name: s
     group.command(name=as_name or name)(command)
 
 
-classes_app = typer.Typer(
+classes_app = _App(
     help="Class lists and the names prompts use: run the stage, or explain one decision.",
     no_args_is_help=True,
 )
@@ -291,6 +333,8 @@ def report(
     if len(runs) > 1 and out is None:
         _fail("--out: give a folder for the comparison of several runs")
     dirs = [_existing_run(run) for run in runs]
+    if out is not None:
+        _place(out, "--out")
     try:
         if out is not None:
             claim_site(out, "--out", force)
@@ -397,6 +441,7 @@ def make_tiny_models_cmd(
     ] = None,
 ) -> None:
     """Build tiny random-weight models (diffusers pipeline, open_clip) for offline runs."""
+    _place(out, "OUT")
     if arch is not None:
         from diversynth.pipeline_kit import ARCHITECTURES, save_tiny_pipeline
 

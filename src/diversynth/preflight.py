@@ -181,7 +181,25 @@ def _model_problems(cfg: Any) -> list[str]:
         if not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules()):
             lines.append(f"train.aux_norm: layernorm, but the model has no LayerNorm "
                          f"({cfg.model!r}): use batchnorm for a model with batch norm")  # fmt: skip
+    if model is not None and not lines and cfg.model_kwargs:
+        problem = _forward_problem(model, cfg.image_size)
+        if problem and _forward_problem(_meta_build(cfg.model, {}), cfg.image_size) is None:
+            lines.append(f"train.model_kwargs: {cfg.model} with {shown(cfg.model_kwargs)} "
+                         f"fails on a {cfg.image_size} px RGB batch: {problem}")  # fmt: skip
     return lines
+
+
+def _forward_problem(model: Any, size: int) -> str | None:
+    """What stops a training forward pass of a batch of two RGB images of `size` pixels,
+    on the meta device (shapes only: a kwarg that builds but cannot run, as `in_chans: 1`
+    or `drop_rate: 5`, fails here rather than at the train stage)."""
+    import torch
+
+    try:
+        model.train()(torch.empty(2, 3, size, size, device="meta"))
+    except Exception as exc:  # noqa: BLE001 - torch and timm raise many kinds
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    return None
 
 
 def _class_identities(config: RunConfig) -> list[dict[str, Any]] | None:
@@ -239,6 +257,28 @@ def real_train_counts(config: RunConfig) -> list[int]:
     return class_counts(train.labels, len(classes))
 
 
+def _device_problems(config: RunConfig, stages: list[str]) -> list[str]:
+    """Devices the selected stages would use that this machine does not have (a ray
+    engine's are its workers': not checked here)."""
+    from diversynth.vision.device import device_problem
+
+    gen = config.generate
+    wanted = []
+    if "generate" in stages and gen is not None and gen.engine == "local":
+        wanted.append(("generate.device", gen.device))
+    clip_used = (
+        ("classes" in stages and config.disambiguation_mode == "clip")
+        or ("leaks" in stages and config.leaks.check)
+        or ("generate" in stages and gen is not None and gen.clip_score and gen.engine == "local")
+    )
+    if clip_used and config.clip is not None:
+        wanted.append(("clip.device", config.clip.device))
+    if {"train", "evaluate"} & set(stages):
+        wanted.append(("train.device", config.train.device))
+    found = ((setting, device_problem(name)) for setting, name in wanted)
+    return [f"{setting}: {problem}" for setting, problem in found if problem]
+
+
 def preflight(config: RunConfig, stages: list[str]) -> None:
     """Raise ConfigError, one line per problem, for what the selected stages would meet."""
     problems = []
@@ -252,6 +292,7 @@ def preflight(config: RunConfig, stages: list[str]) -> None:
             problems.append(f"generate.scheduler: {problem}")
     if {"prompts", "generate"} & set(stages) and config.generate is not None:
         problems += _pipeline_problems(config)
+    problems += _device_problems(config, stages)
     if "train" in stages and not problems:
         problems += _model_problems(config.train)
     classes = _class_identities(config) if config.data is not None else None

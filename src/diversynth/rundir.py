@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from diversynth.errors import DiversynthError, UsageError
+from diversynth.userfiles import folder_problem
 
 
 def _fsync_dir(path: Path) -> None:
@@ -181,6 +182,9 @@ class RunDir:
         a run writes config.yaml, prompts.jsonl and more into its folder."""
         if self.root.exists() and not self.root.is_dir():
             raise RunDirError(f"--out: {str(self.root)!r} is a file, not a folder")
+        problem = folder_problem(self.root)
+        if problem:
+            raise RunDirError(f"--out: cannot make {str(self.root)!r}: {problem}")
         if self.root.is_dir() and not self.is_run():
             present = sorted(p.name for p in self.root.iterdir())
             if present:
@@ -199,15 +203,17 @@ class RunDir:
         if escape is not None:
             link, target = escape
             rel = link.relative_to(self.root)
+            where = (f"a symbolic link to {str(target)!r}, outside the run directory"
+                     if target is not None else "one of a loop of symbolic links")  # fmt: skip
             raise RunDirError(
-                f"--out: {str(link)!r} is a symbolic link to {str(target)!r}, outside the run "
-                "directory: diversynth writes and removes files only inside the run. Put the "
-                f"whole run on that disk (--out a folder there), or replace the link "
-                f"{str(rel)!r} by a folder"
+                f"--out: {str(link)!r} is {where}: diversynth writes and removes files only "
+                "inside the run. Put the whole run on that disk (--out a folder there), or "
+                f"replace the link {str(rel)!r} by a folder"
             )
 
-    def outside_link(self) -> tuple[Path, Path] | None:
-        """The first link (and its target) inside the run that leads out of it, if any.
+    def outside_link(self) -> tuple[Path, Path | None] | None:
+        """The first link inside the run that leads out of it, and its target (None for a
+        loop of links), if any.
         Links to files are followed by nothing that writes (files are replaced whole, not
         written through), but one is refused all the same: a train/metrics.jsonl link would
         be appended to."""
@@ -219,7 +225,10 @@ class RunDir:
             with os.scandir(folders.pop()) as entries:
                 for entry in entries:
                     if entry.is_symlink():
-                        target = Path(entry.path).resolve()
+                        try:
+                            target = Path(entry.path).resolve()
+                        except (RuntimeError, OSError):  # a loop of links leads nowhere
+                            return Path(entry.path), None
                         if not target.is_relative_to(root):
                             return Path(entry.path), target
                     elif entry.is_dir():

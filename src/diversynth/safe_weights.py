@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-from diversynth.errors import UsageError, shown
+from diversynth.errors import DiversynthError, UsageError, shown
 from diversynth.userfiles import MB, UserFileError, read_user_bytes
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -358,6 +358,28 @@ def check_pipeline_folder(path: str | Path, setting: str = "",
         problem = _component_problem(folder, name, entry, setting)
         if problem:
             raise ModelFolderError(where + problem)
+
+
+class ModelLoadError(DiversynthError):
+    """A library could not build a model from the files it was given (exit 1)."""
+
+
+@contextlib.contextmanager
+def loading(setting: str, ref: str,
+            error: type[DiversynthError] = ModelLoadError) -> Iterator[None]:  # fmt: skip
+    """The one way a model is loaded: pickles refused (refusing_pickles), and whatever else
+    the library's loader raises (a config value it cannot take, a class it does not know,
+    a tokenizer it cannot convert, a hub it cannot reach) as one `error` line naming the
+    setting, the model and the library's own last words."""
+    with refusing_pickles(setting):
+        try:
+            yield
+        except (DiversynthError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every library has its own error classes
+            words = " ".join(str(exc).split())
+            raise error(f"{setting}: cannot load {shown(ref)}: {type(exc).__name__}: "
+                        f"{shown(words, 300)[1:-1]}") from exc  # fmt: skip
 
 
 @contextlib.contextmanager

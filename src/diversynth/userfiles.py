@@ -71,3 +71,12 @@ def read_user_text(path: Path, what: str, limit: int) -> str:
         raise UserFileError(
             f"{what}: {str(path)!r} is not UTF-8 text (byte {exc.start}: {exc.reason})"
         ) from None
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why `path`, to be made or written, cannot have its folders made: the nearest of its
+    parents that exists is not a folder (None: it is one)."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{str(parent)!r} is a file, not a folder"
+    return None

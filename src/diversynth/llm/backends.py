@@ -11,7 +11,7 @@ from typing import Any
 from diversynth.llm.base import Backend, ChatRequest, LLMError, OnAnswer
 from diversynth.llm.chat_client import ChatClient
 from diversynth.llm.llamacpp import LlamaCppBackend
-from diversynth.safe_weights import UnsafeWeightsError, refusing_pickles
+from diversynth.safe_weights import loading
 
 
 def openai_response_format(mode: str) -> Any:
@@ -88,18 +88,11 @@ class TransformersBackend:
             _cache_gguf_name_map()
         kwargs = {"trust_remote_code": self.config.trust_remote_code, **extra}
         weights = {} if extra else {"use_safetensors": True}  # a GGUF file is no pickle
-        try:
-            with refusing_pickles("llm.model"):
-                self._tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-                self._lm = AutoModelForCausalLM.from_pretrained(
-                    source, dtype=torch.float32, **kwargs, **weights
-                )
-        except UnsafeWeightsError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise LLMError(
-                f"llm.model: transformers cannot load {self.config.model!r}: {exc}"
-            ) from exc
+        with loading("llm.model", self.config.model, LLMError):
+            self._tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            self._lm = AutoModelForCausalLM.from_pretrained(
+                source, dtype=torch.float32, **kwargs, **weights
+            )
         self._tokenizer.padding_side = "left"  # decoder-only models generate after the prompt
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from diversynth.safe_weights import refusing_pickles
+from diversynth.safe_weights import loading
 
 
 def mean_cosine_distance(embeddings: np.ndarray) -> float:
@@ -67,7 +67,7 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
 
         transformers.utils.logging.disable_progress_bar()
-        with refusing_pickles("prompts.embedder"):
+        with loading("prompts.embedder", model):
             self._model = SentenceTransformer(
                 model, device="cpu", trust_remote_code=False,
                 model_kwargs={"use_safetensors": True},

@@ -26,7 +26,7 @@ from diversynth.real_subset import real_subset
 from diversynth.real_subset import train_counts as real_subset_counts
 from diversynth.realdata import CatalogImageFolder, listed_dataset, real_listing
 from diversynth.rundir import RunDir, write_json
-from diversynth.safe_weights import refusing_pickles
+from diversynth.safe_weights import loading
 from diversynth.train.data import eval_transform
 from diversynth.train.model import load_checkpoint
 from diversynth.vision.device import pick_device
@@ -150,7 +150,7 @@ def evaluate_on_sets(config: RunConfig, model: torch.nn.Module, meta: dict[str, 
                      run: RunDir | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Top-1 / top-5, mean per-class top-1, and top-1 by class frequency on the config's
     evaluation sets (`evaluation_sets`)."""
-    device = pick_device(config.train.device)
+    device = pick_device(config.train.device, "train.device")
     model.to(device).eval()
     sets = evaluation_sets(config, run, classes, eval_transform(meta))
     train_counts = _train_counts(config, run, classes) if config.data is not None else None
@@ -222,7 +222,8 @@ def timm_model(name: str, pretrained: bool, num_classes: int) -> tuple[torch.nn.
     from timm.data import resolve_data_config
 
     check_timm_name(name)
-    with refusing_pickles("--pretrained"):  # timm's weights of some models are pickles
+    # timm's weights of some models are pickles; without a hub, none download
+    with loading("--pretrained" if pretrained else "--model", name, EvaluateError):
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
     data = resolve_data_config({}, model=model)
     meta = {"model": name, "num_classes": num_classes, "image_size": data["input_size"][-1],

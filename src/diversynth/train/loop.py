@@ -298,7 +298,7 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
     if config.data is None:
         raise TrainError("data: required by the train stage")
     ranks = distributed.current()
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, "train.device")
     if device.type == "cuda" and ranks.distributed:
         device = torch.device("cuda", ranks.local_rank)
     autocast = _autocast_dtype(cfg.precision, device)

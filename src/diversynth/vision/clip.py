@@ -10,7 +10,7 @@ from PIL import Image
 
 from diversynth.config import ClipConfig
 from diversynth.errors import DiversynthError
-from diversynth.safe_weights import UnsafeWeightsError, refusing_pickles
+from diversynth.safe_weights import loading
 from diversynth.vision.device import pick_device
 
 
@@ -29,18 +29,14 @@ class ClipScorer:
     def load(cls, config: ClipConfig) -> ClipScorer:
         import open_clip
 
-        device = pick_device(config.device)
-        try:
-            with refusing_pickles("clip.model"):
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    config.model, pretrained=config.pretrained, device=device
-                )
-        except UnsafeWeightsError:
-            raise
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise ClipLoadError(f"clip.model: cannot load {config.model!r}: {exc}") from exc
+        device = pick_device(config.device, "clip.device")
+        with loading("clip.model", config.model, ClipLoadError):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                config.model, pretrained=config.pretrained, device=device
+            )
+            tokenizer = open_clip.get_tokenizer(config.model)
         model.eval()
-        return cls(model, preprocess, open_clip.get_tokenizer(config.model), device)
+        return cls(model, preprocess, tokenizer, device)
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:

@@ -7,10 +7,36 @@ from contextlib import contextmanager
 
 import torch
 
+from diversynth.errors import UsageError
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def pick_device(name: str = "auto") -> torch.device:
+class DeviceError(UsageError):
+    pass
+
+
+def device_problem(name: str) -> str | None:
+    """Why the device a setting names is not on this machine (None: it is)."""
+    device = torch.device(name) if name != "auto" else None
+    if device is None or device.type == "cpu":
+        return None
+    if device.type == "mps":
+        return None if torch.backends.mps.is_available() else "no MPS device here"
+    if not torch.cuda.is_available():
+        return f"{name}, but torch sees no CUDA device on this machine (use auto or cpu)"
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        return f"{name}, but this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}"
+    return None
+
+
+def pick_device(name: str = "auto", setting: str = "device") -> torch.device:
+    """The device a setting names (auto: a GPU when there is one); DeviceError, naming the
+    setting, when it is not here."""
+    problem = device_problem(name)
+    if problem:
+        raise DeviceError(f"{setting}: {problem}")
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():

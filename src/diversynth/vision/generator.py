@@ -12,7 +12,7 @@ from PIL import Image
 
 from diversynth.config import GenerateConfig
 from diversynth.errors import DiversynthError
-from diversynth.safe_weights import UnsafeWeightsError, refusing_pickles
+from diversynth.safe_weights import loading
 from diversynth.vision.device import pick_device, pick_dtype
 from diversynth.vision.pipeline_traits import (
     PipelineTraits,
@@ -145,27 +145,20 @@ class TextToImage:
         transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
 
-        device = pick_device(config.device)
+        device = pick_device(config.device, "generate.device")
         dtype = pick_dtype(config.dtype, device)
         traits = check_model(config)
         extra: dict[str, Any] = load_overrides(traits, config)
         if "safety_checker" in traits.components and not config.safety_checker:
             extra["safety_checker"] = None  # not even loaded
-        try:
-            with refusing_pickles("generate.model"):
-                pipe = AutoPipelineForText2Image.from_pretrained(
-                    config.model,
-                    dtype=dtype,
-                    use_safetensors=True,  # never unpickle weights
-                    trust_remote_code=config.trust_remote_code,
-                    **extra,
-                )
-        except UnsafeWeightsError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise GeneratorLoadError(
-                f"generate.model: cannot load {config.model!r}: {exc}"
-            ) from exc
+        with loading("generate.model", config.model, GeneratorLoadError):
+            pipe = AutoPipelineForText2Image.from_pretrained(
+                config.model,
+                dtype=dtype,
+                use_safetensors=True,  # never unpickle weights
+                trust_remote_code=config.trust_remote_code,
+                **extra,
+            )
         if config.safety_checker and getattr(pipe, "safety_checker", None) is None:
             raise GeneratorLoadError(
                 f"generate.safety_checker: true, but {config.model!r} has no safety checker"

@@ -191,6 +191,12 @@ def effective_guidance(traits: PipelineTraits, config: GenerateConfig) -> float 
     return config.guidance_scale if config.guidance_scale is not None else traits.default_guidance
 
 
+# Components no text-to-image pipeline runs without: diffusers loads a pipeline with any of
+# them left out and fails at the first call
+NEEDED_COMPONENTS = frozenset({"unet", "transformer", "vae", "scheduler", "text_encoder",
+                               "tokenizer"})  # fmt: skip
+
+
 def setting_problems(traits: PipelineTraits, config: GenerateConfig) -> list[str]:
     """Settings the pipeline would ignore or refuse, one line each."""
     problems = []
@@ -213,6 +219,29 @@ def setting_problems(traits: PipelineTraits, config: GenerateConfig) -> list[str
                 f"generate.components: {traits.pipeline} has no component "
                 f"{name!r} (it has {', '.join(sorted(traits.components))})"
             )
+        elif name in NEEDED_COMPONENTS and name in traits.components:
+            problems.append(f"generate.components: {traits.pipeline} cannot run without its "
+                            f"{name} (what can be left out: a second or third text encoder "
+                            "and its tokenizer, a safety checker)")  # fmt: skip
+    problems += _unknown_classes(traits, config)
+    return problems
+
+
+def _unknown_classes(traits: PipelineTraits, config: GenerateConfig) -> list[str]:
+    """Components model_index.json names by a class their library does not have (a typo,
+    or a newer library's class): diffusers fails on them only when loading."""
+    import importlib
+
+    problems = []
+    for name, entry in sorted(traits.components.items()):
+        if name in config.components or not _named(entry):
+            continue
+        library, cls = entry
+        if library not in ("diffusers", "transformers"):
+            continue  # remote code, or a library we do not load
+        if not hasattr(importlib.import_module(library), cls):
+            problems.append(f"generate.model: model_index.json names {name} a {library} {cls}, "
+                            f"a class {library} does not have (a newer {library}'s?)")  # fmt: skip
     return problems
 
 
