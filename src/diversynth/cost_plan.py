@@ -116,7 +116,9 @@ def _build(library: str, cls: str, config: dict[str, Any]) -> Any:
     """The module at full size on the meta device: shapes only."""
     import torch
 
-    with torch.device("meta"):
+    from diversynth.safe_weights import loading
+
+    with torch.device("meta"), loading("generate.model", f"{cls} from its config", PlanError):
         if library == "diffusers":
             import diffusers
 

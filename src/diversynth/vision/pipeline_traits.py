@@ -294,7 +294,10 @@ class PromptLimit:
 def _tokenizer(model: str, subfolder: str) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model, subfolder=subfolder)
+    from diversynth.safe_weights import loading
+
+    with loading("generate.model", f"{model}/{subfolder}", PipelineTraitsError):
+        return AutoTokenizer.from_pretrained(model, subfolder=subfolder)
 
 
 @lru_cache(maxsize=65536)
