@@ -453,3 +453,26 @@ def test_the_layout_check_lists_images_as_torchvision_does() -> None:
     from diversynth.data_scan import IMAGE_EXTENSIONS
 
     assert IMAGE_EXTENSIONS == IMG_EXTENSIONS
+
+
+def test_an_image_of_too_many_pixels_is_refused_from_its_header(tmp_path: Path) -> None:
+    """A 160 KB PNG of 13000 x 13000 pixels took 3.2 GB to decode: its size is read from
+    the header and refused before any pixel is."""
+    import struct
+    import zlib
+
+    from diversynth.data_scan import MAX_PIXELS, ImageReadError, open_rgb
+
+    side = 9000  # 81 megapixels, above the bound
+    assert side * side > MAX_PIXELS
+    rows = zlib.compress(b"\0" * ((side + 1) * side), 9)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    path = tmp_path / "big.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side,
+                     8, 0, 0, 0, 0)) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))  # fmt: skip
+    with pytest.raises(ImageReadError, match="is 9000 x 9000 pixels, above the bound of 64"):
+        open_rgb(path)

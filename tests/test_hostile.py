@@ -409,7 +409,7 @@ def test_yaml_alias_bombs_and_files_that_are_not_files_are_one_line_at_once(
     assert "is a folder, not a regular file" in line
     big = tmp_path / "big.yaml"
     big.write_text("# " + "x" * (9 << 20))
-    assert "above the bound of 8 MB" in one_line(2, "plan", str(big))
+    assert "above the bound of 4 MB" in one_line(2, "plan", str(big))
 
 
 @pytest.mark.parametrize(
@@ -418,7 +418,7 @@ def test_yaml_alias_bombs_and_files_that_are_not_files_are_one_line_at_once(
         ("prompts.per_class=1000000000", "prompts.per_class: Input should be less than or equal"),
         (
             "prompts.per_class=5000000",
-            "make 50,000,000 prompts, above the bound of 20,000,000 "
+            "make 50,000,000 prompts, above the bound of 10,000,000 "
             "(the environment variable DIVERSYNTH_MAX_IMAGES raises it)",
         ),
         ("generate.height=40000", "generate.height: Input should be less than or equal to 4096"),
@@ -656,3 +656,124 @@ def test_a_model_its_library_cannot_build_is_one_line(kit: dict[str, Path], tmp_
     (sd / "unet" / "config.json").write_text(json.dumps({**unet, "norm_num_groups": "x"}))
     with pytest.raises(GeneratorLoadError, match=rf"generate.model: cannot load '{sd}': \w+"):
         TextToImage.load(GenerateConfig(model=str(sd), device="cpu"))
+
+
+def test_a_hub_that_does_not_answer_is_asked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no network each hub request was retried for about 25 s (a run with a hub
+    model spent minutes before one line); one connection is tried, then the local cache
+    alone answers: a missing model fails at once."""
+    import time
+
+    from huggingface_hub import constants
+
+    from diversynth import hub
+    from diversynth.vision.pipeline_traits import PipelineTraitsError, read_traits
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # refuses at once
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    hub.hub_answers.cache_clear()
+    start = time.perf_counter()
+    assert hub.offline_unless_answering(["someone/some-pipeline"])
+    with pytest.raises(PipelineTraitsError, match="generate.model: cannot read 'someone/some"):
+        read_traits("someone/some-pipeline")
+    assert time.perf_counter() - start < 5
+    assert constants.HF_HUB_OFFLINE and not hub.offline_unless_answering(["other/model"])
+    hub.hub_answers.cache_clear()
+
+
+def test_files_of_the_users_inside_a_run_and_its_report_are_kept(
+    run_copy: Path, kit_overrides: list[str], tmp_path: Path
+) -> None:
+    """A rerun removes only what a stage or a report build wrote: notes a user left in
+    the run's folders, a report forced into a site of theirs, and a file a hand-edited
+    stage record names outside the run all stay; --out cannot be a run's own folder."""
+    import json
+
+    names = ["train/tensorboard/mine.txt", "leaks/eval-999.jpg", "report/classes/mine.html",
+             "report/thumbs/m.jpg", "report/leaks/m.jpg", "shards/notes.txt"]  # fmt: skip
+    planted = _planted(run_copy, dict.fromkeys(names, "mine\n"))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("outside the run\n")
+    state_file = run_copy / ".state" / "prompts.json"
+    state = json.loads(state_file.read_text())
+    state["files"]["../victim.txt"] = [1, 0, None]  # "damaged": would be removed
+    state_file.write_text(json.dumps(state))
+    args = ["run", str(OFFLINE_CONFIG), "--out", str(run_copy), *set_args(kit_overrides)]
+    code, errors, _ = invoke(*args, "--force", "classes")
+    assert code == 0 and not errors
+    assert _unchanged(run_copy, planted) and victim.read_text() == "outside the run\n"
+
+    site = tmp_path / "site"
+    mine = _planted(site, {"classes/u.txt": "u\n", "thumbs/u.txt": "u\n", "leaks/u.txt": "u\n",
+                           "index.html": "<p>mine</p>\n"})  # fmt: skip
+    code, errors, _ = invoke("report", "--run", str(run_copy), "--out", str(site), "--force")
+    assert code == 0 and not errors
+    assert _unchanged(site, {k: v for k, v in mine.items() if k != "index.html"})
+    code, errors, _ = invoke("report", "--run", str(run_copy), "--out", str(site))  # again
+    assert code == 0 and not errors and (site / "classes" / "u.txt").is_file()
+    line = one_line(2, "report", "--run", str(run_copy), "--out", str(run_copy), "--force")
+    assert "is a run directory" in line
+    line = one_line(2, "report", "--run", str(run_copy), "--out", str(run_copy / "leaks"))
+    assert "is inside the run" in line
+    assert len(list((run_copy / "leaks").glob("eval-*.jpg"))) > 1  # the stage's own, kept
+
+
+def test_only_a_folder_diversynth_made_is_taken_for_a_run(tmp_path: Path) -> None:
+    """An empty .lock or .state/ beside a user's config is no proof of a run (the config
+    was replaced); a FIFO as the lock file blocked for ever; a dangling --out link."""
+    import os
+
+    for made in (".lock", ".state"):
+        project = tmp_path / f"proj{made}"
+        project.mkdir()
+        (project / made).mkdir() if made == ".state" else (project / made).touch()
+        planted = _planted(project, {"config.yaml": "name: mine\n"})
+        line = one_line(2, "run", str(OFFLINE_CONFIG), "--out", str(project), "--stages",
+                        "classes")  # fmt: skip
+        assert "holds files that are not a diversynth run" in line
+        assert _unchanged(project, planted)
+    run = tmp_path / "run"
+    RunDir(run).claim()
+    os.mkfifo(run / ".lock")
+    line = one_line(2, "run", str(OFFLINE_CONFIG), "--out", str(run), "--stages", "classes")
+    assert ".lock' is not a regular file" in line
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    line = one_line(2, "run", str(OFFLINE_CONFIG), "--out", str(tmp_path / "gone"))
+    assert "is a symbolic link to" in line and "which does not exist" in line
+
+
+def test_more_mistakes_each_one_line(kit: dict[str, Path], tmp_path: Path) -> None:
+    """What a second hostile probe found: each is one line naming the right thing."""
+    import os
+
+    config = str(OFFLINE_CONFIG)
+    assert "expected key.path=value" in one_line(2, "plan", config, "--set", "generate..steps=3")
+    line = one_line(2, "run", config, "--out", str(tmp_path / "r"), "--force", "trian")
+    assert line.startswith("error: --force: unknown stage(s) 'trian'")
+    twice = f"evaluate.sets=[{{name: s, root: {tmp_path}}}, {{name: s, root: {tmp_path}}}]"
+    line = one_line(2, "plan", config, "--set", twice)
+    assert "set names must differ" in line
+    line = one_line(2, "plan", config, "--set", "evaluate.groups={many_above: 5, few_below: 100}")
+    assert line.startswith("error: evaluate.groups: few_below (100)")
+    os.mkfifo(tmp_path / "model.safetensors")
+    line = one_line(
+        2, "evaluate-model", config, "--checkpoint", str(tmp_path / "model.safetensors")
+    )
+    assert "is a FIFO (named pipe), not a regular file" in line
+    line = one_line(2, "plan", config, "--set", "generate.model=/")
+    assert "holds more than 10,000 files: not a model folder" in line
+    clip = Path(shutil.copytree(kit["open-clip"], tmp_path / "clip"))
+    (clip / "open_clip_config.json").write_text("{not json")
+    line = one_line(2, "plan", config, "--set", f"clip.model=local-dir:{clip}")
+    assert "open_clip_config.json' is not JSON" in line
+    sd = Path(shutil.copytree(kit["stable-diffusion"], tmp_path / "sd"))
+    for file in (sd / "tokenizer").iterdir():
+        file.unlink()
+    line = one_line(2, "plan", config, "--set", f"generate.model={sd}")
+    assert "tokenizer' is empty" in line
+    big = tmp_path / "classes.txt"
+    big.write_text("ab\n" * (12 << 20))  # 36 MB
+    line = one_line(2, "plan", config, "--set", "classes.names=null", "--set",
+                    f"classes.file={big}")  # fmt: skip
+    assert "above the bound of 32 MB" in line

@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +21,7 @@ from diversynth.errors import DiversynthError, shown
 from diversynth.pipeline import STAGE_NAMES, PipelineError, parse_stage_list, run_stages
 from diversynth.progress import console
 from diversynth.rundir import RunDir, write_json
-from diversynth.userfiles import folder_problem
+from diversynth.userfiles import file_problem, folder_problem
 
 
 class _App(typer.Typer):
@@ -28,6 +29,28 @@ class _App(typer.Typer):
     themselves: a DiversynthError's message and exit code; an OSError (a full disk, a path
     under a file, a folder not writable) with exit 1. Anything else is a bug and keeps its
     traceback."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The command line as a program: a mistake in the options (a value out of range,
+        an unknown option) is one `error:` line too, not click's usage box."""
+        if kwargs.get("standalone_mode") is False:
+            return super().__call__(*args, **kwargs)
+        try:
+            code = super().__call__(*args, **{**kwargs, "standalone_mode": False})
+        except typer.Abort:
+            code = 1
+        except typer.TyperException as exc:  # typer's click: a usage error and its kin
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()  # type: ignore[attr-defined]  # the help itself
+            else:
+                ctx = getattr(exc, "ctx", None)
+                where = f"{ctx.command_path}: " if ctx is not None else ""
+                message = exc.format_message()  # type: ignore[attr-defined]
+                for line in f"{where}{message}".splitlines():
+                    console.print(f"[red]error:[/red] {escape(line)}", highlight=False,
+                                  soft_wrap=True)  # fmt: skip
+            code = getattr(exc, "exit_code", 2)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
         register = super().command(*args, **kwargs)
@@ -55,6 +78,11 @@ def _os_error(exc: OSError, where: object = None) -> str:
                 "space and run the same command again to go on")  # fmt: skip
     return f"{exc.strerror or exc} ({place})"
 
+
+# the hub libraries' own warnings (a retry, a long sequence) are noise beside the one line
+# a failure gets; set before they are imported
+os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 app = _App(
     help="Diversified synthetic images for image-classifier training.",
@@ -104,6 +132,10 @@ def _place(path: Path, what: str) -> None:
         _fail(f"{what}: cannot write {str(path)!r}: {problem}")
 
 
+# a classifier checkpoint: ViT-g/14 in float32 is 4 GB
+CHECKPOINT_BYTES = 16 << 30
+
+
 def _new_file(path: Path, what: str, force: bool, suffix: str = "") -> None:
     """A file the command writes where the user said: never a folder, never a file that
     is there unless `force` (a config named by mistake would become a checkpoint)."""
@@ -114,6 +146,26 @@ def _new_file(path: Path, what: str, force: bool, suffix: str = "") -> None:
         _fail(f"{what}: {str(path)!r} does not end in {suffix}")
     if (path.exists() or path.is_symlink()) and not force:
         _fail(f"{what}: {str(path)!r} exists; give a new file, or --force to replace it")
+    folder = path.parent
+    if folder.is_dir():  # a file can be made there (a folder of /proc cannot hold one)
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            _fail(f"{what}: cannot write in {str(folder)!r}: {exc.strerror or exc}")
+
+
+def _outside_runs(out: Path, runs: list[RunDir]) -> None:
+    """A report folder that is no run's own folder: a run directory, or a folder inside
+    one other than its report/, holds the stages' files (RUN/leaks is the leaks stage's)."""
+    target = out.resolve()
+    if RunDir(out).is_run():
+        _fail(f"--out: {str(out)!r} is a run directory; without --out its report goes to "
+              "RUN/report")  # fmt: skip
+    for run in runs:
+        root = run.root.resolve()
+        if target.is_relative_to(root) and target != run.report_dir.resolve():
+            _fail(f"--out: {str(out)!r} is inside the run {str(run.root)!r}, where its stages "
+                  "write; give a folder outside it (or leave --out out: RUN/report)")  # fmt: skip
 
 
 def _existing_run(path: Path) -> RunDir:
@@ -186,7 +238,7 @@ def run(
     """
     try:
         selected = parse_stage_list(stages)
-        forced = parse_stage_list(",".join(force)) if force else []
+        forced = parse_stage_list(",".join(force), "--force") if force else []
     except PipelineError as exc:
         _fail(str(exc))
         return
@@ -328,13 +380,15 @@ def report(
     """
     from diversynth.config import ReportConfig
     from diversynth.report.facts import load_run
-    from diversynth.report.site import build_comparison, build_run_site, claim_site
+    from diversynth.report.owned import claim_site
+    from diversynth.report.site import build_comparison, build_run_site
 
     if len(runs) > 1 and out is None:
         _fail("--out: give a folder for the comparison of several runs")
     dirs = [_existing_run(run) for run in runs]
     if out is not None:
         _place(out, "--out")
+        _outside_runs(out, dirs)
     try:
         if out is not None:
             claim_site(out, "--out", force)
@@ -408,8 +462,10 @@ def evaluate_model(
         _fail("give one of --checkpoint PATH or --model NAME")
     if cfg.data is None and not cfg.evaluate.sets:
         _fail("nothing to evaluate on: give a data section or evaluate.sets")
-    if checkpoint is not None and not checkpoint.is_file():
-        _fail(f"--checkpoint: no file {str(checkpoint)!r}")
+    if checkpoint is not None:
+        problem = file_problem(checkpoint, CHECKPOINT_BYTES)
+        if problem:
+            _fail(f"--checkpoint: {str(checkpoint)!r} {problem}")
     if json_out is not None:
         _new_file(json_out, "--json", force)
     if model is not None:

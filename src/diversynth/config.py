@@ -25,9 +25,14 @@ from pydantic import (
 )
 
 from diversynth.bounded_yaml import YamlError, load_yaml
-from diversynth.errors import UsageError, shown
+from diversynth.errors import SHOWN_CHARS, UsageError, shown
 from diversynth.recipes import RECIPES, with_recipe
-from diversynth.safe_weights import WeightsError, check_local_weights, check_pipeline_folder
+from diversynth.safe_weights import (
+    WeightsError,
+    check_local_weights,
+    check_pipeline_folder,
+    read_json_object,
+)
 from diversynth.userfiles import (
     CONFIG_BYTES,
     LIST_BYTES,
@@ -72,7 +77,14 @@ def _clip_ref(value: str) -> str:
     """An open_clip model: `local-dir:PATH`, `hf-hub:ORG/NAME`, or a built-in name."""
     if value.startswith("local-dir:"):
         path = _resolve_path(value.removeprefix("local-dir:"))
+        if not path.is_dir():
+            raise ValueError("local-dir: names a folder (open_clip_config.json and weights)")
         check_local_weights("", path)
+        if (path / "open_clip_config.json").exists():  # the model's settings, read whole
+            try:
+                read_json_object(path / "open_clip_config.json")
+            except WeightsError as exc:
+                raise ValueError(str(exc)) from None
         return "local-dir:" + str(path)
     if value.startswith("hf-hub:"):
         return value
@@ -98,9 +110,10 @@ ClipRef = Annotated[str, AfterValidator(_clip_ref)]
 MAX_SIDE = 4096  # pixels of a generated or training image side (SDXL and FLUX: 1024-2048)
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
 MAX_PER_CLASS = 10_000_000  # images or prompts of one class
-# synthetic images in a run, all classes together: 6x ImageNet-1k is 7.7M; past this the
-# prompts stage alone holds gigabytes. DIVERSYNTH_MAX_IMAGES raises it.
-MAX_IMAGES = int(os.environ.get("DIVERSYNTH_MAX_IMAGES", 20_000_000))
+# synthetic images (or prompts, or lines of a subset list) in a run, all classes together:
+# 6x ImageNet-1k is 7.7M; at 20M the prompts stage alone held 2.7 GB. The environment
+# variable DIVERSYNTH_MAX_IMAGES raises it.
+MAX_IMAGES = int(os.environ.get("DIVERSYNTH_MAX_IMAGES", 10_000_000))
 MAX_TEXT = 10_000  # characters of any one text setting (a template, a path, a prompt)
 # Seeds go to numpy, torch and Python generators: numpy takes none below 0, torch none of
 # 2**64 or more; the seeds derived from it are 63-bit
@@ -721,6 +734,18 @@ class EvaluateConfig(Section):
     sets: list[EvalSetConfig] = Field(default_factory=list, max_length=100)
     groups: FrequencyGroups = Field(default_factory=FrequencyGroups)
 
+    @field_validator("sets")
+    @classmethod
+    def _named_once(cls, sets: list[EvalSetConfig]) -> list[EvalSetConfig]:
+        """Results are kept by set name: a second set of a name would replace the first's."""
+        names = [s.name for s in sets]
+        reserved = {"fashion-mnist/test", "imagefolder/test"}  # the real test split's
+        twice = sorted({n for n in names if names.count(n) > 1} | reserved & set(names))
+        if twice:
+            raise ValueError(f"set names must differ from each other and from the real test "
+                             f"split's (FORMAT/test): {', '.join(map(repr, twice))}")  # fmt: skip
+        return sets
+
 
 class LeaksConfig(Section):
     """The leaks stage (diversynth.leaks): synthetic images whose CLIP image embedding is
@@ -843,7 +868,8 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     pairs = []
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip() or not re.fullmatch(r"[\w.-]+", key.strip()):
+        parts = key.strip().split(".")
+        if not sep or not all(parts) or not re.fullmatch(r"[\w.-]+", key.strip()):
             raise ConfigError(f"--set {shown(item)}: expected key.path=value")
         try:
             value = load_yaml(raw, f"--set {shown(item)}") if raw.strip() else raw
@@ -908,6 +934,8 @@ def _format_errors(error: ValidationError, model: type[BaseModel]) -> str:
     for item in items[:MAX_ERROR_LINES]:
         loc = tuple(part for part in item["loc"] if _is_key(part))
         where = ".".join(str(part) for part in loc) or "config"
+        if len(where) > SHOWN_CHARS:  # a key of the user's, as long as they like
+            where = shown(where)
         value = item.get("input")
         if item["type"] == "extra_forbidden":
             hint = difflib.get_close_matches(str(loc[-1]), _field_names(model, loc), n=1)
@@ -919,7 +947,7 @@ def _format_errors(error: ValidationError, model: type[BaseModel]) -> str:
             lines.append(f"{where}: required field is missing")
         elif isinstance(value, dict):  # a whole section: the message says what is wrong
             # and may name the key itself ("train.batch_size: ..."), as a section's rule does
-            named = message.startswith(f"{where}.")
+            named = message.startswith((f"{where}.", f"{where}:"))
             lines.append(message if named else f"{where}: {message}")
         else:
             lines.append(f"{where}: {message} (got {shown(value)})")
@@ -932,11 +960,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     """Read, override and validate a YAML config; raise ConfigError with one line per problem."""
     path = Path(path)
     try:
-        data = load_yaml(read_user_text(path, "config", CONFIG_BYTES), f"config: {path}") or {}
+        data = load_yaml(read_user_text(path, "config", CONFIG_BYTES), f"config: {str(path)!r}")
+        data = data or {}
     except (UserFileError, YamlError) as exc:
         raise ConfigError(str(exc)) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config: {path} must hold a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config: {str(path)!r} must hold a mapping, got {type(data).__name__}")
     for key, value in parse_overrides(overrides or []):
         _set_dotted(data, key, value)
     return validate_config(data)

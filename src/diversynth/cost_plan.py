@@ -85,6 +85,10 @@ def architecture_configs(model: str) -> tuple[dict[str, Any], str]:
     local = path.is_dir()
     if not local and model in RELEASED:  # known: no wait on a hub that may be unreachable
         return RELEASED[model], "released configs bundled with diversynth"
+    if not local:
+        from diversynth.hub import offline_unless_answering
+
+        offline_unless_answering([model])
     try:
         index = read_json(model, "model_index.json")
     except Exception:  # the hub unreachable

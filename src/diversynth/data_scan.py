@@ -96,6 +96,11 @@ def read_problem(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:160] + "..."
 
 
+# Pixels of a real image at most: decoded, 13000 x 13000 took 3.2 GB a picture (a PNG of
+# it is 160 KB); the largest photos of common datasets are near 20 megapixels
+MAX_PIXELS = 64_000_000
+
+
 def open_rgb(path: Path, draft: bool = False) -> Image.Image:
     """The image at `path` as RGB pixels, as torchvision's loader reads it; raise
     ImageReadError for a file that is not a regular file (a FIFO would block the loader
@@ -113,10 +118,15 @@ def open_rgb(path: Path, draft: bool = False) -> Image.Image:
             raise ImageReadError("is not a regular file")
         try:
             with Image.open(handle) as image:
+                width, height = image.size  # from the header alone
+                if width * height > MAX_PIXELS:
+                    bound = MAX_PIXELS // 10**6
+                    raise ImageReadError(f"is {width} x {height} pixels, above the bound of "
+                                         f"{bound} megapixels")  # fmt: skip
                 if draft:
                     image.draft("RGB", (1, 1))
                 return image.convert("RGB")
-        except MemoryError:
+        except (MemoryError, ImageReadError):
             raise
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
             raise ImageReadError(read_problem(exc)) from None

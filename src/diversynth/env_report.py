@@ -212,7 +212,8 @@ def _disk(run_dir: Path | None) -> Part:
         probe = probe.parent
     free = shutil.disk_usage(probe).free / 1e9
     state = "warn" if free < 2 else "ok"
-    return Part("disk", f"{free:.1f} GB free at {where}", state, needed=False)
+    at = str(where) if probe == where else f"{probe} ({where} does not exist yet)"
+    return Part("disk", f"{free:.1f} GB free at {at}", state, needed=False)
 
 
 def collect(config_path: Path | None, overrides: list[str], run_dir: Path | None) -> list[Part]:

@@ -15,6 +15,7 @@ leaves them out of training.
 from __future__ import annotations
 
 import heapq
+import json
 from collections import Counter
 from typing import Any
 
@@ -162,13 +163,24 @@ def _per_set_counts(leaked: list[dict[str, Any]]) -> dict[str, Counter[int]]:
     return counts
 
 
+def _pairs_listed(run: RunDir) -> int:
+    """How many pairs (and evaluation thumbnails) the run's leaks.json lists (0 when it
+    has none, or it cannot be read)."""
+    try:
+        return len(json.loads(run.leaks.read_text()).get("closest_pairs", []))
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 def _save_thumbnails(run: RunDir, pairs: list[dict[str, Any]], sets: list[_Set]) -> None:
     """The evaluation image of each listed pair, as RUN/leaks/eval-NNN.jpg (the report
     shows it beside the synthetic image, which it reads from its shard)."""
     folder = run.leak_thumbs
     folder.mkdir(exist_ok=True)
-    for old in folder.glob("eval-*.jpg"):
-        old.unlink()
+    # the images the last leaks.json listed, and only those (others in the folder are not
+    # the stage's); those this run lists are written over below
+    for rank in range(len(pairs), _pairs_listed(run)):
+        (folder / f"eval-{rank:03d}.jpg").unlink(missing_ok=True)
     by_name = {s.name: s for s in sets}
     for rank, pair in enumerate(pairs):
         image = by_name[pair["set"]].image(pair["eval_index"]).convert("RGB")

@@ -293,16 +293,17 @@ STAGE_NAMES = [stage.name for stage in STAGES]
 assert STAGE_NAMES == list(rundir.STAGE_NAMES), "rundir.STAGE_NAMES lists the stages in order"
 
 
-def parse_stage_list(text: str | None) -> list[str]:
+def parse_stage_list(text: str | None, option: str = "--stages") -> list[str]:
+    """The stages a comma-separated list names, in pipeline order (all for None)."""
     if text is None:
         return list(STAGE_NAMES)
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:  # "" or ",": a list that names nothing is not "all of them"
-        raise PipelineError(f"--stages: no stage named (got {shown(text)}); choose from "
-                            f"{', '.join(STAGE_NAMES)}, or leave --stages out for all")  # fmt: skip
+        raise PipelineError(f"{option}: no stage named (got {shown(text)}); choose from "
+                            f"{', '.join(STAGE_NAMES)}")  # fmt: skip
     unknown = [shown(n, 40) for n in names if n not in STAGE_NAMES]
     if unknown:
-        raise PipelineError(f"--stages: unknown stage(s) {', '.join(unknown)}; choose from "
+        raise PipelineError(f"{option}: unknown stage(s) {', '.join(unknown)}; choose from "
                             f"{', '.join(STAGE_NAMES)}")  # fmt: skip
     return [n for n in STAGE_NAMES if n in names]
 
@@ -370,6 +371,9 @@ def run_stages(
     ]
     if missing:
         raise PipelineError("\n".join(missing))
+    from diversynth.hub import hub_models, offline_unless_answering
+
+    offline_unless_answering(hub_models(config))  # before preflight reads any model's files
     if "prompts" in selected:  # before it builds a record of every prompt
         from diversynth.classes.catalog import load_classes
 

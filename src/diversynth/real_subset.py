@@ -13,15 +13,18 @@ inside its 10-shot set.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import re
+from dataclasses import dataclass
+from dataclasses import field as _field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from diversynth.config import RunConfig, SubsetConfig
+from diversynth.config import MAX_IMAGES, RunConfig, SubsetConfig
 from diversynth.errors import shown
 from diversynth.progress import console
 from diversynth.realdata import DataError, RealList, real_listing
@@ -97,10 +100,27 @@ def _lookups(classes: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, i
     return labels, folders
 
 
-def _problems(kind: str, items: list[tuple[int, str]]) -> str:
-    listed = ", ".join(f"line {n} {shown(text, 100)}" for n, text in items[:SHOWN])
-    lines = "1 line" if len(items) == 1 else f"{len(items)} lines"
-    return f"{kind} on {lines}: {listed}" + (", ..." if len(items) > SHOWN else "")
+@dataclass
+class _Found:
+    """Lines with one kind of problem: counted, the first SHOWN kept (a list of millions
+    of bad lines must not be held whole)."""
+
+    count: int = 0
+    first: list[tuple[int, str]] = _field(default_factory=list)
+
+    def add(self, number: int, text: str) -> None:
+        self.count += 1
+        if len(self.first) < SHOWN:
+            self.first.append((number, text))
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
+def _problems(kind: str, found: _Found) -> str:
+    listed = ", ".join(f"line {n} {shown(text, 100)}" for n, text in found.first)
+    lines = "1 line" if found.count == 1 else f"{found.count:,} lines"
+    return f"{kind} on {lines}: {listed}" + (", ..." if found.count > SHOWN else "")
 
 
 def read_list(path: Path, root: Path, classes: list[dict[str, Any]], field: str,
@@ -114,21 +134,31 @@ def read_list(path: Path, root: Path, classes: list[dict[str, Any]], field: str,
     when it is a regular file of at most LIST_BYTES (a FIFO would block for ever)."""
     lookup, folders = _lookups(classes)
     ids, labels, seen = [], [], set()
-    malformed, outside, missing, unknown, repeated = [], [], [], [], []
+    malformed, outside, missing, unknown, repeated = (
+        _Found(),
+        _Found(),
+        _Found(),
+        _Found(),
+        _Found(),
+    )
     content = read_user_text(path, field, LIST_BYTES)
-    for number, line in enumerate(content.splitlines(), start=1):
+    lines_in = content.count("\n")
+    if lines_in > MAX_IMAGES:  # before a record of each line is made
+        raise DataError(f"{field}: {str(path)!r} has {lines_in:,} lines, above the bound of "
+                        f"{MAX_IMAGES:,} images (DIVERSYNTH_MAX_IMAGES raises it)")  # fmt: skip
+    for number, line in enumerate(io.StringIO(content), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         parts = text.rsplit("\t", 1) if "\t" in text else text.rsplit(None, 1)
         if len(parts) != 2:
-            malformed.append((number, text))
+            malformed.add(number, text)
             continue
         image_id, label = parts[0].strip(), parts[1].strip()
         relative = PurePosixPath(image_id)
         key = relative.as_posix()
         if relative.is_absolute() or ".." in relative.parts:
-            outside.append((number, image_id))
+            outside.add(number, image_id)
             continue
         if fashion_rows is not None:
             split, _, row = image_id.partition("/")
@@ -136,18 +166,18 @@ def read_list(path: Path, root: Path, classes: list[dict[str, Any]], field: str,
         else:
             exists = (root / relative).is_file()
         if not exists:
-            missing.append((number, image_id))
+            missing.add(number, image_id)
         folder = relative.parent.name.casefold()
         named = folders.get(folder)
         foreign = named is None and WNID.match(folder)  # a wnid folder of no class listed
         if label.casefold() not in lookup or foreign:
-            unknown.append((number, f"{label} ({folder})" if foreign else label))
+            unknown.add(number, f"{label} ({folder})" if foreign else label)
             continue
         if named is not None and named != lookup[label.casefold()]:
-            unknown.append((number, f"{label}, but the folder {folder!r} is class {named}"))
+            unknown.add(number, f"{label}, but the folder {folder!r} is class {named}")
             continue
         if key in seen:
-            repeated.append((number, image_id))
+            repeated.add(number, image_id)
             continue
         seen.add(key)
         ids.append(key)

@@ -18,8 +18,8 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from diversynth.errors import DiversynthError, UsageError
@@ -151,6 +151,16 @@ class StageState:
     files: dict[str, list[Any]] = field(default_factory=dict)
 
 
+def _inside(rel: object) -> bool:
+    """Whether a recorded path stays inside the run: relative, no `..`."""
+    if not isinstance(rel, str) or not rel:
+        return False
+    path = PurePosixPath(rel)
+    return not path.is_absolute() and ".." not in path.parts and "\\" not in rel
+
+
+# .state/run: written when a folder becomes a run directory (RunDir.claim)
+RUN_MARKER = "run"
 # The stages, in the order they run: each leaves .state/NAME.json when it finishes
 STAGE_NAMES = ("classes", "prompts", "generate", "leaks", "train", "evaluate", "report")
 # Files of the shard folder that are not shards
@@ -172,14 +182,21 @@ class RunDir:
         self.root = Path(root)
 
     def is_run(self) -> bool:
-        """Whether the folder is a run directory (its `.state/` is made before any stage
-        runs; `.lock` marks runs from before that)."""
-        return self.state_dir.is_dir() or (self.root / ".lock").is_file()
+        """Whether the folder is a run directory diversynth made: its `.state/run` marker
+        (written when the folder became one), or, in a run from before the marker, a
+        finished stage's record. An empty `.state/` or `.lock` proves nothing: anyone can
+        make one."""
+        if (self.state_dir / RUN_MARKER).is_file():
+            return True
+        return any(self.state_path(stage).is_file() for stage in STAGE_NAMES)
 
     def claim(self) -> None:
         """Make the folder a run directory: it must be new, empty, or a run directory
         already. A folder holding anything else (the user's own config, say) is refused:
         a run writes config.yaml, prompts.jsonl and more into its folder."""
+        if self.root.is_symlink() and not self.root.exists():
+            raise RunDirError(f"--out: {str(self.root)!r} is a symbolic link to "
+                              f"{os.readlink(self.root)!r}, which does not exist")  # fmt: skip
         if self.root.exists() and not self.root.is_dir():
             raise RunDirError(f"--out: {str(self.root)!r} is a file, not a folder")
         problem = folder_problem(self.root)
@@ -195,6 +212,8 @@ class RunDir:
                 )
         self.check_confined()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.state_dir / RUN_MARKER).is_file():
+            write_text(self.state_dir / RUN_MARKER, "a diversynth run directory\n")
 
     def check_confined(self) -> None:
         """Refuse a run whose folders lead out of it: a link such as RUN/shards -> /data
@@ -208,7 +227,7 @@ class RunDir:
             raise RunDirError(
                 f"--out: {str(link)!r} is {where}: diversynth writes and removes files only "
                 "inside the run. Put the whole run on that disk (--out a folder there), or "
-                f"replace the link {str(rel)!r} by a folder"
+                f"remove the link {str(rel)!r}"
             )
 
     def outside_link(self) -> tuple[Path, Path | None] | None:
@@ -260,6 +279,9 @@ class RunDir:
         (its lock file not writable) is locked through a read-only handle, or, with no lock
         file at all, not locked: no process can change it there."""
         path = self.root / ".lock"
+        if path.is_symlink() or (path.exists() and not path.is_file()):  # a FIFO would block
+            raise RunDirError(f"{str(path)!r} is not a regular file (diversynth makes it as "
+                              "one): remove it")  # fmt: skip
         try:
             handle = path.open("a")
         except OSError as exc:
@@ -286,9 +308,15 @@ class RunDir:
         if not path.is_file():
             return None
         try:
-            return StageState(**json.loads(path.read_text()))
+            state = StageState(**json.loads(path.read_text()))
         except (ValueError, TypeError):
             return None  # unreadable state is the same as no state: the stage reruns
+        if not isinstance(state.files, dict):
+            return None
+        # a record naming a path out of the run (an edited or foreign .state) is no proof
+        # that the run wrote that file: left out, so nothing is checked or removed there
+        inside = {rel: entry for rel, entry in state.files.items() if _inside(rel)}
+        return state if len(inside) == len(state.files) else replace(state, files=inside)
 
     def write_state(self, state: StageState) -> None:
         write_json(self.state_path(state.stage), state.__dict__)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import struct
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -213,15 +214,35 @@ def weights_problem(path: Path) -> str | None:
     return None
 
 
-def _pickle_weights(folder: Path) -> list[Path]:
+# Files a model folder holds at most: a sharded LLM has a few hundred; a folder with more
+# is not a model (`generate.model: /` walked the whole file system)
+MAX_MODEL_FILES = 10_000
+
+
+def _model_files(setting: str, folder: Path) -> dict[Path, list[Path]]:
+    """Each folder of a model's tree and its files, sorted; WeightsError past
+    MAX_MODEL_FILES (folders that cannot be read are left out, as the loaders would fail
+    on them with their own message)."""
+    tree: dict[Path, list[Path]] = {}
+    count = 0
+    for parent, dirs, files in os.walk(folder):
+        dirs.sort()
+        count += len(files) + len(dirs)
+        if count > MAX_MODEL_FILES:
+            raise ModelFolderError(f"{_where(setting)}{str(folder)!r} holds more than "
+                                   f"{MAX_MODEL_FILES:,} files: not a model folder")  # fmt: skip
+        base = Path(parent)
+        tree[base] = sorted(base / name for name in files if os.path.isfile(base / name))
+    return tree
+
+
+def _pickle_weights(tree: dict[Path, list[Path]]) -> list[Path]:
     """Pickle weight files in folders of the tree that hold no safetensors file beside them
     (where both are there, the loaders take the safetensors)."""
     found = []
-    for directory in [folder, *(p for p in sorted(folder.rglob("*")) if p.is_dir())]:
-        files = [p for p in directory.iterdir() if p.is_file()]
-        if any(p.suffix in SAFE_SUFFIXES for p in files):
-            continue
-        found += sorted(p for p in files if p.suffix in PICKLE_SUFFIXES)
+    for files in tree.values():
+        if not any(p.suffix in SAFE_SUFFIXES for p in files):
+            found += [p for p in files if p.suffix in PICKLE_SUFFIXES]
     return found
 
 
@@ -262,7 +283,9 @@ def check_local_weights(setting: str, path: str | Path, also: tuple[str, ...] = 
             raise DamagedWeightsError(where + problem)
         return
     if path.is_dir():
-        pickles = _pickle_weights(path)
+        tree = _model_files(setting, path)
+        files = [file for group in tree.values() for file in group]
+        pickles = _pickle_weights(tree)
         if pickles:
             raise UnsafeWeightsError(
                 f"{where}{str(pickles[0])!r} is a pickle, and its folder has no "
@@ -270,11 +293,11 @@ def check_local_weights(setting: str, path: str | Path, also: tuple[str, ...] = 
                 "it with safetensors' save_file, or save the model with "
                 "safe_serialization=True)"
             )
-        for file in sorted(path.rglob("*.safetensors")):
+        for file in (f for f in files if f.name.endswith(".safetensors")):
             problem = weights_problem(file)
             if problem:
                 raise DamagedWeightsError(where + problem)
-        for index in sorted(path.rglob("*.safetensors.index.json")):
+        for index in (f for f in files if f.name.endswith(".safetensors.index.json")):
             problem = _index_problem(index)
             if problem:
                 raise DamagedWeightsError(where + problem)
@@ -315,6 +338,8 @@ def _component_problem(folder: Path, name: str, entry: list[Any], setting: str) 
     if not component.is_dir():
         return (f"{str(component)!r} is missing ({what}): download it (or, for a component "
                 "the pipeline can do without, write [null, null] for it there)")  # fmt: skip
+    if not any(component.iterdir()):  # a tokenizer too has its files
+        return f"{str(component)!r} is empty ({what}): download it"
     for config in ("config.json", *WEIGHTLESS_CONFIGS):
         if (component / config).exists() or (component / config).is_symlink():
             read_json_object(component / config, setting)  # raises, naming the file

@@ -11,11 +11,13 @@ from pathlib import Path
 from diversynth.errors import UsageError
 
 MB = 1 << 20
-CONFIG_BYTES = 8 * MB  # a config with every ImageNet class written out inline is ~0.2 MB
 LIST_BYTES = 256 * MB  # a list of every ImageNet training image is ~60 MB
-# YAML is read at about 2 MB/s into about 30 times its size in memory: a list of 21,843
-# classes with their WordNet glosses is ~3 MB
-YAML_BYTES = 16 * MB
+CLASS_LIST_BYTES = 32 * MB  # 100,000 classes (the bound) with descriptions: ~20 MB
+# YAML is read at about 2 MB/s into up to 250 times its size in memory (a flow list of
+# one-letter items): 4 MB holds a config, or a list of 21,843 classes with their WordNet
+# glosses (~3 MB), in well under 2 GB
+YAML_BYTES = 4 * MB
+CONFIG_BYTES = YAML_BYTES  # a config with every ImageNet class written out inline: 0.2 MB
 
 _KINDS = {
     stat.S_ISDIR: "a folder",

@@ -16,7 +16,7 @@ from diversynth.classes.imagenet import imagenet_catalog, wordnet_entry
 from diversynth.classes.wordnet import WNID
 from diversynth.config import MAX_CLASSES
 from diversynth.errors import shown
-from diversynth.userfiles import LIST_BYTES, YAML_BYTES, read_user_text
+from diversynth.userfiles import CLASS_LIST_BYTES, YAML_BYTES, read_user_text
 
 # Characters of a class name: prompts put it beside contexts within a text encoder's 77
 # tokens (about 300 characters), so a longer one is a description given as a name
@@ -76,8 +76,11 @@ def _from_items(items: list[object], where: str) -> list[ClassEntry]:
 
 def _read_file(path: Path) -> list[object]:
     suffix = path.suffix.lower()
-    limit = YAML_BYTES if suffix in (".yaml", ".yml") else LIST_BYTES
+    limit = YAML_BYTES if suffix in (".yaml", ".yml") else CLASS_LIST_BYTES
     text = read_user_text(path, "classes.file", limit)
+    if suffix in (".txt", ".csv") and text.count("\n") > 2 * MAX_CLASSES:  # before splitting
+        raise ClassListError(f"classes.file: {str(path)!r} has {text.count(chr(10)):,} lines, "
+                             f"above twice the bound of {MAX_CLASSES:,} classes")  # fmt: skip
     if suffix == ".txt":
         return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if suffix == ".csv":

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from diversynth.artifacts.records import read_classes
-from diversynth.errors import DiversynthError
+from diversynth.errors import UsageError, shown
 from diversynth.rundir import RunDir
 
 
@@ -21,10 +21,10 @@ def find_class(run: RunDir, key: str) -> dict[str, Any]:
         found = [r for r in records if r.get("wnid") == key]
         found = found or [r for r in records if r["raw_name"].casefold() == key.casefold()]
     if not found:
-        raise DiversynthError(f"no class {key!r} in {run.classes} (give an index, wnid or name)")
+        raise UsageError(f"no class {shown(key)} in {run.classes} (give an index, wnid or name)")
     if len(found) > 1:
         which = ", ".join(f"{r['index']} ({r.get('wnid') or r['name']})" for r in found)
-        raise DiversynthError(f"{key!r} names {len(found)} classes: {which}; give an index")
+        raise UsageError(f"{shown(key)} names {len(found)} classes: {which}; give an index")
     return found[0]
 
 

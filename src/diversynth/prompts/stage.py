@@ -24,6 +24,7 @@ from rich.markup import escape
 from diversynth.apportion import largest_remainder
 from diversynth.artifacts.records import ClassRecord, PromptRecord, read_classes
 from diversynth.config import STRATEGIES, ConfigError, RunConfig
+from diversynth.errors import shown
 from diversynth.llm import LLM, BadAnswer, open_llm
 from diversynth.progress import console, counting
 from diversynth.prompts import compose, quality
@@ -399,7 +400,7 @@ def _class_prompts(config: RunConfig, cls: ClassRecord, counts: dict[str, int],
     rng = random.Random(derive_seed(config.seed, cls["index"], 3))
     selector = Selector(name, embedder, cfg.blocklist, cfg.near_duplicate_threshold, limit)
     naive = compose.naive_texts(name, templates, counts["naive"])
-    _check_templates(naive, limit)
+    _check_templates(naive, limit, name)
     chosen: dict[str, list[tuple[str, Any]]] = {"naive": [(t, {"template": True}) for t in naive]}
     if counts["cd"] and isinstance(contexts, dict):
         chosen["cd"] = _cd_prompts(
@@ -440,13 +441,19 @@ def prompt_token_limit(config: RunConfig) -> quality.TokenLimit:
     return prompt_limit(config.generate) or ClipContext()
 
 
-def _check_templates(texts: list[str], limit: quality.TokenLimit) -> None:
-    """A template prompt longer than every text encoder reads: the config's to mend."""
+def _check_templates(texts: list[str], limit: quality.TokenLimit, name: str) -> None:
+    """A template prompt longer than every text encoder reads: the config's to mend (the
+    template, or the class name that made it long)."""
     for text in dict.fromkeys(texts):
         if not limit.fits(text):
-            raise ConfigError(f"prompts.templates: {text!r} is {limit.count(text)} tokens, "
+            blame = (
+                "the class name is most of it: shorten the name (put the rest in its description)"
+                if len(name) > len(text) / 2
+                else "shorten the template"
+            )
+            raise ConfigError(f"prompts.templates: {shown(text)} is {limit.count(text)} tokens, "
                               f"longer than the text encoders read ({limit.describe()}): "
-                              "shorten the template")  # fmt: skip
+                              f"{blame}")  # fmt: skip
 
 
 def _with_example(detail: dict[str, Any], example: WorkedExample,

@@ -5,7 +5,6 @@ LLM goes through Jinja's autoescaping, and pages are named by class index, never
 from __future__ import annotations
 
 import json
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,9 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from diversynth.config import STRATEGIES
-from diversynth.errors import UsageError
 from diversynth.report import plots
 from diversynth.report.facts import RunFacts
+from diversynth.report.owned import SiteFiles
 from diversynth.report.thumbs import make_thumbnails
 from diversynth.rundir import write_text
 
@@ -36,39 +35,6 @@ CONFIG_KEYS = [
     ("epochs", "train.epochs"),
     ("synthetic share of a batch", "train.synthetic_fraction"),
 ]
-
-
-# Marks a folder as a report site diversynth made: only such a folder (or a new or empty
-# one) is written into without --force. An index.html alone proves nothing: a user's
-# own site has one.
-SITE_MARKER = ".diversynth-report"
-
-
-class SiteFolderError(UsageError):
-    pass
-
-
-def claim_site(site: Path, what: str, force: bool = False) -> None:
-    """Make `site` a report folder: it must be new, empty, or one a report was written to,
-    unless `force`. The marker goes in before any page."""
-    if site.exists() and not site.is_dir():
-        raise SiteFolderError(f"{what}: {str(site)!r} is a file, not a folder")
-    if site.is_dir() and not (site / SITE_MARKER).is_file() and not force:
-        present = sorted(entry.name for entry in os.scandir(site))
-        if present:
-            listed = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-            raise SiteFolderError(
-                f"{what}: {str(site)!r} holds files that are not a diversynth report "
-                f"({listed}); give a new or empty folder, or --force to write the report "
-                "into it (files of the same names are replaced)"
-            )
-    _mark_site(site)
-
-
-def _mark_site(site: Path) -> None:
-    site.mkdir(parents=True, exist_ok=True)
-    if not (site / SITE_MARKER).is_file():
-        write_text(site / SITE_MARKER, "a report site written by diversynth\n")
 
 
 def _env() -> Environment:
@@ -179,16 +145,16 @@ def leakage_section(facts: RunFacts, thumbs: dict[str, str]) -> dict[str, Any] |
             "excluded": excluded}  # fmt: skip
 
 
-def _copy_leak_thumbnails(facts: RunFacts, site: Path) -> None:
+def _copy_leak_thumbnails(facts: RunFacts, site: SiteFiles) -> None:
     """The evaluation images of the closest pairs, saved by the leaks stage."""
     import shutil
 
-    folder = site / "leaks"
-    shutil.rmtree(folder, ignore_errors=True)
+    folder = site.site / "leaks"
+    site.remove_tree(folder)
     source = facts.run.leak_thumbs
     if facts.leaks is None or not source.is_dir():
         return
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.glob("eval-*.jpg")):
         shutil.copyfile(path, folder / path.name)
 
@@ -342,16 +308,17 @@ def _class_page(facts: RunFacts, position: int, cfg: Any, thumbs: dict[str, str]
 
 def build_run_site(facts: RunFacts, site: Path, cfg: Any, up: str | None = None) -> dict[str, Any]:
     """Write (or refresh) one run's site under `site`, a folder `claim_site` accepted (or
-    the run's own report folder); thumbnails already made are kept."""
-    _mark_site(site)
+    the run's own report folder); thumbnails already made are kept. Only files a build
+    wrote are removed (report.owned)."""
+    owned = SiteFiles(site)
     _copy_assets(site)
     shown = cfg.images_per_class
     wanted = [r for c in facts.classes for r in facts.first_images(c["index"], shown)]
     listed = {r["key"] for r in wanted}
     pairs = (facts.leaks or {}).get("closest_pairs", [])
     wanted += [r for r in facts.rows_of([p["key"] for p in pairs]) if r["key"] not in listed]
-    thumbs = make_thumbnails(facts.run, wanted, site, cfg.thumbnail_size) if wanted else {}
-    _copy_leak_thumbnails(facts, site)
+    thumbs = make_thumbnails(facts.run, wanted, owned, cfg.thumbnail_size) if wanted else {}
+    _copy_leak_thumbnails(facts, owned)
     plot_list = []
     for made, alt, width in (
         (plots.training_curves(facts.train_metrics, site / "plots"), "training curves", 640),
@@ -381,7 +348,8 @@ def build_run_site(facts: RunFacts, site: Path, cfg: Any, up: str | None = None)
         write_text(path, _class_page(facts, position, cfg, thumbs))
     for stale in pages.iterdir():
         if stale.name not in keep:
-            stale.unlink()
+            owned.remove(stale)
+    owned.save()
     return {
         "classes": len(facts.classes),
         "thumbnails": len(thumbs),
@@ -391,7 +359,7 @@ def build_run_site(facts: RunFacts, site: Path, cfg: Any, up: str | None = None)
 
 def build_comparison(runs: list[RunFacts], out: Path, cfg: Any) -> dict[str, Any]:
     """out/index.html compares the runs; each run's own site goes to out/run-N/."""
-    _mark_site(out)
+    owned = SiteFiles(out)
     _copy_assets(out)
     rows, points, sets = [], {}, []
     for number, facts in enumerate(runs, start=1):
@@ -447,5 +415,6 @@ def build_comparison(runs: list[RunFacts], out: Path, cfg: Any) -> dict[str, Any
         )  # fmt: skip
     )
     write_text(out / "index.html", html)
+    owned.save()
     return {"runs": len(runs), "page": str(out / "index.html"), "plot": plot,
             "group_plot": group_plot}  # fmt: skip

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from diversynth.artifacts.shards import read_stats
+from diversynth.report.owned import SiteFiles
 from diversynth.rundir import RunDir
 
 SHA_CHARS = 16
@@ -37,8 +37,11 @@ def thumbnail_paths(run: RunDir, rows: list[dict]) -> dict[str, str]:
     return paths
 
 
-def make_thumbnails(run: RunDir, rows: list[dict], site: Path, size: int) -> dict[str, str]:
-    """Write the missing thumbnails for these manifest rows; return key -> relative path."""
+def make_thumbnails(run: RunDir, rows: list[dict], owned: SiteFiles,
+                    size: int) -> dict[str, str]:  # fmt: skip
+    """Write the missing thumbnails for these manifest rows into the site; return key ->
+    relative path. Thumbnails of shards no longer in the run are removed (only those)."""
+    site = owned.site
     paths = thumbnail_paths(run, rows)
     missing: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
@@ -49,7 +52,11 @@ def make_thumbnails(run: RunDir, rows: list[dict], site: Path, size: int) -> dic
             image = Image.open(io.BytesIO(jpeg)).convert("RGB")
             image.thumbnail((size, size))
             _save(image, site / paths[key])
-    _remove_stale(site / "thumbs", {p.split("/")[1] for p in paths.values()})
+    keep = {p.split("/")[1] for p in paths.values()}
+    folder = site / "thumbs"
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if entry.name not in keep:
+            owned.remove_tree(entry) if entry.is_dir() else owned.remove(entry)
     return paths
 
 
@@ -79,10 +86,3 @@ def _save(image: Image.Image, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     image.save(tmp, format="JPEG", quality=85)
     os.replace(tmp, path)
-
-
-def _remove_stale(folder: Path, keep: set[str]) -> None:
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            if entry.name not in keep:
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()

@@ -222,6 +222,10 @@ def timm_model(name: str, pretrained: bool, num_classes: int) -> tuple[torch.nn.
     from timm.data import resolve_data_config
 
     check_timm_name(name)
+    if pretrained:
+        from diversynth.hub import offline_unless_answering
+
+        offline_unless_answering([name])
     # timm's weights of some models are pickles; without a hub, none download
     with loading("--pretrained" if pretrained else "--model", name, EvaluateError):
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)

@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -127,8 +126,10 @@ def _tensorboard(run: RunDir, cfg: TrainConfig, steps_done: int) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     folder = run.train_dir / "tensorboard"
-    if not steps_done:
-        shutil.rmtree(folder, ignore_errors=True)  # a fresh start: no curves of old runs
+    if not steps_done and folder.is_dir():  # a fresh start: no curves of old runs
+        # the writer's own files (SummaryWriter names each so); anything else is the user's
+        for events in folder.glob("events.out.tfevents.*"):
+            events.unlink()
     # purge_step hides the events a killed run logged after its last saved state
     return SummaryWriter(str(folder), purge_step=steps_done + 1 if steps_done else None)
 
