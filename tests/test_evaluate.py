@@ -115,7 +115,7 @@ def test_evaluate_model_command_takes_any_checkpoint_or_timm_model(
     assert result.returncode == 2
     assert "--model: not a timm model name (got 'no_such_net')" in result.stderr
     result = cli("evaluate-model", str(config), "--checkpoint", str(tmp_path / "missing.st"))
-    assert result.returncode == 2 and "--checkpoint: no file" in result.stderr
+    assert result.returncode == 2 and "missing.st' does not exist" in result.stderr
 
 
 def test_any_timm_model_comes_with_its_preprocessing() -> None:

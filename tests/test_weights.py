@@ -158,7 +158,10 @@ def test_a_component_folder_without_its_weights_is_refused(
                            ".safetensors file; model_index.json names vae a diffusers "
                            "AutoencoderKL)")  # fmt: skip
     (sd / "vae" / "config.json").unlink()
+    (sd / "vae" / "README.md").write_text("weights elsewhere\n")
     assert f"'{sd / 'vae'}' has no config.json" in refused(setting)
+    (sd / "vae" / "README.md").unlink()
+    assert f"'{sd / 'vae'}' is empty" in refused(setting)
 
 
 def test_a_model_index_that_is_not_json_names_the_file(sd: Path, kit_overrides: list[str]) -> None:
