@@ -232,7 +232,7 @@ def _resumed_equals_whole(arch: str, folder: Path, model: Path, kit: dict[str, P
     # the training stage's reader: every image, 32 px, with its manifest label
     rows = read_manifest(killed.manifest, ["class_index", "clip_class"])
     assert rows.column("clip_class").null_count == 0  # CLIP scored every image
-    images = synthetic_images(killed.root, num_real=100, scale=None, transform=lambda im: im)
+    images = synthetic_images(killed, num_real=100, scale=None, transform=lambda im: im)
     assert images is not None and len(images) == 10
     read = [images[i] for i in range(len(images))]
     assert {im.size for im, _ in read} == {(32, 32)}

@@ -133,8 +133,8 @@ def test_planted_test_image_is_found_listed_and_left_out(
     assert (run.report_dir / "plots" / "image_diversity.png").is_file()
 
     # train.exclude_leaks: the training stage's synthetic images less the planted one
-    kept = synthetic_images(run.root, 1000, None, lambda im: im, leaked_keys(run))
-    every = synthetic_images(run.root, 1000, None, lambda im: im)
+    kept = synthetic_images(run, 1000, None, lambda im: im, leaked_keys(run))
+    every = synthetic_images(run, 1000, None, lambda im: im)
     assert kept is not None and every is not None and len(kept) == len(every) - 1
     row = next(r for r in _rows_of(run.manifest) if r["key"] == planted)
     places = {(kept.shards[s], int(o)) for s, o in zip(kept.shard_ids, kept.offsets, strict=True)}

@@ -86,6 +86,36 @@ def test_synthetic_scale_picks_images_in_proportion_to_each_class() -> None:
     assert counts.sum() == 650
 
 
+def test_a_smaller_scale_picks_a_subset_balanced_over_classes_and_strategies() -> None:
+    """train.strategies: within a class the images are taken round-robin over its
+    strategies (in proportion to what each has), so scale 1's images are among scale 2's,
+    and each class's share of each strategy stays even at every scale."""
+    rng = np.random.default_rng(1)
+    # 4 classes, 3 strategies; the manifest groups a class's images by strategy
+    classes = np.repeat(np.arange(4), 30)
+    strategies = np.tile(np.repeat(np.arange(3), 10), 4)
+    shuffled = rng.permutation(len(classes))
+    classes, strategies = classes[shuffled], strategies[shuffled]
+    picks = [set(select_images(classes, n, strategies).tolist()) for n in (12, 24, 60, 120)]
+    assert all(small <= large for small, large in zip(picks, picks[1:], strict=False))
+    for picked in picks:
+        rows = np.array(sorted(picked))
+        per_cell = np.bincount(classes[rows] * 3 + strategies[rows], minlength=12)
+        assert per_cell.max() - per_cell.min() == 0, per_cell  # 1, 2, 5, 10 of each
+    # without strategies: a class's images in manifest order, so a small count takes the
+    # first strategy's images only (what the strategy round-robin corrects)
+    ordered_classes = np.repeat(np.arange(4), 30)
+    ordered_strategies = np.tile(np.repeat(np.arange(3), 10), 4)
+    plain = select_images(ordered_classes, 12)
+    assert set(ordered_strategies[plain].tolist()) == {0}
+    mixed = select_images(ordered_classes, 12, ordered_strategies)
+    assert np.bincount(ordered_strategies[mixed], minlength=3).tolist() == [4, 4, 4]
+    # a strategy with twice the images in a class gets twice the places
+    uneven = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1])
+    chosen = select_images(np.zeros(9, dtype=np.int64), 3, uneven)
+    assert np.bincount(uneven[chosen], minlength=2).tolist() == [1, 2]
+
+
 def test_synthetic_images_are_read_by_the_offsets_in_the_manifest(
     run_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

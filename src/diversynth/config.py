@@ -619,6 +619,11 @@ class TrainConfig(Section):
     # synthetic images used, as a multiple of the real training set (0, 1, ... 6); the run's
     # shards must hold enough. None: all of them
     synthetic_scale: float | None = Field(None, ge=0, le=1000)
+    # the only strategies whose synthetic images train (null: all the run made); the images
+    # are then spread over the classes and, within a class, over these strategies
+    strategies: list[Strategy] | None = Field(
+        None, min_length=1, max_length=len(STRATEGIES), exclude_if=lambda v: v is None
+    )
     aux_bn: bool = True  # synthetic images through norm layers of their own (false: shared)
     # which norm layers get a twin: batch norm (AdvProp's auxiliary BN), or for models
     # without BN (ViT, DeiT, Swin) layer norm, whose twin is only a second affine pair
@@ -791,6 +796,19 @@ class RunConfig(Section):
     def _llm_when_contextualized(self) -> RunConfig:
         if self.prompts.shares.get("cd", 0) > 0 and self.llm is None:
             raise ValueError("prompts.shares.cd is above 0 but no llm is configured")
+        return self
+
+    @model_validator(mode="after")
+    def _trained_strategies_made(self) -> RunConfig:
+        chosen = self.train.strategies or []
+        if len(set(chosen)) < len(chosen):
+            raise ValueError(f"train.strategies: {', '.join(chosen)} names a strategy twice")
+        unmade = [s for s in chosen if self.prompts.shares.get(s, 0) <= 0]
+        if unmade and self.train.synthetic_scale != 0:
+            raise ValueError(
+                f"train.strategies: {', '.join(unmade)} has no share in prompts.shares, so the "
+                "run makes no such image (give it a share, or leave it out)"
+            )
         return self
 
     @model_validator(mode="after")

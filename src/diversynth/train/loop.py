@@ -206,7 +206,8 @@ def _data(config: RunConfig, run: RunDir, classes: list[ClassRecord], world: int
     synthetic = None
     if cfg.synthetic_fraction > 0:
         leaked = leaked_keys(run) if cfg.exclude_leaks else None
-        synthetic = synthetic_images(run.root, len(real), cfg.synthetic_scale, transform, leaked)
+        synthetic = synthetic_images(run, len(real), cfg.synthetic_scale, transform, leaked,
+                                     cfg.strategies)  # fmt: skip
     real_per, synthetic_per = _batch_split(cfg, synthetic is not None, world)
     _check_batch_fits(cfg, real_per, len(real), synthetic_per, len(synthetic) if synthetic else 0)
     _check_mixup_parts(cfg, real_per // world, synthetic_per // world)

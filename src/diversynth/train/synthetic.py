@@ -27,8 +27,10 @@ from torch.utils.data import Dataset
 
 from diversynth.artifacts.manifest import read_manifest
 from diversynth.artifacts.shards import jpeg_locations
+from diversynth.config import STRATEGIES
 from diversynth.data_scan import OneLineFromWorkers, read_problem
 from diversynth.errors import DiversynthError
+from diversynth.rundir import RunDir
 
 
 class SyntheticDataError(DiversynthError, ValueError):
@@ -40,34 +42,56 @@ class DamagedShardError(OneLineFromWorkers, SyntheticDataError):
     (one line, also from a loader worker)."""
 
 
-def select_images(classes: np.ndarray, count: int) -> np.ndarray:
-    """Positions of `count` images spread over the classes in proportion to the images
-    each has (its budget, prompts.budget), ascending, each class's images in the order
-    given (the manifest's key order). An image's place is (its depth in its class + 1/2) /
-    the class's count, ties to the lower class: with equal counts that is round-robin over
-    the classes (the first of every class, then the second, ...)."""
-    by_class = np.argsort(classes, kind="stable")
-    grouped = classes[by_class]
-    depth = np.empty(len(classes), dtype=np.int64)
-    depth[by_class] = np.arange(len(classes)) - np.searchsorted(grouped, grouped)
-    sizes = np.bincount(classes)[classes]
+def _places(groups: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Each element's (depth in its group + 1/2) / its group's size, depth counted along
+    `order` (the element positions in the order they are taken)."""
+    taken = order[np.argsort(groups[order], kind="stable")]  # group-major, `order` within
+    grouped = groups[taken]
+    depth = np.empty(len(groups), dtype=np.int64)
+    depth[taken] = np.arange(len(groups)) - np.searchsorted(grouped, grouped)
+    sizes = np.bincount(groups)[groups]
     # correctly rounded divisions: equal fractions give equal floats on every CPU
-    place = (2 * depth + 1) / (2 * sizes)
-    return np.sort(np.lexsort((classes, place))[:count])
+    return (2 * depth + 1) / (2 * sizes)
 
 
-def synthetic_count(available: int, num_real: int, scale: float | None) -> int:
+def select_images(classes: np.ndarray, count: int,
+                  strategies: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """Positions of `count` images spread over the classes in proportion to the images
+    each has (its budget, prompts.budget), ascending. An image's place is (its depth in its
+    class + 1/2) / the class's count, ties to the lower class: with equal counts that is
+    round-robin over the classes (the first of every class, then the second, ...).
+
+    Within a class the images are taken in the order given (the manifest's key order), or
+    with `strategies` (a small integer per image) round-robin over the strategies in
+    proportion to each one's images in that class, by the same rule. The place of an image
+    does not depend on `count`, so a smaller count picks a subset of a larger one's: the
+    images of synthetic_scale 1 are among those of scale 2."""
+    order = np.arange(len(classes))
+    if strategies is not None and len(classes):
+        pairs = classes.astype(np.int64) * (int(strategies.max()) + 1) + strategies
+        order = np.lexsort((strategies, _places(pairs, order)))
+    return np.sort(np.lexsort((classes, _places(classes, order)))[:count])
+
+
+def synthetic_count(available: int, num_real: int, scale: float | None,
+                    strategies: list[str] | None = None) -> int:  # fmt: skip
     """How many synthetic images `train.synthetic_scale` asks for; all of them when None."""
     if scale is None:
         return available
     wanted = math.floor(scale * num_real + 0.5)
     if wanted > available:
+        of = f" of strategies {', '.join(strategies)}" if strategies else ""
         raise SyntheticDataError(
             f"train.synthetic_scale: {scale:g} x {num_real} real images needs {wanted} "
-            f"synthetic images; the run's shards hold {available} (generate more, or lower "
-            "the scale)"
+            f"synthetic images{of}; the run's shards hold {available} (generate more, or "
+            "lower the scale)"
         )
     return wanted
+
+
+def strategy_codes(names: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Each image's strategy as a small integer, in the config's order of strategies."""
+    return pc.index_in(names, pa.array(STRATEGIES)).to_numpy(zero_copy_only=False)
 
 
 class ShardImages(Dataset):
@@ -174,11 +198,13 @@ class ShardImages(Dataset):
         return {**self.__dict__, "_files": {}}  # file handles stay in their process
 
 
-def synthetic_images(run_root: Path, num_real: int, scale: float | None, transform: Callable,
-                     exclude: set[str] | None = None) -> ShardImages | None:  # fmt: skip
+def synthetic_images(run: RunDir, num_real: int, scale: float | None, transform: Callable,
+                     exclude: set[str] | None = None,
+                     strategies: list[str] | None = None) -> ShardImages | None:  # fmt: skip
     """The synthetic images training uses, or None when there are none (or scale is 0);
-    `exclude`: keys left out (the leaks stage's)."""
-    manifest = run_root / "manifest.parquet"
+    `exclude`: keys left out (the leaks stage's); `strategies`: the only strategies used
+    (train.strategies; None: all)."""
+    manifest = run.manifest
     if scale == 0 or not manifest.is_file():
         if scale:
             raise SyntheticDataError(
@@ -186,14 +212,22 @@ def synthetic_images(run_root: Path, num_real: int, scale: float | None, transfo
                 "manifest.parquet (run the generate stage)"
             )
         return None
-    table = read_manifest(manifest, ["key", "shard", "class_index", "jpg_offset", "jpg_size"])
+    table = read_manifest(manifest, ["key", "shard", "class_index", "strategy", "jpg_offset",
+                                     "jpg_size"])  # fmt: skip
     if exclude:
         keep = pc.invert(pc.is_in(table.column("key"), pa.array(sorted(exclude))))
         table = table.filter(keep)
-    count = synthetic_count(table.num_rows, num_real, scale)
+    if strategies:
+        table = table.filter(pc.is_in(table.column("strategy"), pa.array(strategies)))
+        if table.num_rows == 0:
+            raise SyntheticDataError(
+                f"train.strategies: the run's shards hold no image of {', '.join(strategies)} "
+                "(give that strategy a share in prompts.shares, or set train.synthetic_scale: 0)"
+            )
+    count = synthetic_count(table.num_rows, num_real, scale, strategies)
     if count == 0:
         return None
     classes = table.column("class_index").to_numpy()
     if count < table.num_rows:
-        table = table.take(select_images(classes, count))
-    return ShardImages(run_root / "shards", table, transform)
+        table = table.take(select_images(classes, count, strategy_codes(table.column("strategy"))))
+    return ShardImages(run.shards, table, transform)
