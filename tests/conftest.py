@@ -6,10 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,3 +210,18 @@ def one_line(code: int, *args: str) -> str:
     assert exit_code == code and len(errors) == 1, output[-3000:]
     assert len(errors[0]) < 1000  # a value is shown cut, never whole
     return errors[0]
+
+
+@pytest.fixture
+def ray_env() -> Iterator[dict[str, str]]:
+    """A private Ray temp folder (short: Ray puts sockets in it). A SIGKILLed driver leaves
+    Ray's node agents running; they are stopped here, found by that folder."""
+    folder = tempfile.mkdtemp(prefix="dsray", dir="/tmp")
+    yield {"RAY_TMPDIR": folder}
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("RAY_TMPDIR") == folder:
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    shutil.rmtree(folder, ignore_errors=True)

@@ -6,16 +6,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from conftest import (
@@ -28,21 +24,6 @@ from conftest import (
 )
 
 RAY = ["--set", "generate.engine=ray", "--set", "generate.ray.workers=2"]
-
-
-@pytest.fixture
-def ray_env() -> Iterator[dict[str, str]]:
-    """A private Ray temp folder (short: Ray puts sockets in it). A SIGKILLed driver leaves
-    Ray's node agents running; they are stopped here, found by that folder."""
-    folder = tempfile.mkdtemp(prefix="dsray", dir="/tmp")
-    yield {"RAY_TMPDIR": folder}
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("RAY_TMPDIR") == folder:
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_pool_this_machine_cannot_hold_is_one_clear_error(kit_overrides: list[str]) -> None:

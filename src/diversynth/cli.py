@@ -245,6 +245,47 @@ def run(
     _run(config, out, selected, forced, set_, max_shards, allow_version_change)
 
 
+@app.command()
+def sweep(
+    sweep_file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Sweep file: a base config and the axes to vary (see docs/sweeps.md).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", callback=_folder, help="Sweep folder (created or resumed)."),
+    ] = None,
+    parallel: Annotated[
+        int | None,
+        typer.Option(min=1, max=1024, help="Trials at once (default: the file's `parallel`, 1)."),
+    ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", help="Run a sweep of more trainings than diversynth runs unasked."),
+    ] = False,
+    status_of: Annotated[
+        str | None,
+        typer.Option(
+            "--status", callback=_folder, help="Show each trial of a sweep folder, then stop."
+        ),
+    ] = None,
+) -> None:
+    """Train a grid of trials (synthetic scale x strategy x aux BN x seed ...) on one pool
+    of generated images: the stages before training run once, each training once."""
+    from diversynth.sweep import command
+
+    if status_of is not None:
+        command.show_status(Path(status_of))
+        return
+    if sweep_file is None or out is None:
+        _fail("sweep: give a sweep file and --out DIR (or --status DIR)")
+        return
+    command.run_command(sweep_file, Path(out), parallel, yes)
+
+
 def _torchrun_group() -> contextlib.AbstractContextManager[object]:
     """Under torchrun (`torchrun --nproc_per_node N -m diversynth train ...`), the process
     group it describes: every process trains on its slice of each batch (DDP)."""
@@ -568,6 +609,9 @@ def plan_cmd(
     and GPU-hours per card."""
     from diversynth.cost_plan import make_plan, render
 
+    if _is_sweep_file(config):
+        _plan_sweep(config, set_, as_json)
+        return
     cfg = _load(config, set_)
     try:
         plan = make_plan(cfg)
@@ -581,6 +625,45 @@ def plan_cmd(
         from rich.console import Console
 
         Console().print(render(plan, cfg.name))
+
+
+def _is_sweep_file(path: Path) -> bool:
+    """A YAML file with a `vary` key at the top (read cheaply; errors are the loaders':
+    a FIFO, a device or a huge file is left to them, never opened here)."""
+    if file_problem(path, 4 << 20) is not None:
+        return False
+    try:
+        with path.open() as handle:
+            return any(line.startswith("vary:") for line in handle.read(1 << 22).splitlines())
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _plan_sweep(path: Path, set_: list[str] | None, as_json: bool) -> None:
+    from rich.console import Console
+
+    from diversynth.sweep.plan import plan_sweep, render_sweep
+    from diversynth.sweep.spec import expand, read_sweep
+
+    if set_:
+        _fail("--set: a sweep file takes its settings under `set:`")
+    sweep = expand(read_sweep(path), path)
+    pools, trainings = plan_sweep(sweep)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "pools": {k: p.to_json() for k, p in pools.items()},
+                    "trainings": {k: vars(c) for k, c in trainings.items()},
+                },
+                indent=2,
+            )
+        )
+        return
+    out = Console()
+    if not out.is_terminal:  # a file or a pipe: rows of four cards, unwrapped
+        out = Console(width=120)
+    out.print(render_sweep(sweep, pools, trainings))
 
 
 @app.command("recipes")
@@ -638,7 +721,7 @@ def verify(
         state = run.read_state(stage.name)
         if state is None or not state.files:
             continue
-        found = stage.verify(run, state)
+        found = stage.verify(run.home(stage.name), state)
         damaged += [f"{stage.name}: {damage}" for damage in found]
         if not found:
             console.print(f"{stage.name}: {len(state.files)} file(s) as written", highlight=False)

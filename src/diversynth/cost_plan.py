@@ -20,6 +20,8 @@ from typing import Any
 
 from diversynth.config import ConfigError, GenerateConfig, RunConfig, prompt_count_problem
 from diversynth.errors import UsageError
+from diversynth.progress import console
+from diversynth.train.cost import TrainingCost, training_cost
 from diversynth.vision.pipeline_traits import (
     call_defaults,
     classifier_free_on,
@@ -67,6 +69,7 @@ class Plan:
     flops_per_image: float | None = None
     gpu_hours: dict[str, float] = field(default_factory=dict)
     efficiency: dict[str, str] = field(default_factory=dict)  # card -> where its figure is from
+    training: TrainingCost | None = None  # with a data section or a known catalog
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -382,9 +385,17 @@ def make_plan(config: RunConfig) -> Plan:
     requests, tokens_in, tokens_out = _llm(config, classes)
     plan = Plan(classes, prompts, images, shards, per_image, disk, requests, tokens_in,
                 tokens_out)  # fmt: skip
+    console.print(f"plan: counting {config.train.model}'s FLOPs on the meta device",
+                  highlight=False)  # fmt: skip
+    synthetic = gen is not None and config.train.synthetic_fraction > 0
+    synthetic = synthetic and config.train.synthetic_scale != 0
+    plan.training = training_cost(config, classes, CARDS, synthetic)
+    plan.notes += plan.training.notes
     if gen is None:
-        plan.notes.append("no generate section: no GPU time to plan")
+        plan.notes.append("no generate section: no generation to plan")
         return plan
+    console.print(f"plan: building {gen.model}'s architecture on the meta device (a minute "
+                  "for a large model)", highlight=False, soft_wrap=True)  # fmt: skip
     plan.components, plan.pipeline, plan.architecture_source = count_flops(gen)
     plan.flops_per_image = sum(c.flops * c.calls for c in plan.components)
     efficiency, measured_at = measured_efficiency()
@@ -454,5 +465,27 @@ def render(plan: Plan, name: str) -> Any:
     shown: list[Any] = [table]
     if plan.components:
         shown += [parts, hours]
+    if plan.training is not None:
+        shown.append(training_table(plan.training))
     shown += [f"note: {note}" for note in plan.notes]
     return Group(*shown)
+
+
+def training_table(cost: TrainingCost) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"training: {cost.model}, {cost.image_size} px", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row(
+        "FLOPs an image (forward + backward)",
+        _human(cost.flops_per_image, (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6))),
+    )
+    if cost.real_images is not None:
+        table.add_row("real training images", f"{cost.real_images:,} ({cost.real_source})")
+    if cost.images_seen is not None:
+        table.add_row("images seen", f"{cost.images_seen:,}")
+    for card, (low, high) in cost.gpu_hours.items():
+        span = f"{low:,.1f}" if high <= low * 1.01 else f"{low:,.1f} - {high:,.1f}"
+        table.add_row(f"{card} GPU-hours", span)
+    return table

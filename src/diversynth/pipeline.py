@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from diversynth import environment, integrity, rundir
 from diversynth.config import ConfigError, RunConfig, dump_config, prompt_count_problem
-from diversynth.errors import DiversynthError, PartialStage, shown
+from diversynth.errors import DiversynthError, PartialStage, UsageError, shown
 from diversynth.integrity import Damage
 from diversynth.preflight import preflight
 from diversynth.progress import console
@@ -38,6 +38,10 @@ from diversynth.rundir import (
 
 class PipelineError(DiversynthError):
     pass
+
+
+class TrialStagesError(PipelineError, UsageError):
+    """Stages asked of a sweep's trial that run in its pool."""
 
 
 def _resolve(ref: str) -> Callable[..., Any]:
@@ -371,6 +375,12 @@ def run_stages(
     ]
     if missing:
         raise PipelineError("\n".join(missing))
+    pooled = [name for name in selected if run.home(name) is not run]
+    if pooled:
+        raise TrialStagesError(
+            f"{run.root} trains on the images of {run.pool.root if run.pool else ''}: its "
+            f"{', '.join(pooled)} stage(s) run there (`diversynth sweep` makes them)"
+        )
     from diversynth.hub import hub_models, offline_unless_answering
 
     offline_unless_answering(hub_models(config))  # before preflight reads any model's files
@@ -398,11 +408,12 @@ def _check_upstream(stage: Stage, config: RunConfig, run: RunDir, selected: list
         if name in selected:
             continue  # checked, and remade if damaged, when its turn came
         upstream = STAGES[STAGE_NAMES.index(name)]
-        damaged = upstream.damaged(run, run.read_state(name), main)
+        home = run.home(name)  # a trial's pool stages lie in its pool
+        damaged = upstream.damaged(home, home.read_state(name), main)
         if damaged:
             raise PipelineError(
                 f"{name}: {damaged[0]} changed since the {name} stage wrote it; "
-                f"`diversynth run {run.config} --out {run.root} --stages {name},{stage.name}` "
+                f"`diversynth run {home.config} --out {home.root} --stages {name},{stage.name}` "
                 "makes it again"
             )
 

@@ -165,6 +165,10 @@ RUN_MARKER = "run"
 STAGE_NAMES = ("classes", "prompts", "generate", "leaks", "train", "evaluate", "report")
 # Files of the shard folder that are not shards
 PLAN_FILE, INFO_FILE = "plan.json", "_info.json"
+# The stages whose outputs a sweep's trials read from a pool run, and the record
+# (.state/pool.json) that points a trial at its pool
+POOL_STAGES = ("classes", "prompts", "generate", "leaks")
+POOL_RECORD = "pool.json"
 
 
 class RunDirError(UsageError):
@@ -178,8 +182,45 @@ class RunBusyError(DiversynthError):
 class RunDir:
     """Paths of one run's artifacts, and the per-stage state records."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, pool: RunDir | None = None):
         self.root = Path(root)
+        # a trial of a sweep reads the pool stages' outputs and records from another run
+        # (`pool`, or the one its .state/pool.json names) and writes only its own stages'
+        self._pool: RunDir | None | bool = pool if pool is not None else False
+
+    @property
+    def pool(self) -> RunDir | None:
+        """The run whose classes, prompts, images and leaks this one trains on, when it is
+        a sweep's trial; None for a run that makes its own."""
+        if self._pool is False:
+            self._pool = None
+            record = self.state_dir / POOL_RECORD
+            if record.is_file():
+                try:
+                    rel = json.loads(record.read_text())["path"]
+                except (ValueError, KeyError, TypeError):
+                    raise RunFileError(f"{record}: not a pool record; " + DAMAGED_HINT) from None
+                self._pool = RunDir(os.path.normpath(self.root / rel))
+        assert self._pool is not True
+        return self._pool or None
+
+    def use_pool(self, pool: RunDir) -> None:
+        """Record that this run trains on `pool`'s images (a path relative to this run,
+        so a sweep folder can be moved whole)."""
+        rel = os.path.relpath(pool.root.resolve(), self.root.resolve())
+        write_json(self.state_dir / POOL_RECORD, {"path": rel})
+        self._pool = pool
+
+    def home(self, stage: str) -> RunDir:
+        """The run that holds `stage`'s outputs and record: the pool for a trial's pool
+        stages, else this one."""
+        pool = self.pool
+        return pool if pool is not None and stage in POOL_STAGES else self
+
+    @property
+    def _made(self) -> RunDir:
+        """Where the pool stages' outputs lie."""
+        return self.pool or self
 
     def is_run(self) -> bool:
         """Whether the folder is a run directory diversynth made: its `.state/run` marker
@@ -256,14 +297,15 @@ class RunDir:
 
     # artifacts (the layout the README shows)
     config = property(lambda self: self.root / "config.yaml")
-    classes = property(lambda self: self.root / "classes.jsonl")
-    prompts = property(lambda self: self.root / "prompts.jsonl")
-    shards = property(lambda self: self.root / "shards")
+    # the pool stages' outputs (a trial's are its pool's)
+    classes = property(lambda self: self._made.root / "classes.jsonl")
+    prompts = property(lambda self: self._made.root / "prompts.jsonl")
+    shards = property(lambda self: self._made.root / "shards")
     plan = property(lambda self: self.shards / PLAN_FILE)  # the shards and their inputs
     shard_info = property(lambda self: self.shards / INFO_FILE)  # timm's split description
-    manifest = property(lambda self: self.root / "manifest.parquet")
-    leaks = property(lambda self: self.root / "leaks.json")
-    leak_thumbs = property(lambda self: self.root / "leaks")  # the closest pairs' eval images
+    manifest = property(lambda self: self._made.root / "manifest.parquet")
+    leaks = property(lambda self: self._made.root / "leaks.json")
+    leak_thumbs = property(lambda self: self._made.root / "leaks")  # closest pairs' images
     train_dir = property(lambda self: self.root / "train")
     checkpoint = property(lambda self: self.root / "train" / "model.safetensors")
     train_metrics = property(lambda self: self.root / "train" / "metrics.jsonl")
@@ -304,6 +346,8 @@ class RunDir:
         return self.state_dir / f"{stage}.json"
 
     def read_state(self, stage: str) -> StageState | None:
+        if (home := self.home(stage)) is not self:
+            return home.read_state(stage)
         path = self.state_path(stage)
         if not path.is_file():
             return None

@@ -104,3 +104,27 @@ def frequency_group_bars(groups: list[tuple[str, dict[str, float | None]]],
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, folder, "frequency_groups")
+
+
+def sweep_figure(panels: dict[str, dict[str, list[tuple[float, float, float]]]],
+                 folder: Path) -> str | None:  # fmt: skip
+    """The paper's figure: top-1 against synthetic scale, one panel per evaluation set,
+    one line per strategy (or other combination), the mean over seeds with its spread
+    (minimum to maximum) shaded. panels: set -> line -> [(scale, mean, spread low, high)]."""
+    if not panels:
+        return None
+    names = sorted(panels)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names) + 1.2, 3.6), dpi=100,
+                             squeeze=False)  # fmt: skip
+    for ax, set_name in zip(axes[0], names, strict=True):
+        for line, points in sorted(panels[set_name].items()):
+            points = sorted(points)
+            xs = [p[0] for p in points]
+            ax.plot(xs, [p[1] for p in points], marker="o", label=line)
+            ax.fill_between(xs, [p[2] for p in points], [p[3] for p in points], alpha=0.2)
+        ax.set_title(set_name, fontsize="medium")
+        ax.set_xlabel("synthetic images (x the real training set)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize="small")
+    return _save(fig, folder, "sweep_top1_vs_scale")

@@ -1,0 +1,75 @@
+"""Trials as Ray tasks (`engine: ray`): Ray's scheduler places each on a node with the CPUs
+and GPUs it asks for (`cpus_per_trial`, `gpus_per_trial`); the task runs the trial's
+command there, as the local engine does here. The sweep folder must be on a file system
+every node sees (the pool's shards are read in place)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from diversynth.errors import DiversynthError
+from diversynth.progress import console
+from diversynth.rundir import RunDir
+from diversynth.sweep.runner import Runner, run_trial_process, thread_env
+from diversynth.sweep.spec import SweepFile, Trial
+
+
+class RaySweepError(DiversynthError):
+    pass
+
+
+def _task(run_root: str, env: dict[str, str]) -> tuple[int, str]:
+    # the GPUs Ray gave the task are in CUDA_VISIBLE_DEVICES already (Ray sets it)
+    return run_trial_process(run_root, env)
+
+
+def ray_runner(spec: SweepFile) -> Runner:
+    def run_all(todo: list[tuple[Trial, RunDir]]) -> dict[str, tuple[int, str]]:
+        if not todo:
+            return {}
+        import ray
+
+        started = not ray.is_initialized()
+        if started:
+            local = spec.ray.address is None
+            try:
+                ray.init(address=spec.ray.address or "local",
+                         num_cpus=(os.cpu_count() or 1) if local else None,
+                         _system_config={"worker_niceness": 0} if local else None,
+                         include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)  # fmt: skip
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise RaySweepError(
+                    f"ray.address: cannot join {spec.ray.address!r}: {exc}"
+                ) from exc
+        try:
+            remote = ray.remote(num_cpus=spec.cpus_per_trial,
+                                num_gpus=spec.gpus_per_trial if _cluster_gpus(ray) else 0,
+                                max_retries=0)(_task)  # fmt: skip
+            refs: dict[Any, Trial] = {}
+            for trial, run in todo:
+                console.print(f"trial {trial.id}: queued on Ray ({trial.label()})",
+                              highlight=False, soft_wrap=True)  # fmt: skip
+                env = thread_env(spec.cpus_per_trial)
+                refs[remote.remote(str(run.root.resolve()), env)] = trial
+            results: dict[str, tuple[int, str]] = {}
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                trial = refs[ready[0]]
+                try:
+                    results[trial.id] = ray.get(ready[0])
+                except ray.exceptions.RayError as exc:  # the node was lost, say
+                    results[trial.id] = (1, f"Ray: {str(exc).splitlines()[0]}")
+            return results
+        finally:
+            if started:
+                ray.shutdown()
+
+    return run_all
+
+
+def _cluster_gpus(ray: Any) -> float:
+    return float(ray.cluster_resources().get("GPU", 0))
