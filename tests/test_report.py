@@ -51,6 +51,11 @@ def test_overview_and_class_page_load_cleanly(browser, finished_run: Path) -> No
     evaluation = json.loads((finished_run / "eval.json").read_text())
     top1 = evaluation["sets"]["fashion-mnist/test"]["top1"]
     assert str(top1) in browser.find_element(By.ID, "evaluation").text
+    # the classes of lowest top-1, lowest first, each linking to its page
+    per_class = evaluation["sets"]["fashion-mnist/test"]["class_top1"]
+    lowest = min(range(10), key=lambda i: (per_class[i], i))
+    worst = browser.find_elements(By.CSS_SELECTOR, "#worst-classes a")
+    assert len(worst) == 10 and worst[0].get_attribute("href").endswith(f"{lowest:05d}.html")
     strategies = browser.find_element(By.ID, "strategies").text
     assert "contextualized (CD)" in strategies and "stylized (SD)" in strategies
     # the copies of the worked example the prompts stage dropped, per strategy
@@ -71,6 +76,11 @@ def test_overview_and_class_page_load_cleanly(browser, finished_run: Path) -> No
     assert console_errors(browser) == []
     WebDriverWait(browser, 10).until(all_thumbnails_rendered)
     assert len(browser.find_elements(By.CSS_SELECTOR, ".thumb img")) == 10  # all of them
+    # the class's own top-1, as evaluate recorded it
+    evaluation = json.loads((finished_run / "eval.json").read_text())["sets"]
+    expected = evaluation["fashion-mnist/test"]["class_top1"][9]
+    accuracy = browser.find_element(By.ID, "class-accuracy").text
+    assert f"fashion-mnist/test {expected:.2f}" in accuracy
 
 
 def test_clicking_a_thumbnail_shows_its_prompt(browser, finished_run: Path) -> None:
@@ -133,8 +143,7 @@ def test_comparison_of_two_scales(browser, run_copy: Path, finished_run: Path, t
                                   kit_overrides: list[str]) -> None:  # fmt: skip
     # the same run trained without synthetic images: scale 0
     result = cli("run", str(run_copy / "config.yaml"), "--out", str(run_copy),
-                 "--set", "train.synthetic_fraction=0", "--set", "name=real-only",
-                 "--set", "data.train_limit=256", "--set", "data.test_limit=128")  # fmt: skip
+                 "--set", "train.synthetic_fraction=0", "--set", "name=real-only")  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = tmp_path / "compare"
     result = cli("report", "--run", str(finished_run), "--run", str(run_copy), "--out", str(out))
@@ -149,8 +158,32 @@ def test_comparison_of_two_scales(browser, run_copy: Path, finished_run: Path, t
     assert "offline-demo" in runs and "real-only" in runs and "0.00" in runs
     table = browser.find_element(By.ID, "differences").text
     assert "fashion-mnist/test" in table and re.search(r"\([+-]\d+\.\d\d\)", table)
+    # what differs between the runs, and no warning: the same real data and sets
+    differs = browser.find_element(By.ID, "config-differences").text
+    assert "train.synthetic_fraction" in differs and "data." not in differs
+    assert not browser.find_elements(By.CSS_SELECTOR, ".warning")
     browser.find_element(By.LINK_TEXT, "offline-demo").click()
     assert browser.current_url.endswith("/run-1/index.html") and console_errors(browser) == []
+
+
+@pytest.mark.slow
+def test_a_comparison_of_runs_on_different_real_data_warns_and_draws_no_curve(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    from diversynth.config import ReportConfig
+    from diversynth.report.facts import load_run
+    from diversynth.report.site import build_comparison, config_differences
+
+    demo, other = load_run(finished_run), load_run(finished_run)
+    other.config = {**other.config, "name": "long-tail",
+                    "data": {**other.config["data"], "train_limit": 256}}  # fmt: skip
+    rows, warnings = config_differences([demo, other])
+    assert rows == [{"key": "data.train_limit", "cells": ["1024", "256"]}]
+    assert "different real data (data.train_limit differ)" in warnings[0]
+    summary = build_comparison([demo, other], tmp_path / "compare", ReportConfig())
+    page = (tmp_path / "compare" / "index.html").read_text()
+    assert summary["plot"] is None and "Not drawn: the runs train on different real data" in page
+    assert 'class="warning"' in page
 
 
 @pytest.mark.slow

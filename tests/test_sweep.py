@@ -254,7 +254,7 @@ def test_a_sweep_makes_one_pool_and_each_trial_does_not_depend_on_the_others(
     assert all(r["top1"] is not None and r["set"] == "fashion-mnist/test" for r in rows)
     assert all(not (first / "trials" / t / "shards").exists() for t in _weights(first))
     page = (first / "report" / "index.html").read_text()
-    assert 'id="sweep-plot"' in page and 'id="ablation"' in page
+    assert 'id="sweep-plot"' in page and 'id="ablation"' in page and 'id="worst-classes"' in page
     assert (first / "report" / "plots" / "sweep_top1_vs_scale.png").stat().st_size > 10_000
     for training in {r["training"] for r in rows}:
         assert f'href="../trials/{training}/report/index.html"' in page

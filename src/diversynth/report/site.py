@@ -103,6 +103,69 @@ def frequency_rows(facts: RunFacts) -> list[dict[str, Any]]:
     return rows
 
 
+def class_accuracy(facts: RunFacts, position: int) -> list[dict[str, Any]]:
+    """The class's top-1 on each evaluation set that recorded per-class top-1."""
+    rows = []
+    for name, row in (facts.eval or {}).get("sets", {}).items():
+        per_class = row.get("class_top1") or []
+        if position < len(per_class):
+            rows.append({"set": name, "top1": _fmt(per_class[position], 2)})
+    return rows
+
+
+def worst_classes(facts: RunFacts, limit: int = 10) -> tuple[str, list[dict[str, Any]]]:
+    """The first evaluation set's name and its `limit` classes of lowest top-1."""
+    for name, row in (facts.eval or {}).get("sets", {}).items():
+        per_class = row.get("class_top1") or []
+        scored = [(top1, position) for position, top1 in enumerate(per_class)
+                  if top1 is not None and position < len(facts.classes)]  # fmt: skip
+        worst = sorted(scored)[:limit]
+        rows = []
+        for top1, position in worst:
+            entry = facts.classes[position]
+            rows.append({"name": entry["name"], "page": class_page(entry["index"]),
+                         "top1": _fmt(top1, 2)})  # fmt: skip
+        return name, rows
+    return "", []
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, str]:
+    """A config as dotted keys and their values (lists whole, as JSON)."""
+    if not isinstance(data, dict):
+        return {prefix: json.dumps(data, sort_keys=True)}
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+MAX_DIFFERENCES = 80
+
+
+def config_differences(runs: list[RunFacts]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The settings whose values differ between the runs (one row each), and warnings
+    when what the accuracies are measured on differs: the real data or the evaluation
+    sets. Then a difference in top-1 is not the synthetic images' doing."""
+    flats = [_flat({k: v for k, v in f.config.items() if k != "name"}) for f in runs]
+    keys = sorted({key for flat in flats for key in flat})
+    differing = [key for key in keys if len({flat.get(key, "(not set)") for flat in flats}) > 1]
+    rows = [{"key": key, "cells": [flat.get(key, "(not set)") for flat in flats]}
+            for key in differing[:MAX_DIFFERENCES]]  # fmt: skip
+    warnings = []
+    data = [key for key in differing if key.startswith("data.") or key == "data"]
+    if data:
+        warnings.append(f"The runs train on different real data ({', '.join(data[:4])} "
+                        "differ): a difference in top-1 is not the synthetic images' "
+                        "alone.")  # fmt: skip
+    sets = [key for key in differing if key.startswith("evaluate.sets")]
+    if sets or data:
+        warnings.append("The runs are evaluated on different sets"
+                        + (" (evaluate.sets differ)" if sets else " (their test splits come "
+                           "from different real data)")
+                        + ": their accuracies are not comparable set by set.")  # fmt: skip
+    return rows, warnings
+
+
 def _group_top1(facts: RunFacts) -> dict[str, float | None] | None:
     """The first evaluation set's top-1 per frequency group (the real test split)."""
     for row in (facts.eval or {}).get("sets", {}).values():
@@ -220,6 +283,7 @@ def _overview(facts: RunFacts, up: str | None, plot_list: list[dict[str, Any]],
             scale=facts.synthetic_scale(),
             eval_rows=eval_rows(facts),
             frequency_rows=frequency_rows(facts),
+            worst=worst_classes(facts),
             budget_kind=budget.get("kind", "uniform"),
             show_real=real is not None,
             strategies=strategies,
@@ -294,6 +358,7 @@ def _class_page(facts: RunFacts, position: int, cfg: Any, thumbs: dict[str, str]
             root="../",
             run_name=facts.name,
             c=c,
+            accuracy=class_accuracy(facts, position),
             candidates=candidates,
             prompt_groups=groups,
             thumbs=view,
@@ -396,7 +461,10 @@ def build_comparison(runs: list[RunFacts], out: Path, cfg: Any) -> dict[str, Any
             else:
                 cells.append(f"{value:.2f} ({value - ref:+.2f})")
         table.append({"set": set_name, "cells": cells})
-    plot = plots.accuracy_vs_scale(points, out / "plots")
+    differences, warnings = config_differences(runs)
+    # runs on different real data are not points of one curve: no line drawn through them
+    same_data = not any(row["key"].startswith("data") for row in differences)
+    plot = plots.accuracy_vs_scale(points, out / "plots") if same_data else None
     groups = [(row["name"], g) for row, f in zip(rows, runs, strict=True)
               if (g := _group_top1(f)) is not None]  # fmt: skip
     group_plot = plots.frequency_group_bars(groups, out / "plots")
@@ -412,9 +480,12 @@ def build_comparison(runs: list[RunFacts], out: Path, cfg: Any) -> dict[str, Any
             baseline=rows[base]["name"],
             group_plot=group_plot,
             group_table=group_table,
+            differences=differences,
+            warnings=warnings,
+            same_data=same_data,
         )  # fmt: skip
     )
     write_text(out / "index.html", html)
     owned.save()
     return {"runs": len(runs), "page": str(out / "index.html"), "plot": plot,
-            "group_plot": group_plot}  # fmt: skip
+            "group_plot": group_plot, "warnings": warnings}  # fmt: skip

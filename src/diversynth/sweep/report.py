@@ -83,8 +83,40 @@ def ablation(rows: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any]
     return table
 
 
+def worst_classes(runs: list[tuple[bool, dict[str, Any]]], names: list[str],
+                  limit: int = 10) -> list[dict[str, Any]]:  # fmt: skip
+    """The classes of lowest top-1 without synthetic images (the first evaluation set,
+    mean over the real-only trainings), beside their mean top-1 with them. runs: (trained
+    on synthetic images, eval.json) of each finished training."""
+    sums: dict[bool, list[list[float]]] = {False: [], True: []}
+    for synthetic, evaluation in runs:
+        first = next(iter(evaluation.get("sets", {}).values()), {})
+        per_class = first.get("class_top1") or []
+        if len(per_class) == len(names):
+            sums[synthetic].append(per_class)
+
+    def mean(lists: list[list[float]], i: int) -> float | None:
+        values = [row[i] for row in lists if row[i] is not None]
+        return statistics.fmean(values) if values else None
+
+    table = []
+    for i, name in enumerate(names):
+        real, synthetic = mean(sums[False], i), mean(sums[True], i)
+        if real is None and synthetic is None:
+            continue
+        table.append({"name": name, "real": real, "synthetic": synthetic})
+    table.sort(key=lambda r: r["real"] if r["real"] is not None else r["synthetic"])
+    return [{"name": r["name"],
+             "real": "-" if r["real"] is None else f"{r['real']:.2f}",
+             "synthetic": "-" if r["synthetic"] is None else f"{r['synthetic']:.2f}",
+             "delta": ("-" if r["real"] is None or r["synthetic"] is None
+                       else f"{r['synthetic'] - r['real']:+.2f}")}
+            for r in table[:limit]]  # fmt: skip
+
+
 def build_sweep_report(rows: list[dict[str, Any]], axes: list[str], out: Path,
-                       trial_folder: str = "../trials") -> dict[str, Any]:  # fmt: skip
+                       trial_folder: str = "../trials",
+                       classes: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     """out/index.html for the rows of results.parquet (finished trials' rows drawn)."""
     claim_site(out, "sweep report")
     owned = SiteFiles(out)
@@ -103,7 +135,7 @@ def build_sweep_report(rows: list[dict[str, Any]], axes: list[str], out: Path,
             entry["combinations"].append(label)
     html = _env().get_template("sweep.html.j2").render(
         root="", plot=plot, ablation=ablation(done, axes), trials=list(trials.values()),
-        combinations=len({r["trial"] for r in rows}), axes=axes,
+        combinations=len({r["trial"] for r in rows}), axes=axes, worst=classes or [],
     )  # fmt: skip
     write_text(out / "index.html", html)
     owned.save()

@@ -258,11 +258,29 @@ def run_sweep(sweep: Sweep, folder: SweepDir, runner: Runner) -> dict[str, str]:
         from diversynth.sweep.results import write_results
 
         table = write_results(sweep, folder)
-        build_sweep_report(table.to_pylist(), list(sweep.spec.vary), folder.report)
+        build_sweep_report(table.to_pylist(), list(sweep.spec.vary), folder.report,
+                           classes=_worst_classes(sweep, folder))  # fmt: skip
     if failed:
         raise SweepRunError(f"sweep: {len(failed)} trial(s) failed (a rerun retries only "
                             f"them; each one's log.txt has the rest): {failed[0]}")  # fmt: skip
     return {t.id: trial_state(folder.trial(t)) for t in sweep.trainings().values()}
+
+
+def _worst_classes(sweep: Sweep, folder: SweepDir) -> list[dict[str, Any]]:
+    """The sweep report's table of classes of lowest top-1 (the first pool's classes)."""
+    from diversynth.artifacts.records import read_classes
+    from diversynth.sweep.report import worst_classes
+    from diversynth.sweep.spec import trains_on_synthetic
+
+    first = next(iter(sweep.trainings().values()))
+    pool = folder.trial(first)
+    if not pool.classes.is_file():
+        return []
+    names = [str(c["name"]) for c in read_classes(pool)]
+    runs = [(trains_on_synthetic(t.config), json.loads(run.eval.read_text()))
+            for t in sweep.trainings().values()
+            if (run := folder.trial(t)).eval.is_file() and t.pool == first.pool]  # fmt: skip
+    return worst_classes(runs, names)
 
 
 def _needs(stage: str) -> str:
