@@ -81,6 +81,33 @@ def test_trials_are_every_combination_less_the_excluded_and_trained_once(
     assert trial.id in {t.id for t in sweep.trials}
 
 
+def test_pool_by_makes_a_pool_for_each_value_shared_by_its_trials(
+    tmp_path: Path, kit_overrides: list[str]
+) -> None:
+    path = _write(tmp_path, kit_overrides, vary={"generate.steps": [2, 3], "seed": [0, 1]},
+                  pool_by=["generate.steps"])  # fmt: skip
+    sweep = expand(read_sweep(path), path)
+    assert len(sweep.pools) == 2 and len(sweep.trainings()) == 4
+    by_steps = {t.values["generate.steps"]: t.pool for t in sweep.trials}
+    assert by_steps[2] != by_steps[3]
+    assert {sweep.pools[by_steps[s]].generate.steps for s in (2, 3)} == {2, 3}
+    # the pool keeps the base config's seed: the seed axis seeds training only
+    assert all(config.seed == 0 for config in sweep.pools.values())
+    assert {t.config.seed for t in sweep.trials} == {0, 1}
+
+
+def test_the_offline_sweep_is_the_grid_it_says() -> None:
+    """configs/sweep-offline.yaml (about 5 minutes: run by hand, figures in docs/sweeps.md):
+    3 scales x 2 strategy sets x 2 seeds, scale 0 once a seed, one pool that holds scale
+    2 of naive images alone."""
+    from diversynth.sweep.command import pool_size_problem
+
+    path = REPO / "configs" / "sweep-offline.yaml"
+    sweep = expand(read_sweep(path), path)
+    assert len(sweep.trials) == 12 and len(sweep.trainings()) == 10 and len(sweep.pools) == 1
+    assert pool_size_problem(sweep) is None
+
+
 def _bad(tmp_path: Path, kit_overrides: list[str], **fields: object) -> str:
     path = _write(tmp_path, kit_overrides, **fields)
     out = tmp_path / "out"
@@ -352,3 +379,32 @@ def test_smaller_scales_pick_subsets_of_larger_ones_from_the_pool(finished_run: 
     mixed = synthetic_images(run, 1000, 0.03, lambda im: im, strategies=["naive", "cd", "sd"])
     assert mixed is not None
     assert np.bincount(mixed.labels, minlength=10).tolist() == [3] * 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_failing_trial_is_marked_the_others_go_on_and_a_rerun_retries_only_it(
+    finished_run: Path, kit_overrides: list[str], tmp_path: Path
+) -> None:
+    path = _write(tmp_path, kit_overrides, vary={
+        "train.synthetic_scale": [0.01], "train.batch_size": [64, 100_000]})  # fmt: skip
+    folder = tmp_path / "sweep"
+    _prepare(folder, finished_run, path)
+    result = cli("sweep", str(path), "--out", str(folder), timeout=600)
+    assert result.returncode == 1, (result.stdout + result.stderr)[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "1 trial(s) failed" in errors[0]
+    assert "train.batch_size=100000" in errors[0] and "train.batch_size: 100000" in errors[0]
+    rows = {r["train.batch_size"]: r for r in pq.read_table(folder / "results.parquet").to_pylist()}
+    assert rows[64]["state"] == "done" and rows[64]["top1"] is not None
+    assert rows[100_000]["state"] == "failed" and rows[100_000]["top1"] is None
+    failed = RunDir(folder / "trials" / rows[100_000]["training"])
+    record = json.loads((failed.state_dir / "failed.json").read_text())
+    assert record["exit_code"] == 2 and "train.batch_size" in record["error"]
+    done_log = folder / "trials" / rows[64]["training"] / "log.txt"
+    before = done_log.read_text()
+    # a rerun tries the failed trial again and leaves the finished one alone
+    again = cli("sweep", str(path), "--out", str(folder), timeout=600)
+    assert again.returncode == 1
+    assert done_log.read_text() == before
+    assert (failed.root / "log.txt").read_text().count("\n$ ") == 2
