@@ -386,8 +386,10 @@ def test_smaller_scales_pick_subsets_of_larger_ones_from_the_pool(finished_run: 
 def test_a_failing_trial_is_marked_the_others_go_on_and_a_rerun_retries_only_it(
     finished_run: Path, kit_overrides: list[str], tmp_path: Path
 ) -> None:
+    # the trial that trains does so in two processes (torchrun, gloo on the CPU)
     path = _write(tmp_path, kit_overrides, vary={
-        "train.synthetic_scale": [0.01], "train.batch_size": [64, 100_000]})  # fmt: skip
+        "train.synthetic_scale": [0.01], "train.batch_size": [64, 100_000]},
+        processes_per_trial=2)  # fmt: skip
     folder = tmp_path / "sweep"
     _prepare(folder, finished_run, path)
     result = cli("sweep", str(path), "--out", str(folder), timeout=600)
@@ -400,11 +402,14 @@ def test_a_failing_trial_is_marked_the_others_go_on_and_a_rerun_retries_only_it(
     assert rows[100_000]["state"] == "failed" and rows[100_000]["top1"] is None
     failed = RunDir(folder / "trials" / rows[100_000]["training"])
     record = json.loads((failed.state_dir / "failed.json").read_text())
-    assert record["exit_code"] == 2 and "train.batch_size" in record["error"]
+    assert record["exit_code"] != 0 and "train.batch_size" in record["error"]
+    trained = json.loads((folder / "trials" / rows[64]["training"] / ".state" / "train.json")
+                         .read_text())["summary"]  # fmt: skip
+    assert trained["processes"] == 2
     done_log = folder / "trials" / rows[64]["training"] / "log.txt"
     before = done_log.read_text()
     # a rerun tries the failed trial again and leaves the finished one alone
     again = cli("sweep", str(path), "--out", str(folder), timeout=600)
     assert again.returncode == 1
     assert done_log.read_text() == before
-    assert (failed.root / "log.txt").read_text().count("\n$ ") == 2
+    assert (failed.root / "log.txt").read_text().count("\n$ ") == 2  # torchrun's, twice

@@ -74,7 +74,8 @@ def run_command(path: Path, out: Path, parallel: int | None, yes: bool) -> None:
 
         runner = ray_runner(spec)
     else:
-        runner = local_runner(parallel or spec.parallel, spec.gpus_per_trial, spec.cpus_per_trial)
+        runner = local_runner(parallel or spec.parallel, spec.gpus_per_trial, spec.cpus_per_trial,
+                              spec.processes_per_trial)  # fmt: skip
     console.print(f"sweep: {len(sweep.trials)} combinations, {trainings} trainings, "
                   f"{len(sweep.pools)} pool(s)", highlight=False)  # fmt: skip
     folder = SweepDir(out)

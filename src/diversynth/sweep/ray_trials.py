@@ -20,9 +20,9 @@ class RaySweepError(DiversynthError):
     pass
 
 
-def _task(run_root: str, env: dict[str, str]) -> tuple[int, str]:
+def _task(run_root: str, env: dict[str, str], processes: int) -> tuple[int, str]:
     # the GPUs Ray gave the task are in CUDA_VISIBLE_DEVICES already (Ray sets it)
-    return run_trial_process(run_root, env)
+    return run_trial_process(run_root, env, processes)
 
 
 def ray_runner(spec: SweepFile) -> Runner:
@@ -53,7 +53,7 @@ def ray_runner(spec: SweepFile) -> Runner:
                 console.print(f"trial {trial.id}: queued on Ray ({trial.label()})",
                               highlight=False, soft_wrap=True)  # fmt: skip
                 env = thread_env(spec.cpus_per_trial)
-                refs[remote.remote(str(run.root.resolve()), env)] = trial
+                refs[remote.remote(str(run.root.resolve()), env, spec.processes_per_trial)] = trial
             results: dict[str, tuple[int, str]] = {}
             pending = list(refs)
             while pending:

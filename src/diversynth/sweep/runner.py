@@ -125,23 +125,42 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def trial_command(run: RunDir) -> list[str]:
-    return [sys.executable, "-m", "diversynth", "run", str(run.config), "--out", str(run.root),
-            "--stages", ",".join(TRIAL_STAGES)]  # fmt: skip
+def trial_commands(run: RunDir, processes: int = 1) -> list[list[str]]:
+    """The commands that run a trial: `diversynth run` of its stages; with several
+    processes, its training under torchrun (DDP, one process a GPU), then the rest."""
+
+    def run_stages(stages: tuple[str, ...]) -> list[str]:
+        return [sys.executable, "-m", "diversynth", "run", str(run.config), "--out",
+                str(run.root), "--stages", ",".join(stages)]  # fmt: skip
+
+    if processes <= 1:
+        return [run_stages(TRIAL_STAGES)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(processes)]  # fmt: skip
+    train = [*torchrun, "-m", "diversynth", "train", str(run.config), "--out", str(run.root)]
+    return [train, run_stages(TRIAL_STAGES[1:])]
 
 
-def run_trial_process(run_root: str, env: dict[str, str]) -> tuple[int, str]:
-    """One trial in a child process; its exit code and last error line. Also the body of
+def run_trial_process(run_root: str, env: dict[str, str], processes: int = 1) -> tuple[int, str]:
+    """One trial in child processes; the exit code and last error line. Also the body of
     the Ray task (no argument of it needs more than the shared file system)."""
     run = RunDir(run_root)
     log = run.root / "log.txt"
+    start = log.stat().st_size if log.is_file() else 0
+    code = 0
     with log.open("ab") as out:
-        out.write(f"\n$ {' '.join(trial_command(run))}\n".encode())
-        out.flush()
-        code = subprocess.call(trial_command(run), stdout=out, stderr=subprocess.STDOUT,
-                               env={**os.environ, **env, "COLUMNS": "160"},
-                               preexec_fn=_die_with_parent)  # fmt: skip
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        for command in trial_commands(run, processes):
+            out.write(f"\n$ {' '.join(command)}\n".encode())
+            out.flush()
+            code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **env, "COLUMNS": "160"},
+                                   preexec_fn=_die_with_parent)  # fmt: skip
+            if code:
+                break
+    with log.open("rb") as handle:  # this attempt's lines only
+        handle.seek(start)
+        text = handle.read().decode(errors="replace")
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("$ ")]
     errors = [line for line in lines if line.startswith("error:")]
     return code, (errors[-1] if errors else lines[-1] if lines else f"exit code {code}")
 
@@ -191,7 +210,8 @@ def _visible_gpus() -> list[str]:
 Runner = Callable[[list[tuple[Trial, RunDir]]], dict[str, tuple[int, str]]]
 
 
-def local_runner(parallel: int, gpus_per_trial: int, cpus_per_trial: int) -> Runner:
+def local_runner(parallel: int, gpus_per_trial: int, cpus_per_trial: int,
+                 processes: int = 1) -> Runner:  # fmt: skip
     """Trials in child processes, `parallel` at once, each on the slot's devices."""
 
     def run_all(todo: list[tuple[Trial, RunDir]]) -> dict[str, tuple[int, str]]:
@@ -205,7 +225,7 @@ def local_runner(parallel: int, gpus_per_trial: int, cpus_per_trial: int) -> Run
             try:
                 console.print(f"trial {trial.id}: training ({trial.label()})", highlight=False,
                               soft_wrap=True)  # fmt: skip
-                results[trial.id] = run_trial_process(str(run.root), slots[slot])
+                results[trial.id] = run_trial_process(str(run.root), slots[slot], processes)
             finally:
                 free.append(slot)
 

@@ -82,6 +82,9 @@ class SweepFile(BaseModel):
     # depend on the thread count, so one count makes a trial's weights the same wherever
     # and beside whatever it runs
     cpus_per_trial: int = Field(1, gt=0, le=1024)
+    # processes a trial trains with (torchrun, DDP): one a GPU of gpus_per_trial; on a CPU,
+    # gloo processes (each with cpus_per_trial threads)
+    processes_per_trial: int = Field(1, gt=0, le=64)
     ray: RayAddress = Field(default_factory=RayAddress)
 
 
