@@ -116,17 +116,17 @@ def test_a_known_hub_id_is_planned_from_its_bundled_configs_without_the_hub(
     assert source == "released configs bundled with diversynth" and "unet" in configs
 
 
-def test_plan_prices_training_as_well_as_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_prices_training_as_well_as_generation() -> None:
     """The ImageNet SD 1.5 config's ResNet-50 recipe (600 epochs, 176 px, batch 1024, half
     synthetic): FLOPs counted on the meta device, images seen step by step, and hours from
-    the measured training rate, with the measured loader's rate as the upper end."""
-    from diversynth.train.cost import IMAGENET_TRAIN, measured_rates
+    the measured training rate, with the measured loader's rate as the upper end (the
+    plan command's table: test_plan_of_a_sweep_prices_the_pool_and_every_training)."""
+    from diversynth.cost_plan import CARDS
+    from diversynth.train.cost import IMAGENET_TRAIN, measured_rates, training_cost
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = load_config(REPO / "configs" / "imagenet-sd15.yaml", [])
-    plan = make_plan(config)
-    cost = plan.training
-    assert cost is not None and cost.model == "resnet50" and cost.image_size == 176
+    cost = training_cost(config, 1000, CARDS, synthetic=True)
+    assert cost.model == "resnet50" and cost.image_size == 176
     # ResNet-50: 4.1 GMACs at 224 px; forward and backward 3x; a multiply-add is 2 FLOPs
     assert cost.flops_per_image == pytest.approx(3 * 2 * 4.1e9 * (176 / 224) ** 2, rel=0.05)
     assert cost.real_images == IMAGENET_TRAIN and "assumed" in cost.real_source
@@ -137,11 +137,11 @@ def test_plan_prices_training_as_well_as_generation(monkeypatch: pytest.MonkeyPa
     expected = cost.images_seen * cost.flops_per_image / (rates["aux"] * rates["flops"]) / 3600
     assert low == pytest.approx(expected, rel=1e-6)
     assert 50 < low < high < 400  # model-bound and loader-bound hours
-    assert any("measured on H100" in note for note in plan.notes)
-    # real images only: smaller steps of real images, no aux BN rate
-    real_only = make_plan(load_config(REPO / "configs" / "imagenet-sd15.yaml",
-                                      ["train.synthetic_scale=0"])).training  # fmt: skip
-    assert real_only is not None and real_only.images_seen == 600 * (IMAGENET_TRAIN // 1024) * 1024
+    assert any("measured on H100" in note for note in cost.notes)
+    # real images only: whole steps of real images, and the rate without aux BN
+    real_only = training_cost(config, 1000, CARDS, synthetic=False)
+    assert real_only.images_seen == 600 * (IMAGENET_TRAIN // 1024) * 1024
+    assert real_only.gpu_hours["H100"][0] < low
 
 
 @pytest.mark.slow
