@@ -31,7 +31,8 @@ from diversynth.sweep.spec import CONFIRM_ABOVE, expand, read_sweep
 
 # the finished run's pool: 1024 real training images; 20 naive, 50 cd, 30 sd images.
 # 8 synthetic images a step (of 64) fit the smallest scale's 10 images
-TRAIN = {"train.synthetic_fraction": 0.125, "train.checkpoint_every": 4}
+TRAIN = {"train.synthetic_fraction": 0.125, "train.checkpoint_every": 4,
+         "report.images_per_class": 2}  # fmt: skip
 SCALES = [0, 0.01, 0.019]  # 0, 10 and 19 images: the naive ones hold 20
 BOTH = [["naive"], ["naive", "cd", "sd"]]
 
@@ -256,25 +257,23 @@ def test_a_sweep_makes_one_pool_and_each_trial_does_not_depend_on_the_others(
 ) -> None:
     first = tmp_path / "first"
     path = _write(tmp_path, kit_overrides, vary={
-        "train.synthetic_scale": SCALES, "train.strategies": BOTH})  # fmt: skip
+        "train.synthetic_scale": SCALES[::2], "train.strategies": BOTH})  # fmt: skip
     _prepare(first, finished_run, path, generate=True)
     _sweep(str(path), "--out", str(first))
 
-    # the pool's images were made once, for all trials: 100 images, not 100 x 5
+    # the pool's images were made once, for all trials: 100 images, not 100 x 3
     (pool,) = (RunDir(p) for p in (first / "pools").iterdir())
     generated = pool.read_state("generate")
     assert generated is not None and generated.summary["images_generated"] == 100
     assert pq.read_metadata(pool.manifest).num_rows == 100
     # every combination a row; scale 0 trained once for both strategies
     rows = pq.read_table(first / "results.parquet").to_pylist()
-    assert len(rows) == 6 and {r["state"] for r in rows} == {"done"}
-    assert len({r["training"] for r in rows}) == 5
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"done"}
+    assert len({r["training"] for r in rows}) == 3
     used = {(r["train.synthetic_scale"], r["train.strategies"]): r["synthetic_used"] for r in rows}
     assert used == {
         (0, "naive"): 0,
         (0, "naive+cd+sd"): 0,
-        (0.01, "naive"): 10,
-        (0.01, "naive+cd+sd"): 10,
         (0.019, "naive"): 19,
         (0.019, "naive+cd+sd"): 19,
     }
@@ -287,12 +286,12 @@ def test_a_sweep_makes_one_pool_and_each_trial_does_not_depend_on_the_others(
         assert f'href="../trials/{training}/report/index.html"' in page
         assert (first / "trials" / training / "report" / "index.html").is_file()
     status = cli("sweep", "--status", str(first))
-    assert status.returncode == 0 and (status.stdout + status.stderr).count(" done ") == 5
+    assert status.returncode == 0 and (status.stdout + status.stderr).count(" done ") == 3
 
     # the synthetic trials again, in the other order and two at once: the same weights
     second = tmp_path / "second"
     reverse = _write(tmp_path, kit_overrides, "reverse.yaml", vary={
-        "train.strategies": BOTH[1:], "train.synthetic_scale": SCALES[:0:-1]})  # fmt: skip
+        "train.strategies": BOTH[::-1], "train.synthetic_scale": SCALES[2:]})  # fmt: skip
     shutil.copytree(first / "pools", second / "pools")
     (second / "sweep.json").write_text("{}")
     _sweep(str(reverse), "--out", str(second), "--parallel", "2")

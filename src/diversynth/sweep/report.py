@@ -37,6 +37,8 @@ def figure_panels(rows: list[dict[str, Any]], axes: list[str]) -> dict[str, Any]
     values: dict[str, dict[str, dict[float, list[float]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(list)))  # fmt: skip
     for row in rows:
+        if row[SCALE] is None:  # null: every image of the pool, no point on a scale axis
+            continue
         values[row["set"] or "test"][_label(row, lines)][float(row[SCALE])].append(row["top1"])
     return {
         set_name: {
