@@ -17,6 +17,7 @@ from diversynth.released_models import RELEASED
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
+@pytest.mark.slow  # SD 1.5 built on the meta device twice: 10 s
 def test_sd15_flops_match_the_measured_architecture() -> None:
     """803 GFLOP a UNet call (batch 1, 512 px) and about 2.5 TFLOP a VAE decode."""
     settings = GenerateConfig(model=SD15, steps=50, guidance_scale=7.5, height=512, width=512)
@@ -32,6 +33,7 @@ def test_sd15_flops_match_the_measured_architecture() -> None:
     assert 4.5 < parts_off["unet"].flops / parts["unet"].flops < 7
 
 
+@pytest.mark.slow  # FLUX.1 built on the meta device: 8 s
 def test_plan_of_a_real_run_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the bundled configs of the released model
     config = load_config(REPO / "configs" / "imagenet-flux-schnell.yaml", [])
@@ -116,6 +118,7 @@ def test_a_known_hub_id_is_planned_from_its_bundled_configs_without_the_hub(
     assert source == "released configs bundled with diversynth" and "unet" in configs
 
 
+@pytest.mark.slow  # ResNet-50 on the meta device, twice: 6 s
 def test_plan_prices_training_as_well_as_generation() -> None:
     """The ImageNet SD 1.5 config's ResNet-50 recipe (600 epochs, 176 px, batch 1024, half
     synthetic): FLOPs counted on the meta device, images seen step by step, and hours from

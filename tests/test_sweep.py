@@ -97,6 +97,7 @@ def test_pool_by_makes_a_pool_for_each_value_shared_by_its_trials(
     assert {t.config.seed for t in sweep.trials} == {0, 1}
 
 
+@pytest.mark.slow  # reads Fashion-MNIST's labels: 4 s
 def test_the_offline_sweep_is_the_grid_it_says() -> None:
     """configs/sweep-offline.yaml (about 5 minutes: run by hand, figures in docs/sweeps.md):
     3 scales x 2 strategy sets x 2 seeds, scale 0 once a seed, one pool that holds scale
