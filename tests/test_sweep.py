@@ -58,7 +58,7 @@ def test_trials_are_every_combination_less_the_excluded_and_trained_once(
         "train.synthetic_scale": [0, 0.01], "train.strategies": [["naive"], ["cd"]],
         "seed": [0, 1], "train.lr": [0.05, 0.1], "train.epochs": [1, 2],
     }, zip=[["train.lr", "train.epochs"]],
-       exclude=[{"train.synthetic_scale": 0.01, "seed": 1}])  # fmt: skip
+       exclude=[{"train.synthetic_scale": 0.01, "seed": 1.0}])  # fmt: skip
     sweep = expand(read_sweep(path), path)
     # 2 scales x 2 strategies x 2 seeds x 2 (lr, epochs) together, less 4 excluded
     assert len(sweep.trials) == 12

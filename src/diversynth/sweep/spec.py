@@ -192,8 +192,19 @@ def key_problem(key: str) -> str | None:
     return None
 
 
-def _normalised(values: dict[str, Any]) -> str:
-    return json.dumps(values, sort_keys=True, default=str)
+def _normalised(value: Any) -> str:
+    """A value as exclude compares it: numbers by value (2 matches 2.0)."""
+
+    def plain(item: Any) -> Any:
+        if isinstance(item, bool) or not isinstance(item, int | float | list | dict):
+            return item
+        if isinstance(item, list):
+            return [plain(v) for v in item]
+        if isinstance(item, dict):
+            return {k: plain(v) for k, v in item.items()}
+        return float(item)
+
+    return json.dumps(plain(value), sort_keys=True, default=str)
 
 
 def _combinations(spec: SweepFile) -> list[dict[str, Any]]:
