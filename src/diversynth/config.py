@@ -664,6 +664,11 @@ class TrainConfig(Section):
     # bytes and draw each image's crop and flip): crop and flip only
     decode_on: Literal["workers", "device"] = Field("workers", exclude_if=lambda v: v == "workers")
 
+    @property
+    def uses_synthetic(self) -> bool:
+        """Whether training draws synthetic images at all (a run must also have made them)."""
+        return self.synthetic_fraction > 0 and self.synthetic_scale != 0
+
     @model_validator(mode="before")
     @classmethod
     def _fill_from_recipe(cls, data: Any) -> Any:

@@ -387,8 +387,7 @@ def make_plan(config: RunConfig) -> Plan:
                 tokens_out)  # fmt: skip
     console.print(f"plan: counting {config.train.model}'s FLOPs on the meta device",
                   highlight=False)  # fmt: skip
-    synthetic = gen is not None and config.train.synthetic_fraction > 0
-    synthetic = synthetic and config.train.synthetic_scale != 0
+    synthetic = gen is not None and config.train.uses_synthetic
     plan.training = training_cost(config, classes, CARDS, synthetic)
     plan.notes += plan.training.notes
     if gen is None:
@@ -471,6 +470,14 @@ def render(plan: Plan, name: str) -> Any:
     return Group(*shown)
 
 
+def hours_span(low: float, high: float) -> str:
+    """Model-bound to loader-bound hours ("75.3 - 179.6"), or one figure when they agree."""
+    digits = 0 if low >= 100 else 1
+    if high <= low * 1.01:
+        return f"{low:,.{digits}f}"
+    return f"{low:,.{digits}f} - {high:,.{digits}f}"
+
+
 def training_table(cost: TrainingCost) -> Any:
     from rich.table import Table
 
@@ -486,6 +493,5 @@ def training_table(cost: TrainingCost) -> Any:
     if cost.images_seen is not None:
         table.add_row("images seen", f"{cost.images_seen:,}")
     for card, (low, high) in cost.gpu_hours.items():
-        span = f"{low:,.1f}" if high <= low * 1.01 else f"{low:,.1f} - {high:,.1f}"
-        table.add_row(f"{card} GPU-hours", span)
+        table.add_row(f"{card} GPU-hours", hours_span(low, high))
     return table

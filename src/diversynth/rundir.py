@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from diversynth.errors import DiversynthError, UsageError
-from diversynth.userfiles import folder_problem
+from diversynth.userfiles import first_entries, folder_problem
 
 
 def _fsync_dir(path: Path) -> None:
@@ -244,9 +244,8 @@ class RunDir:
         if problem:
             raise RunDirError(f"--out: cannot make {str(self.root)!r}: {problem}")
         if self.root.is_dir() and not self.is_run():
-            present = sorted(p.name for p in self.root.iterdir())
-            if present:
-                shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+            shown = first_entries(self.root)
+            if shown:
                 raise RunDirError(
                     f"--out: {str(self.root)!r} holds files that are not a diversynth run "
                     f"({shown}); give a new or empty folder, or an existing run directory"

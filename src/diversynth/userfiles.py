@@ -82,3 +82,10 @@ def folder_problem(path: Path) -> str | None:
         if parent.exists():
             return None if parent.is_dir() else f"{str(parent)!r} is a file, not a folder"
     return None
+
+
+def first_entries(folder: Path, count: int = 3) -> str:
+    """The first `count` names in a folder, sorted ("a, b, c, ..."); "" for an empty one:
+    what a refusal to write into a folder of the user's shows of it."""
+    present = sorted(entry.name for entry in os.scandir(folder))
+    return ", ".join(present[:count]) + (", ..." if len(present) > count else "")

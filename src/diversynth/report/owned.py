@@ -15,6 +15,7 @@ from pathlib import Path
 
 from diversynth.errors import UsageError
 from diversynth.rundir import write_json
+from diversynth.userfiles import first_entries
 
 MARKER = ".diversynth-report"
 
@@ -48,9 +49,8 @@ def claim_site(site: Path, what: str, force: bool = False) -> None:
     if site.exists() and not site.is_dir():
         raise SiteFolderError(f"{what}: {str(site)!r} is a file, not a folder")
     if site.is_dir() and not (site / MARKER).is_file() and not force:
-        present = sorted(entry.name for entry in os.scandir(site))
-        if present:
-            listed = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+        listed = first_entries(site)
+        if listed:
             raise SiteFolderError(
                 f"{what}: {str(site)!r} holds files that are not a diversynth report "
                 f"({listed}); give a new or empty folder, or --force to write the report "

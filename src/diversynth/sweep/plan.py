@@ -7,7 +7,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from diversynth.cost_plan import CARDS, Plan, make_plan
+from diversynth.cost_plan import CARDS, Plan, hours_span, make_plan
 from diversynth.sweep.spec import Sweep, trains_on_synthetic
 from diversynth.train.cost import TrainingCost, training_cost
 
@@ -30,11 +30,6 @@ def _hours(costs: list[TrainingCost], card: str) -> tuple[float, float]:
     return sum(s[0] for s in spans), sum(s[1] for s in spans)
 
 
-def _span(low: float, high: float) -> str:
-    digits = 0 if low >= 100 else 1
-    return f"{low:,.{digits}f}" if high <= low * 1.01 else f"{low:,.{digits}f}-{high:,.{digits}f}"
-
-
 def render_sweep(sweep: Sweep, pools: dict[str, Plan], trainings: dict[str, TrainingCost]) -> Any:
     from rich.console import Group
     from rich.table import Table
@@ -51,9 +46,9 @@ def render_sweep(sweep: Sweep, pools: dict[str, Plan], trainings: dict[str, Trai
     generation = {card: sum(p.gpu_hours.get(card, 0.0) for p in pools.values()) for card in cards}
     table.add_row("pool(s): generation", *[f"{generation[c]:,.1f}" for c in cards])
     every = list(trainings.values())
-    table.add_row("trainings", *[_span(*_hours(every, c)) for c in cards])
+    table.add_row("trainings", *[hours_span(*_hours(every, c)) for c in cards])
     totals = [_hours(every, c) for c in cards]
-    table.add_row("total", *[_span(generation[c] + t[0], generation[c] + t[1])
+    table.add_row("total", *[hours_span(generation[c] + t[0], generation[c] + t[1])
                              for c, t in zip(cards, totals, strict=True)])  # fmt: skip
     by_value: dict[str, dict[str, TrainingCost]] = defaultdict(dict)
     for key, values in sweep.spec.vary.items():  # in the file's order
@@ -65,7 +60,7 @@ def render_sweep(sweep: Sweep, pools: dict[str, Plan], trainings: dict[str, Trai
                     by_value[label][trial.id] = trainings[trial.id]
     for label, costs in by_value.items():
         table.add_row(f"  with {label}",
-                      *[_span(*_hours(list(costs.values()), c)) for c in cards])  # fmt: skip
+                      *[hours_span(*_hours(list(costs.values()), c)) for c in cards])  # fmt: skip
     shown.append(table)
     notes = {note for cost in every for note in cost.notes}
     from diversynth.sweep.command import pool_size_problem

@@ -39,6 +39,7 @@ from diversynth.errors import DiversynthError, UsageError
 from diversynth.progress import console
 from diversynth.rundir import POOL_STAGES, RunDir, write_json, write_text
 from diversynth.sweep.spec import Sweep, Trial
+from diversynth.userfiles import first_entries
 
 TRIAL_STAGES = ("train", "evaluate", "report")
 SWEEP_RECORD = "sweep.json"
@@ -73,9 +74,8 @@ class SweepDir:
         if self.root.exists() and not self.root.is_dir():
             raise SweepFolderError(f"--out: {str(self.root)!r} is a file, not a folder")
         if self.root.is_dir() and not self.record.is_file():
-            present = sorted(entry.name for entry in os.scandir(self.root))
-            if present:
-                listed = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+            listed = first_entries(self.root)
+            if listed:
                 raise SweepFolderError(
                     f"--out: {str(self.root)!r} holds files that are not a diversynth sweep "
                     f"({listed}); give a new or empty folder, or the folder of this sweep"

@@ -277,8 +277,7 @@ def _with(data: dict[str, Any], values: dict[str, Any], what: str) -> dict[str, 
 
 
 def trains_on_synthetic(config: RunConfig) -> bool:
-    cfg = config.train
-    return cfg.synthetic_fraction > 0 and cfg.synthetic_scale != 0
+    return config.train.uses_synthetic
 
 
 def training_identity(config: RunConfig, pool: str) -> str:
