@@ -9,22 +9,34 @@ wall times. `--server python` uses llama-cpp-python's server instead, which answ
 request at a time (so N in flight cannot be faster there).
 
     .venv/bin/python benchmarks/llm_in_flight.py [--in-flight 4] [--rounds 3] [--server python]
+
+`--latency SECONDS` needs no model: a loopback server answers every request with usable
+JSON after SECONDS, and the prompts stage's requests (contexts and styles, worked examples
+shown, validated and cached as in a run) go to it for 40 and 400 ImageNet classes at the
+`openai` backend's default max_in_flight. Printed per class count: the requests, the wall
+time from the first request to the last answer, the ideal `requests x latency /
+in_flight`, and their ratio (the stage's whole LLM step, examples chosen included, too).
+
+    .venv/bin/python benchmarks/llm_in_flight.py --latency 0.5 [--classes 40 400]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _results import write_result  # noqa: E402
+from _results import machine, write_result  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -43,7 +55,7 @@ def timed(base_url: str, in_flight: int, round_index: int) -> float:
     config = LLMConfig(backend="openai", model="smollm2", base_url=base_url,
                        max_in_flight=in_flight, json_mode="json_object", timeout=300)  # fmt: skip
     # the same requests for both settings within a round, new seeds each round
-    requests = [context_request(n, None, CD_AXES, 2, 1000 * round_index + i, 160)
+    requests = [context_request(n, None, CD_AXES, 2, 1000 * round_index + i, 160, None)
                 for i, n in enumerate(CLASSES)]  # fmt: skip
     start = time.perf_counter()
     answers = OpenAIBackend(config).complete(requests)
@@ -52,12 +64,75 @@ def timed(base_url: str, in_flight: int, round_index: int) -> float:
     return seconds
 
 
+def latency_mode(latency: float, class_counts: list[int]) -> None:
+    """The prompts stage's requests against a server that answers after `latency` s."""
+    from diversynth.classes.catalog import load_classes
+    from diversynth.config import ClassesConfig, load_config
+    from diversynth.prompts.diversity import Embedder
+    from diversynth.prompts.stage import _llm_answers, strategy_counts
+    from diversynth.rundir import RunDir
+
+    names = [entry.raw_name for entry in load_classes(ClassesConfig(catalog="imagenet1k"))]
+    rows = []
+    # the server in a process of its own, as a real one is: its threads do not contend
+    # with the client's event loop for the interpreter lock
+    command = [sys.executable, str(ROOT / "tests" / "llm_servers.py"), "--default", "schema",
+               "--latency", str(latency)]  # fmt: skip
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    with subprocess.Popen(command, **pipes) as server, tempfile.TemporaryDirectory() as folder:
+        assert server.stdout is not None and server.stdin is not None
+        base_url = server.stdout.readline().strip()
+        config = load_config(ROOT / "configs" / "imagenet1k.yaml", [
+            f"llm={{backend: openai, model: any, base_url: {base_url}}}",
+            "prompts.shares={naive: 0.2, cd: 0.5, sd: 0.3}",
+        ])  # fmt: skip
+        assert config.llm is not None
+        in_flight = config.llm.max_in_flight  # the openai backend's default
+        embedder = Embedder(config.prompts.embedder)
+        embedder(["warm-up"])  # the first call sets up the model: not part of the requests
+        counts = strategy_counts(config.prompts.per_class, config.prompts.shares)
+        for count in class_counts:
+            classes = [{"index": i, "name": name} for i, name in enumerate(names[:count])]
+            start = time.perf_counter()
+            _llm_answers(config, RunDir(Path(folder) / str(count)), classes, counts, embedder)
+            step = time.perf_counter() - start
+            with urllib.request.urlopen(f"{base_url}/stats") as reply:  # and counts anew
+                stats = json.load(reply)
+            seconds = max(e for _, e in stats["spans"]) - min(s for s, _ in stats["spans"])
+            requests, peak = stats["requests"], stats["peak_in_flight"]
+            ideal = requests * latency / in_flight
+            rows.append({"classes": count, "requests": requests, "seconds": round(seconds, 3),
+                         "ideal_seconds": round(ideal, 3), "ratio": round(seconds / ideal, 3),
+                         "peak_in_flight": peak, "stage_step_seconds": round(step, 3),
+                         "stage_step_ratio": round(step / ideal, 3)})  # fmt: skip
+            print(f"{count} classes: {requests} requests in {seconds:.2f} s (ideal {requests} x "
+                  f"{latency:g} s / {in_flight} = {ideal:.2f} s, ratio {seconds / ideal:.2f}; "
+                  f"peak {peak} in flight; the whole LLM step {step:.2f} s)",
+                  flush=True)  # fmt: skip
+        server.stdin.close()  # the server ends
+    write_result("llm_in_flight_latency", {
+        "benchmark": "llm_in_flight_latency",
+        "server": f"tests/llm_servers.py on loopback in its own process, usable JSON after "
+                  f"{latency:g} s a request (no model)",
+        "machine": machine(),
+        "latency_seconds": latency,
+        "max_in_flight": in_flight,
+        "results": rows,
+        "command": "python benchmarks/llm_in_flight.py " + " ".join(sys.argv[1:]),
+    })  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--server", choices=["native", "python"], default="native")
+    parser.add_argument("--latency", type=float, help="seconds an answer takes; no model")
+    parser.add_argument("--classes", type=int, nargs="+", default=[40, 400])
     args = parser.parse_args()
+    if args.latency is not None:
+        latency_mode(args.latency, args.classes)
+        return
     native = None
     if args.server == "native":
         built = subprocess.run(["bash", str(ROOT / "benchmarks" / "build_llama_server.sh")],

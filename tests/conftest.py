@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -22,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tests that need one of these fixtures are slow: a finished offline run (built once, about
 # 3 minutes on 2 quiet cores), the imagenet1k classes run, a llama.cpp server, Ray or a browser.
 SLOW_FIXTURES = {"finished_run", "run_copy", "prompts_run", "imagenet_run", "llama_server",
-                 "ray_env", "browser"}  # fmt: skip
+                 "ray_env", "ray_cluster", "browser"}  # fmt: skip
 # The first test (on each xdist worker) to need the offline run waits while it is built:
 # SmolLM2 asked again for the classes whose answers copied the worked example makes the
 # prompts stage take minutes when the 2 cores are busy with other tests.
@@ -225,3 +226,16 @@ def ray_env() -> Iterator[dict[str, str]]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_cluster(ray_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A Ray cluster of several nodes on this machine (`ray.cluster_utils.Cluster`: each
+    node its own raylet and ports): a head that runs no work (0 CPUs); tests add and
+    remove worker nodes. Stopped after the test."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_TMPDIR", ray_env["RAY_TMPDIR"])  # the nodes' sockets and logs
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    yield cluster
+    cluster.shutdown()

@@ -186,10 +186,15 @@ def test_damaged_run_files_are_found_named_and_made_again(
     lines = classes.decode().splitlines(keepends=True)
     (run_copy / "classes.jsonl").write_text("".join(lines[:-1]) + lines[-1][:20])
 
+    # what a worker lost with its node leaves: reported, not counted as damage
+    orphan = run_copy / "shards" / "000002.tar.0123456789ab.tmp"
+    orphan.write_bytes(b"")
+
     verify = cli("verify", "--run", str(run_copy))
     assert verify.returncode == 1 and "Traceback" not in verify.stderr
     named = [line for line in verify.stderr.splitlines() if line.startswith("damaged:")]
     assert len(named) == 3, verify.stderr
+    assert f"{orphan}: left by an interrupted worker" in verify.stderr
     assert any("classes.jsonl" in line for line in named)
     assert any("shards/000001.tar" in line for line in named)
     assert any("manifest.parquet" in line for line in named)
@@ -200,6 +205,7 @@ def test_damaged_run_files_are_found_named_and_made_again(
     assert outcome["prompts"] == "skipped" and outcome["train"] == "skipped"  # same bytes again
     assert (run_copy / "classes.jsonl").read_bytes() == classes
     assert shard.read_bytes() == tar_bytes
+    assert not orphan.exists()  # removed by the run
     assert cli("verify", "--run", str(run_copy)).returncode == 0
 
 

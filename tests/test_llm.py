@@ -285,3 +285,53 @@ def test_a_huge_reply_is_a_bad_answer_read_no_further_than_the_cap(
         [result] = llm.complete_json([_request("Sandal")], [_styles])
         assert result == ["plush toy"] and llm.cached == 0
         llm.close()
+
+
+def test_a_retry_does_not_wait_for_the_slowest_answer_of_its_round() -> None:
+    """A bad answer is asked again as soon as it is in, while a slow answer to another
+    request is still being written: no round waits for its slowest answer."""
+    with MisbehavingServer(slow_seconds=2.0) as server:
+        server.script.extend(["slow", "ok:not json"])  # by arrival: one slow, one bad
+        llm = LLM(_backend(server.base_url, max_in_flight=4, timeout=5.0))
+        results = llm.complete_json([_request("Coat"), _request("Bag")], [_styles, _styles])
+    assert sorted(map(str, results)) == ["['late answer']", "['oil painting']"]
+    assert len(server.requests) == 3 and llm.calls == 3
+    slow_end = max(server.spans, key=lambda span: span[1] - span[0])[1]
+    retried = max(arrived for arrived, _ in server.spans)
+    assert retried < slow_end - 1.5  # asked again at once, not after the slow answer
+
+
+class _BatchBackend:
+    """A backend without `run` (as transformers): answers whole batches, recorded."""
+
+    name, model = "batch", "test-model"
+
+    def __init__(self, answers: dict[tuple[str, int], str]):
+        self.answers = answers  # by (label, seed); a refusal otherwise
+        self.batches: list[list[tuple[str, int]]] = []
+
+    def complete(self, requests: list[ChatRequest], on_answer=None) -> list[str]:
+        self.batches.append([(r.label, r.seed) for r in requests])
+        answers = [self.answers.get((r.label, r.seed), "I can't.") for r in requests]
+        for i, answer in enumerate(answers):
+            if on_answer is not None:
+                on_answer(i, answer)
+        return answers
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_batch_backend_gets_one_request_per_unfinished_flow_a_round(tmp_path: Path) -> None:
+    ok = '{"styles": ["sketch"]}'
+    backend = _BatchBackend({("Coat", 0): ok, ("Bag", 1): ok, ("Sandal", 2): ok})
+    llm = LLM(backend, AnswerCache(tmp_path / "cache.sqlite"))
+    requests = [_request("Coat"), _request("Bag"), _request("Sandal")]
+    results = llm.complete_json(requests, [_styles] * 3)
+    assert results == [["sketch"]] * 3
+    assert backend.batches == [[("Coat", 0), ("Bag", 0), ("Sandal", 0)],
+                               [("Bag", 1), ("Sandal", 1)], [("Sandal", 2)]]  # fmt: skip
+    # a rerun is answered from the cache, bad answers included, and asks nothing
+    again = LLM(backend, AnswerCache(tmp_path / "cache.sqlite"))
+    assert again.complete_json(requests, [_styles] * 3) == results
+    assert again.calls == 0 and again.cached == 6 and len(backend.batches) == 3

@@ -388,3 +388,36 @@ def test_an_llm_that_echoes_the_example_is_caught(tmp_path: Path,
         texts = [p["text"] for p in prompts if p["class_index"] == index]
         assert len(texts) == len(set(texts))
         assert sum(len(p["image_seeds"]) for p in prompts if p["class_index"] == index) == 10
+
+
+def test_requests_of_every_class_are_in_flight_at_once(tmp_path: Path) -> None:
+    """The stage's contexts and styles of every class go out together, as soon as each is
+    made: the server has more requests open at once than there are classes, and they take
+    about one answer's time (6 requests, 16 slots), not one per round (contexts, then
+    styles: two)."""
+    from llm_servers import MisbehavingServer
+
+    from diversynth.config import load_config
+    from diversynth.prompts.stage import _llm_answers
+    from diversynth.rundir import RunDir
+
+    def no_embedder(texts: list[str]) -> np.ndarray:
+        raise AssertionError("without worked examples nothing is embedded")
+
+    latency, names = 1.0, ["Coat", "Bag", "Sandal"]
+    classes = [{"index": i, "name": name} for i, name in enumerate(names)]
+    with MisbehavingServer(default="schema", latency=latency) as server:
+        config = {"name": "in-flight", "classes": {"names": names},
+                  "prompts": {"per_class": 10, "few_shot": False},
+                  "llm": {"backend": "openai", "model": "any", "base_url": server.base_url,
+                          "max_in_flight": 16}}  # fmt: skip
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        answers = _llm_answers(load_config(path, []), RunDir(tmp_path / "run"), classes,
+                               {"naive": 2, "cd": 5, "sd": 3}, no_embedder)  # fmt: skip
+    assert answers.stats["llm_calls"] == len(server.requests) == 2 * len(names)
+    assert all(isinstance(a, dict) for a in answers.contexts)  # all usable
+    assert all(isinstance(a, list) and a for a in answers.styles)
+    assert server.peak_in_flight == 2 * len(names) > len(names)
+    seconds = max(end for _, end in server.spans) - min(start for start, _ in server.spans)
+    assert latency <= seconds < 1.5 * latency  # in rounds: 2 x latency

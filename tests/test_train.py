@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from conftest import OFFLINE_CONFIG, REPO, set_args
+from llm_servers import free_port
 from safetensors.torch import load_file
 
 from diversynth.config import load_config
@@ -345,12 +347,15 @@ def test_mixing_stays_within_each_domain() -> None:
 
 
 @pytest.mark.slow
-def test_ddp_on_two_processes_matches_one_process(
+@pytest.mark.timeout(600)
+def test_ddp_on_two_processes_matches_one_process_and_survives_a_killed_rank(
     run_copy: Path, kit_overrides: list[str], tmp_path: Path
 ) -> None:
-    """Tolerance: weights within 1e-4 (float32 sums in another order), for a model without
-    batch norm; gradient accumulation over 2 micro-batches matches the same way."""
-    runs = {name: tmp_path / name for name in ("one", "accumulate", "ddp")}
+    """Tolerance: weights within 1e-4 after 5 steps (float32 sums in another order), for a
+    model without batch norm; gradient accumulation over 2 micro-batches matches the same
+    way. torchrun's own restart after rank 0 is killed ends with the uninterrupted DDP
+    weights, bit for bit (the same processes and kernels)."""
+    runs = {name: tmp_path / name for name in ("one", "accumulate", "ddp", "restarted")}
     for run in runs.values():
         shutil.copytree(run_copy, run)
     one = _train(runs["one"], kit_overrides, [*VIT, "train.epochs=1"])
@@ -376,6 +381,37 @@ def test_ddp_on_two_processes_matches_one_process(
     ddp_losses = [json.loads(x)["loss"] for x in (runs["ddp"] / "train" / "metrics.jsonl")
                   .read_text().splitlines()]  # fmt: skip
     assert ddp_losses == pytest.approx(one_losses, abs=1e-4)
+
+    # torchrun's c10d rendezvous and its own restart (workers share its store), a state
+    # saved by time after every step (checkpoint_minutes), rank 0 killed once one is saved
+    port = free_port()
+    restarting = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+                  "--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "c10d",
+                  "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "diversynth", "train"]  # fmt: skip
+    proc = subprocess.Popen(
+        [*restarting, str(OFFLINE_CONFIG), "--out", str(runs["restarted"]),
+         *set_args([*kit_overrides, *SMALL, *VIT, "train.epochs=1",
+                    "train.checkpoint_every=1000000", "train.checkpoint_minutes=0.0001"])],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    state = runs["restarted"] / "train" / "state.safetensors"
+    deadline = time.monotonic() + 240
+    while not state.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no state was saved"
+        time.sleep(0.02)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    rank0 = [w for w in workers if w.environ().get("RANK") == "0" and "diversynth" in w.cmdline()]
+    assert len(rank0) == 1
+    rank0[0].kill()
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads((runs["restarted"] / ".state" / "train.json").read_text())["summary"]
+    first, second = summary["segments"]  # both starts are listed, not only the last
+    assert (first["restart"], first["resumed_from_step"]) == (0, 0)
+    assert second["restart"] == 1 and 0 < second["resumed_from_step"] < summary["steps"]
+    got, want = _weights(runs["restarted"]), _weights(runs["ddp"])
+    assert all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_bad_training_settings_fail_clearly(run_copy: Path, kit_overrides: list[str]) -> None:

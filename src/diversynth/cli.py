@@ -202,9 +202,10 @@ AllowVersionOpt = Annotated[
 
 def _run(config: Path, out: Path, stages: list[str], force: list[str],
          overrides: list[str] | None, max_shards: int | None = None,
-         allow_version_change: bool = False) -> None:  # fmt: skip
+         allow_version_change: bool = False, break_lock: bool = False) -> None:  # fmt: skip
     cfg = _load(config, overrides)
-    options = {"max_shards": max_shards, "allow_version_change": allow_version_change}
+    options = {"max_shards": max_shards, "allow_version_change": allow_version_change,
+               "break_lock": break_lock}  # fmt: skip
     try:
         run_stages(cfg, RunDir(out), stages=stages, force=force, options=options)
     except ConfigError as exc:  # found by the checks that need a library or the data
@@ -230,6 +231,15 @@ def run(
     set_: SetOpt = None,
     max_shards: MaxShardsOpt = None,
     allow_version_change: AllowVersionOpt = False,
+    break_lock: Annotated[
+        bool,
+        typer.Option(
+            "--break-lock",
+            help="Take over the run's lock from a process of another host that is down, "
+            "without waiting for its lease to lapse (a process of this host is never "
+            "taken over).",
+        ),
+    ] = False,
 ) -> None:
     """Run the pipeline: classes, prompts, generate, train, evaluate, report.
 
@@ -242,7 +252,7 @@ def run(
     except PipelineError as exc:
         _fail(str(exc))
         return
-    _run(config, out, selected, forced, set_, max_shards, allow_version_change)
+    _run(config, out, selected, forced, set_, max_shards, allow_version_change, break_lock)
 
 
 @app.command()
@@ -725,6 +735,13 @@ def verify(
         damaged += [f"{stage.name}: {damage}" for damage in found]
         if not found:
             console.print(f"{stage.name}: {len(state.files)} file(s) as written", highlight=False)
+    from diversynth.artifacts.shards import temp_files
+
+    shards = run.home("generate").shards
+    for name in temp_files(shards):
+        console.print(f"{escape(str(shards / name))}: left by an interrupted worker (not "
+                      "damage: the next `diversynth run` removes it)", highlight=False,
+                      soft_wrap=True)  # fmt: skip
     for line in damaged:
         console.print(f"[red]damaged:[/red] {escape(line)}", highlight=False, soft_wrap=True)
     if damaged:

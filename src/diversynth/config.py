@@ -26,6 +26,7 @@ from pydantic import (
 
 from diversynth.bounded_yaml import YamlError, load_yaml
 from diversynth.errors import SHOWN_CHARS, UsageError, shown
+from diversynth.ray_cluster import checked_address
 from diversynth.recipes import RECIPES, with_recipe
 from diversynth.safe_weights import (
     WeightsError,
@@ -318,7 +319,9 @@ class LLMConfig(Section):
     model: str = Field("bundled:smollm2", validate_default=True)
     base_url: str | None = None  # openai: the server, e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = None  # openai: the environment variable that holds the key
-    max_in_flight: int = Field(4, gt=0, le=4096)
+    # requests open at once; None: by backend, 32 for openai (a vLLM server batches 32-256
+    # at once), else 1 (llamacpp's server answers one at a time; transformers batches instead)
+    max_in_flight: int | None = Field(None, gt=0, le=4096, validate_default=True)
     timeout: float = Field(60.0, gt=0, le=3600)  # seconds between two reads of an answer
     # seconds for a whole request, retries included: a server that sends a byte now and
     # then never exceeds `timeout`, and is stopped by this
@@ -343,6 +346,13 @@ class LLMConfig(Section):
         if backend == "llamacpp" and not model.endswith(".gguf"):
             raise ValueError("the llamacpp backend needs a .gguf file")
         return model
+
+    @field_validator("max_in_flight")
+    @classmethod
+    def _in_flight_by_backend(cls, value: int | None, info: ValidationInfo) -> int:
+        if value is not None:
+            return value
+        return 32 if info.data.get("backend") == "openai" else 1
 
     @model_validator(mode="after")
     def _server_settings(self) -> LLMConfig:
@@ -370,12 +380,20 @@ class RayConfig(Section):
 
     # None starts a Ray instance on this machine for the run; "auto" joins the cluster this
     # machine belongs to (`ray start`); or a cluster address ("ray://head:10001", "head:6379")
-    address: str | None = None
+    address: Annotated[str | None, AfterValidator(checked_address)] = None
     # actors; each loads the pipeline once and makes whole shards
     workers: int = Field(1, gt=0, le=10_000)
     # None: 1 if the cluster has GPUs, else 0
     gpus_per_worker: float | None = Field(None, ge=0, le=64)
     cpus_per_worker: float = Field(1, gt=0, le=1024)  # CPU workers run torch on this many threads
+    # seconds to reach `address` and join; then one line saying what was tried
+    connect_timeout: float = Field(60, gt=0, le=3600)
+    # a worker lost with its node is started again on another node up to this many times,
+    # and its shard in progress made again there (Ray's own restarts and task retries)
+    max_restarts: int = Field(4, ge=0, le=1000)
+    # seconds the stage waits while no node can hold a worker (every worker node lost and
+    # none joining) before it stops, naming the shards not made (a rerun makes only those)
+    worker_wait: float = Field(300, gt=0, le=86400)
 
 
 class GenerateConfig(Section):
@@ -656,6 +674,8 @@ class TrainConfig(Section):
     compile: Compile = False
     # optimizer steps between resumable checkpoints
     checkpoint_every: int = Field(500, gt=0, le=10_000_000)
+    # and at least this often (minutes): a lost node or a restart costs at most this much
+    checkpoint_minutes: float | None = Field(30, gt=0, le=10_080)
     tensorboard: bool = True  # also log to train/tensorboard
     device: Device = "auto"
     workers: int = Field(0, ge=0, le=1024)

@@ -195,6 +195,10 @@ def _real_inputs(config: RunConfig) -> list[str | Path | None]:
     return [config.data.root, *_subset_lists(config)] if config.data else []
 
 
+# how requests reach the LLM, not what it is asked or answers: changing them keeps the
+# classes and prompts (answers are cached by request)
+LLM_TRANSPORT = ("llm.max_in_flight", "llm.timeout", "llm.deadline", "llm.max_retries")
+
 STAGES = [
     Stage(
         "classes",
@@ -202,6 +206,7 @@ STAGES = [
         run="diversynth.classes.stage:run_classes",
         sections=_classes_sections,
         outputs=lambda r: [r.classes],
+        ignores=LLM_TRANSPORT,
         inputs=lambda c: [
             c.classes.file,
             c.classes.folder,
@@ -215,6 +220,7 @@ STAGES = [
         sections=_prompts_sections,
         needs=("classes",),
         outputs=lambda r: [r.prompts],
+        ignores=LLM_TRANSPORT,
         inputs=_prompts_inputs,
     ),
     Stage(
@@ -266,7 +272,7 @@ STAGES = [
         requires=("data",),
         needs=("classes", "generate"),
         reads=lambda c: ("leaks",) if c.train.exclude_leaks else (),
-        outputs=lambda r: [r.checkpoint, r.train_metrics],
+        outputs=lambda r: [r.checkpoint, r.train_metrics, r.train_dir / "segments.jsonl"],
         inputs=_real_inputs,
         resumable=True,
         options=("allow_version_change",),
@@ -364,7 +370,7 @@ def run_stages(
     """Run the selected stages in order; return {stage: 'ran' | 'skipped' | 'partial'}.
 
     `options` go to the stages that take them (generate: `max_shards`; generate and train:
-    `allow_version_change`)."""
+    `allow_version_change`); `break_lock` goes to the run's lock (RunDir.lock)."""
     selected = stages or list(STAGE_NAMES)
     missing = [
         f"{section}: required by the {stage.name} stage (or leave {stage.name} out of --stages)"
@@ -396,7 +402,7 @@ def run_stages(
     if not _main_process():  # another torchrun process: it computes, the first one writes
         return _run_locked(config, run, selected, forced_from, options, main=False)
     run.claim()
-    with run.lock():
+    with run.lock(break_lock=bool(options.get("break_lock"))):
         return _run_locked(config, run, selected, forced_from, options)
 
 

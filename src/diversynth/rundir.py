@@ -10,8 +10,6 @@ so a stage that reruns and produces the same bytes does not invalidate the rest.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -23,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from diversynth.errors import DiversynthError, UsageError
+from diversynth.run_lock import LOCK_FILE, LockWords, hold
 from diversynth.userfiles import first_entries, folder_problem
 
 
@@ -179,6 +178,13 @@ class RunBusyError(DiversynthError):
     """Another process holds the run's lock."""
 
 
+_RUN_LOCK = LockWords(
+    busy="another diversynth process is working in {folder}",
+    error=RunBusyError,
+    take_over="take it over with `diversynth run ... --break-lock`",
+)
+
+
 class RunDir:
     """Paths of one run's artifacts, and the per-stage state records."""
 
@@ -314,31 +320,18 @@ class RunDir:
     state_dir = property(lambda self: self.root / ".state")
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """One process at a time works in a run directory (the pipeline, a report build);
-        the OS drops the lock if the process dies. A run on a read-only disk or archive
-        (its lock file not writable) is locked through a read-only handle, or, with no lock
+    def lock(self, break_lock: bool = False) -> Iterator[None]:
+        """One process at a time works in a run directory (the pipeline, a report build),
+        from this host or another sharing the folder (run_lock: an flock, and a record
+        with a lease for the hosts the flock does not reach). `break_lock` takes over
+        another host's record before its lease lapses. A run on a read-only disk or
+        archive is locked through a read-only handle of its lock file, or, with no lock
         file at all, not locked: no process can change it there."""
-        path = self.root / ".lock"
+        path = self.root / LOCK_FILE
         if path.is_symlink() or (path.exists() and not path.is_file()):  # a FIFO would block
             raise RunDirError(f"{str(path)!r} is not a regular file (diversynth makes it as "
                               "one): remove it")  # fmt: skip
-        try:
-            handle = path.open("a")
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise
-            if not path.is_file():
-                yield
-                return
-            handle = path.open("r")  # flock takes a read-only descriptor too
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunBusyError(
-                    f"another diversynth process is working in {self.root}; wait for it to finish"
-                ) from None
+        with hold(self.root, _RUN_LOCK, break_lock):
             yield
 
     def state_path(self, stage: str) -> Path:

@@ -95,6 +95,15 @@ def clean_leftovers(folder: Path, planned: set[str], known: set[str]) -> Leftove
     return found
 
 
+def temp_files(folder: Path) -> list[str]:
+    """The temp files in a shard folder: each left by a process that stopped while writing
+    (a lost node, a kill). Not damage: the next run of the stage removes them."""
+    if not folder.is_dir():
+        return []
+    return sorted(entry.name for entry in os.scandir(folder)
+                  if _SHARD_TEMP.match(entry.name) or _PLAN_TEMP.match(entry.name))  # fmt: skip
+
+
 def encode_jpeg(image: Image.Image, quality: int, store_size: int | None) -> bytes:
     image = image.convert("RGB")
     if store_size and min(image.size) != store_size:

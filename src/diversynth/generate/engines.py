@@ -26,6 +26,7 @@ ENGINES = {
 
 class Engine(Protocol):
     workers: int  # processes making shards at once
+    nodes: set[str]  # the machines that made shards (filled as they are made)
 
     def make(
         self,

@@ -34,6 +34,7 @@ class LocalEngine:
     def __init__(self, config: RunConfig, class_names: dict[int, str]):
         self.config = config
         self.class_names = class_names
+        self.nodes = {socket.gethostname()}
         self.t2i = TextToImage.load(config.generate)
         self.clip = (
             ClipScorer.load(config.clip) if config.generate.clip_score and config.clip else None

@@ -16,17 +16,26 @@ volume), as img2dataset's output folder must.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import queue
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from diversynth.artifacts.shards import is_done
 from diversynth.config import RunConfig
 from diversynth.errors import DiversynthError
 from diversynth.generate.plan import ShardSpec
+from diversynth.progress import console
+from diversynth.ray_cluster import join, output_to, stop_on_sigterm
 from diversynth.vision.generator import check_model
+
+RAY_LOG = "logs/generate-ray.log"  # in the run: what Ray itself prints (its C++ logs too)
 
 
 class RayEngineError(DiversynthError):
@@ -48,7 +57,9 @@ class ShardMaker:
         self.folder = Path(folder)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        made: dict[str, list[Any]] = {"shard": [], "count": []}
+        import ray
+
+        made: dict[str, list[Any]] = {"shard": [], "count": [], "node": []}
         for spec, prompts, inputs in zip(batch["spec"], batch["prompts"], batch["inputs"],
                                          strict=True):  # fmt: skip
             shard = ShardSpec(**json.loads(spec))
@@ -62,36 +73,21 @@ class ShardMaker:
                 raise WorkerError(str(exc)) from exc
             made["shard"].append(shard.name)
             made["count"].append(stats["count"])
+            made["node"].append(ray.get_runtime_context().get_node_id())
         return made
 
 
 def _connect(config: RunConfig) -> bool:
     """Join the configured cluster, or start Ray on this machine; True when this call did
     either (and so must shut it down). A Ray already initialised by the caller is used."""
-    import ray
-
-    if ray.is_initialized():
-        return False
     cfg = config.generate.ray
     here = _this_machine() if cfg.address is None else {}
     # Ray runs its workers at niceness 15 by default: on a machine with other busy processes
     # the generating actors would starve (a shard taking minutes instead of seconds).
     system = {"worker_niceness": 0} if cfg.address is None else None
-    try:
-        ray.init(
-            # "local": a new instance for this run, even if `ray start` left one running
-            address=cfg.address or "local",
-            num_cpus=here.get("CPU"),
-            num_gpus=here.get("GPU"),
-            _system_config=system,
-            include_dashboard=False,
-            log_to_driver=False,  # worker errors come back as exceptions, not log lines
-            logging_level=logging.WARNING,
-            configure_logging=True,
-        )
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise RayEngineError(f"generate.ray.address: cannot join {cfg.address!r}: {exc}") from exc
-    return True
+    return join("generate.ray.address", cfg.address, cfg.connect_timeout,
+                num_cpus=here.get("CPU"), num_gpus=here.get("GPU"), _system_config=system,
+                configure_logging=True)  # fmt: skip
 
 
 def _this_machine() -> dict[str, int]:
@@ -125,6 +121,75 @@ def _gpus_per_worker(config: RunConfig, cluster_gpus: float) -> float:
     return 1.0 if cluster_gpus > 0 and config.generate.device != "cpu" else 0.0
 
 
+class NoRoomError(Exception):
+    pass
+
+
+class NodeWatch:
+    """Says, once per event, when a node of the cluster is lost; raises `NoRoomError` once
+    no live node has had room for one worker (`need`) for `wait` seconds: Ray Data would
+    wait for ever for a node that may never come."""
+
+    def __init__(self, need: dict[str, float], wait: float):
+        self.need, self.wait = need, wait
+        self.alive: dict[str, str] = {}  # node id -> its address
+        self.no_room_since: float | None = None
+
+    def check(self) -> None:
+        import ray
+
+        nodes = [node for node in ray.nodes() if node.get("Alive")]
+        now = {node["NodeID"]: node.get("NodeManagerAddress", "?") for node in nodes}
+        for node_id, where in self.alive.items():
+            if node_id not in now:
+                console.print(f"  generate: lost ray node {where} ({node_id[:8]}); its "
+                              "shards in progress are made again on the others",
+                              highlight=False, soft_wrap=True)  # fmt: skip
+        self.alive = now
+        room = any(
+            all(node.get("Resources", {}).get(name, 0) >= each
+                for name, each in self.need.items() if each > 0)
+            for node in nodes
+        )  # fmt: skip
+        if room:
+            self.no_room_since = None
+            return
+        since = self.no_room_since = self.no_room_since or time.monotonic()
+        if time.monotonic() - since >= self.wait:
+            need = ", ".join(f"{each:g} {name}" for name, each in self.need.items())
+            raise NoRoomError(f"no node of the cluster had room for a worker ({need}) "
+                              f"for {self.wait:g} s (generate.ray.worker_wait)")  # fmt: skip
+
+
+def _rows_while_watching(made: Any, watch: NodeWatch) -> Iterator[dict[str, Any]]:
+    """The dataset's rows, read on a helper thread while this one watches the nodes every
+    second; SIGTERM and Ctrl-C end the wait at once (the caller shuts Ray down)."""
+    found: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for row in made.iter_rows():
+                found.put(("row", row))
+            found.put(("end", None))
+        except BaseException as exc:  # handed to the watching thread
+            found.put(("error", exc))
+
+    threading.Thread(target=pump, name="ray-rows", daemon=True).start()
+    watch.check()
+    with stop_on_sigterm():
+        while True:
+            try:
+                kind, value = found.get(timeout=1.0)
+            except queue.Empty:
+                watch.check()
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
+
 def _worker_error(exc: BaseException) -> BaseException:
     """What to report for an error from the pool: a `WorkerError` as one plain line; for a
     worker that failed to start, the last line of its traceback; anything else as it is."""
@@ -153,6 +218,7 @@ class RayEngine:
         check_pool(config)
         self.config, self.class_names = config, class_names
         self.workers = config.generate.ray.workers
+        self.nodes: set[str] = set()  # Ray node ids
 
     def make(
         self,
@@ -163,10 +229,15 @@ class RayEngine:
         on_images: Callable[[int], None],
     ) -> Iterator[tuple[str, int]]:
         planned = {s.name: s.images for s in shards}
-        for name, count in _make_shards(self.config, shards, prompts, self.class_names,
-                                        folder, inputs):  # fmt: skip
-            on_images(planned[name])  # whole shards: workers report nothing finer
-            yield name, count
+        log = folder.parent / RAY_LOG
+        console.print(f"  generate: Ray's own messages go to {log}", highlight=False,
+                      soft_wrap=True)  # fmt: skip
+        with output_to(log):
+            for name, count, node in _make_shards(self.config, shards, prompts,
+                                                  self.class_names, folder, inputs):  # fmt: skip
+                self.nodes.add(node)
+                on_images(planned[name])  # whole shards: workers report nothing finer
+                yield name, count
 
 
 def _make_shards(
@@ -176,9 +247,9 @@ def _make_shards(
     class_names: dict[int, str],
     folder: Path,
     inputs: dict[str, str],
-) -> Iterator[tuple[str, int]]:
-    """The given shards made by the actor pool; (shard name, images written) as each is
-    done."""
+) -> Iterator[tuple[str, int, str]]:
+    """The given shards made by the actor pool; (shard name, images written, Ray node id)
+    as each is done."""
     import ray
     import ray.data
 
@@ -207,10 +278,22 @@ def _make_shards(
             compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(rows))),
             num_gpus=gpus,
             num_cpus=cfg.cpus_per_worker,
+            # a worker lost with its node starts again elsewhere, and its shard is made again
+            ray_remote_args_fn=functools.partial(
+                dict, max_restarts=cfg.max_restarts, max_task_retries=cfg.max_restarts
+            ),
         )
+        watch = NodeWatch({"CPU": cfg.cpus_per_worker, "GPU": gpus}, cfg.worker_wait)
         try:
-            for row in made.iter_rows():
-                yield str(row["shard"]), int(row["count"])
+            for row in _rows_while_watching(made, watch):
+                yield str(row["shard"]), int(row["count"]), str(row["node"])
+        except NoRoomError as exc:
+            missing = [s.name for s in shards if not is_done(folder, s.name)]
+            shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
+            raise RayEngineError(
+                f"generate: {exc}; {len(missing)} shard(s) not made ({shown}): "
+                "a rerun makes only those"
+            ) from None
         except Exception as exc:
             cause = _worker_error(exc)
             if cause is exc:

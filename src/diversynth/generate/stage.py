@@ -218,6 +218,13 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     console.print(f"  generate: {len(shards) - len(missing)} of {len(shards)} shards already done")
     timer = Timer()
     generated = _make(engine, run, todo, prompts, plan["inputs"])
+    if todo and len(todo) == len(missing):
+        # a worker lost with its node leaves its shard's temp file; every shard is
+        # committed now, so no writer of this run owns one
+        known = {f"{i:06d}" for i in range(plan["named"])}
+        lost = clean_leftovers(run.shards, {s.name for s in shards}, known).removed
+        if lost:
+            console.print(f"  generate: removed {lost} temp file(s) left by lost workers")
     if len(todo) < len(missing):
         left = len(missing) - len(todo)
         raise PartialStage(f"{len(shards) - left} of {len(shards)} shards done (--max-shards "
@@ -248,6 +255,7 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
         "images_per_second": round(generated / timer.seconds, 3) if generated else None,
         "engine": config.generate.engine,
         "workers": engine.workers if engine is not None else 0,
+        "nodes": len(engine.nodes) if engine is not None else 0,
         # CLIP image embeddings per class and strategy (images made without: not counted)
         "image_diversity": diversity,
         "images_without_embedding": tally.diversity.missing,

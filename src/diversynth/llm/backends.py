@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from diversynth.llm.base import Backend, ChatRequest, LLMError, OnAnswer
+from diversynth.llm.base import Ask, Backend, ChatRequest, LLMError, OnAnswer, T
 from diversynth.llm.chat_client import ChatClient
 from diversynth.llm.llamacpp import LlamaCppBackend
 from diversynth.safe_weights import loading
@@ -48,6 +49,9 @@ class OpenAIBackend:
 
     def complete(self, requests: list[ChatRequest], on_answer: OnAnswer | None = None) -> list[str]:
         return self._client.complete(requests, on_answer)
+
+    def run(self, main: Callable[[Ask], Coroutine[Any, Any, T]]) -> T:
+        return self._client.run(main)
 
     def close(self) -> None:
         pass

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from diversynth.errors import DiversynthError
+
+T = TypeVar("T")
 
 
 class LLMError(DiversynthError):
@@ -55,6 +57,8 @@ class Unusable(str):
 # Called with (position in the batch, answer) as each answer arrives, so that a backend
 # failing half-way through a batch loses none of the answers it already gave.
 OnAnswer = Callable[[int, str], None]
+# Sends one request and gives its answer (a server backend's, within its event loop).
+Ask = Callable[[ChatRequest], Awaitable[str]]
 
 
 class Backend(Protocol):
@@ -67,4 +71,15 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release what the backend holds (a loaded model, a server process)."""
+        ...
+
+
+@runtime_checkable
+class ServerBackend(Backend, Protocol):
+    """A backend that takes each request on its own, as soon as it is made (a server with
+    `max_in_flight` slots), rather than in batches."""
+
+    def run(self, main: Callable[[Ask], Coroutine[Any, Any, T]]) -> T:
+        """`main(ask)` run to its end in an event loop; `ask` sends a request when one of
+        the backend's slots is free. Raises LLMError when the backend fails."""
         ...

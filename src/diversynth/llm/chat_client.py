@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from diversynth.errors import shown
-from diversynth.llm.base import DEFAULT_DEADLINE, ChatRequest, LLMError, OnAnswer, Unusable
+from diversynth.llm.base import DEFAULT_DEADLINE, Ask, ChatRequest, LLMError, OnAnswer, Unusable
+
+T = TypeVar("T")
 
 # How often a watched server process is polled while requests are open.
 WATCH_SECONDS = 0.1
@@ -70,34 +73,43 @@ class ChatClient:
     deadline: float = DEFAULT_DEADLINE  # seconds for a whole request, retries included
 
     def complete(self, requests: list[ChatRequest], on_answer: OnAnswer | None = None) -> list[str]:
-        return asyncio.run(self._all(requests, on_answer)) if requests else []
+        async def main(ask: Ask) -> list[str]:
+            async def one(index: int, request: ChatRequest) -> str:
+                answer = await ask(request)
+                if on_answer is not None:
+                    on_answer(index, answer)
+                return answer
 
-    async def _all(self, requests: list[ChatRequest], on_answer: OnAnswer | None) -> list[str]:
+            return await all_or_cancel([one(i, r) for i, r in enumerate(requests)])
+
+        return self.run(main) if requests else []
+
+    def run(self, main: Callable[[Ask], Coroutine[Any, Any, T]]) -> T:
+        """`main(ask)` in an event loop of its own; `ask(request)` sends a request as soon
+        as one of `max_in_flight` slots is free, so requests made at any time, by any
+        number of tasks, keep the slots full."""
+        return asyncio.run(self._run(main))
+
+    async def _run(self, main: Callable[[Ask], Coroutine[Any, Any, T]]) -> T:
         import openai
 
         gate = asyncio.Semaphore(self.max_in_flight)
         client_args = {"base_url": self.base_url, "api_key": self.api_key,
                        "timeout": self.timeout, "max_retries": self.max_retries}  # fmt: skip
         async with openai.AsyncOpenAI(**client_args) as client:
-            tasks = [
-                asyncio.create_task(self._one(client, gate, i, r, on_answer))
-                for i, r in enumerate(requests)
-            ]
-            watcher = asyncio.create_task(self._watch()) if self.server_ended else None
-            others = [watcher] if watcher is not None else []
-            try:
-                if watcher is None:
-                    return list(await asyncio.gather(*tasks))
-                waiting = {*tasks, watcher}
-                while waiting != {watcher}:
-                    done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        task.result()  # the first failure (the watcher's: the server ended)
-                return [task.result() for task in tasks]
+            ask = functools.partial(self._one, client, gate)
+            if self.server_ended is None:
+                return await main(ask)
+            work, watcher = asyncio.ensure_future(main(ask)), asyncio.ensure_future(self._watch())
+            try:  # whichever ends first: the work, or our server (the watcher raises)
+                await asyncio.wait([work, watcher], return_when=asyncio.FIRST_COMPLETED)
+                if not work.done():
+                    watcher.result()
+                return work.result()
             finally:
-                for task in [*tasks, *others]:
+                for task in (work, watcher):
                     task.cancel()
-                await asyncio.gather(*tasks, *others, return_exceptions=True)
+                await asyncio.gather(work, watcher, return_exceptions=True)
 
     async def _watch(self) -> None:
         assert self.server_ended is not None
@@ -105,8 +117,7 @@ class ChatClient:
             await asyncio.sleep(WATCH_SECONDS)
         raise LLMError(f"{self.who}: {ended}")
 
-    async def _one(self, client: Any, gate: asyncio.Semaphore, index: int,
-                   request: ChatRequest, on_answer: OnAnswer | None) -> str:  # fmt: skip
+    async def _one(self, client: Any, gate: asyncio.Semaphore, request: ChatRequest) -> str:
         # the deadline starts with the request's turn: the wait for a free slot is ours
         async with gate:
             try:
@@ -119,8 +130,6 @@ class ChatClient:
                     f"for {request.label!r}: no answer within llm.deadline={self.deadline:g} s "
                     "(retries included)"
                 ) from None
-        if on_answer is not None:
-            on_answer(index, answer)
         return answer
 
     async def _ask(self, client: Any, request: ChatRequest) -> str:
@@ -209,6 +218,23 @@ class ChatClient:
             return LLMError(f"{self.who}: {ended}")
         where = f" at {self.base_url}," if at else ":"
         return LLMError(f"{self.who}{where} {what}")
+
+
+async def all_or_cancel(work: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Each coroutine's result, in order; on the first failure the others are cancelled
+    (none left running on a closed client) and the failure raised."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        if tasks:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _read_up_to(response: Any, cap: int) -> bytes | None:

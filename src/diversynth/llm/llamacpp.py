@@ -18,10 +18,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from diversynth.llm.base import ChatRequest, LLMError, OnAnswer
+from diversynth.llm.base import Ask, ChatRequest, LLMError, OnAnswer, T
 from diversynth.llm.chat_client import ChatClient
 
 START_SECONDS = 300  # loading a large GGUF from a slow disk takes a while
@@ -187,6 +188,11 @@ class LlamaCppBackend:
         if requests and self._client is None:
             self._client = self._start()
         return self._client.complete(requests, on_answer) if requests else []
+
+    def run(self, main: Callable[[Ask], Coroutine[Any, Any, T]]) -> T:
+        if self._client is None:
+            self._client = self._start()
+        return self._client.run(main)
 
     def close(self) -> None:
         if self._server is not None:

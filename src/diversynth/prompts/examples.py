@@ -180,7 +180,6 @@ class CopyCheck:
         self.embed, self.threshold = embed, threshold
         self.rejected: Counter[str] = Counter()
         self.copied: set[tuple[str, int]] = set()
-        self._vectors: dict[str, np.ndarray] = {}
 
     def keep(self, phrases: list[str], example: WorkedExample | None, strategy: str,
              class_index: int = -1) -> list[str]:  # fmt: skip
@@ -191,9 +190,18 @@ class CopyCheck:
         folded = {fold(p) for p in shown}
         kept = [p for p in phrases if fold(p) not in folded]
         near = {p: self._close(p, shown) for p in kept}
-        self._embed_missing([p for p, close in near.items() if close] +
-                            [q for close in near.values() for q in close])  # fmt: skip
-        kept = [p for p in kept if not any(self._similar(p, q) for q in near[p])]
+        # embedded together per answer, none kept for the next: a vector differs in its
+        # last bits with the batch it is embedded in, and answers are checked in the order
+        # they arrive, so a vector kept from another answer would make the result depend
+        # on that order
+        texts = list(dict.fromkeys([p for p, close in near.items() if close] +
+                                   [q for close in near.values() for q in close]))  # fmt: skip
+        vectors = dict(zip(texts, self.embed(texts), strict=True)) if texts else {}
+
+        def copies(p: str) -> bool:
+            return any(float(vectors[p] @ vectors[q]) >= self.threshold for q in near[p])
+
+        kept = [p for p in kept if not copies(p)]
         if len(kept) < len(phrases):
             self.rejected[strategy] += len(phrases) - len(kept)
             self.copied.add((strategy, class_index))
@@ -209,14 +217,6 @@ class CopyCheck:
             if theirs and 2 * len(words & theirs) >= len(theirs):
                 close.append(q)
         return close
-
-    def _embed_missing(self, texts: list[str]) -> None:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
-        if missing:
-            self._vectors.update(zip(missing, self.embed(missing), strict=True))
-
-    def _similar(self, a: str, b: str) -> bool:
-        return float(self._vectors[a] @ self._vectors[b]) >= self.threshold
 
 
 def shared_phrase_share(phrases_by_class: dict[int, set[str]], num_classes: int) -> float:

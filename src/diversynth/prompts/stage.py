@@ -25,7 +25,7 @@ from diversynth.apportion import largest_remainder
 from diversynth.artifacts.records import ClassRecord, PromptRecord, read_classes
 from diversynth.config import STRATEGIES, ConfigError, RunConfig
 from diversynth.errors import shown
-from diversynth.llm import LLM, BadAnswer, open_llm
+from diversynth.llm import BadAnswer, Flow, json_flow, open_llm
 from diversynth.progress import console, counting
 from diversynth.prompts import compose, quality
 from diversynth.prompts.budget import class_budgets, spread_images
@@ -132,44 +132,44 @@ MakeRequest = Callable[[ClassRecord, "WorkedExample | None"], Any]
 MakeValidator = Callable[[ClassRecord, "WorkedExample | None"], Callable[[Any], Any]]
 
 
-def _ask(llm: LLM, what: str, classes: list[ClassRecord], examples: list[WorkedExample | None],
-         request: MakeRequest, validator: MakeValidator, copied: Callable[[ClassRecord], bool],
-         wanted: int) -> tuple[list[Any], list[WorkedExample | None]]:  # fmt: skip
-    """Each class's validated answer, and the example shown in the request it came from.
-    A class whose answer copied its example (`copied`: the copies are dropped) and kept
-    fewer than half the `wanted` phrases, or stayed unusable with it after the retries, is
-    asked once more without one, and the phrases of both answers kept."""
-    console.print(f"  prompts: asking {escape(llm.name)} for {what} of {len(classes)} classes")
-    shown = list(examples)
-    with counting(f"llm {what}", len(classes), "requests") as progress:
-        answers = llm.complete_json(
-            [request(c, ex) for c, ex in zip(classes, shown, strict=True)],
-            [validator(c, ex) for c, ex in zip(classes, shown, strict=True)],
-            progress=progress,
-        )
-    again = [i for i, (c, a) in enumerate(zip(classes, answers, strict=True)) if shown[i] and (
-        isinstance(a, BadAnswer) or (copied(c) and 2 * _phrases(a) < wanted))]  # fmt: skip
-    if again:
-        console.print(f"  prompts: asking again for {what} of {len(again)} classes, without "
+# A class's validated answer (or BadAnswer), the example shown in the request it came
+# from, and whether it was asked again without one.
+Asked = tuple[Any, "WorkedExample | None", bool]
+
+
+def _ask(cls: ClassRecord, example: WorkedExample | None, request: MakeRequest,
+         validator: MakeValidator, copied: Callable[[], bool],
+         wanted: int) -> Flow[Asked]:  # fmt: skip
+    """A class's answer for one strategy. An answer that copied its example (`copied`: the
+    copies are dropped) and kept fewer than half the `wanted` phrases, or stayed unusable
+    with it after the retries, is asked once more without one, and the phrases of both
+    answers kept."""
+    answer = yield from json_flow(request(cls, example), validator(cls, example))
+    if example is None or not (
+        isinstance(answer, BadAnswer) or (copied() and 2 * _phrases(answer) < wanted)
+    ):
+        return answer, example, False
+    second = yield from json_flow(request(cls, None), validator(cls, None))
+    if isinstance(answer, BadAnswer) or not _phrases(answer):
+        return second, None, True
+    if isinstance(second, BadAnswer):
+        return answer, example, True
+    return _together(answer, second), example, True
+
+
+def _report(llm: str, what: str, answers: list[Any], asked_again: int) -> None:
+    """The classes asked again without an example, and each answer that stayed unusable."""
+    if asked_again:
+        console.print(f"  prompts: asked again for {what} of {asked_again} classes, without "
                       "a worked example (their answers copied it or were unusable)")  # fmt: skip
-        with counting(f"llm {what} again", len(again), "requests") as progress:
-            second = llm.complete_json([request(classes[i], None) for i in again],
-                                       [validator(classes[i], None) for i in again],
-                                       progress=progress)  # fmt: skip
-        for i, answer in zip(again, second, strict=True):
-            if isinstance(answers[i], BadAnswer) or not _phrases(answers[i]):
-                answers[i], shown[i] = answer, None
-            elif not isinstance(answer, BadAnswer):
-                answers[i] = _together(answers[i], answer)
     for answer in answers:
         if isinstance(answer, BadAnswer):
             console.print(
-                f"  prompts: [yellow]unusable {what} from {escape(llm.name)}[/yellow] "
+                f"  prompts: [yellow]unusable {what} from {escape(llm)}[/yellow] "
                 f"{escape(str(answer))}",
                 markup=True,
                 highlight=False,
             )
-    return answers, shown
 
 
 def _phrases(answer: dict[str, list[str]] | list[str]) -> int:
@@ -236,19 +236,40 @@ def _llm_answers(config: RunConfig, run: RunDir, classes: list[ClassRecord],
 
         return make
 
+    what = {"cd": "contexts", "sd": "styles"}
+    requests: dict[str, MakeRequest] = {
+        "cd": lambda c, ex: _context_request(config, c, ex),
+        "sd": lambda c, ex: _style_request(config, c, ex),
+    }
+    wanted = {"cd": cfg.contexts_per_axis * len(cfg.cd_axes), "sd": cfg.styles_per_class}
+
+    def flow(strategy: str, cls: ClassRecord, example: WorkedExample | None) -> Flow[Asked]:
+        def copied() -> bool:
+            return (strategy, cls["index"]) in copies.copied
+
+        return _ask(cls, example, requests[strategy], validator(strategy), copied,
+                    wanted[strategy])  # fmt: skip
+
+    strategies = [s for s in ("cd", "sd") if counts[s]]
+    asked = " and ".join(what[s] for s in strategies)
     with open_llm(config.llm, run.llm_cache) as llm:
-        if counts["cd"]:
-            result.contexts, result.examples["cd"] = _ask(
-                llm, "contexts", classes, examples, lambda c, ex: _context_request(config, c, ex),
-                validator("cd"), lambda c: ("cd", c["index"]) in copies.copied,
-                cfg.contexts_per_axis * len(cfg.cd_axes),
-            )  # fmt: skip
-        if counts["sd"]:
-            result.styles, result.examples["sd"] = _ask(
-                llm, "styles", classes, examples, lambda c, ex: _style_request(config, c, ex),
-                validator("sd"), lambda c: ("sd", c["index"]) in copies.copied,
-                cfg.styles_per_class,
-            )  # fmt: skip
+        console.print(f"  prompts: asking {escape(llm.name)} for {asked} of {len(classes)} "
+                      "classes")  # fmt: skip
+        # all classes' contexts and styles at once: a request goes out as soon as it is
+        # made (a retry, a request without the example too), not after a whole round
+        flows = [flow(s, c, ex) for s in strategies
+                 for c, ex in zip(classes, examples, strict=True)]  # fmt: skip
+        with counting(f"llm {asked}", len(flows), "requests") as progress:
+            done = iter(llm.run(flows, progress))
+    for strategy in strategies:
+        mine = [next(done) for _ in classes]
+        answers = [answer for answer, _, _ in mine]
+        result.examples[strategy] = [example for _, example, _ in mine]
+        if strategy == "cd":
+            result.contexts = answers
+        else:
+            result.styles = answers
+        _report(llm.name, what[strategy], answers, sum(again for _, _, again in mine))
     rejected = {s: copies.rejected[s] for s in ("cd", "sd") if counts[s]}
     result.stats = {"llm": llm.name, "llm_calls": llm.calls, "llm_cached": llm.cached,
                     "copies_rejected": rejected}  # fmt: skip

@@ -5,19 +5,14 @@ every node sees (the pool's shards are read in place)."""
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
-from diversynth.errors import DiversynthError
 from diversynth.progress import console
+from diversynth.ray_cluster import join, stop_on_sigterm
 from diversynth.rundir import RunDir
 from diversynth.sweep.runner import Runner, run_trial_process, thread_env
 from diversynth.sweep.spec import SweepFile, Trial
-
-
-class RaySweepError(DiversynthError):
-    pass
 
 
 def _task(run_root: str, env: dict[str, str], processes: int) -> tuple[int, str]:
@@ -31,19 +26,10 @@ def ray_runner(spec: SweepFile) -> Runner:
             return {}
         import ray
 
-        started = not ray.is_initialized()
-        if started:
-            local = spec.ray.address is None
-            try:
-                ray.init(address=spec.ray.address or "local",
-                         num_cpus=(os.cpu_count() or 1) if local else None,
-                         _system_config={"worker_niceness": 0} if local else None,
-                         include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)  # fmt: skip
-            except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise RaySweepError(
-                    f"ray.address: cannot join {spec.ray.address!r}: {exc}"
-                ) from exc
+        local = spec.ray.address is None
+        started = join("ray.address", spec.ray.address, spec.ray.connect_timeout,
+                       num_cpus=(os.cpu_count() or 1) if local else None,
+                       _system_config={"worker_niceness": 0} if local else None)  # fmt: skip
         try:
             remote = ray.remote(num_cpus=spec.cpus_per_trial,
                                 num_gpus=spec.gpus_per_trial if _cluster_gpus(ray) else 0,
@@ -56,13 +42,17 @@ def ray_runner(spec: SweepFile) -> Runner:
                 refs[remote.remote(str(run.root.resolve()), env, spec.processes_per_trial)] = trial
             results: dict[str, tuple[int, str]] = {}
             pending = list(refs)
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                trial = refs[ready[0]]
-                try:
-                    results[trial.id] = ray.get(ready[0])
-                except ray.exceptions.RayError as exc:  # the node was lost, say
-                    results[trial.id] = (1, f"Ray: {str(exc).splitlines()[0]}")
+            with stop_on_sigterm():
+                while pending:
+                    # short waits: Ctrl-C or SIGTERM is handled between two
+                    ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+                    if not ready:
+                        continue
+                    trial = refs[ready[0]]
+                    try:
+                        results[trial.id] = ray.get(ready[0])
+                    except ray.exceptions.RayError as exc:  # the node was lost, say
+                        results[trial.id] = (1, f"Ray: {str(exc).splitlines()[0]}")
             return results
         finally:
             if started:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import json
 import os
 import signal
@@ -37,6 +36,7 @@ from typing import Any
 from diversynth.config import dump_config
 from diversynth.errors import DiversynthError, UsageError
 from diversynth.progress import console
+from diversynth.run_lock import LockWords, hold
 from diversynth.rundir import POOL_STAGES, RunDir, write_json, write_text
 from diversynth.sweep.spec import Sweep, Trial
 from diversynth.userfiles import first_entries
@@ -83,15 +83,15 @@ class SweepDir:
         self.root.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """One sweep process at a time in a folder (the OS drops the lock if it dies)."""
-        with (self.root / ".lock").open("a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise SweepFolderError(f"--out: another diversynth sweep is working in "
-                                       f"{self.root}; wait for it to finish") from None  # fmt: skip
+    def lock(self, break_lock: bool = False) -> Iterator[None]:
+        """One sweep process at a time in a folder, from this host or another sharing it
+        (run_lock: the flock, dropped by the OS if the process dies, and a leased record)."""
+        with hold(self.root, _SWEEP_LOCK, break_lock):
             yield
+
+
+_SWEEP_LOCK = LockWords(busy="--out: another diversynth sweep is working in {folder}",
+                        error=SweepFolderError)  # fmt: skip
 
 
 def trial_state(run: RunDir) -> str:

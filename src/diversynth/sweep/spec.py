@@ -28,9 +28,9 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from diversynth.bounded_yaml import YamlError, load_yaml
 from diversynth.config import (
@@ -42,6 +42,7 @@ from diversynth.config import (
     validate_config,
 )
 from diversynth.errors import shown
+from diversynth.ray_cluster import checked_address
 from diversynth.rundir import POOL_STAGES, digest_json
 from diversynth.userfiles import UserFileError, read_user_text
 
@@ -60,7 +61,9 @@ class SweepError(ConfigError):
 
 class RayAddress(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    address: str | None = Field(None, max_length=1000)  # None: a local Ray instance
+    # None: a local Ray instance
+    address: Annotated[str | None, Field(max_length=1000), AfterValidator(checked_address)] = None
+    connect_timeout: float = Field(60, gt=0, le=3600)  # seconds to reach and join it
 
 
 Key = typing.Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.-]+$")]

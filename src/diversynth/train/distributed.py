@@ -39,12 +39,35 @@ def init_from_env() -> Ranks:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return current()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl")
+        backend = "nccl"
+    store = _attempt_store()
+    if store is None:
+        dist.init_process_group(backend)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]))  # fmt: skip
     return current()
+
+
+def _attempt_store() -> dist.Store | None:
+    """The store of torchrun's agent, under a prefix of its own for each restart; None
+    when torchrun does not share its store (`TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`, or a
+    launcher other than torchrun).
+
+    torchrun (c10d rendezvous) lets its workers use the rendezvous store, the same one
+    across restarts; a group started again after a lost worker then reads the addresses
+    the last group's processes published there, dials the dead process's port and fails
+    (`Gloo connectFullMesh failed ... Connection refused`). A prefix per restart count
+    makes each attempt's keys its own, so `--max-restarts N` recovers."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          int(os.environ["WORLD_SIZE"]), is_master=False)  # fmt: skip
+    return dist.PrefixStore(f"/diversynth/attempt_{attempt}", agent)
 
 
 @contextlib.contextmanager

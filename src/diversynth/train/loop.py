@@ -14,7 +14,10 @@ import contextlib
 import json
 import math
 import os
-from dataclasses import dataclass, replace
+import socket
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,7 +37,7 @@ from diversynth.leaks import leaked_keys
 from diversynth.progress import console, progress_bar
 from diversynth.real_subset import real_subset
 from diversynth.realdata import dataset_labels, listed_dataset, real_listing
-from diversynth.rundir import RunDir, Timer
+from diversynth.rundir import RunDir, Timer, atomic_open
 from diversynth.train import distributed
 from diversynth.train.aux_bn import has_aux_bn, real_first
 from diversynth.train.checkpoint import Resume, load_state, read_resume, save_state
@@ -278,6 +281,27 @@ def _start(trainee: _Trainee, state_path: Path, fingerprint: str, current: dict[
     return replace(loaded, made_with=current, version_changes=resume.version_changes)
 
 
+def _segment(path: Path, step: int, ranks: distributed.Ranks) -> list[dict[str, Any]]:
+    """Record this start of training (the step it goes on from, the processes, torchrun's
+    restart count) after those of the same training before it; the list so far. Written
+    at the start, so a segment that ended before its first checkpoint is listed too."""
+    if not ranks.main:
+        return []
+    lines = path.read_text().splitlines() if step and path.is_file() else []
+    segments = [json.loads(line) for line in lines if line.strip()]
+    segments.append({
+        "resumed_from_step": step,
+        "processes": ranks.world,
+        "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+        "host": socket.gethostname(),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    })  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "w") as handle:
+        handle.write("".join(json.dumps(segment) + "\n" for segment in segments))
+    return segments
+
+
 def _network(model: torch.nn.Module, cfg: TrainConfig, ranks: distributed.Ranks,
              device: torch.device) -> torch.nn.Module:  # fmt: skip
     """What the batches go through: the model, wrapped for DDP and compiled as asked."""
@@ -318,6 +342,7 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
     state_path = run.train_dir / "state.safetensors"
     resume = _start(trainee, state_path, fingerprint, made_with("train", config), forced,
                     allow_version_change)  # fmt: skip
+    segments = _segment(run.train_dir / "segments.jsonl", resume.step // cfg.accumulate, ranks)
     # 3. the steps, with validation on the real test split every few epochs
     prep = model_preprocessing(cfg)
     meta = {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "num_classes": len(classes),
@@ -372,6 +397,8 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
         "synthetic_scale": round(len(synthetic) / len(real), 4) if synthetic else 0.0,
         "aux_bn": aux_bn,
         "processes": ranks.world,
+        # each start of the stage that trained: a resume after a kill, a torchrun restart
+        "segments": segments,
         "final_loss": steps.record["loss"] if steps.record else None,
         "ema": cfg.ema.decay is not None,
         "mixup": cfg.mixup.enabled,
@@ -403,6 +430,7 @@ class _Steps:
     seconds: float = 0.0
     record: dict[str, Any] | None = None
     on_device: DeviceAugment | None = None  # train.decode_on: device
+    saved_at: float = field(default_factory=time.monotonic)  # the last state saved, or start
 
     def run(self, loader: DataLoader, run: RunDir) -> None:
         cfg, ranks = self.cfg, self.ranks
@@ -437,7 +465,7 @@ class _Steps:
                 running_loss = 0.0
                 self._log(step, mean_loss, log, board)
                 self._validate(step, log, board)
-                if ranks.main and step % cfg.checkpoint_every == 0 and step < self.total_steps:
+                if ranks.main and self._checkpoint_due(step):
                     assert log is not None
                     log.flush()
                     os.fsync(log.fileno())  # the state must never point past the log's end
@@ -445,8 +473,18 @@ class _Steps:
                     save_state(self.state_path, trainee.model, trainee.optimizer, trainee.scaler,
                                replace(self.resume, step=micro + 1, metrics_bytes=log.tell()),
                                trainee.ema.module if trainee.ema is not None else None)  # fmt: skip
+                    self.saved_at = time.monotonic()
                 bar.update(task, completed=step)
         self.seconds = timer.seconds
+
+    def _checkpoint_due(self, step: int) -> bool:
+        """Every `checkpoint_every` steps, and once `checkpoint_minutes` have passed since
+        the last save (or the start); never after the last step (the model is saved then)."""
+        if step >= self.total_steps:
+            return False
+        minutes = self.cfg.checkpoint_minutes
+        late = minutes is not None and time.monotonic() - self.saved_at >= minutes * 60
+        return step % self.cfg.checkpoint_every == 0 or late
 
     def _forward_backward(
         self, x: torch.Tensor, y: torch.Tensor, real: int, last_of_step: bool,
