@@ -103,7 +103,14 @@ def join(setting: str, address: str | None, timeout: float, **init: Any) -> bool
 
     if ray.is_initialized():
         return False
-    if address is not None and (target := dial_target(address)) is not None:
+    if address is None:
+        # a Ray of its own: on this thread, which must outlive it (Ray's processes are tied
+        # to the thread that starts them: started from a helper thread, the driver loses
+        # its GCS a minute later); starting one here cannot hang on an address
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING, **init)  # fmt: skip
+        return True
+    if (target := dial_target(address)) is not None:
         _dial(setting, address, *target, timeout)
     # Ray says, from the joining thread, that it set no SIGTERM handler: stop_on_sigterm does
     logging.getLogger("ray._private.worker").addFilter(_no_sigterm_notice)
@@ -111,7 +118,7 @@ def join(setting: str, address: str | None, timeout: float, **init: Any) -> bool
 
     def init_ray() -> None:
         try:
-            ray.init(address=address or "local", include_dashboard=False,
+            ray.init(address=address, include_dashboard=False,
                      log_to_driver=False, logging_level=logging.WARNING, **init)  # fmt: skip
             outcome["error"] = None
         except BaseException as exc:  # handed to the waiting thread
@@ -124,7 +131,7 @@ def join(setting: str, address: str | None, timeout: float, **init: Any) -> bool
         while helper.is_alive() and time.monotonic() < deadline:
             helper.join(0.2)  # short slices: a signal is handled between two
     if "error" not in outcome:
-        raise RayJoinError(f"{setting}: {address or 'a Ray on this machine'} answered but Ray "
+        raise RayJoinError(f"{setting}: {address} answered but Ray "
                            f"did not join within {timeout:g} s")  # fmt: skip
     error = outcome["error"]
     if isinstance(error, ConnectionError | ValueError | RuntimeError):
