@@ -103,12 +103,13 @@ def join(setting: str, address: str | None, timeout: float, **init: Any) -> bool
 
     if ray.is_initialized():
         return False
+    init = {"include_dashboard": False, "log_to_driver": False,
+            "logging_level": logging.WARNING, **init}  # fmt: skip
     if address is None:
         # a Ray of its own: on this thread, which must outlive it (Ray's processes are tied
         # to the thread that starts them: started from a helper thread, the driver loses
         # its GCS a minute later); starting one here cannot hang on an address
-        ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, **init)  # fmt: skip
+        ray.init(address="local", **init)
         return True
     if (target := dial_target(address)) is not None:
         _dial(setting, address, *target, timeout)
@@ -118,8 +119,7 @@ def join(setting: str, address: str | None, timeout: float, **init: Any) -> bool
 
     def init_ray() -> None:
         try:
-            ray.init(address=address, include_dashboard=False,
-                     log_to_driver=False, logging_level=logging.WARNING, **init)  # fmt: skip
+            ray.init(address=address, **init)
             outcome["error"] = None
         except BaseException as exc:  # handed to the waiting thread
             outcome["error"] = exc

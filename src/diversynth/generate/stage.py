@@ -89,6 +89,11 @@ def _read_plan(run: RunDir, done: set[str]) -> dict[str, Any] | None:
     return {"inputs": inputs} if inputs else None
 
 
+def _named_shards(plan: dict[str, Any]) -> set[str]:
+    """Every shard name a plan of this run has used: the files the run may remove."""
+    return {f"{i:06d}" for i in range(plan["named"])}
+
+
 def _named(plan: dict[str, Any] | None) -> int:
     """How many shard names (000000 on) a plan of this run has ever named: its files are
     the run's own, whatever the current plan (kept across plans, so that a run killed
@@ -146,8 +151,7 @@ def _prepare_folder(run: RunDir, old: dict[str, Any] | None, plan: dict[str, Any
             remove_shard(run.shards, name)
         console.print(f"  generate: discarded {len(stale)} shard(s) made for other settings "
                       "or prompts")  # fmt: skip
-    known = {f"{i:06d}" for i in range(plan["named"])}
-    leftovers = clean_leftovers(run.shards, {s.name for s in shards}, known)
+    leftovers = clean_leftovers(run.shards, {s.name for s in shards}, _named_shards(plan))
     removed = leftovers.removed
     if removed:
         console.print(f"  generate: removed {removed} unfinished file(s) from an earlier run")
@@ -221,8 +225,7 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     if todo and len(todo) == len(missing):
         # a worker lost with its node leaves its shard's temp file; every shard is
         # committed now, so no writer of this run owns one
-        known = {f"{i:06d}" for i in range(plan["named"])}
-        lost = clean_leftovers(run.shards, {s.name for s in shards}, known).removed
+        lost = clean_leftovers(run.shards, {s.name for s in shards}, _named_shards(plan)).removed
         if lost:
             console.print(f"  generate: removed {lost} temp file(s) left by lost workers")
     if len(todo) < len(missing):
