@@ -22,7 +22,7 @@ from conftest import (
     wait_for_new_temp_file,
 )
 
-from diversynth.artifacts.shards import clean_leftovers
+from diversynth.artifacts.shards import clean_leftovers, written_by
 from diversynth.generate.plan import image_key, plan_shards
 
 GENERATE_ONLY = ["--stages", "classes,prompts,generate"]
@@ -49,15 +49,18 @@ def test_leftovers_are_removed_and_files_no_plan_names_are_kept(tmp_path: Path) 
     name looks like."""
     names = ["000000.tar", "000000.json", "000000.rows.parquet", "000001.tar",
              "000001.rows.parquet", "000002.tar.0123456789ab.tmp", ".000003.json.k2_x9.tmp",
-             ".plan.json.abc123.tmp"]  # fmt: skip
+             ".plan.json.abc123.tmp", "000003.tar.5f1ab2c3d4e5f607-0123456789ab.tmp"]  # fmt: skip
     names += ["000009.tar", "000009.json", "plan.json"]  # 000009: named by the plan before
     foreign = ["notes.txt", "backup.tar", "catalog.json", "000042.tar", "x.tmp", "000002.tar.tmp"]
     for name in names + foreign:
         (tmp_path / name).write_text("x")
     known = {f"{i:06d}" for i in range(10)}
+    # a ray worker's temp file carries its node's tag: what a lost node was making
+    assert written_by(tmp_path, "5f1ab2c3d4e5f607") == ["000003"]
+    assert written_by(tmp_path, "5f1ab2c3d4e5f608") == []
     found = clean_leftovers(tmp_path, planned={"000000", "000001", "000002", "000003"},
                             known=known)  # fmt: skip
-    assert found.removed == 7
+    assert found.removed == 8
     assert found.foreign == sorted(foreign)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["000000.json", "000000.rows.parquet", "000000.tar", "plan.json", *foreign]

@@ -348,14 +348,15 @@ def test_mixing_stays_within_each_domain() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_ddp_on_two_processes_matches_one_process_and_survives_a_killed_rank(
+def test_ddp_on_two_processes_matches_one_process_and_survives_a_killed_rank_and_node(
     run_copy: Path, kit_overrides: list[str], tmp_path: Path
 ) -> None:
     """Tolerance: weights within 1e-4 after 5 steps (float32 sums in another order), for a
     model without batch norm; gradient accumulation over 2 micro-batches matches the same
-    way. torchrun's own restart after rank 0 is killed ends with the uninterrupted DDP
-    weights, bit for bit (the same processes and kernels)."""
-    runs = {name: tmp_path / name for name in ("one", "accumulate", "ddp", "restarted")}
+    way. torchrun's own restart after rank 0 is killed, and `diversynth torchrun`'s after a
+    whole node is lost and started again, end with the uninterrupted DDP weights, bit for
+    bit (the same processes and kernels)."""
+    runs = {name: tmp_path / name for name in ("one", "accumulate", "ddp", "restarted", "node")}
     for run in runs.values():
         shutil.copytree(run_copy, run)
     one = _train(runs["one"], kit_overrides, [*VIT, "train.epochs=1"])
@@ -411,6 +412,41 @@ def test_ddp_on_two_processes_matches_one_process_and_survives_a_killed_rank(
     assert (first["restart"], first["resumed_from_step"]) == (0, 0)
     assert second["restart"] == 1 and 0 < second["resumed_from_step"] < summary["steps"]
     got, want = _weights(runs["restarted"]), _weights(runs["ddp"])
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+    # two nodes on loopback, a process each; the second node (its launcher and worker) is
+    # killed once a state is saved, and started again as a scheduler's requeue would
+    port = free_port()
+
+    def node(host: bool) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "diversynth", "torchrun", "--nnodes", "2",
+             "--nproc-per-node", "1", "--max-restarts", "1", "--rdzv-backend", "c10d",
+             "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "lost-node",
+             "--rdzv-conf", f"is_host={int(host)}", "-m", "diversynth", "train",
+             str(OFFLINE_CONFIG), "--out", str(runs["node"]),
+             *set_args([*kit_overrides, *SMALL, *VIT, "train.epochs=1",
+                        "train.checkpoint_every=1000000", "train.checkpoint_minutes=0.0001"])],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+
+    head, second = node(host=True), node(host=False)
+    state = runs["node"] / "train" / "state.safetensors"
+    deadline = time.monotonic() + 240
+    while not state.exists():
+        assert head.poll() is None and time.monotonic() < deadline, "no state was saved"
+        time.sleep(0.02)
+    for process in [psutil.Process(second.pid), *psutil.Process(second.pid).children(True)]:
+        process.kill()  # the launcher and its worker (in a session of its own)
+    second.wait()
+    again = node(host=False)
+    for launcher in (head, again):
+        stderr = launcher.communicate(timeout=300)[1]
+        assert launcher.returncode == 0, stderr[-3000:]
+    summary = json.loads((runs["node"] / ".state" / "train.json").read_text())["summary"]
+    assert len(summary["segments"]) == 2 and summary["segments"][1]["resumed_from_step"] > 0
+    got = _weights(runs["node"])
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 

@@ -4,9 +4,8 @@
 # stages before train must have run in it (on a Ray cluster: `--stages
 # classes,prompts,generate,leaks`). Submit from the repository root:
 #   sbatch docs/clusters/slurm-torchrun.sh [CONFIG] [RUN]
-# With VENV set, the environment at $VENV is activated first; otherwise the torchrun on
-# PATH runs, and must be the one installed with the project. Evaluate and report
-# afterwards, in one process:
+# With VENV set, the environment at $VENV is activated first; otherwise the command on
+# PATH runs. Evaluate and report afterwards, in one process:
 #   diversynth run docs/clusters/config.yaml --out /data/run --stages evaluate,report
 #SBATCH --job-name=diversynth-train
 #SBATCH --nodes=4
@@ -29,15 +28,16 @@ if [ -n "${VENV:-}" ]; then
   source "$VENV/bin/activate"
 fi
 
-# Each restarted group gets a rendezvous store of its own. By torch's default the training
-# processes share the launcher's store, where a group restarted after a lost process finds
-# the dead process's old address, dials its port and fails.
-export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
-
+# `diversynth torchrun` is torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 set: each
+# restarted group gets a rendezvous store of its own. By torch's default the training
+# processes share the launcher's store, where a group restarted after a lost node finds the
+# old group's addresses and the rendezvous times out.
+#
 # --max-restarts: a training process that dies (an error, an out-of-memory kill, a GPU
-# fault) restarts the group on the same nodes; training resumes from its last checkpoint
-# (train.checkpoint_every steps, train.checkpoint_minutes) and ends with the weights of an
-# uninterrupted run. A lost node ends the job: submit the same script again to resume.
-srun torchrun --nnodes="$SLURM_NNODES" --nproc-per-node="$GPUS" \
+# fault) or a node that is lost and comes back restarts the group; training resumes from
+# its last checkpoint (train.checkpoint_every steps, train.checkpoint_minutes) and ends with
+# the weights of an uninterrupted run. The first node holds the rendezvous store: if it is
+# lost, the job ends; submit the same script again to resume.
+srun diversynth torchrun --nnodes="$SLURM_NNODES" --nproc-per-node="$GPUS" \
   --rdzv-backend=c10d --rdzv-endpoint="$HEAD:29500" --rdzv-id="$SLURM_JOB_ID" \
   --max-restarts=3 -m diversynth train "$CONFIG" --out "$RUN"

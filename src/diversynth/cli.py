@@ -360,6 +360,24 @@ def classes_show(
 _stage_command("prompts", "Write the prompts and per-image seeds (prompts.jsonl).")
 
 
+@app.command(
+    "torchrun",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                      "help_option_names": []},
+    add_help_option=False,
+)  # fmt: skip
+def torchrun_cmd(ctx: typer.Context) -> None:
+    """torchrun, with restarts that survive a lost node (DDP training).
+
+    `diversynth torchrun --nnodes 2 --nproc-per-node 8 --max-restarts 3 --rdzv-backend c10d
+    --rdzv-endpoint HEAD:29500 -m diversynth train CONFIG --out RUN`. Every option is
+    torchrun's (`--help` lists them); it sets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (see
+    docs/multi-node.md)."""
+    from diversynth.train.launch import torchrun
+
+    raise typer.Exit(torchrun(list(ctx.args)))
+
+
 @app.command()
 def generate(
     config: Annotated[Path | None, typer.Argument(help="YAML config.", show_default=False)] = None,

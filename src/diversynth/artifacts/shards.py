@@ -60,10 +60,12 @@ def remove_shard(folder: Path, name: str) -> None:
 
 
 # The files of shard NAME, and the temp files they are written under: ShardWriter's
-# NAME.tar.<12 hex>.tmp, rundir.atomic_open's .NAME.json.<random>.tmp (and the plan's)
+# NAME.tar.[<writer tag>-]<12 hex>.tmp, rundir.atomic_open's .NAME.json.<random>.tmp (and
+# the plan's)
 _SHARD_FILE = re.compile(r"^(\d{6})\.(tar|json|rows\.parquet)$")
 _SHARD_TEMP = re.compile(
-    r"^(\d{6})\.tar\.[0-9a-f]{12}\.tmp$|^\.(\d{6})\.(json|rows\.parquet)\.\w+\.tmp$"
+    r"^(\d{6})\.tar\.(?:([0-9a-f]{1,16})-)?[0-9a-f]{12}\.tmp$"
+    r"|^\.(\d{6})\.(json|rows\.parquet)\.\w+\.tmp$"
 )
 _PLAN_TEMP = re.compile(rf"^\.({re.escape(PLAN_FILE)}|{re.escape(INFO_FILE)})\.\w+\.tmp$")
 
@@ -84,7 +86,7 @@ def clean_leftovers(folder: Path, planned: set[str], known: set[str]) -> Leftove
         if not entry.is_file(follow_symlinks=False) or name in (PLAN_FILE, INFO_FILE):
             continue
         shard, temp = _SHARD_FILE.match(name), _SHARD_TEMP.match(name)
-        stem = (shard and shard[1]) or (temp and (temp[1] or temp[2]))
+        stem = (shard and shard[1]) or (temp and (temp[1] or temp[3]))
         ours = stem in known if stem else bool(_PLAN_TEMP.match(name))
         if not ours:
             found.foreign.append(name)
@@ -102,6 +104,15 @@ def temp_files(folder: Path) -> list[str]:
         return []
     return sorted(entry.name for entry in os.scandir(folder)
                   if _SHARD_TEMP.match(entry.name) or _PLAN_TEMP.match(entry.name))  # fmt: skip
+
+
+def written_by(folder: Path, tag: str) -> list[str]:
+    """The shards whose tar a writer with this tag (`ShardWriter(tag=...)`) had open: what
+    a worker that is gone was making."""
+    if not folder.is_dir():
+        return []
+    found = (_SHARD_TEMP.match(entry.name) for entry in os.scandir(folder))
+    return sorted({m.group(1) for m in found if m and m.group(1) and m.group(2) == tag})
 
 
 def encode_jpeg(image: Image.Image, quality: int, store_size: int | None) -> bytes:
@@ -135,9 +146,12 @@ class ShardWriter:
     so no pass over the headers is needed afterwards (at ImageNet scale that pass took as
     long as writing)."""
 
-    def __init__(self, folder: Path, name: str):
+    def __init__(self, folder: Path, name: str, tag: str = ""):
+        """`tag` (up to 16 hex digits) marks the temp file as this writer's: a ray worker
+        tags it with its node, so that a lost node's shards in progress can be named."""
         self.tar_path, self.stats_path = shard_paths(folder, name)
-        self.tmp_path = folder / f"{name}.tar.{uuid.uuid4().hex[:12]}.tmp"
+        prefix = f"{tag}-" if tag else ""
+        self.tmp_path = folder / f"{name}.tar.{prefix}{uuid.uuid4().hex[:12]}.tmp"
         self._file = self.tmp_path.open("wb")
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         self._where: dict[str, tuple[int, int]] = {}

@@ -35,6 +35,7 @@ class LocalEngine:
         self.config = config
         self.class_names = class_names
         self.nodes = {socket.gethostname()}
+        self.writer_tag = ""  # marks this engine's temp files (a ray worker: its node)
         self.t2i = TextToImage.load(config.generate)
         self.clip = (
             ClipScorer.load(config.clip) if config.generate.clip_score and config.clip else None
@@ -143,7 +144,7 @@ class LocalEngine:
         `inputs`, the plan's digest of those, goes into the stats file."""
         cfg = self.config.generate
         timer = Timer()
-        writer = ShardWriter(folder, shard.name)
+        writer = ShardWriter(folder, shard.name, self.writer_tag)
         rows: list[dict[str, Any]] = []
         dropped: list[str] = []
 

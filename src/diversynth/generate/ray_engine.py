@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from diversynth.artifacts.shards import is_done
+from diversynth.artifacts.shards import is_done, written_by
 from diversynth.config import RunConfig
 from diversynth.errors import DiversynthError
 from diversynth.generate.plan import ShardSpec
@@ -51,9 +51,12 @@ class ShardMaker:
     """A Ray Data actor: loads the models once, then makes the shards it is given."""
 
     def __init__(self, config: RunConfig, class_names: dict[int, str], folder: str):
+        import ray
+
         from diversynth.generate.local import LocalEngine
 
         self.engine = LocalEngine(config, class_names)
+        self.engine.writer_tag = node_tag(ray.get_runtime_context().get_node_id())
         self.folder = Path(folder)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
@@ -121,6 +124,11 @@ def _gpus_per_worker(config: RunConfig, cluster_gpus: float) -> float:
     return 1.0 if cluster_gpus > 0 and config.generate.device != "cpu" else 0.0
 
 
+def node_tag(node_id: str) -> str:
+    """The short form of a Ray node id that its workers' temp files carry."""
+    return node_id[:16].lower()
+
+
 class NoRoomError(Exception):
     pass
 
@@ -130,8 +138,8 @@ class NodeWatch:
     no live node has had room for one worker (`need`) for `wait` seconds: Ray Data would
     wait for ever for a node that may never come."""
 
-    def __init__(self, need: dict[str, float], wait: float):
-        self.need, self.wait = need, wait
+    def __init__(self, need: dict[str, float], wait: float, folder: Path):
+        self.need, self.wait, self.folder = need, wait, folder
         self.alive: dict[str, str] = {}  # node id -> its address
         self.no_room_since: float | None = None
 
@@ -142,9 +150,9 @@ class NodeWatch:
         now = {node["NodeID"]: node.get("NodeManagerAddress", "?") for node in nodes}
         for node_id, where in self.alive.items():
             if node_id not in now:
-                console.print(f"  generate: lost ray node {where} ({node_id[:8]}); its "
-                              "shards in progress are made again on the others",
-                              highlight=False, soft_wrap=True)  # fmt: skip
+                console.print(f"  generate: lost ray node {where} ({node_id[:8]}); "
+                              f"{self._in_progress(node_id)}", highlight=False,
+                              soft_wrap=True)  # fmt: skip
         self.alive = now
         room = any(
             all(node.get("Resources", {}).get(name, 0) >= each
@@ -159,6 +167,12 @@ class NodeWatch:
             need = ", ".join(f"{each:g} {name}" for name, each in self.need.items())
             raise NoRoomError(f"no node of the cluster had room for a worker ({need}) "
                               f"for {self.wait:g} s (generate.ray.worker_wait)")  # fmt: skip
+
+    def _in_progress(self, node_id: str) -> str:
+        names = written_by(self.folder, node_tag(node_id))
+        if not names:
+            return "no shard was in progress there"
+        return f"shard(s) {', '.join(names)} in progress there are made again on the others"
 
 
 def _rows_while_watching(made: Any, watch: NodeWatch) -> Iterator[dict[str, Any]]:
@@ -176,12 +190,17 @@ def _rows_while_watching(made: Any, watch: NodeWatch) -> Iterator[dict[str, Any]
 
     threading.Thread(target=pump, name="ray-rows", daemon=True).start()
     watch.check()
+    checked = time.monotonic()
     with stop_on_sigterm():
         while True:
             try:
                 kind, value = found.get(timeout=1.0)
             except queue.Empty:
+                kind, value = "none", None
+            if time.monotonic() - checked >= 1.0:  # also while rows keep coming
                 watch.check()
+                checked = time.monotonic()
+            if kind == "none":
                 continue
             if kind == "end":
                 return
@@ -283,7 +302,7 @@ def _make_shards(
                 dict, max_restarts=cfg.max_restarts, max_task_retries=cfg.max_restarts
             ),
         )
-        watch = NodeWatch({"CPU": cfg.cpus_per_worker, "GPU": gpus}, cfg.worker_wait)
+        watch = NodeWatch({"CPU": cfg.cpus_per_worker, "GPU": gpus}, cfg.worker_wait, folder)
         try:
             for row in _rows_while_watching(made, watch):
                 yield str(row["shard"]), int(row["count"]), str(row["node"])
