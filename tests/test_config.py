@@ -128,3 +128,56 @@ def test_exactly_one_class_source(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"\(got \['catalog', 'names'\]\)"):
         load_config(path)
+
+
+def test_aux_norm_is_one_setting_and_the_old_pair_still_reads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], kit_overrides: list[str]
+) -> None:
+    """`train.aux_norm: batchnorm | layernorm | off`; a config of the earlier form
+    (`aux_bn` with `aux_norm`) reads the same, with one deprecation line, and hashes as
+    before, so runs and sweeps made then are not trained again."""
+    from diversynth import config as config_module
+    from diversynth.config import TrainConfig, fingerprinted
+
+    monkeypatch.setattr(config_module, "_SAID", set())
+    assert TrainConfig().aux_norm == "batchnorm" and TrainConfig().aux
+    assert TrainConfig.model_validate({"aux_norm": False}).aux_norm == "off"  # a bare YAML off
+    assert capsys.readouterr().err == ""
+    old = TrainConfig.model_validate({"aux_bn": False, "aux_norm": "layernorm"})
+    assert old.aux_norm == "off" and not old.aux
+    assert TrainConfig.model_validate({"aux_bn": True, "aux_norm": "layernorm"}).aux_norm == (
+        "layernorm"
+    )
+    TrainConfig.model_validate({"aux_bn": False})  # said once a process
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: train.aux_bn: false is deprecated and goes in a later release; it reads "
+        "as train.aux_norm: off",
+        "warning: train.aux_bn: true is deprecated and goes in a later release; it reads "
+        "as train.aux_norm: layernorm",
+    ]
+    with pytest.raises(ValueError, match=r"train.aux_bn: give true or false \(got 'maybe'\)"):
+        TrainConfig.model_validate({"aux_bn": "maybe"})
+    with pytest.raises(ValueError, match="aux_norm"):
+        TrainConfig.model_validate({"aux_norm": "groupnorm"})
+    # the train section hashed in its earlier form: aux_bn, and aux_norm as it was then
+    for aux_norm, hashed in (("off", (False, "batchnorm")), ("layernorm", (True, "layernorm"))):
+        config = load_config(OFFLINE_CONFIG, [*kit_overrides, f"train.aux_norm={aux_norm}"])
+        train = fingerprinted(config)["train"]
+        assert (train["aux_bn"], train["aux_norm"]) == hashed
+
+
+@pytest.mark.slow
+def test_a_config_in_the_earlier_aux_bn_form_resumes_its_run(
+    run_copy: Path, tmp_path: Path
+) -> None:
+    """A run's own config.yaml, written back in the form it had before `aux_norm: off` took
+    in `aux_bn`: every stage is up to date (nothing trains again), with one warning line."""
+    saved = yaml.safe_load((run_copy / "config.yaml").read_text())
+    assert saved["train"]["aux_norm"] == "batchnorm" and "aux_bn" not in saved["train"]
+    saved["train"]["aux_bn"] = True
+    earlier = tmp_path / "earlier.yaml"
+    earlier.write_text(yaml.safe_dump(saved, sort_keys=False))
+    result = cli("run", str(earlier), "--out", str(run_copy))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("skipped: up to date") == 7, result.stderr
+    assert result.stderr.count("warning: train.aux_bn: true is deprecated") == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 import time
 from pathlib import Path
@@ -301,3 +302,25 @@ def test_folder_that_is_not_a_pipeline_is_one_clear_error(
     assert "Traceback" not in result.stderr
     # the shards of the earlier settings are discarded only once a new model has loaded
     assert len(list((run_copy / "shards").glob("*.tar"))) == 5
+
+
+def test_progress_speaks_every_few_seconds_where_output_is_a_file() -> None:
+    """Piped to a file (nohup, a Slurm log) rich draws a bar only when it ends; a plain line
+    a task comes every `every` seconds meanwhile."""
+    from rich.console import Console
+
+    from diversynth import progress
+
+    log = io.StringIO()
+    quiet = Console(file=log, force_terminal=False, width=200)
+    bars = progress.progress_bar(every=0.2)
+    bars.live.console = quiet  # what `console` is when stderr goes to a file
+    with bars:
+        task = bars.add_task("generate", total=40, unit="images")
+        for _ in range(4):
+            bars.advance(task, 5)
+            time.sleep(0.25)
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("generate: ")]
+    assert len(lines) >= 2, log.getvalue()
+    assert re.fullmatch(r"generate: \d+/40 \(\d+%\) images(, [\d.]+ images/s)?(, ETA \d+:\d\d)?",
+                        lines[0]), lines[0]  # fmt: skip

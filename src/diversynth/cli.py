@@ -16,9 +16,9 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from diversynth.config import ConfigError, RunConfig, load_config
+from diversynth.config import RunConfig, load_config
 from diversynth.errors import DiversynthError, shown
-from diversynth.pipeline import STAGE_NAMES, PipelineError, parse_stage_list, run_stages
+from diversynth.pipeline import STAGE_NAMES, brief, parse_stage_list, run_stages
 from diversynth.progress import console
 from diversynth.rundir import RunDir, write_json
 from diversynth.userfiles import file_problem, folder_problem
@@ -177,11 +177,7 @@ def _existing_run(path: Path) -> RunDir:
 
 
 def _load(config: Path, overrides: list[str] | None) -> RunConfig:
-    try:
-        return load_config(config, overrides or [])
-    except ConfigError as exc:
-        _fail(str(exc))
-        raise  # unreachable; for type checkers
+    return load_config(config, overrides or [])
 
 
 MaxShardsOpt = Annotated[
@@ -208,13 +204,8 @@ def _run(config: Path, out: Path, stages: list[str], force: list[str],
                "break_lock": break_lock}  # fmt: skip
     try:
         run_stages(cfg, RunDir(out), stages=stages, force=force, options=options)
-    except ConfigError as exc:  # found by the checks that need a library or the data
-        _fail(str(exc))
-    except DiversynthError as exc:
-        _fail(str(exc), exc.exit_code)
     except OSError as exc:  # disk full, permissions: the run directory keeps finished work
         _fail(_os_error(exc, out), code=1)
-    # anything else is a bug and keeps its traceback
 
 
 @app.command()
@@ -246,12 +237,8 @@ def run(
     Stages whose inputs and settings are unchanged are skipped; a rerun resumes where an
     interrupted run stopped.
     """
-    try:
-        selected = parse_stage_list(stages)
-        forced = parse_stage_list(",".join(force), "--force") if force else []
-    except PipelineError as exc:
-        _fail(str(exc))
-        return
+    selected = parse_stage_list(stages)
+    forced = parse_stage_list(",".join(force), "--force") if force else []
     _run(config, out, selected, forced, set_, max_shards, allow_version_change, break_lock)
 
 
@@ -349,12 +336,7 @@ def classes_show(
     run = _existing_run(run_dir)
     if not run.classes.is_file():
         _fail(f"--run: no classes.jsonl in {str(run_dir)!r} (run the classes stage first)")
-    try:
-        record = find_class(run, key)
-    except DiversynthError as exc:
-        _fail(str(exc), exc.exit_code)
-        return
-    render_class(record)
+    render_class(find_class(run, key))
 
 
 _stage_command("prompts", "Write the prompts and per-image seeds (prompts.jsonl).")
@@ -406,11 +388,8 @@ def generate(
         if target is None:
             _fail("--status needs --run DIR")
             return
-        try:
-            status = generation_status(_existing_run(target))
-            console.print(format_status(status), soft_wrap=True)
-        except DiversynthError as exc:
-            _fail(str(exc), exc.exit_code)
+        status = generation_status(_existing_run(target))
+        console.print(format_status(status), soft_wrap=True)
         return
     if config is None or out is None:
         _fail("give CONFIG and --out DIR (or --status --run DIR)")
@@ -458,13 +437,10 @@ def report(
     if out is not None:
         _place(out, "--out")
         _outside_runs(out, dirs)
-    try:
-        if out is not None:
-            claim_site(out, "--out", force)
-        else:
-            dirs[0].check_confined()  # RUN/report/ is written
-    except DiversynthError as exc:
-        _fail(str(exc), exc.exit_code)
+    if out is not None:
+        claim_site(out, "--out", force)
+    else:
+        dirs[0].check_confined()  # RUN/report/ is written
     try:
         with contextlib.ExitStack() as locks:  # no stage rewrites a run while it is read
             for run in dirs:
@@ -477,9 +453,6 @@ def report(
             else:
                 site = out
                 summary = build_comparison(facts, site, settings)
-    except DiversynthError as exc:
-        _fail(str(exc), exc.exit_code)
-        return
     except OSError as exc:  # a read-only or full disk
         hint = "" if out is not None else "; --out DIR writes it elsewhere"
         _fail(f"report: cannot write the site: {exc.strerror or exc} "
@@ -524,7 +497,7 @@ def evaluate_model(
     """
     from diversynth.artifacts.records import ClassIdentity
     from diversynth.classes.catalog import load_classes
-    from diversynth.train.evaluate import EvaluateError, check_timm_name, evaluate_model
+    from diversynth.train.evaluate import check_timm_name, evaluate_model
 
     cfg = _load(config, set_)
     if (checkpoint is None) == (model is None):
@@ -538,17 +511,10 @@ def evaluate_model(
     if json_out is not None:
         _new_file(json_out, "--json", force)
     if model is not None:
-        try:
-            check_timm_name(model)
-        except EvaluateError as exc:
-            _fail(str(exc))
-    try:
-        classes = [ClassIdentity(index=c.index, wnid=c.wnid, raw_name=c.raw_name)
-                   for c in load_classes(cfg.classes)]  # fmt: skip
-        results = evaluate_model(cfg, classes, checkpoint, model, pretrained)
-    except DiversynthError as exc:
-        _fail(str(exc), exc.exit_code)
-        return
+        check_timm_name(model)
+    classes = [ClassIdentity(index=c.index, wnid=c.wnid, raw_name=c.raw_name)
+               for c in load_classes(cfg.classes)]  # fmt: skip
+    results = evaluate_model(cfg, classes, checkpoint, model, pretrained)
     if json_out is not None:
         write_json(json_out, results)
 
@@ -572,17 +538,11 @@ def make_tiny_models_cmd(
 
         if arch not in ARCHITECTURES:
             _fail(f"--arch: no architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
-        try:
-            console.print(f"{arch}: {save_tiny_pipeline(arch, out)}")
-        except DiversynthError as exc:
-            _fail(str(exc), exc.exit_code)
+        console.print(f"{arch}: {save_tiny_pipeline(arch, out)}")
         return
     from diversynth.modelkit import make_tiny_models
 
-    try:
-        paths = make_tiny_models(out, force=force)
-    except DiversynthError as exc:
-        _fail(str(exc), exc.exit_code)
+    paths = make_tiny_models(out, force=force)
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
 
@@ -599,11 +559,7 @@ def import_weights_cmd(
     if name not in IMPORTERS:
         _fail(f"import-weights: unknown weights {shown(name)} (known: {', '.join(IMPORTERS)})")
     _new_file(out, "OUT", force, ".safetensors")
-    try:
-        meta = IMPORTERS[name](out)
-    except DiversynthError as exc:
-        _fail(str(exc), exc.exit_code)
-        return
+    meta = IMPORTERS[name](out)
     console.print(f"{escape(name)}: {escape(str(out))} ({meta['model']})")
 
 
@@ -641,12 +597,7 @@ def plan_cmd(
         _plan_sweep(config, set_, as_json)
         return
     cfg = _load(config, set_)
-    try:
-        plan = make_plan(cfg)
-    except ConfigError as exc:
-        _fail(str(exc))
-    except DiversynthError as exc:
-        _fail(str(exc), exc.exit_code)
+    plan = make_plan(cfg)
     if as_json:
         print(json.dumps(plan.to_json(), indent=2))
     else:  # the plan is the command's output: stdout (progress and errors go to stderr)
@@ -732,11 +683,7 @@ def verify(
         from diversynth.data_scan import verify_data
 
         cfg = _load(data, set_)
-        try:
-            bad = verify_data(cfg, workers)
-        except DiversynthError as exc:
-            _fail(str(exc), exc.exit_code)
-            return
+        bad = verify_data(cfg, workers)
         if bad:
             raise typer.Exit(1)
         return
@@ -770,18 +717,28 @@ def verify(
 
 @app.command()
 def status(run_dir: Annotated[Path, typer.Option("--run", help="Run directory.")]) -> None:
-    """Show which stages of a run have finished, when, and their summaries."""
+    """Show which stages of a run have finished, when, how long they took, and their
+    main figures (each stage's whole summary: RUN/.state/STAGE.json)."""
+    import datetime
+
     from rich.table import Table
 
     run = _existing_run(run_dir)
-    table = Table("stage", "state", "seconds", "summary")
+    table = Table("stage", "state", "finished", "took", "summary")
     for name in STAGE_NAMES:
         state = run.read_state(name)
         if state is None:
-            table.add_row(name, "not run", "", "")
-        else:
-            table.add_row(name, "done", f"{state.seconds:.1f}", str(state.summary), style=None)
+            table.add_row(name, "not run", "", "", "")
+            continue
+        when = datetime.datetime.fromtimestamp(state.finished_at).strftime("%Y-%m-%d %H:%M")
+        table.add_row(name, "done", when, _duration(state.seconds), brief(state.summary, 90))
     console.print(table, markup=False)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{rest:02d}" if hours else f"{minutes}:{rest:02d}"
 
 
 def main() -> None:  # pragma: no cover

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -642,10 +643,10 @@ class TrainConfig(Section):
     strategies: list[Strategy] | None = Field(
         None, min_length=1, max_length=len(STRATEGIES), exclude_if=lambda v: v is None
     )
-    aux_bn: bool = True  # synthetic images through norm layers of their own (false: shared)
-    # which norm layers get a twin: batch norm (AdvProp's auxiliary BN), or for models
-    # without BN (ViT, DeiT, Swin) layer norm, whose twin is only a second affine pair
-    aux_norm: Literal["batchnorm", "layernorm"] = "batchnorm"
+    # synthetic images through norm layers of their own: the batch norm layers (AdvProp's
+    # auxiliary BN), or for models without BN (ViT, DeiT, Swin) the layer norms, whose twin
+    # is only a second affine pair; off: one set of norm layers for both domains
+    aux_norm: Literal["batchnorm", "layernorm", "off"] = "batchnorm"
     # which images each class contributes: in proportion to what it has (instance), the
     # same for every class (balanced), or in proportion to the square root of its count
     # (sqrt); applied to the real part, the synthetic part, or both
@@ -689,10 +690,21 @@ class TrainConfig(Section):
         """Whether training draws synthetic images at all (a run must also have made them)."""
         return self.synthetic_fraction > 0 and self.synthetic_scale != 0
 
+    @property
+    def aux(self) -> bool:
+        """Whether synthetic images get norm layers of their own."""
+        return self.aux_norm != "off"
+
     @model_validator(mode="before")
     @classmethod
     def _fill_from_recipe(cls, data: Any) -> Any:
-        return with_recipe(data) if isinstance(data, dict) else data
+        return with_recipe(_without_aux_bn(data)) if isinstance(data, dict) else data
+
+    @field_validator("aux_norm", mode="before")
+    @classmethod
+    def _off_as_yaml_reads_it(cls, value: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads a bare `off` as false
+        return "off" if value is False else value
 
     @field_validator("recipe")
     @classmethod
@@ -729,6 +741,46 @@ class TrainConfig(Section):
                 f"turn {'it' if len(left) == 1 else 'them'} off)"
             )
         return self
+
+
+def _without_aux_bn(train: dict[str, Any]) -> dict[str, Any]:
+    """`train.aux_bn` (before `aux_norm: off` took its place) read into `aux_norm`, with a
+    line saying so; it goes in a later release."""
+    if "aux_bn" not in train:
+        return train
+    train = dict(train)
+    value = train.pop("aux_bn")
+    if not isinstance(value, bool):
+        raise ValueError(f"train.aux_bn: give true or false (got {shown(value)}); it is "
+                         "deprecated: use train.aux_norm: batchnorm | layernorm | off")  # fmt: skip
+    if value:
+        new = f"train.aux_norm: {train.get('aux_norm', 'batchnorm')}"
+    else:
+        train["aux_norm"], new = "off", "train.aux_norm: off"
+    said = (
+        f"train.aux_bn: {str(value).lower()} is deprecated and goes in a later release; "
+        f"it reads as {new}"
+    )
+    if said not in _SAID:
+        _SAID.add(said)
+        print(f"warning: {said}", file=sys.stderr)
+    return train
+
+
+_SAID: set[str] = set()  # deprecation lines, said once a process
+
+
+def fingerprinted(config: RunConfig) -> dict[str, Any]:
+    """The config as fingerprints and sweep identities hash it: the train section in the
+    form it had while `aux_bn` and `aux_norm` were two settings, so that runs and sweeps
+    made then keep their fingerprints (and are not trained again)."""
+    data = config.model_dump(mode="json")
+    train = data.get("train")
+    if isinstance(train, dict) and "aux_norm" in train:  # (hashed with sorted keys)
+        train["aux_bn"] = train["aux_norm"] != "off"
+        if not train["aux_bn"]:
+            train["aux_norm"] = "batchnorm"
+    return data
 
 
 class EvalSetConfig(Section):

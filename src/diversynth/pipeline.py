@@ -9,7 +9,6 @@ stages after it see a new input digest only if its outputs really changed.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -20,7 +19,13 @@ from typing import Any
 from rich.markup import escape
 
 from diversynth import environment, integrity, rundir
-from diversynth.config import ConfigError, RunConfig, dump_config, prompt_count_problem
+from diversynth.config import (
+    ConfigError,
+    RunConfig,
+    dump_config,
+    fingerprinted,
+    prompt_count_problem,
+)
 from diversynth.errors import DiversynthError, PartialStage, UsageError, shown
 from diversynth.integrity import Damage
 from diversynth.preflight import preflight
@@ -42,6 +47,10 @@ class PipelineError(DiversynthError):
 
 class TrialStagesError(PipelineError, UsageError):
     """Stages asked of a sweep's trial that run in its pool."""
+
+
+class StageListError(PipelineError, UsageError):
+    """A `--stages` or `--force` value that names no stage, or one that does not exist."""
 
 
 def _resolve(ref: str) -> Callable[..., Any]:
@@ -309,11 +318,11 @@ def parse_stage_list(text: str | None, option: str = "--stages") -> list[str]:
         return list(STAGE_NAMES)
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:  # "" or ",": a list that names nothing is not "all of them"
-        raise PipelineError(f"{option}: no stage named (got {shown(text)}); choose from "
+        raise StageListError(f"{option}: no stage named (got {shown(text)}); choose from "
                             f"{', '.join(STAGE_NAMES)}")  # fmt: skip
     unknown = [shown(n, 40) for n in names if n not in STAGE_NAMES]
     if unknown:
-        raise PipelineError(f"{option}: unknown stage(s) {', '.join(unknown)}; choose from "
+        raise StageListError(f"{option}: unknown stage(s) {', '.join(unknown)}; choose from "
                             f"{', '.join(STAGE_NAMES)}")  # fmt: skip
     return [n for n in STAGE_NAMES if n in names]
 
@@ -322,7 +331,7 @@ def fingerprint(stage: Stage, config: RunConfig, run: RunDir, upstream: bool = T
                 leave_out: tuple[str, ...] = ()) -> str:  # fmt: skip
     """What a stage's outputs depend on: its config sections (less `leave_out`), outside
     inputs and (with `upstream`) the outputs of the stages it reads."""
-    data = config.model_dump(mode="json")
+    data = fingerprinted(config)
     outputs: dict[str, str | None] = {}
     for name in stage.needs if upstream else ():
         state = run.read_state(name)
@@ -424,21 +433,29 @@ def _check_upstream(stage: Stage, config: RunConfig, run: RunDir, selected: list
             )
 
 
-def _brief(summary: dict[str, Any], limit: int = 12) -> dict[str, Any]:
-    """A summary as the console shows it: a nested mapping or list of more than `limit`
-    entries (one per class, at 1000 classes) is counted, not listed; the state file keeps
-    it whole."""
-
-    def short(value: Any) -> Any:
-        if not isinstance(value, dict | list):
-            return value
-        if len(value) > limit:
-            return f"{len(value)} entries (in .state/)"
-        if isinstance(value, list):
-            return [short(item) for item in value]
-        return {key: short(item) for key, item in value.items()}
-
-    return {key: short(value) for key, value in summary.items()}
+def brief(summary: dict[str, Any], limit: int = 200) -> str:
+    """A summary as the console shows it: its first plain values (numbers, flags, short
+    names) up to about `limit` characters; lists, tables and long text stay in the state
+    file, which the line names."""
+    shown_items: list[str] = []
+    for key, value in summary.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, int):
+            text = f"{value:,}"
+        elif isinstance(value, float):
+            text = f"{value:.4g}"
+        elif isinstance(value, str) and len(value) <= 40 and "\n" not in value:
+            text = value
+        else:
+            continue
+        item = f"{key} {text}"
+        if sum(len(i) + 2 for i in shown_items) + len(item) > limit:
+            break
+        shown_items.append(item)
+    return ", ".join(shown_items)
 
 
 def _main_process() -> bool:
@@ -496,9 +513,10 @@ def _run_locked(config: RunConfig, run: RunDir, selected: list[str], forced_from
                     files=files,
                 )
             )
+        short = brief(summary)
         say(
-            f"[bold cyan]{stage.name}[/bold cyan]: done in {timer.seconds:.1f}s "
-            f"{escape(json.dumps(_brief(summary)))}",
+            f"[bold cyan]{stage.name}[/bold cyan]: done in {timer.seconds:.1f}s"
+            f"{': ' + escape(short) if short else ''} (all: .state/{stage.name}.json)",
             soft_wrap=True,
         )
         outcome[stage.name] = "ran"

@@ -177,7 +177,7 @@ def _model_problems(cfg: Any) -> list[str]:
     if refusal is not None:
         lines.append(f"train.model_kwargs: {cfg.model} refuses {shown(kwargs)}: "
                      f"{' '.join(str(refusal).split())[:200]}")  # fmt: skip
-    if model is not None and cfg.aux_bn and cfg.aux_norm == "layernorm":
+    if model is not None and cfg.aux_norm == "layernorm":
         if not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules()):
             lines.append(f"train.aux_norm: layernorm, but the model has no LayerNorm "
                          f"({cfg.model!r}): use batchnorm for a model with batch norm")  # fmt: skip

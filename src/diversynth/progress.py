@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -63,8 +65,59 @@ def counting(description: str, total: int, unit: str) -> Iterator[Callable[[int,
         yield step
 
 
-def progress_bar(disable: bool = False) -> Progress:
-    return Progress(
+class _Bars(Progress):
+    """Progress bars that also speak to a console that is not a terminal (output piped to
+    a file, nohup, a Slurm log), where rich draws a bar only once it ends: a plain line a
+    task every `every` seconds, so a long stage is never silent."""
+
+    def __init__(self, *columns: Any, every: float, **kwargs: Any):
+        super().__init__(*columns, **kwargs)
+        self.every = every
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def start(self) -> None:
+        super().start()
+        if not self.disable and not self.console.is_terminal and self.every > 0:
+            self._stop.clear()
+            self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
+            self._ticker.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            self._ticker = None
+        super().stop()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            for task in self.tasks:
+                if not task.finished:
+                    self.console.print(progress_line(task), highlight=False, markup=False)
+
+
+def progress_line(task: Any) -> str:
+    """`description: done/total (percent), rate, ETA` for a log."""
+    done = f"{task.completed:,.0f}"
+    if task.total:
+        done += f"/{task.total:,.0f} ({100 * task.completed / task.total:.0f}%)"
+    unit = task.fields.get("unit", "it")
+    speed = task.speed
+    line = f"{task.description}: {done} {unit}"
+    if speed:
+        line += f", {speed:,.1f} {unit}/s"
+    if task.time_remaining is not None:
+        line += f", ETA {int(task.time_remaining) // 60}:{int(task.time_remaining) % 60:02d}"
+    return line
+
+
+# seconds between the progress lines written where the output is not a terminal
+PROGRESS_SECONDS = float(os.environ.get("DIVERSYNTH_PROGRESS_SECONDS", "60"))
+
+
+def progress_bar(disable: bool = False, every: float | None = None) -> Progress:
+    return _Bars(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -76,4 +129,5 @@ def progress_bar(disable: bool = False) -> Progress:
         console=console,
         transient=False,
         disable=disable,
+        every=PROGRESS_SECONDS if every is None else every,
     )

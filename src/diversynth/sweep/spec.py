@@ -39,6 +39,7 @@ from diversynth.config import (
     RunConfig,
     _format_errors,
     _set_dotted,
+    fingerprinted,
     validate_config,
 )
 from diversynth.errors import shown
@@ -287,7 +288,7 @@ def training_identity(config: RunConfig, pool: str) -> str:
     """What a trial's weights depend on: its config less what cannot matter (the settings
     of synthetic images when it trains on none) and its pool. Two combinations with one
     identity are one training."""
-    data = config.model_dump(mode="json")
+    data = fingerprinted(config)
     data.pop("name", None)
     data.pop("report", None)
     if not trains_on_synthetic(config):
@@ -310,7 +311,7 @@ def pool_signature(config: RunConfig, base_seed: int) -> str:
     the same classes, prompts, images and leak check."""
     from diversynth.pipeline import STAGE_NAMES, STAGES
 
-    data = config.model_dump(mode="json")
+    data = fingerprinted(config)
     data["seed"] = base_seed
     sections: dict[str, Any] = {}
     for name in POOL_STAGES:

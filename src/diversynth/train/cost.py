@@ -127,7 +127,7 @@ def training_cost(config: RunConfig, num_classes: int, cards: dict[str, float],
     if measured is None:
         cost.notes.append(f"no measurement in benchmarks/results/{MEASURED_FILE}: no hours")
         return cost
-    rate = measured["aux" if cfg.aux_bn and synthetic else "plain"]
+    rate = measured["aux" if cfg.aux and synthetic else "plain"]
     fraction_of = {card: rate * measured["flops"] / peak for card, peak in cards.items()
                    if card in measured["machine"]}  # fmt: skip
     reference = next(iter(fraction_of.items()), None)

@@ -337,7 +337,7 @@ def run_train(config: RunConfig, run: RunDir, fingerprint: str = "", forced: boo
     total_micro = len(data.batches)
     total_steps = total_micro // cfg.accumulate
     # 2. the model, its optimizer and schedule, from a saved state when there is one
-    trainee = _trainee(config, len(classes), cfg.aux_bn and data.synthetic_per > 0, device,
+    trainee = _trainee(config, len(classes), cfg.aux and data.synthetic_per > 0, device,
                        total_steps, autocast)  # fmt: skip
     state_path = run.train_dir / "state.safetensors"
     resume = _start(trainee, state_path, fingerprint, made_with("train", config), forced,
