@@ -1,6 +1,6 @@
 """Bad input and damaged runs: one line naming what and where, exit 2 for a mistake and 1
 for a fault, no traceback, and nothing of the user's changed. Each test is a row of the
-README's "What happens when..." table."""
+"What happens when..." list of docs/troubleshooting.md."""
 
 from __future__ import annotations
 

@@ -300,7 +300,7 @@ class RunDir:
                         folders.append(Path(entry.path))
         return None
 
-    # artifacts (the layout the README shows)
+    # artifacts (the layout docs/run-directory.md shows)
     config = property(lambda self: self.root / "config.yaml")
     # the pool stages' outputs (a trial's are its pool's)
     classes = property(lambda self: self._made.root / "classes.jsonl")
