@@ -324,3 +324,19 @@ def test_progress_speaks_every_few_seconds_where_output_is_a_file() -> None:
     assert len(lines) >= 2, log.getvalue()
     assert re.fullmatch(r"generate: \d+/40 \(\d+%\) images(, [\d.]+ images/s)?(, ETA \d+:\d\d)?",
                         lines[0]), lines[0]  # fmt: skip
+
+
+def test_a_log_file_gets_whole_table_rows() -> None:
+    """Output to a file or a pipe is not cut at rich's 80 columns (the evaluation table has
+    nine); a COLUMNS the user set still wins."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ["-c", "from diversynth.progress import console; print(console.width)"]
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    piped = subprocess.run([sys.executable, *probe], capture_output=True, text=True, env=env)
+    assert int(piped.stdout) >= 160, piped.stderr
+    narrow = subprocess.run([sys.executable, *probe], capture_output=True, text=True,
+                            env={**env, "COLUMNS": "90"})  # fmt: skip
+    assert int(narrow.stdout) == 90, narrow.stderr

@@ -33,6 +33,10 @@ class _Console(Console):
 
 
 console = _Console(stderr=True)
+# Output to a file or a pipe (nohup, Slurm) has no width; rich's 80 columns would cut the
+# tables (the evaluation table has nine columns): a log is read in an editor, not a terminal.
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = 200
 
 
 class RateColumn(TextColumn):
