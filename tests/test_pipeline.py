@@ -277,9 +277,15 @@ def test_one_process_per_run_directory(run_copy: Path, kit_overrides: list[str])
 def test_status_lists_finished_stages(finished_run: Path) -> None:
     result = cli("status", "--run", str(finished_run))
     assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) <= 30, result.stderr  # one screen: a row a stage, the figures brief
     for stage in STAGES:
-        assert stage in result.stderr
+        (row,) = [line for line in lines if line.startswith(f"│ {stage} ")]
+        assert " done " in row and re.search(
+            r"\d{4}-\d\d-\d\d \d\d:\d\d \((just now|\d+ \w+ ago)\)", row
+        )
     assert "not run" not in result.stderr
+    assert re.search(r"│ generate .*images 100", result.stderr), result.stderr
 
 
 @pytest.mark.slow

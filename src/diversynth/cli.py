@@ -720,6 +720,7 @@ def status(run_dir: Annotated[Path, typer.Option("--run", help="Run directory.")
     """Show which stages of a run have finished, when, how long they took, and their
     main figures (each stage's whole summary: RUN/.state/STAGE.json)."""
     import datetime
+    import time
 
     from rich.table import Table
 
@@ -731,8 +732,17 @@ def status(run_dir: Annotated[Path, typer.Option("--run", help="Run directory.")
             table.add_row(name, "not run", "", "", "")
             continue
         when = datetime.datetime.fromtimestamp(state.finished_at).strftime("%Y-%m-%d %H:%M")
+        when += f" ({_ago(time.time() - state.finished_at)})"
         table.add_row(name, "done", when, _duration(state.seconds), brief(state.summary, 90))
     console.print(table, markup=False)
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''} ago"
+    return "just now"
 
 
 def _duration(seconds: float) -> str:
