@@ -16,21 +16,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from _results import median_seconds, sync, write_result
 from torch.profiler import ProfilerActivity, profile
+from train_speed import header, model_and_batch
+
+from diversynth.train import aux_bn
+from diversynth.train.aux_bn import convert_aux_bn, real_first
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "src"))
-from _results import median_seconds, sync, write_result  # noqa: E402
-from train_speed import header, model_and_batch  # noqa: E402
-
-from diversynth.train import aux_bn  # noqa: E402
-from diversynth.train.aux_bn import convert_aux_bn, real_first  # noqa: E402
 
 
 def step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype):

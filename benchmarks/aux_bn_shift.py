@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from _results import machine, write_result
 from PIL import Image
 
 from diversynth.config import TrainConfig
@@ -50,8 +50,6 @@ from diversynth.train.mixing import DomainMixup
 from diversynth.train.model import convert_auxiliary
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _results import machine, write_result  # noqa: E402
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 SETTINGS = ("real only", "shared norm", "aux norm")

@@ -21,17 +21,15 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from _results import write_result
 
 from diversynth.classes.select_clip import clip_select
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _results import write_result  # noqa: E402
 
 
 def problem(classes: int, exemplars: int = 10, candidates: int = 6, dim: int = 512, seed: int = 0):

@@ -75,11 +75,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from _results import START, log, machine, median_seconds, sync, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "src"))
-from _results import START, log, machine, median_seconds, sync, write_result  # noqa: E402
 
 TINY = ROOT / "models" / "tiny" / "stable-diffusion"
 CLASSES = ["tench", "goldfinch", "tree frog", "golden retriever", "tabby cat",

@@ -19,16 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _results import machine, write_result  # noqa: E402
+from _results import machine, write_result
 
-from diversynth.config import load_config  # noqa: E402
-from diversynth.generate.plan import shard_jobs  # noqa: E402
-from diversynth.generate.stage import planned_shards  # noqa: E402
-from diversynth.pipeline import run_stages  # noqa: E402
-from diversynth.rundir import RunDir, read_jsonl  # noqa: E402
-from diversynth.vision.generator import TextToImage  # noqa: E402
+from diversynth.config import load_config
+from diversynth.generate.plan import shard_jobs
+from diversynth.generate.stage import planned_shards
+from diversynth.pipeline import run_stages
+from diversynth.rundir import RunDir, read_jsonl
+from diversynth.vision.generator import TextToImage
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -34,18 +34,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _results import machine, write_result
+
+from diversynth.assets import resolve_bundled
+from diversynth.config import CD_AXES, LLMConfig
+from diversynth.llm.backends import OpenAIBackend
+from diversynth.prompts.llm_requests import context_request
+from diversynth.testing.llm_servers import LlamaCppServer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _results import machine, write_result  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "tests"))
-
-from llm_servers import LlamaCppServer  # noqa: E402
-
-from diversynth.assets import resolve_bundled  # noqa: E402
-from diversynth.config import CD_AXES, LLMConfig  # noqa: E402
-from diversynth.llm.backends import OpenAIBackend  # noqa: E402
-from diversynth.prompts.llm_requests import context_request  # noqa: E402
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
@@ -76,7 +73,7 @@ def latency_mode(latency: float, class_counts: list[int]) -> None:
     rows = []
     # the server in a process of its own, as a real one is: its threads do not contend
     # with the client's event loop for the interpreter lock
-    command = [sys.executable, str(ROOT / "tests" / "llm_servers.py"), "--default", "schema",
+    command = [sys.executable, "-m", "diversynth.testing.llm_servers", "--default", "schema",
                "--latency", str(latency)]  # fmt: skip
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
     with subprocess.Popen(command, **pipes) as server, tempfile.TemporaryDirectory() as folder:
@@ -112,8 +109,8 @@ def latency_mode(latency: float, class_counts: list[int]) -> None:
         server.stdin.close()  # the server ends
     write_result("llm_in_flight_latency", {
         "benchmark": "llm_in_flight_latency",
-        "server": f"tests/llm_servers.py on loopback in its own process, usable JSON after "
-                  f"{latency:g} s a request (no model)",
+        "server": f"diversynth.testing.llm_servers on loopback in its own process, usable "
+                  f"JSON after {latency:g} s a request (no model)",
         "machine": machine(),
         "latency_seconds": latency,
         "max_in_flight": in_flight,

@@ -27,14 +27,13 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import yaml
+from _results import log, machine, write_result
+
+from diversynth.config import validate_config
+from diversynth.pipeline import run_stages
+from diversynth.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _results import log, machine, write_result  # noqa: E402
-
-from diversynth.config import validate_config  # noqa: E402
-from diversynth.pipeline import run_stages  # noqa: E402
-from diversynth.rundir import RunDir  # noqa: E402
 
 STAGES = ["classes", "prompts", "generate", "train", "evaluate"]
 GROUPS = ("many", "medium", "few")

@@ -18,23 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _results import machine, write_result  # noqa: E402
+from _results import machine, write_result
 
-from diversynth.artifacts.records import read_prompts  # noqa: E402
-from diversynth.config import load_config  # noqa: E402
-from diversynth.pipeline import run_stages  # noqa: E402
-from diversynth.prompts.diversity import Embedder  # noqa: E402
-from diversynth.prompts.examples import EXAMPLES, fold  # noqa: E402
-from diversynth.prompts.styles import BUILTIN_STYLES  # noqa: E402
-from diversynth.rundir import RunDir  # noqa: E402
+from diversynth.artifacts.records import read_prompts
+from diversynth.config import load_config
+from diversynth.pipeline import run_stages
+from diversynth.prompts.diversity import Embedder
+from diversynth.prompts.examples import EXAMPLES, fold
+from diversynth.prompts.styles import BUILTIN_STYLES
+from diversynth.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def repeats_of_the_pool(phrases: list[str], strategy: str, embedder: Embedder,

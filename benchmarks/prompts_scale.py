@@ -22,15 +22,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "tests"))
-from _results import machine, write_result  # noqa: E402
-from llm_servers import chat_reply  # noqa: E402
+from _results import machine, write_result
 
-from diversynth.config import load_config  # noqa: E402
-from diversynth.pipeline import run_stages  # noqa: E402
-from diversynth.rundir import RunDir  # noqa: E402
+from diversynth.config import load_config
+from diversynth.pipeline import run_stages
+from diversynth.rundir import RunDir
+from diversynth.testing.llm_servers import chat_reply
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WORDS = ["misty", "harbour", "morning", "glass", "velvet", "desert", "neon", "alley", "quiet",
          "meadow", "copper", "rain"]  # fmt: skip

@@ -18,12 +18,12 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pyarrow as pa
+from _results import write_result
 from PIL import Image
 
 from diversynth.artifacts.manifest import SCHEMA, write_manifest
@@ -36,8 +36,6 @@ from diversynth.report.thumbs import thumbnail_paths
 from diversynth.rundir import RunDir, sha256_file, write_json, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _results import write_result  # noqa: E402
 
 
 def make_run(root: Path, classes: int, per_class: int, shown: int) -> RunDir:

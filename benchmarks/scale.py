@@ -29,12 +29,11 @@ import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+from _results import machine, write_result
 from PIL import Image
+from prompts_scale import InstantAnswers
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _results import machine, write_result  # noqa: E402
-from prompts_scale import InstantAnswers  # noqa: E402
 
 CLASSES = 1000
 PROMPTS_AT_1X = 16  # per class

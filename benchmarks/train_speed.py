@@ -36,20 +36,18 @@ import numpy as np
 import pyarrow as pa
 import timm
 import torch
+from _results import log, machine, sync, write_result
 from PIL import Image
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import log, machine, sync, write_result  # noqa: E402
-
-from diversynth.artifacts.shards import ShardWriter, encode_jpeg  # noqa: E402
-from diversynth.config import TrainConfig  # noqa: E402
-from diversynth.train import aux_bn, aux_bn_kernel  # noqa: E402
-from diversynth.train.aux_bn import AuxBatchNorm, convert_aux_bn, real_first  # noqa: E402
-from diversynth.train.data import train_transform  # noqa: E402
-from diversynth.train.device_augment import loader_parts  # noqa: E402
-from diversynth.train.sampling import MixedBatches  # noqa: E402
-from diversynth.train.synthetic import ShardImages  # noqa: E402
+from diversynth.artifacts.shards import ShardWriter, encode_jpeg
+from diversynth.config import TrainConfig
+from diversynth.train import aux_bn, aux_bn_kernel
+from diversynth.train.aux_bn import AuxBatchNorm, convert_aux_bn, real_first
+from diversynth.train.data import train_transform
+from diversynth.train.device_augment import loader_parts
+from diversynth.train.sampling import MixedBatches
+from diversynth.train.synthetic import ShardImages
 
 
 def model_and_batch(args: argparse.Namespace) -> tuple:

@@ -266,7 +266,7 @@ def test_hostile_and_unicode_names_stay_text(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_llm_answers_that_cannot_be_used_are_never_fatal(tmp_path: Path) -> None:
-    from llm_servers import MisbehavingServer
+    from diversynth.testing.llm_servers import MisbehavingServer
 
     with MisbehavingServer() as server:
         # one request per class per attempt, in class order; a bad answer is asked again

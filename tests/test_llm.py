@@ -13,13 +13,13 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from llm_servers import MisbehavingServer, chat_reply, free_port
 
 from diversynth.config import LLMConfig
 from diversynth.llm import LLM, BadAnswer, ChatRequest, LLMError
 from diversynth.llm.backends import OpenAIBackend
 from diversynth.llm.cache import AnswerCache
 from diversynth.llm.chat_client import MIN_REPLY_BYTES
+from diversynth.testing.llm_servers import MisbehavingServer, chat_reply, free_port
 
 STYLE_SCHEMA = {"type": "object", "properties": {"styles": {"type": "array"}}}
 

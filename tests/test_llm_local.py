@@ -15,13 +15,13 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import OFFLINE_CONFIG, REPO, cli, set_args
-from llm_servers import LlamaCppServer
 
 from diversynth.assets import resolve_bundled
 from diversynth.config import LLMConfig
 from diversynth.llm import ChatRequest
 from diversynth.llm.backends import TransformersBackend
 from diversynth.llm.llamacpp import LlamaCppBackend
+from diversynth.testing.llm_servers import LlamaCppServer
 
 # every test here loads SmolLM2 (in a llama.cpp server or transformers): seconds each
 pytestmark = pytest.mark.slow

@@ -240,7 +240,7 @@ def test_cd_without_llm_is_a_config_error(tmp_path: Path, kit_overrides: list[st
 @pytest.mark.slow
 def test_llm_shortfall_is_filled_with_templates(tmp_path: Path, kit_overrides: list[str]) -> None:
     """An LLM that only refuses: the stage still writes N prompts per class, and says why."""
-    from llm_servers import MisbehavingServer
+    from diversynth.testing.llm_servers import MisbehavingServer
 
     with MisbehavingServer(default="ok:I'm sorry, I can't do that.") as server:
         out = tmp_path / "run"
@@ -267,7 +267,7 @@ def test_llm_shortfall_is_filled_with_templates(tmp_path: Path, kit_overrides: l
 def test_llm_server_failure_is_one_clear_error_and_writes_nothing(
     tmp_path: Path, kit_overrides: list[str]
 ) -> None:
-    from llm_servers import MisbehavingServer
+    from diversynth.testing.llm_servers import MisbehavingServer
 
     with MisbehavingServer(default="500") as server:
         out = tmp_path / "run"
@@ -359,12 +359,11 @@ def test_an_llm_that_echoes_the_example_is_caught(tmp_path: Path,
                                                    kit_overrides: list[str]) -> None:  # fmt: skip
     """Every answer the example verbatim: each phrase rejected and counted, the class asked
     again without an example, templates and built-in styles fill, nothing echoed kept."""
-    from llm_servers import MisbehavingServer
-
     from diversynth.config import load_config
     from diversynth.pipeline import run_stages
     from diversynth.prompts.examples import EXAMPLES, fold
     from diversynth.rundir import RunDir
+    from diversynth.testing.llm_servers import MisbehavingServer
 
     with MisbehavingServer(default="echo") as server:
         overrides = [*kit_overrides, "llm.backend=openai", "llm.model=any",
@@ -395,11 +394,10 @@ def test_requests_of_every_class_are_in_flight_at_once(tmp_path: Path) -> None:
     made: the server has more requests open at once than there are classes, and they take
     about one answer's time (6 requests, 16 slots), not one per round (contexts, then
     styles: two)."""
-    from llm_servers import MisbehavingServer
-
     from diversynth.config import load_config
     from diversynth.prompts.stage import _llm_answers
     from diversynth.rundir import RunDir
+    from diversynth.testing.llm_servers import MisbehavingServer
 
     def no_embedder(texts: list[str]) -> np.ndarray:
         raise AssertionError("without worked examples nothing is embedded")

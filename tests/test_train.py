@@ -18,12 +18,12 @@ import psutil
 import pytest
 import torch
 from conftest import OFFLINE_CONFIG, REPO, set_args
-from llm_servers import free_port
 from safetensors.torch import load_file
 
 from diversynth.config import load_config
 from diversynth.pipeline import run_stages
 from diversynth.rundir import RunDir
+from diversynth.testing.llm_servers import free_port
 from diversynth.train import synthetic
 from diversynth.train.sampling import MixedBatches
 from diversynth.train.synthetic import ShardImages, SyntheticDataError, select_images

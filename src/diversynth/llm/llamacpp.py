@@ -29,7 +29,8 @@ START_SECONDS = 300  # loading a large GGUF from a slow disk takes a while
 _PORT_ATTEMPTS = 3  # another process may take the free port before the server binds it
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback now (the OS's pick)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -72,7 +73,7 @@ class LlamaCppServer:
     def start(self) -> None:
         for _ in range(_PORT_ATTEMPTS):
             self.close()
-            self.port = _free_port()
+            self.port = free_port()
             if self.log_path is not None:
                 self.log_path.parent.mkdir(parents=True, exist_ok=True)
             else:

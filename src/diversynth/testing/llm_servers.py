@@ -1,5 +1,6 @@
-"""OpenAI-compatible servers on loopback for the tests: llama.cpp's real server, and one
-that misbehaves on purpose."""
+"""OpenAI-compatible servers on loopback for the tests and benchmarks: llama.cpp's real
+server, and one that misbehaves on purpose. `python -m diversynth.testing.llm_servers`
+runs the misbehaving one in a process of its own."""
 
 from __future__ import annotations
 
@@ -16,11 +17,7 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from diversynth.llm.llamacpp import free_port
 
 
 def chat_reply(content: str, model: str = "test-model") -> dict:

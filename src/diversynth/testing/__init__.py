@@ -1,0 +1,2 @@
+"""Helpers for the test suite and the benchmarks, importable by both: LLM servers that
+answer as a real one would or misbehave on purpose, and llama.cpp's server on a GGUF."""
