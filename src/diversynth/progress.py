@@ -116,8 +116,16 @@ def progress_line(task: Any) -> str:
     return line
 
 
-# seconds between the progress lines written where the output is not a terminal
-PROGRESS_SECONDS = float(os.environ.get("DIVERSYNTH_PROGRESS_SECONDS", "60"))
+def _progress_seconds() -> float:
+    """Seconds between the progress lines written where the output is not a terminal
+    (DIVERSYNTH_PROGRESS_SECONDS; 0 or less: none; not a number: the default, 60)."""
+    try:
+        return float(os.environ.get("DIVERSYNTH_PROGRESS_SECONDS", "60"))
+    except ValueError:
+        return 60.0
+
+
+PROGRESS_SECONDS = _progress_seconds()
 
 
 def progress_bar(disable: bool = False, every: float | None = None) -> Progress:
