@@ -42,8 +42,8 @@ the parts run) rewritten after each measurement, so a run stopped at a limit kee
   and PSNR against the default mode's images of the same seeds (mean and lowest).
 - `--resume-check`: the generate stage (generate.stage.run_generate, default mode) on 2
   shards, uninterrupted in this process, and in a child's fork killed with SIGKILL in the
-  middle of its second shard (tests/kill_driver.py's hook), then resumed by the child: the
-  shards' tar and rows files and the manifest must be the same bytes.
+  middle of its second shard (the hook of diversynth.testing.kill_driver), then resumed
+  by the child: the shards' tar and rows files and the manifest must be the same bytes.
 
 `--time-box` (360 s on a GPU, from the start) begins a variant or a lossy row only when
 its estimated time fits (compiling: as long as the longest compile so far, 90 s before the
@@ -739,17 +739,16 @@ def pyramid_attention_broadcast(pipe: Any) -> Any:
 
 def resume_child(job: Path) -> None:
     """--resume-check's child: the generate stage on a run in a fork killed with SIGKILL
-    once the first image of its second shard is written (tests/kill_driver.py's hook), then
-    resumed here. As kill_driver does, it forks before any torch operation (after one
-    import of what both need), which is safe; the report goes to the job's file."""
+    once the first image of its second shard is written (the hook of
+    diversynth.testing.kill_driver), then resumed here. As kill_driver does, it forks
+    before any torch operation (after one import of what both need), which is safe; the
+    report goes to the job's file."""
     from diversynth.artifacts.shards import is_done
     from diversynth.config import RunConfig
     from diversynth.generate.stage import run_generate
     from diversynth.rundir import RunDir
+    from diversynth.testing.kill_driver import die_in_second_shard
     from diversynth.vision.pipeline_traits import text_to_image_classes
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from kill_driver import _die_in_second_shard
 
     spec = json.loads(job.read_text())
     config, run = RunConfig.model_validate(spec["config"]), RunDir(spec["run"])
@@ -760,7 +759,7 @@ def resume_child(job: Path) -> None:
     pid = os.fork()
     if pid == 0:  # killed by its own hand, or exits 3 with its traceback printed
         try:
-            _die_in_second_shard()
+            die_in_second_shard()
             run_generate(config, run, "resume-check")
         except BaseException:  # noqa: BLE001 - the child's only way to tell why it was not killed
             traceback.print_exc()

@@ -191,7 +191,7 @@ def _killed_runs(folder: Path, tmp_path_factory: pytest.TempPathFactory,
                  kit: dict[str, Path]) -> None:  # fmt: skip
     """Per architecture, a run killed in its second shard (`ARCH/killed/`) and the same run
     made without interruption (`ARCH/whole/`), all made by one helper process
-    (tests/kill_driver.py) from one classes-and-prompts run (templates only: the same
+    (diversynth.testing.kill_driver) from one classes-and-prompts run (templates only: the same
     prompts for every model)."""
     base = RunDir(folder / "base")
     sd15 = tiny_pipeline(tmp_path_factory, "sd15")
@@ -201,11 +201,12 @@ def _killed_runs(folder: Path, tmp_path_factory: pytest.TempPathFactory,
     for arch in MATRIX:
         for copy in ("killed", "whole"):
             shutil.copytree(base.root, folder / arch / copy)
-        jobs.append({"settings": overrides(tiny_pipeline(tmp_path_factory, arch), kit, arch),
+        jobs.append({"config": str(OFFLINE_CONFIG),
+                     "settings": overrides(tiny_pipeline(tmp_path_factory, arch), kit, arch),
                      "killed": str(folder / arch / "killed"),
                      "whole": str(folder / arch / "whole")})  # fmt: skip
     (folder / "jobs.json").write_text(json.dumps(jobs))
-    result = subprocess.run([sys.executable, str(REPO / "tests" / "kill_driver.py"),
+    result = subprocess.run([sys.executable, "-m", "diversynth.testing.kill_driver",
                              str(folder / "jobs.json")], cwd=REPO, capture_output=True,
                             text=True, timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,8 +1,9 @@
-"""Helper process for tests/test_architectures.py: the generate stage of many runs, each
-killed with SIGKILL in the middle of its second shard, for the cost of one import.
+"""Helper process for tests/test_architectures.py (`python -m diversynth.testing.kill_driver
+JOBS`): the generate stage of many runs, each killed with SIGKILL in the middle of its
+second shard, for the cost of one import.
 
-For each job (JSON list in the file named by argv[1]: configs/offline.yaml's overrides,
-the run to kill, the run to finish), a forked child runs the generate stage on the run to
+For each job (JSON list in the file named by argv[1]: the config file, its overrides, the
+run to kill, the run to finish), a forked child runs the generate stage on the run to
 kill and sends itself SIGKILL once the first image of shard 000001 is in its temp file: no
 handler, no cleanup, as a killed `diversynth run`. Children are forked before this process
 has run any torch operation (a fork after torch's thread pools start is not safe); then it
@@ -22,10 +23,8 @@ from diversynth.config import load_config
 from diversynth.pipeline import run_stages
 from diversynth.rundir import RunDir
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "offline.yaml"
 
-
-def _die_in_second_shard() -> None:
+def die_in_second_shard() -> None:
     original = shards.ShardWriter.write
 
     def write(self: shards.ShardWriter, *args: object, **kwargs: object) -> None:
@@ -44,11 +43,11 @@ def main() -> int:
 
     text_to_image_classes()  # every pipeline module AutoPipelineForText2Image knows
     for job in jobs:
-        config = load_config(CONFIG, job["settings"])
+        config = load_config(Path(job["config"]), job["settings"])
         pid = os.fork()
         if pid == 0:  # the child: killed by its own hand, or exits 3
             try:
-                _die_in_second_shard()
+                die_in_second_shard()
                 run_stages(config, RunDir(Path(job["killed"])), stages=["generate"])
             finally:
                 os._exit(3)
@@ -57,7 +56,7 @@ def main() -> int:
             print(f"{job['killed']}: not killed (status {status})", file=sys.stderr)
             return 1
     for job in jobs:
-        run_stages(load_config(CONFIG, job["settings"]), RunDir(Path(job["whole"])),
+        run_stages(load_config(Path(job["config"]), job["settings"]), RunDir(Path(job["whole"])),
                    stages=["generate"])  # fmt: skip
     return 0
 
