@@ -19,7 +19,7 @@ from rich.markup import escape
 from diversynth.config import RunConfig, load_config
 from diversynth.errors import DiversynthError, shown
 from diversynth.pipeline import STAGE_NAMES, brief, parse_stage_list, run_stages
-from diversynth.progress import console
+from diversynth.progress import clock, console
 from diversynth.rundir import RunDir, write_json
 from diversynth.userfiles import file_problem, folder_problem
 
@@ -733,7 +733,7 @@ def status(run_dir: Annotated[Path, typer.Option("--run", help="Run directory.")
             continue
         when = datetime.datetime.fromtimestamp(state.finished_at).strftime("%Y-%m-%d %H:%M")
         when += f" ({_ago(time.time() - state.finished_at)})"
-        table.add_row(name, "done", when, _duration(state.seconds), brief(state.summary, 90))
+        table.add_row(name, "done", when, clock(state.seconds), brief(state.summary, 90))
     console.print(table, markup=False)
 
 
@@ -743,12 +743,6 @@ def _ago(seconds: float) -> str:
             count = int(seconds // size)
             return f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''} ago"
     return "just now"
-
-
-def _duration(seconds: float) -> str:
-    minutes, rest = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{rest:02d}" if hours else f"{minutes}:{rest:02d}"
 
 
 def main() -> None:  # pragma: no cover

@@ -743,6 +743,9 @@ class TrainConfig(Section):
         return self
 
 
+_SAID: set[str] = set()  # deprecation lines, said once a process
+
+
 def _without_aux_bn(train: dict[str, Any]) -> dict[str, Any]:
     """`train.aux_bn` (before `aux_norm: off` took its place) read into `aux_norm`, with a
     line saying so; it goes in a later release."""
@@ -765,9 +768,6 @@ def _without_aux_bn(train: dict[str, Any]) -> dict[str, Any]:
         _SAID.add(said)
         print(f"warning: {said}", file=sys.stderr)
     return train
-
-
-_SAID: set[str] = set()  # deprecation lines, said once a process
 
 
 def fingerprinted(config: RunConfig) -> dict[str, Any]:

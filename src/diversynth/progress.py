@@ -112,8 +112,15 @@ def progress_line(task: Any) -> str:
     if speed:
         line += f", {speed:,.1f} {unit}/s"
     if task.time_remaining is not None:
-        line += f", ETA {int(task.time_remaining) // 60}:{int(task.time_remaining) % 60:02d}"
+        line += f", ETA {clock(task.time_remaining)}"
     return line
+
+
+def clock(seconds: float) -> str:
+    """A time span as H:MM:SS, or M:SS under an hour (as rich's time columns show it)."""
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{rest:02d}" if hours else f"{minutes}:{rest:02d}"
 
 
 def _progress_seconds() -> float:

@@ -56,12 +56,12 @@ class ShardMaker:
         from diversynth.generate.local import LocalEngine
 
         self.engine = LocalEngine(config, class_names)
-        self.engine.writer_tag = node_tag(ray.get_runtime_context().get_node_id())
+        # an actor stays on its node (one restarted elsewhere is constructed again)
+        self.node = ray.get_runtime_context().get_node_id()
+        self.engine.writer_tag = node_tag(self.node)
         self.folder = Path(folder)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        import ray
-
         made: dict[str, list[Any]] = {"shard": [], "count": [], "node": []}
         for spec, prompts, inputs in zip(batch["spec"], batch["prompts"], batch["inputs"],
                                          strict=True):  # fmt: skip
@@ -76,7 +76,7 @@ class ShardMaker:
                 raise WorkerError(str(exc)) from exc
             made["shard"].append(shard.name)
             made["count"].append(stats["count"])
-            made["node"].append(ray.get_runtime_context().get_node_id())
+            made["node"].append(self.node)
         return made
 
 
