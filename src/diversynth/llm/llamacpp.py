@@ -135,16 +135,23 @@ class LlamaCppServer:
         return f" (log: {self.log_path})" if self.log_path is not None else ""
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_server(self.proc)
         if self.log_path is None and self._log_file is not None:
             self._log_file.unlink(missing_ok=True)
             self._log_file = None
+
+
+def stop_server(proc: subprocess.Popen[Any], grace: float = 20) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; returns once the process is reaped."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def llamacpp_response_format(mode: str) -> Any:

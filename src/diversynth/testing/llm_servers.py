@@ -17,7 +17,7 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from diversynth.llm.llamacpp import free_port
+from diversynth.llm.llamacpp import free_port, stop_server
 
 
 def chat_reply(content: str, model: str = "test-model") -> dict:
@@ -220,11 +220,7 @@ class LlamaCppServer:
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            stop_server(self.proc)
         self.log.close()
 
 
