@@ -24,8 +24,8 @@ from _results import median_seconds, sync, write_result
 from torch.profiler import ProfilerActivity, profile
 from train_speed import header, model_and_batch
 
-from diversynth.train import aux_bn
-from diversynth.train.aux_bn import convert_aux_bn, real_first
+from diversynth.models import aux_bn
+from diversynth.models.aux_bn import convert_aux_bn, real_first
 
 ROOT = Path(__file__).resolve().parents[1]
 

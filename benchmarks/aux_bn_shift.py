@@ -11,7 +11,7 @@ images, the same steps and the same real images per batch:
 - real + proxy, auxiliary norm: the same batches, proxy images through norm layers of
   their own (auxiliary BN for the CNN, auxiliary LayerNorm affine pairs for the ViT).
 
-`--recipe NAME` trains as that named recipe (diversynth.recipes) augments: each image
+`--recipe NAME` trains as that named recipe (diversynth.models.recipes) augments: each image
 through the train stage's own transform (RandomResizedCrop, the recipe's RandAugment or
 TrivialAugment policy, random erasing, the model's mean/std), seeded per image, and the
 recipe's mixup/cutmix within each domain (the train stage's DomainMixup) with soft-target
@@ -41,13 +41,18 @@ from _results import machine, write_result
 from PIL import Image
 
 from diversynth.config import TrainConfig
-from diversynth.realdata import FASHION_FILES, read_idx
-from diversynth.recipes import RECIPES, with_recipe
-from diversynth.seeding import derive_seed
-from diversynth.train.aux_bn import real_first
-from diversynth.train.data import eval_transform, model_preprocessing, seeded, train_transform
-from diversynth.train.mixing import DomainMixup
-from diversynth.train.model import convert_auxiliary
+from diversynth.data.real import FASHION_FILES, read_idx
+from diversynth.models.aux_bn import real_first
+from diversynth.models.classifier import convert_auxiliary
+from diversynth.models.recipes import RECIPES, with_recipe
+from diversynth.run.seeding import derive_seed
+from diversynth.stages.train.data import (
+    eval_transform,
+    model_preprocessing,
+    seeded,
+    train_transform,
+)
+from diversynth.stages.train.mixing import DomainMixup
 
 ROOT = Path(__file__).resolve().parents[1]
 

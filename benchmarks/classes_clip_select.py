@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from _results import write_result
 
-from diversynth.classes.select_clip import clip_select
+from diversynth.stages.classes.select_clip import clip_select
 
 ROOT = Path(__file__).resolve().parents[1]
 

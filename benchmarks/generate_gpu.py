@@ -127,7 +127,7 @@ def build_sd15(folder: Path) -> Path:
 
 def prompt_records(images: int, per_prompt: int) -> list[dict[str, Any]]:
     """Prompt records as the prompts stage writes them (naive, 10 classes)."""
-    from diversynth.seeding import derive_seed
+    from diversynth.run.seeding import derive_seed
 
     return [
         {
@@ -228,8 +228,8 @@ def legacy(args: argparse.Namespace, model: Path, device: str, tmp: Path) -> Non
     --channels-last), then the layout probe."""
     from diffusers import StableDiffusionPipeline
 
-    from diversynth.generate.local import LocalEngine
-    from diversynth.generate.plan import plan_shards
+    from diversynth.run.artifacts.shard_plan import plan_shards
+    from diversynth.stages.generate.local import LocalEngine
 
     per_shard = 48
     prompts = prompt_records(args.images, PER_PROMPT)
@@ -306,7 +306,7 @@ def variant_settings(name: str, batch: int) -> dict[str, Any]:
     from pydantic import ValidationError
 
     from diversynth.config import GenerateConfig
-    from diversynth.vision.generator import SDPA_KERNELS
+    from diversynth.models.generator import SDPA_KERNELS
 
     settings: dict[str, Any] = {"batch_size": batch}
     for token in name.split("+"):
@@ -415,7 +415,7 @@ class Study:
         return prompt_records(images, PER_PROMPT)
 
     def engine(self, row: dict[str, Any], **generate: Any) -> Any:
-        from diversynth.generate.local import LocalEngine
+        from diversynth.stages.generate.local import LocalEngine
 
         config = run_config(self.args, self.model, self.device, **generate)
         start = time.perf_counter()
@@ -426,7 +426,7 @@ class Study:
 
     def shard_rate(self, engine: Any, prompts: list[dict[str, Any]], out: Path) -> float:
         """Images/s of `engine.run_shard` on `prompts` as one shard."""
-        from diversynth.generate.plan import plan_shards
+        from diversynth.run.artifacts.shard_plan import plan_shards
 
         shard = plan_shards([PER_PROMPT] * len(prompts), len(prompts) * PER_PROMPT)[0]
         sync(self.device)
@@ -639,8 +639,8 @@ class Study:
     def resume_check(self) -> dict[str, Any]:
         """Two runs of the generate stage in the default mode: one uninterrupted (here), one
         killed mid-shard and resumed (in a child): the same shard and manifest bytes."""
-        from diversynth.generate.stage import run_generate
-        from diversynth.rundir import RunDir, write_jsonl
+        from diversynth.run.rundir import RunDir, write_jsonl
+        from diversynth.stages.generate.stage import run_generate
 
         per_shard = round_up(2 * self.args.batch, self.args.batch)  # two batches a shard
         prompts = self.prompts(2 * per_shard)
@@ -743,12 +743,12 @@ def resume_child(job: Path) -> None:
     diversynth.testing.kill_driver), then resumed here. As kill_driver does, it forks
     before any torch operation (after one import of what both need), which is safe; the
     report goes to the job's file."""
-    from diversynth.artifacts.shards import is_done
     from diversynth.config import RunConfig
-    from diversynth.generate.stage import run_generate
-    from diversynth.rundir import RunDir
+    from diversynth.models.pipeline_traits import text_to_image_classes
+    from diversynth.run.artifacts.shards import is_done
+    from diversynth.run.rundir import RunDir
+    from diversynth.stages.generate.stage import run_generate
     from diversynth.testing.kill_driver import die_in_second_shard
-    from diversynth.vision.pipeline_traits import text_to_image_classes
 
     spec = json.loads(job.read_text())
     config, run = RunConfig.model_validate(spec["config"]), RunDir(spec["run"])
@@ -785,7 +785,7 @@ def attention_probe(args: argparse.Namespace, device: str, repeats: int = 10) ->
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention
 
-    from diversynth.vision.generator import SDPA_KERNELS
+    from diversynth.models.generator import SDPA_KERNELS
 
     dtype = torch.float16 if device == "cuda" else torch.float32
     q = torch.randn(2 * args.batch, 8, (args.size // 8) ** 2, 40, device=device, dtype=dtype)
@@ -808,7 +808,7 @@ def parts_probe(pipe: Any, args: argparse.Namespace, device: str, images: list[A
     prompts and the empty prompt), one UNet step with guidance, the VAE decode, and the JPEG
     encoding of a batch (CPU work the engine's writer thread overlaps with the next batch),
     with their shares of a batch: what overlapping text encoding with denoising could save."""
-    from diversynth.artifacts.shards import encode_jpeg
+    from diversynth.run.artifacts.shards import encode_jpeg
 
     unet, vae, batch = pipe.unet, pipe.vae, args.batch
     like = {"device": unet.device, "dtype": unet.dtype}

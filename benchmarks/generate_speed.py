@@ -22,11 +22,10 @@ from pathlib import Path
 from _results import machine, write_result
 
 from diversynth.config import load_config
-from diversynth.generate.plan import shard_jobs
-from diversynth.generate.stage import planned_shards
+from diversynth.models.generator import TextToImage
 from diversynth.pipeline import run_stages
-from diversynth.rundir import RunDir, read_jsonl
-from diversynth.vision.generator import TextToImage
+from diversynth.run.artifacts.shard_plan import planned_shards, shard_jobs
+from diversynth.run.rundir import RunDir, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

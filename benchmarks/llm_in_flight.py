@@ -36,10 +36,10 @@ from pathlib import Path
 
 from _results import machine, write_result
 
-from diversynth.assets import resolve_bundled
 from diversynth.config import CD_AXES, LLMConfig
 from diversynth.llm.backends import OpenAIBackend
-from diversynth.prompts.llm_requests import context_request
+from diversynth.models.assets import resolve_bundled
+from diversynth.stages.prompts.llm_requests import context_request
 from diversynth.testing.llm_servers import LlamaCppServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +63,11 @@ def timed(base_url: str, in_flight: int, round_index: int) -> float:
 
 def latency_mode(latency: float, class_counts: list[int]) -> None:
     """The prompts stage's requests against a server that answers after `latency` s."""
-    from diversynth.classes.catalog import load_classes
     from diversynth.config import ClassesConfig, load_config
-    from diversynth.prompts.diversity import Embedder
-    from diversynth.prompts.stage import _llm_answers, strategy_counts
-    from diversynth.rundir import RunDir
+    from diversynth.data.classes.catalog import load_classes
+    from diversynth.models.diversity import Embedder
+    from diversynth.run.rundir import RunDir
+    from diversynth.stages.prompts.stage import _llm_answers, strategy_counts
 
     names = [entry.raw_name for entry in load_classes(ClassesConfig(catalog="imagenet1k"))]
     rows = []

@@ -31,7 +31,7 @@ from _results import log, machine, write_result
 
 from diversynth.config import validate_config
 from diversynth.pipeline import run_stages
-from diversynth.rundir import RunDir
+from diversynth.run.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 

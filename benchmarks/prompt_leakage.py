@@ -25,13 +25,13 @@ from pathlib import Path
 
 from _results import machine, write_result
 
-from diversynth.artifacts.records import read_prompts
 from diversynth.config import load_config
+from diversynth.models.diversity import Embedder
 from diversynth.pipeline import run_stages
-from diversynth.prompts.diversity import Embedder
-from diversynth.prompts.examples import EXAMPLES, fold
-from diversynth.prompts.styles import BUILTIN_STYLES
-from diversynth.rundir import RunDir
+from diversynth.run.artifacts.records import read_prompts
+from diversynth.run.rundir import RunDir
+from diversynth.stages.prompts.examples import EXAMPLES, fold
+from diversynth.stages.prompts.styles import BUILTIN_STYLES
 
 ROOT = Path(__file__).resolve().parents[1]
 

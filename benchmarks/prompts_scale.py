@@ -26,7 +26,7 @@ from _results import machine, write_result
 
 from diversynth.config import load_config
 from diversynth.pipeline import run_stages
-from diversynth.rundir import RunDir
+from diversynth.run.rundir import RunDir
 from diversynth.testing.llm_servers import chat_reply
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,14 +26,14 @@ import pyarrow as pa
 from _results import write_result
 from PIL import Image
 
-from diversynth.artifacts.manifest import SCHEMA, write_manifest
-from diversynth.classes.imagenet import imagenet_catalog
 from diversynth.config import ReportConfig
-from diversynth.report.browser import chromium, file_url
-from diversynth.report.facts import load_run
-from diversynth.report.site import build_run_site
-from diversynth.report.thumbs import thumbnail_paths
-from diversynth.rundir import RunDir, sha256_file, write_json, write_jsonl
+from diversynth.data.classes.imagenet import imagenet_catalog
+from diversynth.run.artifacts.manifest import SCHEMA, write_manifest
+from diversynth.run.rundir import RunDir, sha256_file, write_json, write_jsonl
+from diversynth.stages.report.browser import chromium, file_url
+from diversynth.stages.report.facts import load_run
+from diversynth.stages.report.site import build_run_site
+from diversynth.stages.report.thumbs import thumbnail_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -92,15 +92,15 @@ def make_real(folder: Path) -> None:
 def child(stage: str, run: Path, overrides: list[str]) -> None:
     """Run one stage in this process and print its wall time and peak RSS as JSON."""
     from diversynth.config import load_config
-    from diversynth.generate import local
     from diversynth.pipeline import STAGE_NAMES, run_stages
-    from diversynth.rundir import RunDir
+    from diversynth.run.rundir import RunDir
+    from diversynth.stages.generate import local
 
     local.TextToImage = StandInImages  # the one stand-in
     config = load_config(ROOT / "configs" / "imagenet1k.yaml", overrides)
     start = time.perf_counter()
     if stage == "status":
-        from diversynth.generate.status import format_status, generation_status
+        from diversynth.stages.generate.status import format_status, generation_status
 
         print(format_status(generation_status(RunDir(run))), file=sys.stderr)
     else:

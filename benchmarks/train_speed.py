@@ -40,14 +40,14 @@ from _results import log, machine, sync, write_result
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from diversynth.artifacts.shards import ShardWriter, encode_jpeg
 from diversynth.config import TrainConfig
-from diversynth.train import aux_bn, aux_bn_kernel
-from diversynth.train.aux_bn import AuxBatchNorm, convert_aux_bn, real_first
-from diversynth.train.data import train_transform
-from diversynth.train.device_augment import loader_parts
-from diversynth.train.sampling import MixedBatches
-from diversynth.train.synthetic import ShardImages
+from diversynth.models import aux_bn, aux_bn_kernel
+from diversynth.models.aux_bn import AuxBatchNorm, convert_aux_bn, real_first
+from diversynth.run.artifacts.shards import ShardWriter, encode_jpeg
+from diversynth.stages.train.data import train_transform
+from diversynth.stages.train.device_augment import loader_parts
+from diversynth.stages.train.sampling import MixedBatches
+from diversynth.stages.train.synthetic import ShardImages
 
 
 def model_and_batch(args: argparse.Namespace) -> tuple:

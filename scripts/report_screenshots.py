@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from diversynth.report.browser import chromium, file_url
+from diversynth.stages.report.browser import chromium, file_url
 
 
 def main() -> None:

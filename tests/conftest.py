@@ -73,7 +73,7 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str,
 def kit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The model kit: the one setup.sh built in models/tiny when it is of this version
     (the same code made it; 18 s saved), else a fresh one for this session."""
-    from diversynth.modelkit import KIT_VERSION, make_tiny_models
+    from diversynth.testing.tiny_models import KIT_VERSION, make_tiny_models
 
     installed = REPO / "models" / "tiny"
     marker = installed / "KIT_VERSION"
@@ -196,7 +196,7 @@ def invoke(*args: str) -> tuple[int, list[str], str]:
     all it printed. A crash would be an exception other than SystemExit."""
     from typer.testing import CliRunner
 
-    from diversynth.cli import app
+    from diversynth.commands.cli import app
 
     result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from conftest import OFFLINE_CONFIG, REPO, built_once
 
+from diversynth.commands.preflight import preflight
 from diversynth.config import ConfigError, GenerateConfig, load_config
+from diversynth.models.pipeline_traits import prompt_limit, read_traits
 from diversynth.pipeline import run_stages
-from diversynth.pipeline_kit import save_tiny_pipeline
-from diversynth.preflight import preflight
-from diversynth.rundir import RunDir
-from diversynth.vision.pipeline_traits import prompt_limit, read_traits
+from diversynth.run.rundir import RunDir
+from diversynth.testing.tiny_pipelines import save_tiny_pipeline
 
 # arch -> (folder built, components dropped when saved, settings, pipeline class, guidance,
 # the prompt limit: tokens and tokenizer of the encoder that reads the most)
@@ -106,7 +106,7 @@ def test_plan_counts_flops_of_every_architecture(tmp_path_factory: pytest.TempPa
     """`diversynth plan` builds each architecture on the meta device from its saved configs
     and counts one image: denoiser calls (two a step with classifier-free guidance), the VAE
     decode, each text encoder."""
-    from diversynth.cost_plan import count_flops
+    from diversynth.commands.plan import count_flops
 
     for arch in ("sd15", "sdxl", "sdxl-turbo", "sd3", "sd3-saved-without-t5", "pixart-sigma",
                  "flux-schnell", "sana"):  # fmt: skip
@@ -214,8 +214,8 @@ def _killed_runs(folder: Path, tmp_path_factory: pytest.TempPathFactory,
 
 def _resumed_equals_whole(arch: str, folder: Path, model: Path, kit: dict[str, Path]) -> None:
     """The killed run, resumed: the uninterrupted run's bytes, read back by training."""
-    from diversynth.artifacts.manifest import read_manifest
-    from diversynth.train.synthetic import synthetic_images
+    from diversynth.run.artifacts.manifest import read_manifest
+    from diversynth.stages.train.synthetic import synthetic_images
 
     whole, killed = RunDir(folder / arch / "whole"), RunDir(folder / arch / "killed")
     done = len(list(killed.shards.glob("*.json"))) - 1  # less the plan

@@ -11,9 +11,9 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from diversynth.train import aux_bn, aux_bn_kernel
-from diversynth.train.aux_bn import AuxBatchNorm, convert_aux_bn, export_plain_bn, real_first
-from diversynth.train.model import export_plain, load_checkpoint, save_checkpoint
+from diversynth.models import aux_bn, aux_bn_kernel
+from diversynth.models.aux_bn import AuxBatchNorm, convert_aux_bn, export_plain_bn, real_first
+from diversynth.models.classifier import export_plain, load_checkpoint, save_checkpoint
 
 # test_efficientnet: timm's tiny EfficientNet, built of BatchNormAct2d (BN + activation)
 MODELS = ["test_efficientnet", "test_resnet"]
@@ -267,7 +267,7 @@ def test_auxiliary_layernorm_leaves_the_real_part_as_it_is_alone(tmp_path: Path)
     """A ViT with train.aux_norm: layernorm: the real part of a batch gets exactly the
     outputs it gets alone; the synthetic part's own affine pairs learn; the export loads
     strictly into the stock timm model and gives identical eval outputs."""
-    from diversynth.train.aux_bn import AuxLayerNorm, convert_aux_ln
+    from diversynth.models.aux_bn import AuxLayerNorm, convert_aux_ln
 
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", num_classes=5, **TINY_VIT)
@@ -310,7 +310,7 @@ def test_auxiliary_layernorm_leaves_the_real_part_as_it_is_alone(tmp_path: Path)
 
 
 def test_auxiliary_layernorm_on_a_model_without_layernorm_is_refused() -> None:
-    from diversynth.train.model import CheckpointError, convert_auxiliary
+    from diversynth.models.classifier import CheckpointError, convert_auxiliary
 
     with pytest.raises(CheckpointError, match="train.aux_norm: layernorm, but the model has no"):
         convert_auxiliary(build("resnet10t"), "layernorm")

@@ -11,13 +11,13 @@ import pytest
 import torch
 from conftest import REPO, cli, tree_snapshot
 
-from diversynth.classes.entry import ClassListError
-from diversynth.classes.imagenet import imagenet_catalog, named_subset
-from diversynth.classes.select_clip import clip_select
 from diversynth.config import ConfigError, load_config, validate_config
-from diversynth.modelkit import EXEMPLAR_WNIDS, EXEMPLARS_PER_CLASS
+from diversynth.data.classes.entry import ClassListError
+from diversynth.data.classes.imagenet import imagenet_catalog, named_subset
 from diversynth.pipeline import PipelineError, run_stages
-from diversynth.rundir import RunDir, read_jsonl
+from diversynth.run.rundir import RunDir, read_jsonl
+from diversynth.stages.classes.select_clip import clip_select
+from diversynth.testing.tiny_models import EXEMPLAR_WNIDS, EXEMPLARS_PER_CLASS
 
 PAIRS = {"crane": ("n02012849", "n03126707"), "maillot": ("n03710637", "n03710721"),
          "cardigan": ("n02963159", "n02113186")}  # fmt: skip

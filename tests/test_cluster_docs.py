@@ -170,7 +170,7 @@ def test_every_diversynth_command_is_a_real_one() -> None:
     import typer.main
     from typer.testing import CliRunner
 
-    from diversynth.cli import app
+    from diversynth.commands.cli import app
     from diversynth.pipeline import parse_stage_list
 
     group = typer.main.get_command(app)

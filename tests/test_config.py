@@ -34,7 +34,7 @@ def test_bad_config_fails_at_once_and_leaves_run_dir_unchanged(
     command in a child process."""
     from typer.testing import CliRunner
 
-    from diversynth.cli import app
+    from diversynth.commands.cli import app
 
     monkeypatch.setenv("COLUMNS", "200")
     before = tree_snapshot(run_copy)

@@ -10,9 +10,9 @@ import pytest
 from conftest import OFFLINE_CONFIG, REPO
 from safetensors.numpy import save_file
 
+from diversynth.commands.plan import PlanError, count_architecture_flops, make_plan
 from diversynth.config import GenerateConfig, load_config
-from diversynth.cost_plan import PlanError, count_architecture_flops, make_plan
-from diversynth.released_models import RELEASED
+from diversynth.models.released import RELEASED
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -61,7 +61,7 @@ def test_plan_command_prints_a_table_and_json(
     --json, and one line for a model folder without configs."""
     from typer.testing import CliRunner
 
-    from diversynth.cli import app
+    from diversynth.commands.cli import app
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("COLUMNS", "200")
@@ -107,7 +107,7 @@ def test_a_known_hub_id_is_planned_from_its_bundled_configs_without_the_hub(
     any request would show as retries in the time)."""
     import time
 
-    from diversynth.cost_plan import architecture_configs
+    from diversynth.commands.plan import architecture_configs
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
@@ -124,8 +124,8 @@ def test_plan_prices_training_as_well_as_generation() -> None:
     synthetic): FLOPs counted on the meta device, images seen step by step, and hours from
     the measured training rate, with the measured loader's rate as the upper end (the
     plan command's table: test_plan_of_a_sweep_prices_the_pool_and_every_training)."""
-    from diversynth.cost_plan import CARDS
-    from diversynth.train.cost import IMAGENET_TRAIN, measured_rates, training_cost
+    from diversynth.commands.plan import CARDS
+    from diversynth.stages.train.cost import IMAGENET_TRAIN, measured_rates, training_cost
 
     config = load_config(REPO / "configs" / "imagenet-sd15.yaml", [])
     cost = training_cost(config, 1000, CARDS, synthetic=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from diversynth.config import RealDataConfig
-from diversynth.realdata import DataError, real_dataset
-from diversynth.train.data import eval_transform
+from diversynth.data.eval_sets import eval_transform
+from diversynth.data.real import DataError, real_dataset
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")
 

@@ -19,10 +19,10 @@ from conftest import OFFLINE_CONFIG, set_args
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from diversynth.commands.preflight import preflight
 from diversynth.config import ConfigError, load_config
 from diversynth.pipeline import STAGE_NAMES
-from diversynth.preflight import preflight
-from diversynth.rundir import RunDir
+from diversynth.run.rundir import RunDir
 
 CLASSES = [{"index": 0, "raw_name": "cat", "wnid": None},
            {"index": 1, "raw_name": "dog", "wnid": None}]  # fmt: skip
@@ -133,7 +133,7 @@ def test_data_problems_stop_a_run_before_any_stage(
     line each (exit 2), and nothing is made (no classes.jsonl, no shards)."""
     from typer.testing import CliRunner
 
-    from diversynth.cli import app
+    from diversynth.commands.cli import app
 
     monkeypatch.setenv("COLUMNS", "300")
     lacking = _folder(tmp_path / "lacking", names=("cat",))
@@ -201,8 +201,8 @@ def test_train_says_how_many_real_images_an_epoch_uses_and_skips_unreadable_ones
     """48 real images in batches of 32 real: the stage says an epoch uses 32 of them. With
     data.skip_unreadable the truncated JPEG is left out, counted in the console and the
     summary, and the list saved in the run is what a rerun uses (no second scan)."""
-    from diversynth import data_scan
-    from diversynth.train.loop import run_train
+    from diversynth.data import scan as data_scan
+    from diversynth.stages.train.loop import run_train
 
     root = _folder(tmp_path / "data", train=24)
     run = _train_run(tmp_path)
@@ -260,7 +260,7 @@ def _read_all(loader: DataLoader) -> None:
 def test_a_truncated_jpeg_is_named_in_one_line_even_from_a_loader_worker(tmp_path: Path) -> None:
     """The file (relative to data.root) and its class, what to do, on one line: a
     DataLoader worker's error reaches the stage without the worker's traceback."""
-    from diversynth.realdata import UnreadableImageError, real_dataset
+    from diversynth.data.real import UnreadableImageError, real_dataset
 
     root = _folder(tmp_path / "data")
     _truncate(root / "train" / "dog" / "1.jpg")
@@ -280,7 +280,7 @@ def test_verify_data_lists_every_unreadable_image(
 ) -> None:
     """`diversynth verify --data`: every image of the train and test splits and of the
     evaluate.sets folders that does not decode, one line each, nothing written."""
-    from diversynth.data_scan import verify_data
+    from diversynth.data.scan import verify_data
 
     root = _folder(tmp_path / "data")
     sketch = _folder(tmp_path / "sketch", splits=("val",)) / "val"
@@ -326,7 +326,7 @@ def test_two_classes_that_one_folder_matches_are_refused(
         "data.root: classes 0 ('Cat') and 2 ('cat') both match the folder 'cat' (names match "
         "in any case): rename one class, or give each its wnid"
     ]
-    from diversynth.realdata import DataError, catalog_to_dataset_labels
+    from diversynth.data.real import DataError, catalog_to_dataset_labels
 
     with pytest.raises(DataError, match=r"classes 0 \('Shirt'\) and 1 \('shirt'\) are both"):
         catalog_to_dataset_labels(["Shirt", "shirt"], ["T-shirt/top", "Shirt"])
@@ -337,8 +337,8 @@ def test_skip_unreadable_leaves_them_out_of_every_split_the_same_way_each_time(
 ) -> None:
     """The images left out are found once, saved in the run keyed by the files' identity,
     and read back by the next stage or rerun; a file changed since is scanned again."""
-    from diversynth import data_scan
-    from diversynth.train.evaluate import evaluation_sets
+    from diversynth.data import scan as data_scan
+    from diversynth.data.eval_sets import evaluation_sets
 
     root = _folder(tmp_path / "data")
     sketch = _folder(tmp_path / "sketch", splits=("val",)) / "val"
@@ -378,8 +378,8 @@ def test_an_evaluate_set_that_matches_no_class_is_named(
 ) -> None:
     """evaluate.sets[i].root and the set's name, not data.root: before any stage runs,
     and from the stage itself."""
-    from diversynth.realdata import DataError
-    from diversynth.train.evaluate import folder_set
+    from diversynth.data.eval_sets import folder_set
+    from diversynth.data.real import DataError
 
     root = _folder(tmp_path / "data")
     other = _folder(tmp_path / "other", names=("bird", "fish"), splits=("val",)) / "val"
@@ -395,7 +395,7 @@ def test_an_evaluate_set_that_matches_no_class_is_named(
 
 def _shard(folder: Path, name: str, count: int) -> pa.Table:
     """A USTAR shard of `count` JPEGs as the generate stage writes them, and its rows."""
-    from diversynth.artifacts.shards import jpeg_locations
+    from diversynth.run.artifacts.shards import jpeg_locations
 
     folder.mkdir(parents=True, exist_ok=True)
     with tarfile.open(folder / f"{name}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
@@ -415,7 +415,7 @@ def _shard(folder: Path, name: str, count: int) -> pa.Table:
 def test_a_damaged_jpeg_in_a_shard_names_the_shard_and_sample(tmp_path: Path) -> None:
     """One JPEG overwritten in place: one line (also from a loader worker) naming the
     shard and the sample key, and `diversynth verify --run` for the rest."""
-    from diversynth.train.synthetic import DamagedShardError, ShardImages
+    from diversynth.stages.train.synthetic import DamagedShardError, ShardImages
 
     shards = tmp_path / "run" / "shards"
     rows = _shard(shards, "000003", 4)
@@ -438,8 +438,8 @@ def test_a_damaged_jpeg_in_a_shard_names_the_shard_and_sample(tmp_path: Path) ->
 
 @pytest.mark.timeout(60)
 def test_a_subset_list_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    from diversynth.data.subset import read_list
     from diversynth.errors import UsageError
-    from diversynth.real_subset import read_list
 
     fifo = tmp_path / "list.txt"
     os.mkfifo(fifo)
@@ -450,7 +450,7 @@ def test_a_subset_list_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -
 def test_the_layout_check_lists_images_as_torchvision_does() -> None:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    from diversynth.data_scan import IMAGE_EXTENSIONS
+    from diversynth.data.images import IMAGE_EXTENSIONS
 
     assert IMAGE_EXTENSIONS == IMG_EXTENSIONS
 
@@ -461,7 +461,7 @@ def test_an_image_of_too_many_pixels_is_refused_from_its_header(tmp_path: Path) 
     import struct
     import zlib
 
-    from diversynth.data_scan import MAX_PIXELS, ImageReadError, open_rgb
+    from diversynth.data.images import MAX_PIXELS, ImageReadError, open_rgb
 
     side = 9000  # 81 megapixels, above the bound
     assert side * side > MAX_PIXELS

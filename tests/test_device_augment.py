@@ -21,13 +21,13 @@ from conftest import OFFLINE_CONFIG
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from diversynth.artifacts.shards import ShardWriter, encode_jpeg
 from diversynth.config import ConfigError, TrainConfig, load_config
-from diversynth.realdata import ArrayImages, ListedImages, RealList
-from diversynth.train.data import SeededSamples, model_preprocessing, train_transform
-from diversynth.train.device_augment import DeviceAugment, EncodedSamples, collate_encoded
-from diversynth.train.sampling import MixedBatches
-from diversynth.train.synthetic import ShardImages
+from diversynth.data.real import ArrayImages, ListedImages, RealList
+from diversynth.run.artifacts.shards import ShardWriter, encode_jpeg
+from diversynth.stages.train.data import SeededSamples, model_preprocessing, train_transform
+from diversynth.stages.train.device_augment import DeviceAugment, EncodedSamples, collate_encoded
+from diversynth.stages.train.sampling import MixedBatches
+from diversynth.stages.train.synthetic import ShardImages
 
 ZOOM = {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3)}  # timm's own crop ranges
 SIZES = [(48, 32), (32, 48), (40, 40), (64, 37), (30, 30), (96, 64)]  # (width, height)
@@ -237,7 +237,7 @@ def test_training_decodes_on_the_device(run_copy: Path, kit_overrides: list[str]
     import json
 
     from diversynth.pipeline import run_stages
-    from diversynth.rundir import RunDir
+    from diversynth.run.rundir import RunDir
 
     config = load_config(OFFLINE_CONFIG, [*kit_overrides, "data.train_limit=64",
                                           "train.batch_size=32", "train.epochs=1",

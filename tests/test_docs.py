@@ -20,7 +20,7 @@ from conftest import REPO
 from pydantic import BaseModel
 
 from diversynth.config import RunConfig
-from diversynth.config_reference import main, render
+from diversynth.config.reference import main, render
 
 PAGE = REPO / "docs" / "configuration.md"
 README = REPO / "README.md"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import OFFLINE_CONFIG, cli, set_args, tree_snapshot
 
-from diversynth import environment
+from diversynth.run import provenance as environment
 
 
 def test_changes_name_each_value_that_differs_and_ignore_unknown_ones() -> None:

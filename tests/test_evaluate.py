@@ -12,11 +12,10 @@ from conftest import cli
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from diversynth.classes.imagenet import imagenet_catalog
-from diversynth.train.data import eval_transform
-from diversynth.train.evaluate import folder_set, topk_accuracy
-from diversynth.train.import_weights import import_efficientnet_lite0
-from diversynth.train.model import load_checkpoint
+from diversynth.data.classes.imagenet import imagenet_catalog
+from diversynth.data.eval_sets import eval_transform, folder_set
+from diversynth.models.classifier import load_checkpoint, topk_accuracy
+from diversynth.stages.train.import_weights import import_efficientnet_lite0
 
 CATS = {"n02123045", "n02123159", "n02123394", "n02123597", "n02124075"}  # domestic cats
 TIMM_INFO = Path(__import__("timm").__file__).parent / "data" / "_info"
@@ -119,7 +118,7 @@ def test_evaluate_model_command_takes_any_checkpoint_or_timm_model(
 
 
 def test_any_timm_model_comes_with_its_preprocessing() -> None:
-    from diversynth.train.evaluate import timm_model
+    from diversynth.models.classifier import timm_model
 
     model, meta = timm_model("resnet18", pretrained=False, num_classes=7)
     assert model.num_classes == 7 and meta["image_size"] == 224

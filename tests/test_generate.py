@@ -22,8 +22,8 @@ from conftest import (
     wait_for_new_temp_file,
 )
 
-from diversynth.artifacts.shards import clean_leftovers, written_by
-from diversynth.generate.plan import image_key, plan_shards
+from diversynth.run.artifacts.shard_plan import image_key, plan_shards
+from diversynth.run.artifacts.shards import clean_leftovers, written_by
 
 GENERATE_ONLY = ["--stages", "classes,prompts,generate"]
 
@@ -103,9 +103,9 @@ def test_exception_mid_shard_leaves_no_partial_shard(
 ) -> None:
     fail_after_batches = 3  # batches of 8, shards of 16: inside the second shard
     from diversynth.config import load_config
+    from diversynth.models import generator
     from diversynth.pipeline import run_stages
-    from diversynth.rundir import RunDir
-    from diversynth.vision import generator
+    from diversynth.run.rundir import RunDir
 
     config = load_config(
         OFFLINE_CONFIG,
@@ -160,8 +160,8 @@ def test_clip_threshold_remakes_low_scoring_images_with_derived_seeds(
 
     from diversynth.config import load_config
     from diversynth.pipeline import run_stages
-    from diversynth.rundir import RunDir
-    from diversynth.seeding import derive_seed
+    from diversynth.run.rundir import RunDir
+    from diversynth.run.seeding import derive_seed
 
     base = [*kit_overrides, "prompts.per_class=2", "prompts.shares={naive: 1}",
             "generate.images_per_shard=10"]  # fmt: skip
@@ -209,11 +209,11 @@ def test_safety_checker_never_leaves_a_black_image(
     from transformers import CLIPConfig, CLIPImageProcessor
 
     from diversynth.config import load_config
+    from diversynth.models.clip import ClipScorer
+    from diversynth.models.generator import TextToImage
     from diversynth.pipeline import run_stages
-    from diversynth.rundir import RunDir, read_jsonl
-    from diversynth.seeding import derive_seed
-    from diversynth.vision.clip import ClipScorer
-    from diversynth.vision.generator import TextToImage
+    from diversynth.run.rundir import RunDir, read_jsonl
+    from diversynth.run.seeding import derive_seed
 
     torch.manual_seed(0)
     tiny = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
@@ -291,7 +291,7 @@ def test_gpu_speed_settings_apply_to_the_pipeline(kit: dict[str, Path]) -> None:
     from diffusers import AutoPipelineForText2Image
 
     from diversynth.config import GenerateConfig
-    from diversynth.vision.generator import _speed_up
+    from diversynth.models.generator import _speed_up
 
     pipe = AutoPipelineForText2Image.from_pretrained(kit["stable-diffusion"], use_safetensors=True)
     config = GenerateConfig(model=str(kit["stable-diffusion"]), fuse_qkv=True,
@@ -330,7 +330,7 @@ def test_speed_settings_left_at_default_keep_the_fingerprint(
     """Runs made before compile_vae and sdpa_kernel existed keep their shards."""
     from diversynth.config import load_config
     from diversynth.pipeline import settings_fingerprint
-    from diversynth.rundir import RunDir
+    from diversynth.run.rundir import RunDir
 
     def settings(*extra: str) -> tuple[dict, str]:
         config = load_config(OFFLINE_CONFIG, [*kit_overrides, *extra])
@@ -351,7 +351,7 @@ def test_speed_settings_are_left_off_on_the_cpu(kit: dict[str, Path]) -> None:
     import numpy as np
 
     from diversynth.config import GenerateConfig
-    from diversynth.vision.generator import TextToImage
+    from diversynth.models.generator import TextToImage
 
     def made(**speed: object) -> tuple[TextToImage, list]:
         t2i = TextToImage.load(GenerateConfig(model=str(kit["stable-diffusion"]), device="cpu",
@@ -377,7 +377,7 @@ def test_sdpa_kernel_is_traced_into_the_compiled_code(
     from torch.nn.attention import SDPBackend
 
     from diversynth.config import GenerateConfig
-    from diversynth.vision import generator
+    from diversynth.models import generator
 
     kernels = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
                SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]  # fmt: skip

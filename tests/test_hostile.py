@@ -13,9 +13,9 @@ import torch
 from conftest import OFFLINE_CONFIG, cli, invoke, one_line, set_args, tree_snapshot
 from safetensors.torch import load_file
 
-from diversynth.assets import resolve_bundled
-from diversynth.rundir import RunDir
-from diversynth.safe_weights import UnsafeWeightsError, refusing_pickles
+from diversynth.models.assets import resolve_bundled
+from diversynth.models.safe_weights import UnsafeWeightsError, refusing_pickles
+from diversynth.run.rundir import RunDir
 
 
 def one_error(result: subprocess.CompletedProcess[str], code: int) -> str:
@@ -135,7 +135,7 @@ def test_settings_are_checked_before_any_stage_runs(
     everything for all of them), the first also as the real command in a child process."""
     from typer.testing import CliRunner
 
-    from diversynth.cli import app
+    from diversynth.commands.cli import app
 
     monkeypatch.setenv("COLUMNS", "200")
     overrides = [o for o in kit_overrides if not o.startswith("data.train_limit")]
@@ -157,9 +157,9 @@ def test_settings_are_checked_before_any_stage_runs(
 
 
 def test_a_class_file_that_does_not_parse_names_the_file_and_position(tmp_path: Path) -> None:
-    from diversynth.classes.catalog import load_classes
-    from diversynth.classes.entry import ClassListError
     from diversynth.config import ClassesConfig
+    from diversynth.data.classes.catalog import load_classes
+    from diversynth.data.classes.entry import ClassListError
 
     bad = tmp_path / "classes.json"
     bad.write_text('["cat", "dog",\n "bird"')
@@ -221,7 +221,7 @@ def test_too_many_synthetic_images_a_step_is_refused(
 ) -> None:
     from diversynth.config import load_config
     from diversynth.pipeline import run_stages
-    from diversynth.train.loop import TrainError
+    from diversynth.stages.train.loop import TrainError
 
     # 100 synthetic images in the finished run; half of a 512-image batch is more
     config = load_config(OFFLINE_CONFIG, [*kit_overrides, "train.batch_size=512",
@@ -246,8 +246,8 @@ def test_a_full_disk_while_writing_the_report_is_one_line(
 
     from typer.testing import CliRunner
 
-    from diversynth.cli import app
-    from diversynth.report import site
+    from diversynth.commands.cli import app
+    from diversynth.stages.report import site
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(run_copy / "report"))
@@ -267,8 +267,8 @@ def test_a_plan_that_cannot_fit_the_disk_is_refused_before_any_image(
     from conftest import copy_before_generate
 
     from diversynth.config import load_config
-    from diversynth.generate import stage
     from diversynth.pipeline import run_stages
+    from diversynth.stages.generate import stage
 
     run = copy_before_generate(finished_run, tmp_path / "run")
     config = load_config(OFFLINE_CONFIG, kit_overrides)
@@ -358,7 +358,7 @@ def test_writing_where_the_user_named_a_file_that_exists_needs_force(
     assert "eval.json' exists" in line
     assert _unchanged(tmp_path, planted)
     # --force replaces it, through the importer's own writer
-    from diversynth.train import import_weights
+    from diversynth.stages.train import import_weights
 
     made = []
     monkeypatch.setitem(import_weights.IMPORTERS, "efficientnet-lite0",
@@ -466,9 +466,9 @@ def test_every_numeric_setting_has_an_upper_bound() -> None:
 
 
 def test_a_long_class_name_is_refused_with_its_bound() -> None:
-    from diversynth.classes.catalog import load_classes
-    from diversynth.classes.entry import ClassListError
     from diversynth.config import ClassesConfig
+    from diversynth.data.classes.catalog import load_classes
+    from diversynth.data.classes.entry import ClassListError
 
     with pytest.raises(ClassListError, match=r"classes.names\[1\]: a class name of 5,000 "
                        r"characters, above the bound of 200") as err:  # fmt: skip
@@ -483,7 +483,7 @@ def test_messages_name_the_right_thing(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
     code, errors, output = invoke("plan", str(OFFLINE_CONFIG), "--set", 'name="[/oops] [b]x"')
     assert code == 0 and not errors and "plan: [/oops] [b]x" in output
-    from diversynth.progress import console
+    from diversynth.run.progress import console
 
     console.print("a class named [/oops]")  # printed as it stands, no MarkupError
     code, errors, output = invoke("report", "--run", str(tmp_path), "--port", "70000")
@@ -499,8 +499,8 @@ def test_generate_keeps_files_no_plan_named_and_plans_the_disk_at_small_shards(
     from conftest import copy_before_generate
 
     from diversynth.config import load_config
-    from diversynth.generate import stage
     from diversynth.pipeline import run_stages
+    from diversynth.stages.generate import stage
 
     run = copy_before_generate(finished_run, tmp_path / "run")
     (run / "shards").mkdir()
@@ -558,7 +558,7 @@ def test_a_full_disk_mid_run_says_the_work_is_kept(
 ) -> None:
     import errno
 
-    from diversynth.report import stage
+    from diversynth.stages.report import stage
 
     def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(run_copy / "report" / "x"))
@@ -655,7 +655,7 @@ def test_a_model_its_library_cannot_build_is_one_line(kit: dict[str, Path], tmp_
     import json
 
     from diversynth.config import GenerateConfig
-    from diversynth.vision.generator import GeneratorLoadError, TextToImage
+    from diversynth.models.generator import GeneratorLoadError, TextToImage
 
     sd = Path(shutil.copytree(kit["stable-diffusion"], tmp_path / "sd"))
     unet = json.loads((sd / "unet" / "config.json").read_text())
@@ -672,8 +672,8 @@ def test_a_hub_that_does_not_answer_is_asked_once(monkeypatch: pytest.MonkeyPatc
 
     from huggingface_hub import constants
 
-    from diversynth import hub
-    from diversynth.vision.pipeline_traits import PipelineTraitsError, read_traits
+    from diversynth.models import hub
+    from diversynth.models.pipeline_traits import PipelineTraitsError, read_traits
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # refuses at once

@@ -14,9 +14,10 @@ import torch
 from conftest import OFFLINE_CONFIG, copy_before_generate
 from PIL import Image
 
-from diversynth.generate.image_diversity import ImageDiversity
-from diversynth.leaks import LeakError, _nearest, leaked_keys
-from diversynth.prompts.diversity import mean_cosine_distance, vendi_score
+from diversynth.models.diversity import mean_cosine_distance, vendi_score
+from diversynth.run.artifacts.leaks import LeakError, leaked_keys
+from diversynth.stages.generate.image_diversity import ImageDiversity
+from diversynth.stages.leaks.stage import _nearest
 
 
 def _rows(classes: list[int], strategies: list[str], vectors: np.ndarray) -> pa.Table:
@@ -80,11 +81,11 @@ def test_planted_test_image_is_found_listed_and_left_out(
     finished_run: Path, kit_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from diversynth.config import load_config
+    from diversynth.data.real import FASHION_FILES, read_idx, real_listing
+    from diversynth.models import generator
     from diversynth.pipeline import run_stages
-    from diversynth.realdata import FASHION_FILES, read_idx, real_listing
-    from diversynth.rundir import RunDir
-    from diversynth.train.synthetic import synthetic_images
-    from diversynth.vision import generator
+    from diversynth.run.rundir import RunDir
+    from diversynth.stages.train.synthetic import synthetic_images
 
     config = load_config(OFFLINE_CONFIG, kit_overrides)
     run = RunDir(copy_before_generate(finished_run, tmp_path / "run"))
@@ -145,6 +146,6 @@ def test_planted_test_image_is_found_listed_and_left_out(
 
 
 def _rows_of(manifest: Path) -> list[dict]:
-    from diversynth.artifacts.manifest import read_manifest
+    from diversynth.run.artifacts.manifest import read_manifest
 
     return read_manifest(manifest, ["key", "shard", "jpg_offset"]).to_pylist()

@@ -16,11 +16,11 @@ import psutil
 import pytest
 from conftest import OFFLINE_CONFIG, REPO, cli, set_args
 
-from diversynth.assets import resolve_bundled
 from diversynth.config import LLMConfig
 from diversynth.llm import ChatRequest
 from diversynth.llm.backends import TransformersBackend
 from diversynth.llm.llamacpp import LlamaCppBackend
+from diversynth.models.assets import resolve_bundled
 from diversynth.testing.llm_servers import LlamaCppServer
 
 # every test here loads SmolLM2 (in a llama.cpp server or transformers): seconds each
@@ -155,7 +155,7 @@ def test_prompts_through_the_real_llamacpp_server(
     # the rerun in this process (the command line was just tested; imports cost seconds)
     from diversynth.config import load_config
     from diversynth.pipeline import run_stages
-    from diversynth.rundir import RunDir
+    from diversynth.run.rundir import RunDir
 
     run_stages(load_config(OFFLINE_CONFIG, overrides), RunDir(out), ["classes", "prompts"],
                force=["prompts"])  # fmt: skip

@@ -11,12 +11,12 @@ import torch
 from conftest import OFFLINE_CONFIG
 
 from diversynth.config import ConfigError, FrequencyGroups, PromptsConfig, load_config
-from diversynth.prompts.budget import class_budgets, spread_images
-from diversynth.real_subset import chosen_listing, class_counts, real_subset, saved_path
-from diversynth.realdata import FASHION_MNIST_CLASSES, DataError
-from diversynth.rundir import RunDir
-from diversynth.train.evaluate import frequency_groups
-from diversynth.train.sampling import MixedBatches, class_aware_orders
+from diversynth.data.real import FASHION_MNIST_CLASSES, DataError
+from diversynth.data.subset import chosen_listing, class_counts, real_subset, saved_path
+from diversynth.run.rundir import RunDir
+from diversynth.stages.evaluate.stage import frequency_groups
+from diversynth.stages.prompts.budget import class_budgets, spread_images
+from diversynth.stages.train.sampling import MixedBatches, class_aware_orders
 
 CLASSES = [{"index": i, "raw_name": n, "wnid": None} for i, n in enumerate(FASHION_MNIST_CLASSES)]
 
@@ -42,7 +42,7 @@ def test_subsets_take_the_counts_asked_and_nest() -> None:
     )
     assert _counts(other) == [5] * 10 and set(other.ids) != set(five.ids)
     # the images really are of the labelled class (Fashion-MNIST's own labels, by row)
-    from diversynth.realdata import read_idx
+    from diversynth.data.real import read_idx
 
     labels = read_idx(Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte"))
     rows = [int(i.split("/")[1]) for i in five.ids]
@@ -222,7 +222,7 @@ def _image_folder(root: Path, per_class: int, start: int = 0, prefix: str = "") 
     """Fashion-MNIST images as an ImageFolder, class folders named by class index."""
     from PIL import Image
 
-    from diversynth.realdata import read_idx
+    from diversynth.data.real import read_idx
 
     fashion = Path("/usr/share/datasets/fashion-mnist")
     images = read_idx(fashion / "train-images-idx3-ubyte")
@@ -372,9 +372,9 @@ def test_long_tail_config_runs_end_to_end(
 
 def test_exemplars_come_from_the_subset_only() -> None:
     """A few-shot run's class names are chosen with its own real images, no others."""
-    from diversynth.classes.entry import ClassEntry
-    from diversynth.classes.exemplars import exemplar_images
-    from diversynth.realdata import read_idx
+    from diversynth.data.classes.entry import ClassEntry
+    from diversynth.data.real import read_idx
+    from diversynth.stages.classes.exemplars import exemplar_images
 
     config = _config("data.subset.per_class=2")
     chosen = chosen_listing(config, "train", CLASSES)
@@ -391,7 +391,7 @@ def test_low_data_config_plans_its_budget() -> None:
     """configs/low-data.yaml: 5 real images a class, each topped up to 45."""
     from conftest import REPO
 
-    from diversynth.preflight import preflight
+    from diversynth.commands.preflight import preflight
 
     config = load_config(REPO / "configs" / "low-data.yaml")
     preflight(config, ["prompts", "train", "evaluate"])
@@ -418,7 +418,7 @@ def test_a_budget_of_nothing_stops_the_run_before_any_work(tmp_path: Path) -> No
 def test_evaluation_without_a_train_folder_has_no_groups(tmp_path: Path) -> None:
     """A data root of val/ only (a test set to score a finished model on) is evaluated
     without frequency groups rather than failing for want of train/."""
-    from diversynth.train.evaluate import _train_counts
+    from diversynth.stages.evaluate.stage import _train_counts
 
     (tmp_path / "val" / "0").mkdir(parents=True)
     config = load_config(OFFLINE_CONFIG, ["data.format=imagefolder", f"data.root={tmp_path}"])

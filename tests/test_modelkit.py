@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from diversynth.modelkit import make_tiny_models
+from diversynth.testing.tiny_models import make_tiny_models
 
 
 def test_pipeline_loads_like_a_hub_model_and_is_deterministic(kit: dict[str, Path]) -> None:
@@ -65,7 +65,7 @@ def test_a_folder_of_user_files_is_never_replaced(tmp_path: Path) -> None:
     import pytest
 
     from diversynth.errors import UsageError
-    from diversynth.pipeline_kit import save_tiny_pipeline
+    from diversynth.testing.tiny_pipelines import save_tiny_pipeline
 
     mine = tmp_path / "mine"
     mine.mkdir()

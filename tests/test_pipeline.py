@@ -136,7 +136,7 @@ def test_changed_generate_settings_rerun_generate_and_later_only(
 ) -> None:
     from diversynth.config import load_config
     from diversynth.pipeline import STAGES, fingerprint, run_stages
-    from diversynth.rundir import RunDir
+    from diversynth.run.rundir import RunDir
 
     old_manifest = (run_copy / "manifest.parquet").read_bytes()
     run = RunDir(run_copy)
@@ -167,12 +167,12 @@ def test_renamed_class_remakes_only_the_shards_holding_it(
     stopped while it discards shards is finished by the next plain run. A shard committed
     for the old names after the change (by a worker that outlived its killed run) is found
     by the digest in its stats file and made again."""
-    import diversynth.generate.stage as generate_stage
-    from diversynth.artifacts.shards import remove_shard
+    import diversynth.stages.generate.stage as generate_stage
     from diversynth.config import load_config
-    from diversynth.generate.plan import ShardSpec
     from diversynth.pipeline import run_stages
-    from diversynth.rundir import RunDir, read_jsonl
+    from diversynth.run.artifacts.shard_plan import ShardSpec
+    from diversynth.run.artifacts.shards import remove_shard
+    from diversynth.run.rundir import RunDir, read_jsonl
 
     run = RunDir(tmp_path / "run")
     # 20 prompts from templates (no LLM) in 5 shards
@@ -315,7 +315,7 @@ def test_progress_speaks_every_few_seconds_where_output_is_a_file() -> None:
     a task comes every `every` seconds meanwhile."""
     from rich.console import Console
 
-    from diversynth import progress
+    from diversynth.run import progress
 
     log = io.StringIO()
     quiet = Console(file=log, force_terminal=False, width=200)
@@ -339,7 +339,7 @@ def test_a_log_file_gets_whole_table_rows() -> None:
     import subprocess
     import sys
 
-    probe = ["-c", "from diversynth.progress import console; print(console.width)"]
+    probe = ["-c", "from diversynth.run.progress import console; print(console.width)"]
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     piped = subprocess.run([sys.executable, *probe], capture_output=True, text=True, env=env)
     assert int(piped.stdout) >= 160, piped.stderr

@@ -13,11 +13,11 @@ import pytest
 import yaml
 from conftest import OFFLINE_CONFIG, cli, set_args
 
-from diversynth.prompts import diversity
-from diversynth.prompts.diversity import mean_cosine_distance, vendi_score
-from diversynth.prompts.quality import blocked, near_duplicate_mask
-from diversynth.prompts.stage import strategy_counts
-from diversynth.vision.clip_tokens import clip_tokens
+from diversynth.models import diversity
+from diversynth.models.clip_tokens import clip_tokens
+from diversynth.models.diversity import mean_cosine_distance, vendi_score
+from diversynth.stages.prompts.quality import blocked, near_duplicate_mask
+from diversynth.stages.prompts.stage import strategy_counts
 
 
 def _prompts(run: Path) -> list[dict]:
@@ -88,9 +88,9 @@ def test_phrase_matcher_finds_what_a_search_per_phrase_finds() -> None:
     in time that does not grow with the number of names."""
     import time
 
-    from diversynth.classes.catalog import load_classes
     from diversynth.config import ClassesConfig
-    from diversynth.prompts.quality import PhraseMatcher
+    from diversynth.data.classes.catalog import load_classes
+    from diversynth.stages.prompts.quality import PhraseMatcher
 
     names = [entry.raw_name for entry in load_classes(ClassesConfig(catalog="imagenet1k"))]
     names += ["T-shirt/top", "(odd) name", "sea", "sea lion"]
@@ -136,8 +136,8 @@ def test_a_huge_answer_is_cleaned_in_bounded_time() -> None:
     import time
 
     from diversynth.llm.json_requests import MAX_LIST_ITEMS
-    from diversynth.prompts.llm_requests import clean_phrases
-    from diversynth.prompts.quality import PhraseMatcher
+    from diversynth.stages.prompts.llm_requests import clean_phrases
+    from diversynth.stages.prompts.quality import PhraseMatcher
 
     head = ["Sunny beach", "SUNNY  BEACH.", "sunny beach", "coat", "a red bag on a chair"]
     items = head + [f"city street number {i}" for i in range(250_000)]
@@ -154,7 +154,7 @@ def prompts_run(finished_run: Path) -> Path:
 
 
 def test_offline_prompts_follow_the_shares(prompts_run: Path) -> None:
-    from diversynth.prompts.examples import EXAMPLES, fold
+    from diversynth.stages.prompts.examples import EXAMPLES, fold
 
     prompts = _prompts(prompts_run)
     classes = [
@@ -210,7 +210,7 @@ def test_rerun_makes_no_llm_calls_and_share_change_keeps_classes(
     # in this process: the command line is tested elsewhere, and imports cost seconds
     from diversynth.config import load_config
     from diversynth.pipeline import run_stages
-    from diversynth.rundir import RunDir
+    from diversynth.run.rundir import RunDir
 
     run, stages = RunDir(run_copy), ["classes", "prompts"]
     run_stages(load_config(OFFLINE_CONFIG, kit_overrides), run, stages, force=["prompts"])
@@ -286,8 +286,8 @@ def test_llm_server_failure_is_one_clear_error_and_writes_nothing(
 
 def test_copies_of_the_worked_example_are_caught() -> None:
     from diversynth.config import PromptsConfig
-    from diversynth.prompts.diversity import Embedder
-    from diversynth.prompts.examples import EXAMPLES, CopyCheck, fold
+    from diversynth.models.diversity import Embedder
+    from diversynth.stages.prompts.examples import EXAMPLES, CopyCheck, fold
 
     bicycle = next(e for e in EXAMPLES if e.object == "bicycle")
     check = CopyCheck(Embedder(PromptsConfig().embedder), threshold=0.85)
@@ -304,16 +304,16 @@ def test_copies_of_the_worked_example_are_caught() -> None:
     assert check.rejected == {"cd": 3, "sd": 1}
     assert fold("  The Soft, Morning-Light!") == "soft morning light"
     # the pool's styles are not the built-in ones (a built-in style is no copy)
-    from diversynth.prompts.styles import BUILTIN_STYLES
+    from diversynth.stages.prompts.styles import BUILTIN_STYLES
 
     assert not {fold(s) for e in EXAMPLES for s in e.styles} & {fold(s) for s in BUILTIN_STYLES}
 
 
 def test_each_class_is_shown_an_example_unlike_itself() -> None:
     from diversynth.config import PromptsConfig
-    from diversynth.prompts.diversity import Embedder
-    from diversynth.prompts.examples import EXAMPLES, choose_examples
-    from diversynth.prompts.llm_requests import context_request, style_request
+    from diversynth.models.diversity import Embedder
+    from diversynth.stages.prompts.examples import EXAMPLES, choose_examples
+    from diversynth.stages.prompts.llm_requests import context_request, style_request
 
     embedder = Embedder(PromptsConfig().embedder)
     names = ["bicycle", "mountain bike", "fox", "baguette", "overcoat", "oak tree", "violin"]
@@ -337,8 +337,8 @@ def test_each_class_is_shown_an_example_unlike_itself() -> None:
 
 
 def test_a_repeated_text_gives_its_images_to_the_first_prompt() -> None:
-    from diversynth.prompts.examples import shared_phrase_share
-    from diversynth.prompts.stage import merge_repeats
+    from diversynth.stages.prompts.examples import shared_phrase_share
+    from diversynth.stages.prompts.stage import merge_repeats
 
     chosen = {
         "naive": [("a photo of a Bag.", {"template": True})] * 2
@@ -361,8 +361,8 @@ def test_an_llm_that_echoes_the_example_is_caught(tmp_path: Path,
     again without an example, templates and built-in styles fill, nothing echoed kept."""
     from diversynth.config import load_config
     from diversynth.pipeline import run_stages
-    from diversynth.prompts.examples import EXAMPLES, fold
-    from diversynth.rundir import RunDir
+    from diversynth.run.rundir import RunDir
+    from diversynth.stages.prompts.examples import EXAMPLES, fold
     from diversynth.testing.llm_servers import MisbehavingServer
 
     with MisbehavingServer(default="echo") as server:
@@ -395,8 +395,8 @@ def test_requests_of_every_class_are_in_flight_at_once(tmp_path: Path) -> None:
     about one answer's time (6 requests, 16 slots), not one per round (contexts, then
     styles: two)."""
     from diversynth.config import load_config
-    from diversynth.prompts.stage import _llm_answers
-    from diversynth.rundir import RunDir
+    from diversynth.run.rundir import RunDir
+    from diversynth.stages.prompts.stage import _llm_answers
     from diversynth.testing.llm_servers import MisbehavingServer
 
     def no_embedder(texts: list[str]) -> np.ndarray:

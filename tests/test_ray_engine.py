@@ -31,7 +31,7 @@ RAY = ["--set", "generate.engine=ray", "--set", "generate.ray.workers=2"]
 
 def test_a_pool_this_machine_cannot_hold_is_one_clear_error(kit_overrides: list[str]) -> None:
     from diversynth.config import load_config
-    from diversynth.generate.ray_engine import RayEngineError, check_pool
+    from diversynth.stages.generate.ray_engine import RayEngineError, check_pool
 
     too_many = (os.cpu_count() or 1) + 1
     config = load_config(OFFLINE_CONFIG, [*kit_overrides, "generate.engine=ray",
@@ -124,7 +124,7 @@ def test_a_cluster_that_loses_nodes_makes_the_local_engines_shards(
 def test_worker_errors_come_back_as_one_plain_line() -> None:
     from ray.exceptions import ActorDiedError, RayTaskError
 
-    from diversynth.generate.ray_engine import RayEngineError, WorkerError, _worker_error
+    from diversynth.stages.generate.ray_engine import RayEngineError, WorkerError, _worker_error
 
     # what Ray Data hands the driver when a worker's disk is full: the worker's error inside
     # a RayTaskError, with Ray's retry advice appended to the message
@@ -135,7 +135,7 @@ def test_worker_errors_come_back_as_one_plain_line() -> None:
     assert str(error) == "No space left on device (/runs/a/shards/000001.tar.1f2e.tmp)"
 
     # a worker whose models failed to load: only the traceback text survives
-    last = "diversynth.vision.generator.GeneratorLoadError: generate.model: cannot load 'x'"
+    last = "diversynth.models.generator.GeneratorLoadError: generate.model: cannot load 'x'"
     trace = f'Traceback (most recent call last):\n  File "local.py", line 32\n{last}\n'
     died = ActorDiedError(cause=RayTaskError("__init__", trace, ValueError("x")))
     assert str(_worker_error(died)) == f"a ray worker failed to start: {last}"
@@ -144,7 +144,7 @@ def test_worker_errors_come_back_as_one_plain_line() -> None:
 
 
 def test_an_address_where_nothing_listens_is_one_line_with_a_hint() -> None:
-    from diversynth.ray_cluster import RayJoinError, join
+    from diversynth.run.ray_cluster import RayJoinError, join
 
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
@@ -175,7 +175,7 @@ import socket, sys, threading
 server = socket.create_server(("127.0.0.1", 0))  # accepts, never answers as Ray would
 threading.Thread(target=lambda: [server.accept() for _ in range(64)], daemon=True).start()
 import ray  # imported before the join starts: the time to import is not the join's
-from diversynth.ray_cluster import join
+from diversynth.run.ray_cluster import join
 print("joining", flush=True)
 join("generate.ray.address", f"127.0.0.1:{server.getsockname()[1]}", float(sys.argv[1]))
 """

@@ -19,8 +19,8 @@ from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from diversynth.report.browser import chromium, file_url
-from diversynth.rundir import read_jsonl
+from diversynth.run.rundir import read_jsonl
+from diversynth.stages.report.browser import chromium, file_url
 
 HOSTILE = "<img src=x onerror=alert(1)>\"'&"
 
@@ -171,8 +171,8 @@ def test_a_comparison_of_runs_on_different_real_data_warns_and_draws_no_curve(
     finished_run: Path, tmp_path: Path
 ) -> None:
     from diversynth.config import ReportConfig
-    from diversynth.report.facts import load_run
-    from diversynth.report.site import build_comparison, config_differences
+    from diversynth.stages.report.facts import load_run
+    from diversynth.stages.report.site import build_comparison, config_differences
 
     demo, other = load_run(finished_run), load_run(finished_run)
     other.config = {**other.config, "name": "long-tail",

@@ -15,8 +15,8 @@ import pytest
 from conftest import OFFLINE_CONFIG, invoke, one_line
 
 from diversynth.errors import UsageError
-from diversynth.run_lock import LEASE_ENV, RECORD_FILE, LockWords, _remove, hold
-from diversynth.rundir import RunBusyError, RunDir, atomic_open, write_text
+from diversynth.run.lock import LEASE_ENV, RECORD_FILE, LockWords, _remove, hold
+from diversynth.run.rundir import RunBusyError, RunDir, atomic_open, write_text
 
 _WORDS = LockWords(busy="another process is working in {folder}", error=RunBusyError)
 
@@ -52,7 +52,7 @@ def _holder(root: Path) -> dict[str, object]:
 def _holding(root: Path) -> subprocess.Popen[str]:
     """A process of this host that holds the run's lock until its stdin closes."""
     code = (
-        "import sys\nfrom diversynth.rundir import RunDir\n"
+        "import sys\nfrom diversynth.run.rundir import RunDir\n"
         "with RunDir(sys.argv[1]).lock():\n"
         "    print('held', flush=True)\n"
         "    sys.stdin.read()\n"
@@ -183,7 +183,7 @@ def test_a_record_written_meanwhile_is_not_removed(tmp_path: Path) -> None:
 
 
 def test_a_sweep_folder_says_its_own_words(tmp_path: Path) -> None:
-    from diversynth.sweep.runner import SweepDir, SweepFolderError
+    from diversynth.commands.sweep.folder import SweepDir, SweepFolderError
 
     _record(tmp_path)
     with pytest.raises(SweepFolderError) as caught, SweepDir(tmp_path).lock():

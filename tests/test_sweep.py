@@ -26,8 +26,8 @@ from conftest import (
     tree_snapshot,
 )
 
-from diversynth.rundir import RunDir
-from diversynth.sweep.spec import CONFIRM_ABOVE, expand, read_sweep
+from diversynth.commands.sweep.spec import CONFIRM_ABOVE, expand, read_sweep
+from diversynth.run.rundir import RunDir
 
 # the finished run's pool: 1024 real training images; 20 naive, 50 cd, 30 sd images.
 # 8 synthetic images a step (of 64) fit the smallest scale's 10 images
@@ -102,7 +102,7 @@ def test_the_offline_sweep_is_the_grid_it_says() -> None:
     """configs/sweep-offline.yaml (about 5 minutes: run by hand, figures in docs/sweeps.md):
     3 scales x 2 strategy sets x 2 seeds, scale 0 once a seed, one pool that holds scale
     2 of naive images alone."""
-    from diversynth.sweep.command import pool_size_problem
+    from diversynth.commands.sweep.command import pool_size_problem
 
     path = REPO / "configs" / "sweep-offline.yaml"
     sweep = expand(read_sweep(path), path)
@@ -364,7 +364,7 @@ def test_trials_on_a_local_ray_cluster_train_the_weights_a_local_sweep_does(
 def test_smaller_scales_pick_subsets_of_larger_ones_from_the_pool(finished_run: Path) -> None:
     """On a real pool's manifest: scale 0.01's images are among scale 0.019's, per class
     and strategy, and each class gives its share."""
-    from diversynth.train.synthetic import synthetic_images
+    from diversynth.stages.train.synthetic import synthetic_images
 
     run = RunDir(finished_run)
 

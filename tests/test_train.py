@@ -22,11 +22,11 @@ from safetensors.torch import load_file
 
 from diversynth.config import load_config
 from diversynth.pipeline import run_stages
-from diversynth.rundir import RunDir
+from diversynth.run.rundir import RunDir
+from diversynth.stages.train import synthetic
+from diversynth.stages.train.sampling import MixedBatches
+from diversynth.stages.train.synthetic import ShardImages, SyntheticDataError, select_images
 from diversynth.testing.llm_servers import free_port
-from diversynth.train import synthetic
-from diversynth.train.sampling import MixedBatches
-from diversynth.train.synthetic import ShardImages, SyntheticDataError, select_images
 
 # a small, fast training job on the finished run's classes and shards
 SMALL = ["data.train_limit=128", "train.batch_size=32", "train.epochs=2",
@@ -164,7 +164,7 @@ def test_state_round_trip_continues_like_the_original(tmp_path: Path) -> None:
     """AdamW's state (step counts, moments, betas) and the RNG survive safetensors."""
     import timm
 
-    from diversynth.train.checkpoint import Resume, load_state, save_state
+    from diversynth.stages.train.checkpoint import Resume, load_state, save_state
 
     def setup():
         torch.manual_seed(0)
@@ -315,8 +315,8 @@ def test_mixing_stays_within_each_domain() -> None:
     import timm
 
     from diversynth.config import MixupConfig
-    from diversynth.train.aux_bn import convert_aux_bn, real_first
-    from diversynth.train.mixing import DomainMixup
+    from diversynth.models.aux_bn import convert_aux_bn, real_first
+    from diversynth.stages.train.mixing import DomainMixup
 
     x = torch.cat([torch.rand(6, 3, 16, 16), 100 + torch.rand(4, 3, 16, 16)])  # real: < 1
     y = torch.arange(10) % 5
@@ -451,7 +451,7 @@ def test_ddp_on_two_processes_matches_one_process_and_survives_a_killed_rank_and
 
 
 def test_bad_training_settings_fail_clearly(run_copy: Path, kit_overrides: list[str]) -> None:
-    from diversynth.train.loop import TrainError
+    from diversynth.stages.train.loop import TrainError
 
     with pytest.raises(TrainError, match="train.precision: float16 needs a GPU"):
         _train(run_copy, kit_overrides, ["train.precision=float16", "train.device=cpu"])
@@ -475,8 +475,8 @@ def test_bad_training_settings_fail_clearly(run_copy: Path, kit_overrides: list[
 
 
 def test_a_vit_trains_with_auxiliary_layernorm(run_copy: Path, kit_overrides: list[str]) -> None:
-    from diversynth.train.aux_bn import AuxLayerNorm
-    from diversynth.train.model import load_checkpoint
+    from diversynth.models.aux_bn import AuxLayerNorm
+    from diversynth.models.classifier import load_checkpoint
 
     summary = _train(run_copy, kit_overrides, [*VIT, "train.epochs=1",
                                                "train.aux_norm=layernorm"])  # fmt: skip
@@ -489,8 +489,8 @@ def test_a_vit_trains_with_auxiliary_layernorm(run_copy: Path, kit_overrides: li
 def test_recipes_are_listed() -> None:
     from typer.testing import CliRunner
 
-    from diversynth.cli import app
-    from diversynth.recipes import RECIPES
+    from diversynth.commands.cli import app
+    from diversynth.models.recipes import RECIPES
 
     result = CliRunner().invoke(app, ["recipes"])
     assert result.exit_code == 0

@@ -20,9 +20,9 @@ from conftest import OFFLINE_CONFIG, cli, set_args
 from safetensors.numpy import save_file
 from test_hostile import one_error
 
-from diversynth.assets import resolve_bundled
 from diversynth.config import ConfigError, load_config
-from diversynth.safe_weights import (
+from diversynth.models.assets import resolve_bundled
+from diversynth.models.safe_weights import (
     DamagedWeightsError,
     ModelFolderError,
     check_local_weights,
@@ -165,7 +165,7 @@ def test_a_component_folder_without_its_weights_is_refused(
 
 
 def test_a_model_index_that_is_not_json_names_the_file(sd: Path, kit_overrides: list[str]) -> None:
-    from diversynth.vision.pipeline_traits import PipelineTraitsError, read_json
+    from diversynth.models.pipeline_traits import PipelineTraitsError, read_json
 
     setting = [*kit_overrides, f"generate.model={sd}"]
     index_file = sd / "model_index.json"
@@ -225,7 +225,8 @@ def test_env_names_a_damaged_weights_file(
     sd: Path, kit_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`diversynth env`: the config's check names the file; a bundled asset gets the same."""
-    from diversynth import assets, env_report
+    from diversynth.commands import env as env_report
+    from diversynth.models import assets
 
     (sd / UNET).write_text(LFS_POINTER)
     parts = env_report.collect(OFFLINE_CONFIG, [*kit_overrides, f"generate.model={sd}"], None)

@@ -1,3 +1,3 @@
-from diversynth.cli import app
+from diversynth.commands.cli import app
 
 app(prog_name="diversynth")

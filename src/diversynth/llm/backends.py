@@ -12,7 +12,7 @@ from typing import Any
 from diversynth.llm.base import Ask, Backend, ChatRequest, LLMError, OnAnswer, T
 from diversynth.llm.chat_client import ChatClient
 from diversynth.llm.llamacpp import LlamaCppBackend
-from diversynth.safe_weights import loading
+from diversynth.models.safe_weights import loading
 
 
 def openai_response_format(mode: str) -> Any:

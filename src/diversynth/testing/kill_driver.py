@@ -18,10 +18,10 @@ import signal
 import sys
 from pathlib import Path
 
-from diversynth.artifacts import shards
 from diversynth.config import load_config
 from diversynth.pipeline import run_stages
-from diversynth.rundir import RunDir
+from diversynth.run.artifacts import shards
+from diversynth.run.rundir import RunDir
 
 
 def die_in_second_shard() -> None:
@@ -38,8 +38,8 @@ def die_in_second_shard() -> None:
 def main() -> int:
     jobs = json.loads(Path(sys.argv[1]).read_text())
     # what every child imports, imported once here (imports start no torch threads)
-    import diversynth.generate.local  # noqa: F401  torch, diffusers, transformers, open_clip
-    from diversynth.vision.pipeline_traits import text_to_image_classes
+    import diversynth.stages.generate.local  # noqa: F401  torch, diffusers, transformers, open_clip
+    from diversynth.models.pipeline_traits import text_to_image_classes
 
     text_to_image_classes()  # every pipeline module AutoPipelineForText2Image knows
     for job in jobs:

@@ -1,1 +1,0 @@
-"""The generate stage: prompts -> WebDataset shards, shard stats and a parquet manifest."""

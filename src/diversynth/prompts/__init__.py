@@ -1,1 +1,0 @@
-"""Prompt strategies: the texts the generator is given, with a seed per image."""

@@ -1,1 +1,0 @@
-"""Classifier training on real + synthetic images, and its evaluation."""
