@@ -563,7 +563,7 @@ def test_a_full_disk_mid_run_says_the_work_is_kept(
     def full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(run_copy / "report" / "x"))
 
-    monkeypatch.setattr(stage, "run_report", full)
+    monkeypatch.setattr(stage, "build_run_site", full)
     line = one_line(1, "run", str(OFFLINE_CONFIG), "--out", str(run_copy),
                     *set_args(kit_overrides), "--force", "report")  # fmt: skip
     assert "the disk is full" in line and "report/x" in line and "run the same command" in line

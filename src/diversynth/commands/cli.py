@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -45,7 +45,7 @@ class _App(typer.Typer):
             else:
                 ctx = getattr(exc, "ctx", None)
                 where = f"{ctx.command_path}: " if ctx is not None else ""
-                message = exc.format_message()  # type: ignore[attr-defined]
+                message = exc.format_message()
                 for line in f"{where}{message}".splitlines():
                     console.print(f"[red]error:[/red] {escape(line)}", highlight=False,
                                   soft_wrap=True)  # fmt: skip
@@ -116,7 +116,7 @@ SetOpt = Annotated[
 MAX_LINE = 1000
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     for line in message.splitlines()[:50]:
         if len(line) > MAX_LINE:
             line = f"{line[:MAX_LINE]}... ({len(line):,} characters)"
@@ -168,7 +168,7 @@ def _outside_runs(out: Path, runs: list[RunDir]) -> None:
                   "write; give a folder outside it (or leave --out out: RUN/report)")  # fmt: skip
 
 
-def _existing_run(path: Path) -> RunDir:
+def _existing_run(path: str | Path) -> RunDir:
     """A `--run` folder that must already be a run directory."""
     run = RunDir(path)
     if not str(path).strip() or not run.is_run():
@@ -196,7 +196,7 @@ AllowVersionOpt = Annotated[
 ]
 
 
-def _run(config: Path, out: Path, stages: list[str], force: list[str],
+def _run(config: Path, out: str | Path, stages: list[str], force: list[str],
          overrides: list[str] | None, max_shards: int | None = None,
          allow_version_change: bool = False, break_lock: bool = False) -> None:  # fmt: skip
     cfg = _load(config, overrides)
@@ -451,6 +451,7 @@ def report(
                 site = out or facts[0].run.report_dir
                 summary = build_run_site(facts[0], site, settings)
             else:
+                assert out is not None  # refused above for several runs
                 site = out
                 summary = build_comparison(facts, site, settings)
     except OSError as exc:  # a read-only or full disk

@@ -31,7 +31,7 @@ from diversynth.models.pipeline_traits import (
 from diversynth.run.progress import console
 from diversynth.stages.train.cost import TrainingCost, training_cost
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
 # dense fp16/bf16 tensor-core peaks (no sparsity), from the vendors' data sheets
 CARDS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
 # the measurement efficiency comes from (a card's figure where it has one)
@@ -103,6 +103,7 @@ def architecture_configs(model: str) -> tuple[dict[str, Any], str]:
         raise PlanError(f"plan: generate.model {model!r} has no model_index.json: not a "
                         "diffusers pipeline folder")  # fmt: skip
     found: dict[str, Any] = {"_class_name": index.get("_class_name")}
+    config: dict[str, Any] | None
     for name, entry in index.items():
         if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
             continue
@@ -171,7 +172,7 @@ def _denoiser_call(module: Any, cls: str, latent: Any, text_len: int) -> Any:
     batch, _, h, w = latent.shape
     t = torch.tensor([500.0])
     if cls == "UNet2DConditionModel":
-        extra = {}
+        extra: dict[str, Any] = {}
         if cfg.addition_embed_type == "text_time":
             text_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
             extra["added_cond_kwargs"] = {"text_embeds": torch.randn(batch, text_dim),
@@ -458,9 +459,9 @@ def render(plan: Plan, name: str) -> Any:
     hours = Table(title="GPU-hours")
     for column in ("card", "GPU-hours", "images/s", "efficiency"):
         hours.add_column(column, justify="left" if column in ("card", "efficiency") else "right")
-    for card, value in plan.gpu_hours.items():
-        rate = plan.images / (value * 3600) if value else 0.0
-        hours.add_row(card, f"{value:,.1f}", f"{rate:.2f}", plan.efficiency[card])
+    for card, gpu_hours in plan.gpu_hours.items():
+        rate = plan.images / (gpu_hours * 3600) if gpu_hours else 0.0
+        hours.add_row(card, f"{gpu_hours:,.1f}", f"{rate:.2f}", plan.efficiency[card])
     shown: list[Any] = [table]
     if plan.components:
         shown += [parts, hours]

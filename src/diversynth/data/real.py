@@ -8,10 +8,10 @@ import gzip
 import math
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from torchvision.datasets import ImageFolder
 from diversynth.config import RealDataConfig
 from diversynth.data.images import ImageReadError, OneLineFromWorkers, match_class_folders, open_rgb
 from diversynth.errors import UsageError, shown
+
+if TYPE_CHECKING:
+    from diversynth.run.artifacts.records import ClassIdentity
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -78,7 +81,10 @@ def _open_idx(path: Path) -> BinaryIO:
         raise DataError(f"data.root: {problem}")
     found = _idx_path(path)
     assert found is not None
-    return gzip.open(found, "rb") if found.suffix == ".gz" else open(found, "rb")  # type: ignore[return-value]
+    if found.suffix == ".gz":
+        # gzip.open types its result as a GzipFile: a binary file, read as one here
+        return cast(BinaryIO, gzip.open(found, "rb"))
+    return open(found, "rb")
 
 
 def _idx_header(handle: BinaryIO, path: Path) -> tuple[int, ...]:
@@ -140,7 +146,7 @@ def catalog_to_dataset_labels(class_names: list[str], dataset_names: list[str]) 
 class ArrayImages(Dataset):
     """Images held as a uint8 array (N, H, W) with catalog-index labels."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
         self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self) -> int:
@@ -162,8 +168,8 @@ class CatalogImageFolder(ImageFolder):
     `require_all` false, a set may hold only some of the classes (ImageNet-R, -A).
     """
 
-    def __init__(self, root: Path, classes: list[dict[str, Any]], transform: Callable,
-                 require_all: bool = True, field: str = "data.root"):  # fmt: skip
+    def __init__(self, root: Path, classes: Sequence[ClassIdentity], transform: Callable | None,
+                 require_all: bool = True, field: str = "data.root") -> None:  # fmt: skip
         self._catalog = classes
         self._require_all = require_all
         self.field = field  # the setting that names the folder, for messages
@@ -219,7 +225,8 @@ def _every_kth(length: int, limit: int | None) -> list[int]:
     return [int(i * step) for i in range(limit)]
 
 
-def real_listing(config: RealDataConfig, split: str, classes: list[dict[str, Any]]) -> RealList:
+def real_listing(config: RealDataConfig, split: str,
+                 classes: Sequence[ClassIdentity]) -> RealList:  # fmt: skip
     """Every image of the `train` or `test` split that the classes have, in the dataset's
     order, cut to train_limit / test_limit as real_dataset cuts it."""
     limit = config.train_limit if split == "train" else config.test_limit
@@ -234,7 +241,7 @@ def real_listing(config: RealDataConfig, split: str, classes: list[dict[str, Any
     if not folder.is_dir():
         raise DataError(f"data.root: {str(config.root)!r} has no {folder.name}/ folder (the "
                         f"{split} split)")  # fmt: skip
-    samples = CatalogImageFolder(folder, classes, transform=None).samples  # type: ignore[arg-type]
+    samples = CatalogImageFolder(folder, classes, transform=None).samples
     kept = [samples[i] for i in _every_kth(len(samples), limit)]
     return RealList([Path(path).relative_to(config.root).as_posix() for path, _ in kept],
                     np.array([label for _, label in kept], dtype=np.int64))  # fmt: skip
@@ -249,7 +256,7 @@ class ListedImages(Dataset):
     stops the stage with one line naming it, its class, and what to do."""
 
     def __init__(self, root: Path, listing: RealList, transform: Callable,
-                 class_names: list[str] | None = None):  # fmt: skip
+                 class_names: list[str] | None = None) -> None:  # fmt: skip
         self.root, self.ids, self.transform = root, listing.ids, transform
         self.labels = listing.labels
         self.class_names = class_names  # by catalog index, for messages
@@ -288,7 +295,8 @@ class ListedImages(Dataset):
 
 
 def listed_dataset(config: RealDataConfig, listing: RealList, transform: Callable,
-                   classes: list[dict[str, Any]] | None = None) -> Dataset:  # fmt: skip
+                   classes: Sequence[ClassIdentity] | None = None,
+                   ) -> ArrayImages | ListedImages:  # fmt: skip
     """The images of a listing (a saved subset, a test list) as a dataset; `classes` name
     the class of an image that cannot be read."""
     if config.format != "fashion-mnist":
@@ -307,14 +315,15 @@ def listed_dataset(config: RealDataConfig, listing: RealList, transform: Callabl
     return ArrayImages(images, listing.labels, transform)
 
 
-def real_dataset(config: RealDataConfig, split: str, classes: list[dict[str, Any]],
-                 transform: Callable, chosen: RealList | None = None) -> Dataset:  # fmt: skip
+def real_dataset(config: RealDataConfig, split: str, classes: Sequence[ClassIdentity],
+                 transform: Callable, chosen: RealList | None = None,
+                 ) -> ArrayImages | ListedImages:  # fmt: skip
     """The real `train` or `test` split, or the part of it `chosen` names (a subset saved
     in the run, diversynth.data.subset); labels are catalog indices."""
     listing = chosen if chosen is not None else real_listing(config, split, classes)
     return listed_dataset(config, listing, transform, classes)
 
 
-def dataset_labels(dataset: Dataset) -> np.ndarray:
+def dataset_labels(dataset: ArrayImages | ListedImages) -> np.ndarray:
     """The catalog label of every image of a real dataset, without reading an image."""
-    return np.asarray(dataset.labels, dtype=np.int64)  # type: ignore[attr-defined]
+    return np.asarray(dataset.labels, dtype=np.int64)

@@ -44,6 +44,7 @@ from diversynth.errors import shown
 if TYPE_CHECKING:
     from diversynth.config import RunConfig
     from diversynth.data.real import RealList
+    from diversynth.run.artifacts.records import ClassIdentity
     from diversynth.run.rundir import RunDir
 
 SHOWN = 3  # items named per problem (the count says how many in all)
@@ -65,7 +66,7 @@ def _names(items: Sequence[str]) -> str:
     return shown_ + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
 
 
-def folder_split_problems(root: Path, split: str, classes: list[dict[str, Any]],
+def folder_split_problems(root: Path, split: str, classes: Sequence[ClassIdentity],
                           readers: list[str]) -> list[str]:  # fmt: skip
     """An image-folder split as its readers (the stages, in words) need it: the folder, a
     folder for every class, an image in each."""
@@ -89,7 +90,7 @@ def folder_split_problems(root: Path, split: str, classes: list[dict[str, Any]],
     return lines
 
 
-def set_problems(index: int, name: str, root: Path, classes: list[dict[str, Any]]) -> list[str]:
+def set_problems(index: int, name: str, root: Path, classes: Sequence[ClassIdentity]) -> list[str]:
     """An evaluate.sets folder: a folder for at least one class, and an image in them."""
     field = f"evaluate.sets[{index}].root ({name!r})"
     if not root.is_dir():
@@ -140,7 +141,7 @@ def _read(readers: list[str]) -> str:
 
 
 def layout_problems(config: RunConfig, stages: Iterable[str],
-                    classes: list[dict[str, Any]]) -> list[str]:  # fmt: skip
+                    classes: Sequence[ClassIdentity]) -> list[str]:  # fmt: skip
     """What the selected stages would find missing in the real data and evaluate.sets, one
     line per problem, from listings alone."""
     readers = _readers(config, stages)
@@ -168,7 +169,7 @@ def layout_problems(config: RunConfig, stages: Iterable[str],
 
 
 def _fashion_problems(config: RunConfig, readers: dict[str, list[str]],
-                      classes: list[dict[str, Any]]) -> list[str]:  # fmt: skip
+                      classes: Sequence[ClassIdentity]) -> list[str]:  # fmt: skip
     from diversynth.data.real import (
         FASHION_FILES,
         FASHION_MNIST_CLASSES,
@@ -197,7 +198,7 @@ def _fashion_problems(config: RunConfig, readers: dict[str, list[str]],
     return lines
 
 
-def train_images(config: RunConfig, classes: list[dict[str, Any]], stop: int) -> int:
+def train_images(config: RunConfig, classes: Sequence[ClassIdentity], stop: int) -> int:
     """The training images of an image-folder data root, from the listing (the files of
     train/'s class folders), counted up to `stop` and cut to data.train_limit."""
     data = config.data
@@ -394,7 +395,7 @@ def unreadable_images(config: RunConfig, workers: int | None = None) -> list[Unr
                                         names.get(labels[k], "?"), why))  # fmt: skip
     for i, extra in enumerate(config.evaluate.sets):
         field = f"evaluate.sets[{i}].root ({extra.name!r})"
-        folder = CatalogImageFolder(extra.root, classes, None, require_all=False,  # type: ignore[arg-type]
+        folder = CatalogImageFolder(extra.root, classes, None, require_all=False,
                                     field=field)  # fmt: skip
         ids = [Path(path).relative_to(extra.root).as_posix() for path, _ in folder.samples]
         for k, why in scan(extra.root, ids, f"verify: {extra.name}", workers):

@@ -17,10 +17,11 @@ import io
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field as _field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from diversynth.data.userfiles import LIST_BYTES, read_user_text
 from diversynth.errors import shown
 from diversynth.run.progress import console
 from diversynth.run.rundir import RunDir, digest_json, path_signature, write_json, write_text
+
+if TYPE_CHECKING:
+    from diversynth.run.artifacts.records import ClassIdentity
 
 SHOWN = 3  # problems listed per kind (the count says how many in all)
 
@@ -55,13 +59,13 @@ def _wanted(subset: SubsetConfig, have: np.ndarray) -> np.ndarray:
                      for i in range(len(have))])  # fmt: skip
 
 
-def _names(classes: list[dict[str, Any]], indices: list[int], have: np.ndarray) -> str:
+def _names(classes: Sequence[ClassIdentity], indices: list[int], have: np.ndarray) -> str:
     shown = ", ".join(f"{classes[i]['raw_name']!r} ({have[i]})" for i in indices[:SHOWN])
     more = f" and {len(indices) - SHOWN} more" if len(indices) > SHOWN else ""
     return shown + more
 
 
-def choose(subset: SubsetConfig, listing: RealList, classes: list[dict[str, Any]],
+def choose(subset: SubsetConfig, listing: RealList, classes: Sequence[ClassIdentity],
            seed: int, quiet: bool = False) -> RealList:  # fmt: skip
     """The images a per_class / fraction / imbalance rule keeps, in the listing's order."""
     have = class_counts(listing.labels, len(classes))
@@ -91,10 +95,10 @@ def choose(subset: SubsetConfig, listing: RealList, classes: list[dict[str, Any]
 WNID = re.compile(r"^n\d{8}$")
 
 
-def _lookups(classes: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, int]]:
+def _lookups(classes: Sequence[ClassIdentity]) -> tuple[dict[str, int], dict[str, int]]:
     """A list's label token -> class index (the index, or the class's wnid), and a file's
     folder name -> the class it names (its wnid or name, as ImageFolder matches)."""
-    wnids = {c["wnid"].casefold(): c["index"] for c in classes if c.get("wnid")}
+    wnids = {wnid.casefold(): c["index"] for c in classes if (wnid := c.get("wnid"))}
     labels = {str(c["index"]): c["index"] for c in classes} | wnids
     folders = {c["raw_name"].casefold(): c["index"] for c in classes} | wnids
     return labels, folders
@@ -123,7 +127,7 @@ def _problems(kind: str, found: _Found) -> str:
     return f"{kind} on {lines}: {listed}" + (", ..." if found.count > SHOWN else "")
 
 
-def read_list(path: Path, root: Path, classes: list[dict[str, Any]], field: str,
+def read_list(path: Path, root: Path, classes: Sequence[ClassIdentity], field: str,
               fashion_rows: dict[str, int] | None = None) -> RealList:  # fmt: skip
     """A list file: one `relative/path label` a line (blank lines and `#` comments
     skipped). Every problem of a kind is counted and the first three are named, with
@@ -218,7 +222,7 @@ def _fashion_rows(config: RunConfig) -> dict[str, int] | None:
     return {split: idx_length(data.root / files[1]) for split, files in FASHION_FILES.items()}
 
 
-def chosen_listing(config: RunConfig, split: str, classes: list[dict[str, Any]],
+def chosen_listing(config: RunConfig, split: str, classes: Sequence[ClassIdentity],
                    quiet: bool = False) -> RealList | None:  # fmt: skip
     """The part of the split `data.subset` chooses, freshly made; None when it keeps all."""
     data = config.data
@@ -237,7 +241,7 @@ def chosen_listing(config: RunConfig, split: str, classes: list[dict[str, Any]],
     return choose(subset, real_listing(data, "train", classes), classes, _seed(config), quiet)
 
 
-def _settings(config: RunConfig, split: str, classes: list[dict[str, Any]]) -> str:
+def _settings(config: RunConfig, split: str, classes: Sequence[ClassIdentity]) -> str:
     """What a saved choice of `split` was made from, and nothing else (a new test_limit
     keeps the training images): the data folder, the split's limit, the subset's rule
     and seed or its list file, the classes."""
@@ -267,7 +271,7 @@ def saved_path(run: RunDir, split: str) -> Path:
 
 
 def real_subset(config: RunConfig, run: RunDir | None, split: str,
-                classes: list[dict[str, Any]]) -> RealList | None:  # fmt: skip
+                classes: Sequence[ClassIdentity]) -> RealList | None:  # fmt: skip
     """The images of the split this run uses when `data.subset` chooses some: read from
     the run directory when it holds a choice made from these settings, else made and
     saved there (list first, then its settings: a crash between leaves a list that is
@@ -298,7 +302,7 @@ def _recorded(info: Path) -> str | None:
 
 
 def train_counts(config: RunConfig, run: RunDir | None,
-                 classes: list[dict[str, Any]]) -> np.ndarray:  # fmt: skip
+                 classes: Sequence[ClassIdentity]) -> np.ndarray:  # fmt: skip
     """Real training images per class, as the train stage will see them."""
     assert config.data is not None
     listing = real_subset(config, run, "train", classes)
@@ -307,7 +311,7 @@ def train_counts(config: RunConfig, run: RunDir | None,
     return class_counts(listing.labels, len(classes))
 
 
-def real_train_counts(config: RunConfig) -> list[int]:
+def real_train_counts(config: RunConfig) -> np.ndarray:
     """Real training images per class: the subset's, or the whole train split's."""
     from diversynth.data.classes.catalog import load_classes
     from diversynth.data.real import real_listing

@@ -36,7 +36,7 @@ class OpenAIBackend:
 
     name = "openai"
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any) -> None:
         self.model = config.model
         api_key = os.environ[config.api_key_env] if config.api_key_env else "not-needed"
         self._client = ChatClient(
@@ -75,7 +75,7 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any) -> None:
         path = Path(config.model)
         self.model = path.name if path.exists() else config.model
         self.config = config
@@ -148,5 +148,7 @@ def make_backend(config: Any, log_dir: Path | None = None) -> Backend:
     """The backend `config.backend` names; a llama.cpp server keeps its log in `log_dir`."""
     if config.backend == "llamacpp":
         return LlamaCppBackend(config, log_dir)
-    backends = {"openai": OpenAIBackend, "transformers": TransformersBackend}
+    backends: dict[str, Callable[[Any], Backend]] = {
+        "openai": OpenAIBackend, "transformers": TransformersBackend,
+    }  # fmt: skip
     return backends[config.backend](config)

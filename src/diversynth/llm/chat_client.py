@@ -49,12 +49,17 @@ def _body_read_errors() -> tuple[type[Exception], ...]:
 
     import anyio
 
+    request_error: type[Exception]
     try:  # openai 3 reads through httpx2, earlier versions through httpx
-        from httpx2 import RequestError
+        from httpx2 import RequestError as httpx2_error
+
+        request_error = httpx2_error
     except ImportError:
-        from httpx import RequestError
+        from httpx import RequestError as httpx_error
+
+        request_error = httpx_error
     # anyio's and ssl's: TLS failures httpx2 leaves unmapped (the openai client lists them too)
-    return (RequestError, anyio.EndOfStream, ssl.SSLError)
+    return (request_error, anyio.EndOfStream, ssl.SSLError)
 
 
 @dataclass
@@ -94,9 +99,9 @@ class ChatClient:
         import openai
 
         gate = asyncio.Semaphore(self.max_in_flight)
-        client_args = {"base_url": self.base_url, "api_key": self.api_key,
-                       "timeout": self.timeout, "max_retries": self.max_retries}  # fmt: skip
-        async with openai.AsyncOpenAI(**client_args) as client:
+        async with openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key,
+                                      timeout=self.timeout,
+                                      max_retries=self.max_retries) as client:  # fmt: skip
             ask = functools.partial(self._one, client, gate)
             if self.server_ended is None:
                 return await main(ask)
@@ -228,8 +233,8 @@ async def all_or_cancel(work: list[Coroutine[Any, Any, T]]) -> list[T]:
         if tasks:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+                raise error
         return [task.result() for task in tasks]
     finally:
         for task in tasks:

@@ -93,7 +93,7 @@ def _single(request: ChatRequest) -> Flow[str]:
 
 class LLM:
     def __init__(self, backend: Backend, cache: AnswerCache | None = None,
-                 temperature: float = DEFAULT_TEMPERATURE):  # fmt: skip
+                 temperature: float = DEFAULT_TEMPERATURE) -> None:  # fmt: skip
         self.backend = backend
         self.cache = cache
         self.temperature = temperature  # for requests that do not set their own

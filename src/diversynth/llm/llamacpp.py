@@ -48,7 +48,7 @@ def describe_exit(code: int) -> str:
 class LlamaCppServer:
     """One `llama_cpp.server` child serving `config.model` on 127.0.0.1, logging to a file."""
 
-    def __init__(self, config: Any, log_path: Path | None = None):
+    def __init__(self, config: Any, log_path: Path | None = None) -> None:
         self.config = config
         self.model = Path(config.model).name
         self.log_path = log_path  # None: a temporary file, removed on close
@@ -174,7 +174,7 @@ class LlamaCppBackend:
 
     name = "llamacpp"
 
-    def __init__(self, config: Any, log_dir: Path | None = None):
+    def __init__(self, config: Any, log_dir: Path | None = None) -> None:
         self.config = config
         self.model = Path(config.model).name
         self._log_path = log_dir / "llamacpp-server.log" if log_dir is not None else None
@@ -193,9 +193,11 @@ class LlamaCppBackend:
         )  # fmt: skip
 
     def complete(self, requests: list[ChatRequest], on_answer: OnAnswer | None = None) -> list[str]:
-        if requests and self._client is None:
+        if not requests:
+            return []
+        if self._client is None:
             self._client = self._start()
-        return self._client.complete(requests, on_answer) if requests else []
+        return self._client.complete(requests, on_answer)
 
     def run(self, main: Callable[[Ask], Coroutine[Any, Any, T]]) -> T:
         if self._client is None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from timm.layers import BatchNormAct2d
@@ -87,9 +88,11 @@ class _TwoBatchNorms(torch.autograd.Function):
     """Batch norm of x[:split] with `main`'s parameters and of x[split:] with `aux`'s, in
     training mode, written into one output; running statistics updated in place."""
 
+    # ctx is Any: it carries this Function's own fields (split, eps) besides torch's
+
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, x: torch.Tensor, split: int, main: _BatchNorm, aux: _BatchNorm,
+    def forward(
+        ctx: Any, x: torch.Tensor, split: int, main: _BatchNorm, aux: _BatchNorm,
         *params: torch.Tensor | None,  # main's weight and bias, then aux's: for autograd
     ) -> torch.Tensor:  # fmt: skip
         y = torch.empty_like(x)
@@ -114,7 +117,7 @@ class _TwoBatchNorms(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, *saved = ctx.saved_tensors
         need = ctx.needs_input_grad  # x, split, main, aux, then the four parameters
         parts = (slice(0, ctx.split), slice(ctx.split, None))
@@ -152,6 +155,7 @@ def _pointwise_two_bns(
         var, mean = torch.var_mean(part, dim=dims, correction=0)
         momentum = _momentum(layer)
         if layer.track_running_stats and layer.running_mean is not None:
+            assert layer.running_var is not None  # tracked with the mean
             count = part.numel() // part.shape[1]
             with torch.no_grad():  # as aten does: the running variance is the unbiased one
                 layer.running_mean.lerp_(mean.to(layer.running_mean.dtype), momentum)
@@ -175,7 +179,7 @@ def _pointwise_two_bns(
 class _AuxNorm(nn.Module):
     """A norm layer (`main`) and its twin (`aux`) for the synthetic part of each batch."""
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         self.main = layer
         self.aux = copy.deepcopy(layer)
@@ -194,7 +198,10 @@ class _AuxNorm(nn.Module):
 
 
 class AuxBatchNorm(_AuxNorm):
-    def __init__(self, layer: _BatchNorm):
+    main: _BatchNorm  # the layer given, and its copy
+    aux: _BatchNorm
+
+    def __init__(self, layer: _BatchNorm) -> None:
         super().__init__(layer)
         self.fused = _fusable(layer)
 

@@ -35,12 +35,19 @@ BLOCK = 1024
 
 
 def _input_grad_body(  # a Triton kernel once triton.jit wraps it (see _kernel)
-    grad_ptr, x_ptr, out_ptr,
-    weight0, mean0, invstd0, grad_weight0, grad_bias0,  # the real half, per channel
-    weight1, mean1, invstd1, grad_weight1, grad_bias1,  # the synthetic half
-    numel, split_at, inner, channels, count0, count1,
+    # in the kernel every argument is a tl.tensor (a pointer, or a scalar); Triton compiles
+    # and specializes them as if unannotated (it reads dtype names and `constexpr` only)
+    grad_ptr: tl.tensor, x_ptr: tl.tensor, out_ptr: tl.tensor,
+    # the real half, per channel
+    weight0: tl.tensor, mean0: tl.tensor, invstd0: tl.tensor,
+    grad_weight0: tl.tensor, grad_bias0: tl.tensor,
+    # the synthetic half
+    weight1: tl.tensor, mean1: tl.tensor, invstd1: tl.tensor,
+    grad_weight1: tl.tensor, grad_bias1: tl.tensor,
+    numel: tl.tensor, split_at: tl.tensor, inner: tl.tensor,
+    channels: tl.tensor, count0: tl.tensor, count1: tl.tensor,
     BLOCK: tl.constexpr,
-):  # fmt: skip
+) -> None:  # fmt: skip
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offs < numel
     channel = (offs // inner) % channels

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import timm
 import torch
@@ -13,10 +14,10 @@ from safetensors.torch import load_file, save
 from torch.utils.data import DataLoader
 
 from diversynth.errors import UsageError
+from diversynth.models.aux_bn import convert_aux_bn, convert_aux_ln, export_plain_bn
 from diversynth.models.safe_weights import loading
 from diversynth.run.progress import progress_bar
 from diversynth.run.rundir import atomic_open
-from diversynth.models.aux_bn import convert_aux_bn, convert_aux_ln, export_plain_bn
 
 
 class CheckpointError(UsageError, ValueError):
@@ -94,7 +95,8 @@ def topk_accuracy(model: torch.nn.Module, loader: DataLoader, device: torch.devi
     class_hits = torch.zeros(num_classes, dtype=torch.int64)
     class_images = torch.zeros(num_classes, dtype=torch.int64)
     with progress_bar() as bar:
-        task = bar.add_task(label, total=len(loader.dataset), unit="images")
+        # the loaders evaluated hold map-style datasets, which have a length
+        task = bar.add_task(label, total=len(cast(Sized, loader.dataset)), unit="images")
         for x, y in loader:
             logits = model(x.to(device)).float().cpu()
             if mask is not None:

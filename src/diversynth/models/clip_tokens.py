@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from open_clip.tokenizer import SimpleTokenizer
 
 CLIP_CONTEXT = 77  # tokens, start and end markers included
 
 
 @lru_cache(maxsize=1)
-def _clip_tokenizer():
+def _clip_tokenizer() -> SimpleTokenizer:
     from open_clip.tokenizer import SimpleTokenizer
 
     return SimpleTokenizer()

@@ -62,7 +62,7 @@ CHUNK = 2048  # texts per encode call: sorted by length within, a progress step 
 class Embedder:
     """Sentence embeddings (normalised) from a sentence-transformers model folder."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str) -> None:
         import transformers
         from sentence_transformers import SentenceTransformer
 

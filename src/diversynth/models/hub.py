@@ -37,7 +37,9 @@ def hub_answers() -> bool:
 
 
 def _is_hub_id(ref: str | None) -> bool:
-    return bool(ref) and not ref.startswith(("bundled:", "local-dir:")) and not Path(ref).exists()
+    if not ref:
+        return False
+    return not ref.startswith(("bundled:", "local-dir:")) and not Path(ref).exists()
 
 
 def hub_models(config: Any) -> list[str]:

@@ -15,11 +15,14 @@ import inspect
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from diversynth.config import GenerateConfig
 from diversynth.errors import UsageError
 from diversynth.models.safe_weights import ModelFolderError, read_json_object
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 Guidance = Literal["classifier-free", "distilled", "none"]
 CLIP_TOKENS = 77
@@ -87,11 +90,14 @@ def _named(entry: Any) -> bool:
             and all(isinstance(e, str) for e in entry))  # fmt: skip
 
 
-def text_to_image_classes() -> dict[str, type]:
+def text_to_image_classes() -> dict[str, type[DiffusionPipeline]]:
     """Pipeline class name -> class, for every pipeline AutoPipelineForText2Image makes."""
     from diffusers.pipelines.auto_pipeline import AUTO_TEXT2IMAGE_PIPELINES_MAPPING
 
-    return {cls.__name__: cls for cls in AUTO_TEXT2IMAGE_PIPELINES_MAPPING.values()}
+    # diffusers' mapping is typed by the join of its classes (type[object]): each is a
+    # DiffusionPipeline subclass
+    mapping = cast("dict[str, type[DiffusionPipeline]]", AUTO_TEXT2IMAGE_PIPELINES_MAPPING)
+    return {cls.__name__: cls for cls in mapping.values()}
 
 
 def guidance_kind(cls: type, transformer: dict[str, Any] | None) -> Guidance:

@@ -26,8 +26,8 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-from diversynth.errors import DiversynthError, UsageError, shown
 from diversynth.data.userfiles import MB, UserFileError, read_user_bytes
+from diversynth.errors import DiversynthError, UsageError, shown
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFE_SUFFIXES = (".safetensors",)
@@ -164,8 +164,12 @@ def _tensor_span_problem(name: str, header: dict[str, Any], data_bytes: int) -> 
         if key == "__metadata__":
             continue
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        whole = isinstance(offsets, list) and len(offsets) == 2
-        if not (whole and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]):
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]
+        ):
             return (f"{name} is not a safetensors file: its header's entry {shown(key)} has "
                     "no data_offsets [begin, end]")  # fmt: skip
         spans.append((offsets[0], offsets[1], key))
@@ -423,8 +427,8 @@ def refusing_pickles(setting: str) -> Iterator[None]:
             f"{setting}: {str(name)!r} is a pickle: diversynth loads weights as safetensors only"
         )
 
-    torch.load = torch.serialization.load = refuse  # type: ignore[assignment]
+    torch.load = torch.serialization.load = refuse
     try:
         yield
     finally:
-        torch.load = torch.serialization.load = original  # type: ignore[assignment]
+        torch.load = torch.serialization.load = original

@@ -321,7 +321,7 @@ def _say(line: str) -> None:
 class _Lease:
     """This process's record, renewed by a daemon thread until released."""
 
-    def __init__(self, record: Path, holder: Holder, lease_s: float, folder: Path):
+    def __init__(self, record: Path, holder: Holder, lease_s: float, folder: Path) -> None:
         self.record, self.holder, self.lease_s, self.folder = record, holder, lease_s, folder
         self._stop = threading.Event()
         self._mutex = threading.Lock()  # a renewal is never half done when released

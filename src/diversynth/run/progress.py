@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.errors import MarkupError
@@ -14,6 +14,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    Task,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -45,14 +46,22 @@ class RateColumn(TextColumn):
     def __init__(self) -> None:
         super().__init__("")
 
-    def render(self, task):  # type: ignore[override]
+    # a str, where TextColumn's render returns a Text: rich renders any renderable a column
+    # returns, and a str gets the console's highlighting (the number in colour)
+    def render(self, task: Task) -> str:  # type: ignore[override]
         speed = task.finished_speed or task.speed
         unit = task.fields.get("unit", "it")
         return f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s"
 
 
+class Advance(Protocol):
+    """A counting bar's callback: advance by `done`, and add `more` to the total."""
+
+    def __call__(self, done: int, more: int = 0) -> None: ...
+
+
 @contextmanager
-def counting(description: str, total: int, unit: str) -> Iterator[Callable[[int, int], None]]:
+def counting(description: str, total: int, unit: str) -> Iterator[Advance]:
     """A bar over `total` items for the block; the callback `(n, more)` advances it by n
     and adds `more` to its total (items asked again)."""
     with progress_bar() as bar:
@@ -74,7 +83,7 @@ class _Bars(Progress):
     a file, nohup, a Slurm log), where rich draws a bar only once it ends: a plain line a
     task every `every` seconds, so a long stage is never silent."""
 
-    def __init__(self, *columns: Any, every: float, **kwargs: Any):
+    def __init__(self, *columns: Any, every: float, **kwargs: Any) -> None:
         super().__init__(*columns, **kwargs)
         self.every = every
         self._stop = threading.Event()

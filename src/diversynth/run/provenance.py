@@ -97,7 +97,7 @@ def device_identity(setting: str, cpu_threads: int | None = None) -> dict[str, A
     if device.type == "cuda":
         return {"device": "cuda", "gpu": torch.cuda.get_device_name(device),
                 "cuda": torch.version.cuda}  # fmt: skip
-    identity = {"device": device.type}
+    identity: dict[str, Any] = {"device": device.type}
     if device.type == "cpu":
         identity |= cpu_kernels()
         if cpu_threads is not None:

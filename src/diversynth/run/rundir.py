@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -72,7 +72,8 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
+def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> int:
+    """One JSON object a line (dicts, or the typed records of records.py)."""
     count = 0
     with atomic_open(path) as handle:
         for record in records:
@@ -188,7 +189,7 @@ _RUN_LOCK = LockWords(
 class RunDir:
     """Paths of one run's artifacts, and the per-stage state records."""
 
-    def __init__(self, root: str | Path, pool: RunDir | None = None):
+    def __init__(self, root: str | Path, pool: RunDir | None = None) -> None:
         self.root = Path(root)
         # a trial of a sweep reads the pool stages' outputs and records from another run
         # (`pool`, or the one its .state/pool.json names) and writes only its own stages'

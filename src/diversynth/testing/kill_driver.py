@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from diversynth.config import load_config
 from diversynth.pipeline import run_stages
@@ -27,11 +28,12 @@ from diversynth.run.rundir import RunDir
 def die_in_second_shard() -> None:
     original = shards.ShardWriter.write
 
-    def write(self: shards.ShardWriter, *args: object, **kwargs: object) -> None:
-        original(self, *args, **kwargs)
+    def write(self: shards.ShardWriter, key: str, jpeg: bytes, meta: dict[str, Any]) -> None:
+        original(self, key, jpeg, meta)
         if self.tar_path.stem == "000001":
             os.kill(os.getpid(), signal.SIGKILL)
 
+    # the point: every writer of this process dies once it writes into the second shard
     shards.ShardWriter.write = write  # type: ignore[method-assign]
 
 

@@ -16,11 +16,12 @@ import urllib.request
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from diversynth.llm.llamacpp import free_port, stop_server
 
 
-def chat_reply(content: str, model: str = "test-model") -> dict:
+def chat_reply(content: str, model: str = "test-model") -> dict[str, Any]:
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
@@ -37,7 +38,7 @@ def chat_reply(content: str, model: str = "test-model") -> dict:
     }
 
 
-def schema_answer(request: dict) -> str:
+def schema_answer(request: dict[str, Any]) -> str:
     """A usable answer to a stage's JSON request: each property of the request's JSON
     schema (a context axis, "styles") a list of two phrases, different per request."""
     response_format = request.get("response_format") or {}
@@ -47,7 +48,7 @@ def schema_answer(request: dict) -> str:
                        for key in schema.get("properties", {})})  # fmt: skip
 
 
-def example_shown(request: dict) -> str:
+def example_shown(request: dict[str, Any]) -> str:
     """The worked example's JSON in a chat request's last message, or a refusal."""
     text = request["messages"][-1]["content"]
     found = re.search(r"^Example for [^:]*: (\{.*\})$", text, re.M)
@@ -75,12 +76,12 @@ class MisbehavingServer:
     """
 
     def __init__(self, default: str = 'ok:{"styles": ["oil painting"]}', slow_seconds: float = 3.0,
-                 latency: float = 0.0):  # fmt: skip
+                 latency: float = 0.0) -> None:  # fmt: skip
         self.script: deque[str] = deque()
         self.default = default
         self.slow_seconds = slow_seconds
         self.latency = latency
-        self.requests: list[dict] = []
+        self.requests: list[dict[str, Any]] = []
         self.in_flight = self.peak_in_flight = 0
         self.spans: list[tuple[float, float]] = []
         self._lock = threading.Lock()
@@ -89,10 +90,10 @@ class MisbehavingServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, *args):  # quiet
+            def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
-            def do_POST(self):
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 request = json.loads(body or b"{}")
                 arrived = time.monotonic()
@@ -113,7 +114,7 @@ class MisbehavingServer:
                         server.in_flight -= 1
                         server.spans.append((arrived, time.monotonic()))
 
-            def do_GET(self):
+            def do_GET(self) -> None:
                 self.send_response(200)
                 payload = b'{"object": "list", "data": []}'
                 if self.path.endswith("/stats"):  # for a server in another process
@@ -130,7 +131,7 @@ class MisbehavingServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """What `GET /v1/stats` answers: the requests, the most open at once and the spans
         since the last call, which starts the count again."""
         with self._lock:
@@ -170,7 +171,7 @@ class MisbehavingServer:
         self.thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -179,7 +180,7 @@ class LlamaCppServer:
     """`python -m llama_cpp.server` serving a GGUF file on a free loopback port; or, given
     the path of llama.cpp's own `llama-server` binary, that server with `parallel` slots."""
 
-    def __init__(self, model: Path, native: Path | None = None, parallel: int = 1):
+    def __init__(self, model: Path, native: Path | None = None, parallel: int = 1) -> None:
         self.model = model
         self.native = native
         self.parallel = parallel
@@ -218,7 +219,7 @@ class LlamaCppServer:
                 time.sleep(0.3)
         raise RuntimeError("llama.cpp server did not start in 120 s")
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
             stop_server(self.proc)
         self.log.close()

@@ -14,6 +14,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from diversynth.errors import UsageError
 
@@ -67,8 +68,9 @@ def write_clip_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def build_tiny_sd_pipeline(seed: int = 0, tokenizer_dir: Path | None = None):
+def build_tiny_sd_pipeline(seed: int = 0, tokenizer_dir: Path | None = None) -> Any:
     """A StableDiffusionPipeline with tiny random weights (64 px images, 32-channel UNet)."""
+    # Any, as tiny_pipelines' builders: mypy takes diffusers' top-level names for its dummies
     import torch
     from diffusers import (
         AutoencoderKL,

@@ -63,7 +63,9 @@ def _word_tokenizer(specials: list[str], unk: str, template: str) -> Any:
 def t5_tokenizer(max_length: int = 512) -> Any:
     """A T5TokenizerFast (pad 0, end 1, unk 2, a Unigram model on SentencePiece's word
     marks, as T5's) over the lemma words."""
-    from transformers import T5TokenizerFast
+    # transformers 5 serves *TokenizerFast names at run time without declaring them; 4.x
+    # (pyproject allows >=4.44) has the class itself
+    from transformers import T5TokenizerFast  # type: ignore[attr-defined]
 
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     vocab += [("\u2581" + word, -8.0) for word in _lemma_words()]
@@ -73,7 +75,8 @@ def t5_tokenizer(max_length: int = 512) -> Any:
 def gemma_tokenizer() -> Any:
     """A GemmaTokenizerFast (pad 0, eos 1, bos 2, unk 3, as Gemma's), padding on the right
     as Sana's pipeline expects."""
-    from transformers import GemmaTokenizerFast
+    # declared in transformers 4.x only, served at run time by 5 (as T5TokenizerFast)
+    from transformers import GemmaTokenizerFast  # type: ignore[attr-defined]
 
     obj = _word_tokenizer(["<pad>", "<eos>", "<bos>", "<unk>"], "<unk>", "<bos> $A")
     return GemmaTokenizerFast(tokenizer_object=obj, pad_token="<pad>", eos_token="<eos>",
@@ -289,12 +292,15 @@ def _sana(tok: Path) -> Any:
                         decoder_norm_types="rms_norm", decoder_act_fns="silu",
                         scaling_factor=0.41407)  # fmt: skip
     tokenizer = gemma_tokenizer()
-    encoder = Gemma2Model(Gemma2Config(head_dim=16, hidden_size=8, intermediate_size=64,
-                                       max_position_embeddings=8192, num_attention_heads=2,
-                                       num_hidden_layers=1, num_key_value_heads=2,
-                                       vocab_size=len(tokenizer), pad_token_id=0,
-                                       eos_token_id=1, bos_token_id=2,
-                                       attn_implementation="eager"))  # fmt: skip
+    # attn_implementation: taken at run time (PreTrainedConfig's keyword arguments), left
+    # out of the signature transformers 5 declares for its config dataclasses
+    config = Gemma2Config(  # type: ignore[call-arg]
+        head_dim=16, hidden_size=8, intermediate_size=64, max_position_embeddings=8192,
+        num_attention_heads=2, num_hidden_layers=1, num_key_value_heads=2,
+        vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        attn_implementation="eager",
+    )  # fmt: skip
+    encoder = Gemma2Model(config)
     return SanaPipeline(transformer=transformer, vae=vae,
                         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
                         text_encoder=encoder, tokenizer=tokenizer)  # fmt: skip

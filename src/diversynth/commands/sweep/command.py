@@ -29,7 +29,7 @@ def pool_size_problem(sweep: Sweep) -> str | None:
         config, pool = trial.config, sweep.pools[trial.pool]
         scale = config.train.synthetic_scale
         real = real_image_count(config)[0] if scale else None
-        if real is None or pool.prompts.budget.kind != "uniform":
+        if real is None or not scale or pool.prompts.budget.kind != "uniform":
             continue
         prompts = pool.prompts
         per_prompt = prompts.images_per_prompt * len(load_classes(pool.classes))

@@ -91,17 +91,17 @@ def worst_classes(runs: list[tuple[bool, dict[str, Any]]], names: list[str],
     mean over the real-only trainings), beside their mean top-1 with them. runs: (trained
     on synthetic images, eval.json) of each finished training."""
     sums: dict[bool, list[list[float]]] = {False: [], True: []}
-    for synthetic, evaluation in runs:
-        first = next(iter(evaluation.get("sets", {}).values()), {})
+    for with_synthetic, evaluation in runs:
+        first: dict[str, Any] = next(iter(evaluation.get("sets", {}).values()), {})
         per_class = first.get("class_top1") or []
         if len(per_class) == len(names):
-            sums[synthetic].append(per_class)
+            sums[with_synthetic].append(per_class)
 
     def mean(lists: list[list[float]], i: int) -> float | None:
         values = [row[i] for row in lists if row[i] is not None]
         return statistics.fmean(values) if values else None
 
-    table = []
+    table: list[dict[str, Any]] = []
     for i, name in enumerate(names):
         real, synthetic = mean(sums[False], i), mean(sums[True], i)
         if real is None and synthetic is None:

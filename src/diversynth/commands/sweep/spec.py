@@ -64,7 +64,7 @@ class RayAddress(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # None: a local Ray instance
     address: Annotated[str | None, Field(max_length=1000), AfterValidator(checked_address)] = None
-    connect_timeout: float = Field(60, gt=0, le=3600)  # seconds to reach and join it
+    connect_timeout: float = Field(default=60, gt=0, le=3600)  # seconds to reach and join it
 
 
 Key = typing.Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.-]+$")]
@@ -89,7 +89,7 @@ class SweepFile(BaseModel):
     # processes a trial trains with (torchrun, DDP): one a GPU of gpus_per_trial; on a CPU,
     # gloo processes (each with cpus_per_trial threads)
     processes_per_trial: int = Field(1, gt=0, le=64)
-    ray: RayAddress = Field(default_factory=RayAddress)
+    ray: RayAddress = Field(default_factory=lambda: RayAddress())
 
 
 @dataclass(frozen=True)
@@ -235,11 +235,11 @@ def _combinations(spec: SweepFile) -> list[dict[str, Any]]:
                              "axes need as many values each")  # fmt: skip
     axes: list[list[dict[str, Any]]] = []
     for key, values in spec.vary.items():
-        group = next((g for g in spec.zip if key in g), None)
-        if group is None:
+        zipped_with = next((g for g in spec.zip if key in g), None)
+        if zipped_with is None:
             axes.append([{key: value} for value in values])
-        elif key == group[0]:
-            axes.append([{k: spec.vary[k][i] for k in group} for i in range(len(values))])
+        elif key == zipped_with[0]:
+            axes.append([{k: spec.vary[k][i] for k in zipped_with} for i in range(len(values))])
     for entry in spec.exclude:
         unknown = [key for key in entry if key not in spec.vary]
         if unknown:
@@ -251,8 +251,8 @@ def _combinations(spec: SweepFile) -> list[dict[str, Any]]:
         raise SweepError(f"vary: {count:,} combinations, more than {MAX_TRIALS:,}")
     combos = []
     for parts in itertools.product(*axes):
-        values = {k: v for part in parts for k, v in part.items()}
-        ordered = {key: values[key] for key in spec.vary}
+        merged = {k: v for part in parts for k, v in part.items()}
+        ordered = {key: merged[key] for key in spec.vary}
         if not any(all(_normalised(ordered[k]) == _normalised(v) for k, v in entry.items())
                    for entry in spec.exclude):  # fmt: skip
             combos.append(ordered)
@@ -346,7 +346,8 @@ def expand(spec: SweepFile, path: Path) -> Sweep:
         raise SweepError(f"pool_by: {shown(unused[0])} is not an axis of vary")
     combos = _combinations(spec)
     base_config = _validated(base, "base")
-    trials, pools = [], {}
+    trials: list[Trial] = []
+    pools: dict[str, RunConfig] = {}
     for number, values in enumerate(combos, start=1):
         what = f"trial {number} ({_label(values)})"
         config = real_only(_validated(_with(base, values, what), what))

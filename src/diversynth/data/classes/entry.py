@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from diversynth.errors import UsageError
+
+if TYPE_CHECKING:
+    from diversynth.run.artifacts.records import ClassIdentity
 
 
 class ClassListError(UsageError, ValueError):
@@ -22,6 +25,6 @@ class ClassEntry:
     hypernyms: tuple[str, ...] = ()  # WordNet hypernym chain, nearest first
     curated: str | None = None  # a curated unambiguous name, when the catalog has one
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self) -> ClassIdentity:
         """What matches the class to a data folder or a list line (records.ClassIdentity)."""
         return {"index": self.index, "raw_name": self.raw_name, "wnid": self.wnid}

@@ -4,7 +4,7 @@ the report and the command line read them."""
 
 from __future__ import annotations
 
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict, cast
 
 from diversynth.run.rundir import RunDir, read_jsonl
 
@@ -44,9 +44,14 @@ class PromptRecord(TypedDict):
     example: NotRequired[str]  # CD/SD: the worked example the LLM was shown for its answer
 
 
+# read_jsonl parses JSON into plain dicts; the casts below are where those dicts are taken
+# as the records the classes and prompts stages wrote (nothing is checked at run time: a
+# stage that reads a field a file lacks fails there, as it did before these types).
+
+
 def read_classes(run: RunDir) -> list[ClassRecord]:
-    return read_jsonl(run.classes)  # type: ignore[return-value]
+    return cast("list[ClassRecord]", read_jsonl(run.classes))
 
 
 def read_prompts(run: RunDir) -> list[PromptRecord]:
-    return read_jsonl(run.prompts)  # type: ignore[return-value]
+    return cast("list[PromptRecord]", read_jsonl(run.prompts))

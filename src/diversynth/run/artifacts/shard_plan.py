@@ -6,13 +6,15 @@ whose stats file is missing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from diversynth.config import RunConfig
 from diversynth.run.artifacts.records import PromptRecord, read_prompts
 from diversynth.run.rundir import RunDir
+
+P = TypeVar("P")  # a prompt: a PromptRecord, or the dict a worker reads back from JSON
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class ShardSpec:
     def name(self) -> str:
         return f"{self.index:06d}"
 
-    def take(self, prompts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def take(self, prompts: list[P]) -> list[P]:
         """This shard's prompts out of the whole list (prompt ids are list positions)."""
         return prompts[self.prompt_start : self.prompt_stop]
 
@@ -55,12 +57,12 @@ def image_key(prompt_id: int, image_index: int) -> str:
 @dataclass(frozen=True)
 class ImageJob:
     key: str
-    prompt: dict[str, Any]
+    prompt: Mapping[str, Any]  # a PromptRecord (or its dict, read back from JSON)
     image_index: int
     seed: int
 
 
-def shard_jobs(shard_prompts: list[dict[str, Any]]) -> list[ImageJob]:
+def shard_jobs(shard_prompts: Sequence[Mapping[str, Any]]) -> list[ImageJob]:
     """Every image of a shard, given its prompts (`ShardSpec.take`), in key order."""
     jobs = []
     for prompt in shard_prompts:
@@ -73,4 +75,5 @@ def planned_shards(config: RunConfig, run: RunDir,
                    prompts: list[PromptRecord] | None = None) -> list[ShardSpec]:  # fmt: skip
     """The shards of the run's prompts (`prompts`, when the caller has read them)."""
     prompts = read_prompts(run) if prompts is None else prompts
+    assert config.generate is not None  # only a run that generates has shards
     return plan_shards([len(p["image_seeds"]) for p in prompts], config.generate.images_per_shard)

@@ -146,7 +146,7 @@ class ShardWriter:
     so no pass over the headers is needed afterwards (at ImageNet scale that pass took as
     long as writing)."""
 
-    def __init__(self, folder: Path, name: str, tag: str = ""):
+    def __init__(self, folder: Path, name: str, tag: str = "") -> None:
         """`tag` (up to 16 hex digits) marks the temp file as this writer's: a ray worker
         tags it with its node, so that a lost node's shards in progress can be named."""
         self.tar_path, self.stats_path = shard_paths(folder, name)

@@ -16,7 +16,7 @@ def _sections(config: RunConfig) -> tuple[str, ...]:
     """The clip model and real data matter to class names only in CLIP mode, the LLM only
     when it proposes names: other changes to them leave classes.jsonl as it is."""
     rule = config.classes.disambiguate
-    sections = ("classes", "llm") if rule.llm else ("classes",)
+    sections: tuple[str, ...] = ("classes", "llm") if rule.llm else ("classes",)
     if config.disambiguation_mode == "clip":
         sections += ("clip", "data")
     return sections

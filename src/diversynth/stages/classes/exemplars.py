@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 from PIL import Image
 
@@ -77,7 +78,9 @@ def _chosen(data: RealDataConfig, classes: list[ClassEntry], k: int,
         if len(positions.setdefault(label, [])) < k:
             positions[label].append(position)
     images = listed_dataset(data, chosen, lambda image: image)
-    return [[images[p][0] for p in positions.get(entry.index, [])] for entry in classes]
+    # the identity transform: the dataset's items are the PIL images themselves
+    return [[cast(Image.Image, images[p][0]) for p in positions.get(entry.index, [])]
+            for entry in classes]  # fmt: skip
 
 
 def exemplar_images(data: RealDataConfig, classes: list[ClassEntry], k: int,

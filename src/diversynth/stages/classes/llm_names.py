@@ -13,7 +13,7 @@ from diversynth.llm.json_requests import MAX_LIST_ITEMS, json_request, phrase_li
 from diversynth.stages.classes.candidates import clean_name
 
 MAX_NAME_WORDS = 6
-EXAMPLE = {
+EXAMPLE: dict[str, Any] = {
     "name": "crane",
     "about": "large long-necked wading bird of marshes and plains",
     "kind_of": ["wading bird", "aquatic bird"],

@@ -49,7 +49,7 @@ def score_text(
     prior = PRIOR[candidate.source]
     if candidate.source == "lemma" and entry.lemmas and candidate.text == entry.lemmas[0]:
         prior = PRIOR["raw"]
-    detail = {"senses": senses, "shared": shared}
+    detail: dict[str, float | int] = {"senses": senses, "shared": shared}
     if candidate.source == "llm":
         words = set(re.findall(r"[^\W_]{3,}", candidate.text.casefold()))
         detail["anchored"] = int(bool(words & own_words(entry)))

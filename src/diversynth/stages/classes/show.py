@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.table import Table
 
 from diversynth.errors import UsageError, shown
-from diversynth.run.artifacts.records import read_classes
+from diversynth.run.artifacts.records import ClassRecord, read_classes
 from diversynth.run.rundir import RunDir
 
 
-def find_class(run: RunDir, key: str) -> dict[str, Any]:
+def find_class(run: RunDir, key: str) -> ClassRecord:
     """The record for a class index, a wnid, or a raw name (case-insensitive)."""
     records = read_classes(run)
     if key.isdigit():
@@ -28,7 +26,7 @@ def find_class(run: RunDir, key: str) -> dict[str, Any]:
     return found[0]
 
 
-def render_class(record: dict[str, Any]) -> None:
+def render_class(record: ClassRecord) -> None:
     console = Console()  # stdout: this is the command's answer, not progress
     out = console.print
     out(f"class {record['index']}  wnid {record.get('wnid') or '-'}", markup=False)

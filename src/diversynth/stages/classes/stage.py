@@ -151,7 +151,8 @@ def _clip_choose(
             for i in range(0, len(flat), ENCODE_BATCH)
         ]
     )
-    columns, columns_by_class = [], []
+    columns: list[Candidate] = []
+    columns_by_class: list[list[int]] = []
     for cands in candidates:
         columns_by_class.append(list(range(len(columns), len(columns) + len(cands))))
         columns += cands
@@ -169,7 +170,7 @@ def _clip_choose(
     def top1(features: torch.Tensor) -> float:
         return round(float(((images @ features.T).argmax(1) == labels).float().mean()), 4)
 
-    chosen = [cols.index(col) for cols, col in zip(columns_by_class, result.choice, strict=True)]
+    picked = [cols.index(col) for cols, col in zip(columns_by_class, result.choice, strict=True)]
     stats = {
         "exemplars": n,
         "classes_without_exemplars": sum(1 for g in groups if not g),
@@ -180,7 +181,7 @@ def _clip_choose(
             "chosen": top1(texts[result.choice]),
         },
     }
-    return chosen, stats
+    return picked, stats
 
 
 def _reason(mode: str, cands: list[Candidate], winner: Candidate, total: int) -> str:

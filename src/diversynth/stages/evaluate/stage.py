@@ -8,8 +8,9 @@ crop), whether diversynth trained it or its weights were imported.
 
 from __future__ import annotations
 
+from collections.abc import Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader
@@ -52,7 +53,7 @@ def frequency_groups(class_top1: list[float | None], train_counts: list[int],
 
 
 def evaluate_on_sets(config: RunConfig, model: torch.nn.Module, meta: dict[str, Any],
-                     classes: list[dict[str, Any]],
+                     classes: Sequence[ClassIdentity],
                      run: RunDir | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Top-1 / top-5, mean per-class top-1, and top-1 by class frequency on the config's
     evaluation sets (`evaluation_sets`)."""
@@ -60,10 +61,12 @@ def evaluate_on_sets(config: RunConfig, model: torch.nn.Module, meta: dict[str, 
     model.to(device).eval()
     sets = evaluation_sets(config, run, classes, eval_transform(meta))
     train_counts = _train_counts(config, run, classes) if config.data is not None else None
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for evaluation in sets:
         name, allowed = evaluation.name, evaluation.allowed
-        if not len(evaluation.dataset):  # type: ignore[arg-type]
+        # every set's dataset has a length (ListedImages, ArrayImages, an ImageFolder);
+        # EvaluationSet declares torch's Dataset, which does not
+        if not len(cast(Sized, evaluation.dataset)):
             left = " once the unreadable images are left out" if evaluation.unreadable else ""
             raise EvaluateError(f"evaluate: the set {name!r} has no images{left}")
         loader = DataLoader(evaluation.dataset, batch_size=config.evaluate.batch_size,
@@ -83,7 +86,7 @@ def evaluate_on_sets(config: RunConfig, model: torch.nn.Module, meta: dict[str, 
 
 
 def _train_counts(config: RunConfig, run: RunDir | None,
-                  classes: list[dict[str, Any]]) -> list[int] | None:  # fmt: skip
+                  classes: Sequence[ClassIdentity]) -> list[int] | None:  # fmt: skip
     """Real training images per class, for the frequency groups; None when the data has
     no training split (a folder of val/ only: evaluation goes on without the groups)."""
     data = config.data
@@ -111,7 +114,7 @@ def evaluate_model(config: RunConfig, classes: list[ClassIdentity], checkpoint: 
 
 def run_evaluate(config: RunConfig, run: RunDir) -> dict[str, Any]:
     model, meta = load_checkpoint(run.checkpoint)
-    results = evaluate_on_sets(config, model, meta, read_classes(run), run)  # type: ignore[arg-type]
+    results = evaluate_on_sets(config, model, meta, read_classes(run), run)
     write_json(run.eval, {"model": meta, "sets": results})
     return {"sets": results}
 

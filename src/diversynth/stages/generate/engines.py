@@ -12,9 +12,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from diversynth.config import RunConfig
+from diversynth.run.artifacts.records import PromptRecord
 from diversynth.run.artifacts.shard_plan import ShardSpec
 
 # name -> 'module:class', imported when used (torch and diffusers, or ray)
@@ -31,7 +32,7 @@ class Engine(Protocol):
     def make(
         self,
         shards: list[ShardSpec],
-        prompts: list[dict[str, Any]],
+        prompts: list[PromptRecord],
         folder: Path,
         inputs: dict[str, str],
         on_images: Callable[[int], None],
@@ -43,5 +44,5 @@ class Engine(Protocol):
 
 
 def open_engine(config: RunConfig, class_names: dict[int, str]) -> Engine:
-    module, _, name = ENGINES[config.generate.engine].partition(":")
+    module, _, name = ENGINES[config.generating.engine].partition(":")
     return getattr(importlib.import_module(module), name)(config, class_names)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -19,6 +19,8 @@ from diversynth.config import RunConfig
 from diversynth.models.clip import ClipScorer
 from diversynth.models.device import torch_threads
 from diversynth.models.generator import TextToImage
+from diversynth.run.artifacts.manifest import ShardRow
+from diversynth.run.artifacts.records import PromptRecord
 from diversynth.run.artifacts.shard_plan import ImageJob, ShardSpec, shard_jobs
 from diversynth.run.artifacts.shards import ShardWriter, encode_jpeg
 from diversynth.run.rundir import Timer
@@ -36,13 +38,13 @@ class LocalEngine:
         self.class_names = class_names
         self.nodes = {socket.gethostname()}
         self.writer_tag = ""  # marks this engine's temp files (a ray worker: its node)
-        self.t2i = TextToImage.load(config.generate)
+        self.t2i = TextToImage.load(config.generating)
         self.clip = (
-            ClipScorer.load(config.clip) if config.generate.clip_score and config.clip else None
+            ClipScorer.load(config.clip) if config.generating.clip_score and config.clip else None
         )
 
     def _batches(self, jobs: list[ImageJob]) -> list[list[ImageJob]]:
-        size = self.config.generate.batch_size
+        size = self.config.generating.batch_size
         return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
     def _scores(
@@ -75,11 +77,11 @@ class LocalEngine:
         run seed, prompt id, image index and attempt: reruns give the same images), up to
         `max_attempts` in all. The best is kept: unflagged first, then the higher score.
         An image flagged on every attempt gets the flag "unsafe" and is not written."""
-        cfg = self.config.generate
+        cfg = self.config.generating
         images, unsafe = self.t2i([job.prompt["text"] for job in batch],
                                   [job.seed for job in batch])  # fmt: skip
-        info = [{"seed": job.seed, "attempt": 0, "unsafe": bad} for job, bad in
-                zip(batch, unsafe, strict=True)]  # fmt: skip
+        info: list[dict[str, Any]] = [{"seed": job.seed, "attempt": 0, "unsafe": bad}
+                                      for job, bad in zip(batch, unsafe, strict=True)]  # fmt: skip
         for row, p, c, e in zip(info, *self._scores(batch, images, unsafe), strict=True):
             row.update(clip_prompt=p, clip_class=c, clip_image=e)
         key = "clip_" + cfg.clip_threshold_on
@@ -120,21 +122,20 @@ class LocalEngine:
     def make(
         self,
         shards: list[ShardSpec],
-        prompts: list[dict[str, Any]],
+        prompts: list[PromptRecord],
         folder: Path,
         inputs: dict[str, str],
         on_images: Callable[[int], None],
     ) -> Iterator[tuple[str, int]]:
         for shard in shards:
-            stats = self.run_shard(
-                shard, shard.take(prompts), folder, on_images, inputs[shard.name]
-            )
+            mine = shard.take(prompts)
+            stats = self.run_shard(shard, mine, folder, on_images, inputs[shard.name])
             yield shard.name, stats["count"]
 
     def run_shard(
         self,
         shard: ShardSpec,
-        shard_prompts: list[dict[str, Any]],
+        shard_prompts: Sequence[Mapping[str, Any]],
         folder: Path,
         on_images: Callable[[int], None] = lambda n: None,
         inputs: str | None = None,
@@ -142,7 +143,7 @@ class LocalEngine:
         """Make one whole shard from its prompts (`ShardSpec.take`) and commit it; its bytes
         depend only on the config and these prompts, not on the process that makes it.
         `inputs`, the plan's digest of those, goes into the stats file."""
-        cfg = self.config.generate
+        cfg = self.config.generating
         timer = Timer()
         writer = ShardWriter(folder, shard.name, self.writer_tag)
         rows: list[dict[str, Any]] = []
@@ -190,5 +191,5 @@ class LocalEngine:
                 "worker": f"{socket.gethostname()}:{os.getpid()}",
                 "dropped_unsafe": dropped,
             },
-            rows,
+            cast(list[ShardRow], rows),  # the manifest's columns, made above
         )

@@ -30,6 +30,7 @@ from typing import Any
 from diversynth.config import RunConfig
 from diversynth.errors import DiversynthError
 from diversynth.models.generator import check_model
+from diversynth.run.artifacts.records import PromptRecord
 from diversynth.run.artifacts.shard_plan import ShardSpec
 from diversynth.run.artifacts.shards import is_done, written_by
 from diversynth.run.progress import console
@@ -83,7 +84,7 @@ class ShardMaker:
 def _connect(config: RunConfig) -> bool:
     """Join the configured cluster, or start Ray on this machine; True when this call did
     either (and so must shut it down). A Ray already initialised by the caller is used."""
-    cfg = config.generate.ray
+    cfg = config.generating.ray
     here = _this_machine() if cfg.address is None else {}
     # Ray runs its workers at niceness 15 by default: on a machine with other busy processes
     # the generating actors would starve (a shard taking minutes instead of seconds).
@@ -103,7 +104,7 @@ def _this_machine() -> dict[str, int]:
 def check_pool(config: RunConfig) -> None:
     """When the run starts Ray on this machine, a pool that cannot fit is an error now,
     before any work, rather than a wait forever for resources that never come."""
-    cfg = config.generate.ray
+    cfg = config.generating.ray
     if cfg.address is not None:
         return  # a cluster may grow (autoscaling): Ray Data waits for the workers
     have = _this_machine()
@@ -119,9 +120,9 @@ def check_pool(config: RunConfig) -> None:
 
 def _gpus_per_worker(config: RunConfig, cluster_gpus: float) -> float:
     """The configured share, else one GPU per worker when there are GPUs to use."""
-    if config.generate.ray.gpus_per_worker is not None:
-        return config.generate.ray.gpus_per_worker
-    return 1.0 if cluster_gpus > 0 and config.generate.device != "cpu" else 0.0
+    if config.generating.ray.gpus_per_worker is not None:
+        return config.generating.ray.gpus_per_worker
+    return 1.0 if cluster_gpus > 0 and config.generating.device != "cpu" else 0.0
 
 
 def node_tag(node_id: str) -> str:
@@ -220,7 +221,7 @@ def _worker_error(exc: BaseException) -> BaseException:
         visited.add(id(seen))
         if isinstance(seen, WorkerError) and not isinstance(seen, RayError):
             return RayEngineError(str(seen.args[0]).splitlines()[0])
-        if isinstance(seen, RayActorError) and getattr(seen, "error_msg", ""):
+        if isinstance(seen, RayActorError) and getattr(seen, "error_msg", None):
             lines = [line for line in seen.error_msg.splitlines() if line.strip()]
             return RayEngineError(f"a ray worker failed to start: {lines[-1].strip()}")
         seen = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
@@ -233,16 +234,16 @@ class RayEngine:
 
     def __init__(self, config: RunConfig, class_names: dict[int, str]):
         # the workers load the models: check what can be checked here first
-        check_model(config.generate)
+        check_model(config.generating)
         check_pool(config)
         self.config, self.class_names = config, class_names
-        self.workers = config.generate.ray.workers
+        self.workers = config.generating.ray.workers
         self.nodes: set[str] = set()  # Ray node ids
 
     def make(
         self,
         shards: list[ShardSpec],
-        prompts: list[dict[str, Any]],
+        prompts: list[PromptRecord],
         folder: Path,
         inputs: dict[str, str],
         on_images: Callable[[int], None],
@@ -262,7 +263,7 @@ class RayEngine:
 def _make_shards(
     config: RunConfig,
     shards: list[ShardSpec],
-    prompts: list[dict[str, Any]],
+    prompts: list[PromptRecord],
     class_names: dict[int, str],
     folder: Path,
     inputs: dict[str, str],
@@ -272,7 +273,7 @@ def _make_shards(
     import ray
     import ray.data
 
-    cfg = config.generate.ray
+    cfg = config.generating.ray
     started_here = _connect(config)
     try:
         gpus = _gpus_per_worker(config, ray.cluster_resources().get("GPU", 0))

@@ -55,7 +55,7 @@ def shard_inputs(
     config: RunConfig,
     settings: str,
     shards: list[ShardSpec],
-    prompts: list[dict[str, Any]],
+    prompts: list[PromptRecord],
     names: dict[int, str],
 ) -> dict[str, str]:
     """Per shard, a digest of what its bytes depend on: the stage's settings (its config
@@ -194,7 +194,7 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
     prompts = read_prompts(run)
     classes = {c["index"]: c["name"] for c in read_classes(run)}
     shards = planned_shards(config, run, prompts)
-    plan = {
+    plan: dict[str, Any] = {
         "fingerprint": fingerprint,
         "shards": [s.__dict__ for s in shards],
         "inputs": shard_inputs(config, settings, shards, prompts, classes),
@@ -249,7 +249,7 @@ def run_generate(config: RunConfig, run: RunDir, fingerprint: str, forced: bool 
         "below_clip_threshold": tally.below_clip_threshold,
         "dropped_unsafe": tally.dropped_unsafe,
         "images_per_second": round(generated / timer.seconds, 3) if generated else None,
-        "engine": config.generate.engine,
+        "engine": config.generating.engine,
         "workers": engine.workers if engine is not None else 0,
         "nodes": len(engine.nodes) if engine is not None else 0,
         # CLIP image embeddings per class and strategy (images made without: not counted)
@@ -315,7 +315,7 @@ def bytes_per_image(config: RunConfig, run: RunDir, done: list[ShardSpec]) -> tu
                    for path in (*shard_paths(run.shards, s.name), rows_path(run.shards, s.name))
                    if path.is_file())  # fmt: skip
         return size / images, f"measured on {len(done)} finished shard(s)"
-    return estimated_bytes_per_image(config.generate), "estimated on a test image"
+    return estimated_bytes_per_image(config.generating), "estimated on a test image"
 
 
 def estimated_bytes_per_image(cfg: GenerateConfig) -> float:
@@ -373,7 +373,7 @@ def _remake(engine: Engine, run: RunDir, foreign: list[ShardSpec],
 
 
 def _make(engine: Engine | None, run: RunDir, todo: list[ShardSpec],
-          prompts: list[dict[str, Any]], inputs: dict[str, str]) -> int:  # fmt: skip
+          prompts: list[PromptRecord], inputs: dict[str, str]) -> int:  # fmt: skip
     """Make the `todo` shards with the engine; return the images made."""
     if not todo or engine is None:
         return 0

@@ -37,7 +37,8 @@ class _Set:
     """An evaluation set: its images' unit CLIP embeddings (float16 on the device), labels
     and ids (the file under the set's root, or `test/ROW` for Fashion-MNIST)."""
 
-    def __init__(self, name: str, dataset: Any, ids: list[str], clip: Any, batch_size: int):
+    def __init__(self, name: str, dataset: Any, ids: list[str], clip: Any,
+                 batch_size: int) -> None:  # fmt: skip
         self.name, self.dataset, self.ids = name, dataset, ids
         labels = getattr(dataset, "labels", None)  # real splits; an ImageFolder: targets
         self.labels = np.asarray(labels if labels is not None else dataset.targets)
@@ -67,7 +68,7 @@ def evaluation_sets(config: RunConfig, run: RunDir, clip: Any) -> list[_Set]:
 
     classes = read_classes(run)
     return [_Set(s.name, s.dataset, s.ids, clip, config.leaks.batch_size)
-            for s in sets(config, run, classes, clip.preprocess)]  # type: ignore[arg-type]  # fmt: skip
+            for s in sets(config, run, classes, clip.preprocess)]  # fmt: skip
 
 
 def _nearest(vectors: torch.Tensor, sets: list[_Set], chunk: int = 8192) -> tuple[np.ndarray, ...]:

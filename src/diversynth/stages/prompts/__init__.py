@@ -26,8 +26,8 @@ def _tokenizers(config: RunConfig) -> list[str | Path | None]:
     if config.generate is None:
         return []
     model = Path(config.generate.model)
-    refs: list[str | Path | None] = (sorted(model.glob("tokenizer*")) if model.is_dir()
-                                     else [config.generate.model])  # fmt: skip
+    refs: list[str | Path | None] = []
+    refs += sorted(model.glob("tokenizer*")) if model.is_dir() else [config.generate.model]
     if config.generate.components:
         refs.append("left out: " + ",".join(sorted(config.generate.components)))
     return refs

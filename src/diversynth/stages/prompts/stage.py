@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import numpy as np
 from rich.markup import escape
 
-from diversynth.config import STRATEGIES, ConfigError, RunConfig
+from diversynth.config import STRATEGIES, ConfigError, RunConfig, Strategy
 from diversynth.data.apportion import largest_remainder
 from diversynth.errors import shown
 from diversynth.llm import BadAnswer, Flow, json_flow, open_llm
+from diversynth.llm.base import ChatRequest
 from diversynth.models.clip_tokens import ClipContext
 from diversynth.models.diversity import (
     Embedder,
@@ -58,7 +59,7 @@ RESAMPLE_ROUNDS = 3  # rounds of new context combinations before templates fill 
 SHORTFALL_SHOWN = 20  # classes whose shortfall the console lists (the summary has all)
 
 
-def strategy_counts(per_class: int, shares: dict[str, float]) -> dict[str, int]:
+def strategy_counts(per_class: int, shares: Mapping[Strategy, float]) -> dict[Strategy, int]:
     """Prompts per strategy for one class: exactly `per_class`, split by largest remainder."""
     split = largest_remainder(per_class, [shares.get(s, 0.0) for s in STRATEGIES])
     return dict(zip(STRATEGIES, split, strict=True))
@@ -216,7 +217,7 @@ class LLMAnswers:
 
 
 def _llm_answers(config: RunConfig, run: RunDir, classes: list[ClassRecord],
-                 counts: dict[str, int], embedder: Embedder) -> LLMAnswers:  # fmt: skip
+                 counts: dict[Strategy, int], embedder: Embedder) -> LLMAnswers:  # fmt: skip
     cfg = config.prompts
     result = LLMAnswers(classes)
     if not (config.llm and (counts["cd"] or counts["sd"])):
@@ -302,7 +303,7 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
     if cfg.budget.kind != "uniform":
         from diversynth.data.subset import train_counts  # reads the real data: torch
 
-        real_counts = train_counts(config, run, classes)  # type: ignore[arg-type]
+        real_counts = train_counts(config, run, classes)
     budgets = class_budgets(cfg, real_counts, len(classes))
     templates = (
         compose.clip_imagenet_templates() if cfg.templates == "clip-imagenet" else cfg.templates
@@ -337,8 +338,8 @@ def run_prompts(config: RunConfig, run: RunDir) -> dict[str, Any]:
                 records.append(_record(config, len(records), cls["index"], strategy, text,
                                        detail, images))  # fmt: skip
                 texts_by_strategy[strategy].setdefault(cls["index"], []).append(text)
-            for strategy, phrases in made.llm_phrases.items():
-                llm_phrases[strategy][cls["index"]] = phrases
+            for asked, phrases in made.llm_phrases.items():
+                llm_phrases[asked][cls["index"]] = phrases
             progress(1)
     if shortfall:
         shown = dict(list(shortfall.items())[:SHORTFALL_SHOWN])
@@ -413,7 +414,7 @@ class ClassPrompts:
         self.llm_phrases, self.selector = llm_phrases, selector
 
 
-def _class_prompts(config: RunConfig, cls: ClassRecord, counts: dict[str, int],
+def _class_prompts(config: RunConfig, cls: ClassRecord, counts: dict[Strategy, int],
                    templates: list[str], embedder: Embedder, answers: LLMAnswers,
                    position: int, limit: quality.TokenLimit) -> ClassPrompts:  # fmt: skip
     cfg, name = config.prompts, cls["name"]
@@ -507,8 +508,10 @@ def merge_repeats(
     return {s: [(t, d, n) for t, d, n in entries] for s, entries in merged.items()}, repeated
 
 
-def _context_request(config: RunConfig, cls: ClassRecord, example: WorkedExample | None):
+def _context_request(config: RunConfig, cls: ClassRecord,
+                     example: WorkedExample | None) -> ChatRequest:  # fmt: skip
     cfg = config.prompts
+    assert config.llm is not None  # the config refuses CD prompts without an llm
     seed = _llm_seed(config.seed, cls["index"], 1)
     return context_request(
         cls["name"], cls.get("description"), cfg.cd_axes, cfg.contexts_per_axis, seed,
@@ -516,19 +519,20 @@ def _context_request(config: RunConfig, cls: ClassRecord, example: WorkedExample
     )  # fmt: skip
 
 
-def _style_request(config: RunConfig, cls: ClassRecord, example: WorkedExample | None):
+def _style_request(config: RunConfig, cls: ClassRecord,
+                   example: WorkedExample | None) -> ChatRequest:  # fmt: skip
+    assert config.llm is not None  # the config refuses SD prompts without an llm
     seed = _llm_seed(config.seed, cls["index"], 2)
     return style_request(cls["name"], config.prompts.styles_per_class, seed,
                          config.llm.max_tokens, example)  # fmt: skip
 
 
 def _record(config: RunConfig, prompt_id: int, class_index: int, strategy: str, text: str,
-            detail: dict, images: int) -> PromptRecord:  # fmt: skip
+            detail: dict[str, Any], images: int) -> PromptRecord:  # fmt: skip
     seeds = [derive_seed(config.seed, prompt_id, i) for i in range(images)]
-    return PromptRecord(  # type: ignore[typeddict-item]
-        prompt_id=prompt_id, class_index=class_index, strategy=strategy, text=text,
-        **detail, seed=seeds[0], image_seeds=seeds,
-    )  # fmt: skip
+    record = {"prompt_id": prompt_id, "class_index": class_index, "strategy": strategy,
+              "text": text, **detail, "seed": seeds[0], "image_seeds": seeds}  # fmt: skip
+    return cast(PromptRecord, record)  # `detail`: the strategy's optional keys of a record
 
 
 def _diversity(texts: dict[str, dict[int, list[str]]], embedder: Embedder,
@@ -547,15 +551,15 @@ def _diversity(texts: dict[str, dict[int, list[str]]], embedder: Embedder,
     for strategy, per_class in texts.items():
         if not per_class:
             continue
-        vectors = {index: np.stack([embedded[t] for t in ts]) for index, ts in per_class.items()}
+        by_class = {index: np.stack([embedded[t] for t in ts]) for index, ts in per_class.items()}
         classes = {
             str(index): {
                 "mean_cosine_distance": round(mean_cosine_distance(e), 4),
                 "vendi": round(vendi_score(e), 3),
             }
-            for index, e in vectors.items()
+            for index, e in by_class.items()
         }
-        pooled = np.concatenate(list(vectors.values()))
+        pooled = np.concatenate(list(by_class.values()))
         result[strategy] = {
             "mean_cosine_distance": round(
                 float(np.mean([c["mean_cosine_distance"] for c in classes.values()])), 4

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from selenium.webdriver import Chrome
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
-def chromium(width: int = 1280, height: int = 900):
+def chromium(width: int = 1280, height: int = 900) -> Chrome:
     """A headless Chromium that records the page's console messages."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

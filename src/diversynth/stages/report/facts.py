@@ -21,7 +21,7 @@ import yaml
 from diversynth.config import STRATEGIES
 from diversynth.errors import DiversynthError
 from diversynth.run.artifacts.manifest import SCHEMA, image_flags, read_manifest, value_counts
-from diversynth.run.artifacts.records import read_classes, read_prompts
+from diversynth.run.artifacts.records import ClassRecord, PromptRecord, read_classes, read_prompts
 from diversynth.run.rundir import RunDir, RunFileError, StageState, read_jsonl
 
 # the stages whose records the report needs, and those it shows when the run has them
@@ -62,20 +62,20 @@ class RunFacts:
     run: RunDir
     name: str
     config: dict[str, Any]
-    classes: list[dict[str, Any]]
-    prompts: list[dict[str, Any]]
+    classes: list[ClassRecord]
+    prompts: list[PromptRecord]
     images: pa.Table  # the manifest, in key order
     states: dict[str, StageState]
     eval: dict[str, Any] | None
     train_metrics: list[dict[str, Any]]
-    prompts_by_class: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    prompts_by_class: dict[int, list[PromptRecord]] = field(default_factory=dict)
 
     def summary(self, stage: str) -> dict[str, Any]:
         state = self.states.get(stage)
         return state.summary if state else {}
 
     @cached_property  # read once per class page: built once, not once per page
-    def prompt_text(self) -> dict[int, dict[str, Any]]:
+    def prompt_text(self) -> dict[int, PromptRecord]:
         return {p["prompt_id"]: p for p in self.prompts}
 
     @cached_property
@@ -169,7 +169,7 @@ def load_run(root: Path) -> RunFacts:
         eval=_read_json(run.eval),
         train_metrics=read_jsonl(run.train_metrics) if run.train_metrics.is_file() else [],
     )
-    prompts: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    prompts: dict[int, list[PromptRecord]] = defaultdict(list)
     for prompt in facts.prompts:
         prompts[prompt["class_index"]].append(prompt)
     facts.prompts_by_class = dict(prompts)

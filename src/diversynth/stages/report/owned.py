@@ -26,7 +26,7 @@ class SiteFolderError(UsageError):
 
 def _files(site: Path) -> set[str]:
     """Every file under `site`, relative, links not followed."""
-    found = set()
+    found: set[str] = set()
     for folder, dirs, files in os.walk(site):
         base = Path(folder).relative_to(site)
         found.update((base / name).as_posix() for name in files)
@@ -61,7 +61,7 @@ def claim_site(site: Path, what: str, force: bool = False) -> None:
 class SiteFiles:
     """One build's view of a site folder: what it may remove, and the list it leaves."""
 
-    def __init__(self, site: Path):
+    def __init__(self, site: Path) -> None:
         self.site = site
         site.mkdir(parents=True, exist_ok=True)
         # files there now that no build listed: the user's, never removed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 
@@ -32,7 +32,9 @@ def training_curves(metrics: list[dict[str, Any]], folder: Path) -> str | None:
     ax.grid(alpha=0.3)
     if any("lr" in r for r in rows):
         lr_ax = ax.twinx()
-        lr_ax.plot([r["step"] for r in rows], [r.get("lr") for r in rows], color="C1", alpha=0.6)
+        # a row without "lr" is a gap in the line: matplotlib takes None, its hints do not
+        lrs = cast("list[float]", [r.get("lr") for r in rows])
+        lr_ax.plot([r["step"] for r in rows], lrs, color="C1", alpha=0.6)
         lr_ax.set_ylabel("learning rate", color="C1")
     return _save(fig, folder, "training_curves")
 
@@ -106,7 +108,7 @@ def frequency_group_bars(groups: list[tuple[str, dict[str, float | None]]],
     return _save(fig, folder, "frequency_groups")
 
 
-def sweep_figure(panels: dict[str, dict[str, list[tuple[float, float, float]]]],
+def sweep_figure(panels: dict[str, dict[str, list[tuple[float, float, float, float]]]],
                  folder: Path) -> str | None:  # fmt: skip
     """The paper's figure: top-1 against synthetic scale, one panel per evaluation set,
     one line per strategy (or other combination), the mean over seeds with its spread

@@ -339,7 +339,9 @@ def _class_page(facts: RunFacts, position: int, cfg: Any, thumbs: dict[str, str]
             "src": thumbs[r["key"]],
             "seed": r["seed"],
             "strategy": r["strategy"],
-            "prompt": prompts.get(r["prompt_id"], {}).get("text", ""),
+            "prompt": (
+                prompts[r["prompt_id"]].get("text", "") if r["prompt_id"] in prompts else ""
+            ),
             "clip": _fmt(r.get("clip_prompt")),
             "flags": _flags(r),
         }
@@ -426,7 +428,9 @@ def build_comparison(runs: list[RunFacts], out: Path, cfg: Any) -> dict[str, Any
     """out/index.html compares the runs; each run's own site goes to out/run-N/."""
     owned = SiteFiles(out)
     _copy_assets(out)
-    rows, points, sets = [], {}, []
+    rows: list[dict[str, Any]] = []
+    points: dict[str, list[tuple[float, float]]] = {}
+    sets: list[str] = []
     for number, facts in enumerate(runs, start=1):
         folder = f"run-{number}"
         build_run_site(facts, out / folder, cfg, up="../index.html")

@@ -15,6 +15,7 @@ import tarfile
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -25,7 +26,7 @@ from diversynth.stages.report.owned import SiteFiles
 SHA_CHARS = 16
 
 
-def thumbnail_paths(run: RunDir, rows: list[dict]) -> dict[str, str]:
+def thumbnail_paths(run: RunDir, rows: list[dict[str, Any]]) -> dict[str, str]:
     """key -> path of its thumbnail, relative to the site root."""
     shas: dict[str, str] = {}
     paths = {}
@@ -37,7 +38,7 @@ def thumbnail_paths(run: RunDir, rows: list[dict]) -> dict[str, str]:
     return paths
 
 
-def make_thumbnails(run: RunDir, rows: list[dict], owned: SiteFiles,
+def make_thumbnails(run: RunDir, rows: list[dict[str, Any]], owned: SiteFiles,
                     size: int) -> dict[str, str]:  # fmt: skip
     """Write the missing thumbnails for these manifest rows into the site; return key ->
     relative path. Thumbnails of shards no longer in the run are removed (only those)."""
@@ -60,7 +61,7 @@ def make_thumbnails(run: RunDir, rows: list[dict], owned: SiteFiles,
     return paths
 
 
-def _jpegs(tar_path: Path, rows: list[dict]) -> Iterator[tuple[str, bytes]]:
+def _jpegs(tar_path: Path, rows: list[dict[str, Any]]) -> Iterator[tuple[str, bytes]]:
     """(key, JPEG bytes) of these rows of one shard."""
     if all(row.get("jpg_offset") is not None for row in rows):
         with tar_path.open("rb") as handle:
@@ -73,9 +74,9 @@ def _jpegs(tar_path: Path, rows: list[dict]) -> Iterator[tuple[str, bytes]]:
         for member in tar:
             key, _, ext = member.name.partition(".")
             if ext == "jpg" and key in keys:
-                handle = tar.extractfile(member)
-                assert handle is not None
-                yield key, handle.read()
+                extracted = tar.extractfile(member)
+                assert extracted is not None
+                yield key, extracted.read()
 
 
 def _save(image: Image.Image, path: Path) -> None:

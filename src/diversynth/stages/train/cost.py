@@ -19,7 +19,7 @@ from typing import Any
 
 from diversynth.config import RunConfig
 
-RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[4] / "benchmarks" / "results"
 MEASURED_FILE = "train_speed_gpu.json"
 # ImageNet-1k's training split: the count assumed for its catalog when no data is configured
 IMAGENET_TRAIN = 1_281_167

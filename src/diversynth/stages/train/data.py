@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -71,7 +71,8 @@ def train_transform(cfg: TrainConfig) -> Callable[[Image.Image], torch.Tensor]:
         scale=aug.scale,
         ratio=aug.ratio,
         hflip=aug.hflip,
-        color_jitter=aug.color_jitter or None,
+        # None: no colour jitter (timm's code tests `is not None`; its hint leaves None out)
+        color_jitter=cast(Any, aug.color_jitter or None),
         auto_augment=aug.auto_augment,
         interpolation=aug.interpolation,
         mean=tuple(prep["mean"]),
@@ -99,17 +100,26 @@ def seeded(seed: int) -> Iterator[None]:
         np.random.set_state(numpy)
 
 
+class SizedDataset(Protocol):
+    """A map-style dataset of (image, class index) samples that knows its length (torch's
+    Dataset declares no `__len__`)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> tuple[Any, int]: ...
+
+
 class SeededSamples(Dataset):
     """Real and synthetic images behind one index (real first), each drawn with its own
     augmentation seed, so an image's crop and flip do not depend on which worker or which
     run (first or resumed) loads it."""
 
-    def __init__(self, real: Dataset, synthetic: Dataset | None):
+    def __init__(self, real: SizedDataset, synthetic: SizedDataset | None) -> None:
         self.real, self.synthetic = real, synthetic
-        self.num_real = len(real)  # type: ignore[arg-type]
+        self.num_real = len(real)
 
     def __len__(self) -> int:
-        return self.num_real + (len(self.synthetic) if self.synthetic else 0)  # type: ignore[arg-type]
+        return self.num_real + (len(self.synthetic) if self.synthetic else 0)
 
     def __getitem__(self, sample: tuple[int, int]) -> tuple[torch.Tensor, int, bool]:
         """(image, class index, whether it is synthetic)."""

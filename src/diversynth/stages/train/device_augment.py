@@ -30,7 +30,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from diversynth.config import AugmentConfig, TrainConfig
-from diversynth.stages.train.data import SeededSamples, model_preprocessing
+from diversynth.stages.train.data import SeededSamples, SizedDataset, model_preprocessing
 
 
 class EncodedImage(NamedTuple):
@@ -46,7 +46,7 @@ class EncodedSamples(Dataset):
     bytes or an array's pixels) and `labels`: ShardImages, ListedImages, ArrayImages.
     Called under the image's seed (SeededSamples), like the CPU path's transform."""
 
-    def __init__(self, images: Any, augment: AugmentConfig):
+    def __init__(self, images: Any, augment: AugmentConfig) -> None:
         self.images, self.labels = images, images.labels
         self.scale, self.ratio = tuple(augment.scale), tuple(augment.ratio)
         self.hflip = augment.hflip
@@ -113,7 +113,7 @@ class DeviceAugment:
     """The training process's half: an EncodedBatch to the normalised (N, 3, S, S) float
     batch the CPU path's transform gives, computed on `device`."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         prep = model_preprocessing(cfg)
         self.device, self.size = device, [cfg.image_size, cfg.image_size]
         # nvJPEG on CUDA; torchvision decodes on no other accelerator
@@ -127,8 +127,8 @@ class DeviceAugment:
         parts = batch.data.split(batch.lengths)
         jpegs = [k for k, shape in enumerate(batch.shapes) if shape[0] == 0]
         images: list[torch.Tensor | None] = [None] * len(batch)
-        for k, image in zip(jpegs, self._decode([parts[k] for k in jpegs]), strict=True):
-            images[k] = image
+        for k, decoded in zip(jpegs, self._decode([parts[k] for k in jpegs]), strict=True):
+            images[k] = decoded
         for k, shape in enumerate(batch.shapes):
             if shape[0]:
                 images[k] = parts[k].view(shape).to(self.device, non_blocking=True)
@@ -164,7 +164,7 @@ class DeviceAugment:
         return [image.to(self.device, non_blocking=True) for image in decoded]
 
 
-def loader_parts(real: Dataset, synthetic: Dataset | None, cfg: TrainConfig,
+def loader_parts(real: SizedDataset, synthetic: SizedDataset | None, cfg: TrainConfig,
                  device: torch.device) -> tuple[SeededSamples, Callable | None,
                                                 DeviceAugment | None]:  # fmt: skip
     """What a training DataLoader reads, its collate_fn (None: the default) and what turns

@@ -17,7 +17,7 @@ import torch
 from diversynth.errors import DiversynthError
 from diversynth.models.classifier import create_classifier, save_checkpoint
 
-EFFICIENTNET_LITE0 = {
+EFFICIENTNET_LITE0: dict[str, Any] = {
     "model": "tf_efficientnet_lite0",
     "num_classes": 1000,
     "image_size": 224,

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import torch
 from timm.loss import SoftTargetCrossEntropy
@@ -314,7 +314,10 @@ def _network(model: torch.nn.Module, cfg: TrainConfig, ranks: distributed.Ranks,
         # after the DDP wrap, as timm's train script does (DDP's buckets then split the
         # graph); states are saved from `model`, so their keys carry no compile prefix.
         # Aux BN's split is a module attribute: the compiled graph is guarded on it
-        net = torch.compile(net, mode=None if cfg.compile is True else cfg.compile)
+        # torch.compile of a Module is a Module (an OptimizedModule); its hint says Callable
+        net = cast(
+            torch.nn.Module, torch.compile(net, mode=None if cfg.compile is True else cfg.compile)
+        )
     return net
 
 
@@ -443,7 +446,8 @@ class _Steps:
             self.best_path.unlink(missing_ok=True)  # a fresh start: no best of an old run
         log = _open_metrics(run.train_metrics, self.resume.metrics_bytes) if ranks.main else None
         board = _tensorboard(run, cfg, step) if ranks.main else None
-        timer, running_loss = Timer(), 0.0
+        timer = Timer()
+        running_loss: torch.Tensor | float = 0.0  # a tensor once a micro-batch has added to it
         self.net.train()
         with contextlib.ExitStack() as cleanup, progress_bar(disable=not ranks.main) as bar:
             cleanup.callback(lambda: log and log.close())
@@ -461,6 +465,7 @@ class _Steps:
                 if not last_of_step:
                     continue
                 step += 1
+                assert isinstance(running_loss, torch.Tensor)  # a step follows a micro-batch
                 mean_loss = self._optimizer_step(step, running_loss)
                 running_loss = 0.0
                 self._log(step, mean_loss, log, board)
@@ -497,7 +502,10 @@ class _Steps:
         y = y.to(device, non_blocking=True)
         # DDP averages gradients once per optimizer step, not once per micro-batch
         accumulating = self.ranks.distributed and not last_of_step
-        with self.net.no_sync() if accumulating else contextlib.nullcontext():
+        # accumulating only under DDP (no_sync passes through torch.compile's wrapper);
+        # Module's hints type an attribute as Tensor | Module
+        ddp = cast(torch.nn.parallel.DistributedDataParallel, self.net)
+        with ddp.no_sync() if accumulating else contextlib.nullcontext():
             with torch.autocast(device.type, dtype=autocast or torch.float32,
                                 enabled=autocast is not None), \
                     real_first(self.trainee.model, real):  # fmt: skip
@@ -505,7 +513,7 @@ class _Steps:
             self.trainee.scaler.scale(loss).backward()
         return loss.detach().float()
 
-    def _optimizer_step(self, step: int, running_loss: torch.Tensor | float) -> float:
+    def _optimizer_step(self, step: int, running_loss: torch.Tensor) -> float:
         """Apply the accumulated gradients; the mean loss of the step over all processes."""
         trainee = self.trainee
         trainee.scaler.step(trainee.optimizer)
@@ -533,8 +541,11 @@ class _Steps:
         the last step; the best model so far goes to train/best.safetensors."""
         epochs, at = divmod(step, self.steps_per_epoch)
         every = self.cfg.validate_every
-        if self.validation is None or not (
-            step == self.total_steps or (not at and epochs % every == 0)
+        # validate_every is set whenever there is a validation loader
+        if (
+            self.validation is None
+            or every is None
+            or not (step == self.total_steps or (not at and epochs % every == 0))
         ):
             return  # fmt: skip
         model = self.trainee.final

@@ -18,7 +18,9 @@ from diversynth.stages.train.data import seeded
 
 
 class DomainMixup:
-    def __init__(self, cfg: MixupConfig, num_classes: int, label_smoothing: float, seed: int):
+    def __init__(
+        self, cfg: MixupConfig, num_classes: int, label_smoothing: float, seed: int
+    ) -> None:
         from timm.data import Mixup
 
         self.cfg, self.seed = cfg, seed

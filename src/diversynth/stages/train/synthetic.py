@@ -14,7 +14,7 @@ import io
 import math
 import os
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -74,7 +74,7 @@ def select_images(classes: np.ndarray, count: int,
 
 
 def synthetic_count(available: int, num_real: int, scale: float | None,
-                    strategies: list[str] | None = None) -> int:  # fmt: skip
+                    strategies: Sequence[str] | None = None) -> int:  # fmt: skip
     """How many synthetic images `train.synthetic_scale` asks for; all of them when None."""
     if scale is None:
         return available
@@ -101,7 +101,7 @@ class ShardImages(Dataset):
     images that is 200 MB shared by every loader worker, where a tuple per image would be
     gigabytes that each forked worker's reference counting slowly copies."""
 
-    def __init__(self, shard_folder: Path, rows: pa.Table, transform: Callable):
+    def __init__(self, shard_folder: Path, rows: pa.Table, transform: Callable) -> None:
         self.folder, self.transform = shard_folder, transform
         shard = rows.column("shard").combine_chunks()
         if not pa.types.is_dictionary(shard.type):
@@ -200,7 +200,7 @@ class ShardImages(Dataset):
 
 def synthetic_images(run: RunDir, num_real: int, scale: float | None, transform: Callable,
                      exclude: set[str] | None = None,
-                     strategies: list[str] | None = None) -> ShardImages | None:  # fmt: skip
+                     strategies: Sequence[str] | None = None) -> ShardImages | None:  # fmt: skip
     """The synthetic images training uses, or None when there are none (or scale is 0);
     `exclude`: keys left out (the leaks stage's); `strategies`: the only strategies used
     (train.strategies; None: all)."""
