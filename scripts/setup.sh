@@ -4,7 +4,7 @@
 # Installs the Debian packages the tests and the offline demo read, makes .venv with
 # diversynth with Ray and its test extras at the versions in requirements-lock.txt (the
 # ones the suite passed with), llama-cpp-python built from source for any x86-64 CPU with
-# AVX2 (about 9 minutes on 2 cores, once: the wheel is kept in .cache/wheels), the offline
+# AVX2 (7-9 minutes on 2 cores, once: the wheel is kept in .cache/wheels), the offline
 # assets, and the tiny offline model kit.
 # A second run checks and skips (a stamp records what was installed).
 # To move the lock to newer releases: install without `-c`, run the suite, then
