@@ -41,7 +41,7 @@ class _App(typer.Typer):
             code = 1
         except typer.TyperException as exc:  # typer's click: a usage error and its kin
             if type(exc).__name__ == "NoArgsIsHelpError":
-                exc.show()  # type: ignore[attr-defined]  # the help itself
+                exc.show()  # type: ignore[attr-defined]  # typer's private _click subclass: the help
             else:
                 ctx = getattr(exc, "ctx", None)
                 where = f"{ctx.command_path}: " if ctx is not None else ""

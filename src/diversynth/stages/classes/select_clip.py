@@ -30,7 +30,7 @@ class ClipChoice:
 class _Top2:
     """Best and second-best column of each row of L, kept current as columns change."""
 
-    def __init__(self, logits: torch.Tensor):
+    def __init__(self, logits: torch.Tensor) -> None:
         self.logits = logits
         self.refresh(torch.ones(len(logits), dtype=torch.bool, device=logits.device))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,7 +33,7 @@ class LocalEngine:
 
     workers = 1
 
-    def __init__(self, config: RunConfig, class_names: dict[int, str]):
+    def __init__(self, config: RunConfig, class_names: dict[int, str]) -> None:
         self.config = config
         self.class_names = class_names
         self.nodes = {socket.gethostname()}
@@ -135,7 +135,7 @@ class LocalEngine:
     def run_shard(
         self,
         shard: ShardSpec,
-        shard_prompts: Sequence[Mapping[str, Any]],
+        shard_prompts: Sequence[PromptRecord],
         folder: Path,
         on_images: Callable[[int], None] = lambda n: None,
         inputs: str | None = None,
@@ -149,7 +149,9 @@ class LocalEngine:
         rows: list[dict[str, Any]] = []
         dropped: list[str] = []
 
-        def write(batch: list[ImageJob], images: list[Image.Image], info: list[dict]) -> None:
+        def write(
+            batch: list[ImageJob], images: list[Image.Image], info: list[dict[str, Any]]
+        ) -> None:
             for job, image, made in zip(batch, images, info, strict=True):
                 if "unsafe" in made["flags"]:
                     dropped.append(job.key)  # a blacked-out image never enters the data

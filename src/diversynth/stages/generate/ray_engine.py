@@ -51,7 +51,7 @@ class WorkerError(DiversynthError):
 class ShardMaker:
     """A Ray Data actor: loads the models once, then makes the shards it is given."""
 
-    def __init__(self, config: RunConfig, class_names: dict[int, str], folder: str):
+    def __init__(self, config: RunConfig, class_names: dict[int, str], folder: str) -> None:
         import ray
 
         from diversynth.stages.generate.local import LocalEngine
@@ -139,7 +139,7 @@ class NodeWatch:
     no live node has had room for one worker (`need`) for `wait` seconds: Ray Data would
     wait for ever for a node that may never come."""
 
-    def __init__(self, need: dict[str, float], wait: float, folder: Path):
+    def __init__(self, need: dict[str, float], wait: float, folder: Path) -> None:
         self.need, self.wait, self.folder = need, wait, folder
         self.alive: dict[str, str] = {}  # node id -> its address
         self.no_room_since: float | None = None
@@ -232,7 +232,7 @@ class RayEngine:
     """Shards on a pool of Ray Data actors, each loading the models once; shards are
     reported as they finish, in any order."""
 
-    def __init__(self, config: RunConfig, class_names: dict[int, str]):
+    def __init__(self, config: RunConfig, class_names: dict[int, str]) -> None:
         # the workers load the models: check what can be checked here first
         check_model(config.generating)
         check_pool(config)

@@ -14,7 +14,7 @@ from typing import Any
 
 
 class BackgroundWriter:
-    def __init__(self, pending: int = 2):
+    def __init__(self, pending: int = 2) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
         self._futures: deque[Future[Any]] = deque()
         self._pending = pending

@@ -176,7 +176,7 @@ class CopyCheck:
     one word ("morning") cost 0.1 s a class at 1000 classes. Rejections are counted per
     strategy, and the (strategy, class) pairs whose answers copied are noted."""
 
-    def __init__(self, embed: Callable[[list[str]], np.ndarray], threshold: float):
+    def __init__(self, embed: Callable[[list[str]], np.ndarray], threshold: float) -> None:
         self.embed, self.threshold = embed, threshold
         self.rejected: Counter[str] = Counter()
         self.copied: set[tuple[str, int]] = set()

@@ -32,7 +32,7 @@ class PhraseMatcher:
     class (1000 classes: one regex search per name and phrase, recompiled past Python's
     regex cache, took the prompts stage past 20 minutes)."""
 
-    def __init__(self, phrases: Iterable[str]):
+    def __init__(self, phrases: Iterable[str]) -> None:
         self.phrases = list(dict.fromkeys(phrases))  # in order, once each
         self._rank = {phrase: i for i, phrase in enumerate(self.phrases)}
         self._patterns: dict[str, re.Pattern[str]] = {}

@@ -16,7 +16,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any, TypedDict
 
 import numpy as np
 from rich.markup import escape
@@ -69,12 +69,26 @@ def _llm_seed(run_seed: int, class_index: int, salt: int) -> int:
     return derive_seed(run_seed, class_index, salt) % 2**31  # llama.cpp takes 32-bit seeds
 
 
+class Detail(TypedDict, total=False):
+    """A prompt's keys in its record beyond its text: PromptRecord's optional ones."""
+
+    template: bool  # naive prompts
+    filled_for: str  # a template prompt standing in for missing LLM prompts
+    contexts: list[str]  # CD prompts
+    style: str  # SD prompts
+    example: str  # CD/SD: the worked example the LLM was shown for its answer
+
+
+Candidate = tuple[str, Detail]  # a prompt's text and its record's details
+Slotted = tuple[str, Detail, int]  # and how many of the class's prompt slots it fills
+
+
 class Selector:
     """Keeps candidate prompts of one class that pass every check and are not near
     duplicates of a prompt already kept."""
 
     def __init__(self, name: str, embedder: Embedder, blocklist: list[str], threshold: float,
-                 limit: quality.TokenLimit):  # fmt: skip
+                 limit: quality.TokenLimit) -> None:  # fmt: skip
         self.name, self.embedder, self.limit = name, embedder, limit
         self.blocklist, self.threshold = blocklist, threshold
         self.kept: list[np.ndarray] = []
@@ -93,7 +107,7 @@ class Selector:
             return "exact duplicate"
         return None
 
-    def take(self, candidates: list[tuple[str, Any]], want: int) -> list[tuple[str, Any]]:
+    def take(self, candidates: list[Candidate], want: int) -> list[Candidate]:
         """Up to `want` of the (text, detail) candidates, in order."""
         passing = []
         for text, detail in candidates:
@@ -103,7 +117,7 @@ class Selector:
             else:
                 self.seen.add(text.casefold())
                 passing.append((text, detail))
-        chosen: list[tuple[str, Any]] = []
+        chosen: list[Candidate] = []
         # Greedy in order, so an item's fate depends only on the items before it: embedding
         # a few more than still wanted at a time gives what embedding all at once gives,
         # for a fraction of the embeddings (the stage's main cost at 1000 classes).
@@ -187,11 +201,11 @@ def _together(first: Any, second: Any) -> Any:
 
 
 def _cd_prompts(name: str, contexts: dict[str, list[str]], want: int, per_prompt: int,
-                rng: random.Random, selector: Selector) -> list[tuple[str, Any]]:  # fmt: skip
-    chosen: list[tuple[str, Any]] = []
+                rng: random.Random, selector: Selector) -> list[Candidate]:  # fmt: skip
+    chosen: list[Candidate] = []
     for _ in range(RESAMPLE_ROUNDS):
         picks = compose.sample_context_sets(contexts, per_prompt, 4 * want, rng)
-        candidates = []
+        candidates: list[Candidate] = []
         for pick in picks:
             while pick and not selector.limit.fits(compose.context_text(name, pick)):
                 pick = pick[:-1]  # too long for the text encoders: drop contexts from the end
@@ -207,7 +221,7 @@ class LLMAnswers:
     """Per class, the LLM's validated contexts (CD) and styles (SD) (or BadAnswers), the
     worked example each answer was asked with, and what the asking cost and rejected."""
 
-    def __init__(self, classes: list[ClassRecord]):
+    def __init__(self, classes: list[ClassRecord]) -> None:
         self.contexts: list[Any] = [None] * len(classes)
         self.styles: list[Any] = [[] for _ in classes]
         self.examples: dict[str, list[WorkedExample | None]] = {
@@ -398,10 +412,6 @@ def _examples_shown(answers: LLMAnswers) -> dict[str, dict[str, int]]:
     }
 
 
-Candidate = tuple[str, dict[str, Any]]  # a prompt's text and its record's details
-Slotted = tuple[str, dict[str, Any], int]  # and how many of the class's prompt slots it fills
-
-
 class ClassPrompts:
     """One class's prompts per strategy as (text, detail, slots): `slots` of the class's
     prompt quota went to that text; what the LLM left missing; the repeats merged; the
@@ -409,7 +419,7 @@ class ClassPrompts:
 
     def __init__(self, prompts: dict[str, list[Slotted]],
                  missing: dict[str, int], repeated: Counter[str],
-                 llm_phrases: dict[str, set[str]], selector: Selector):  # fmt: skip
+                 llm_phrases: dict[str, set[str]], selector: Selector) -> None:  # fmt: skip
         self.prompts, self.missing, self.repeated = prompts, missing, repeated
         self.llm_phrases, self.selector = llm_phrases, selector
 
@@ -423,7 +433,7 @@ def _class_prompts(config: RunConfig, cls: ClassRecord, counts: dict[Strategy, i
     selector = Selector(name, embedder, cfg.blocklist, cfg.near_duplicate_threshold, limit)
     naive = compose.naive_texts(name, templates, counts["naive"])
     _check_templates(naive, limit, name)
-    chosen: dict[str, list[tuple[str, Any]]] = {"naive": [(t, {"template": True}) for t in naive]}
+    chosen: dict[str, list[Candidate]] = {"naive": [(t, {"template": True}) for t in naive]}
     if counts["cd"] and isinstance(contexts, dict):
         chosen["cd"] = _cd_prompts(
             name, contexts, counts["cd"], cfg.contexts_per_prompt, rng, selector
@@ -432,7 +442,7 @@ def _class_prompts(config: RunConfig, cls: ClassRecord, counts: dict[Strategy, i
     if counts["sd"]:
         styles = own_styles + (BUILTIN_STYLES if cfg.builtin_styles else [])
         rng.shuffle(styles)
-        candidates = [(compose.style_text(name, s), {"style": s}) for s in styles]
+        candidates: list[Candidate] = [(compose.style_text(name, s), {"style": s}) for s in styles]
         chosen["sd"] = selector.take(candidates, counts["sd"])
     for strategy in ("cd", "sd"):
         example = answers.examples[strategy][position]
@@ -478,8 +488,8 @@ def _check_templates(texts: list[str], limit: quality.TokenLimit, name: str) -> 
                               f"{blame}")  # fmt: skip
 
 
-def _with_example(detail: dict[str, Any], example: WorkedExample,
-                  own_styles: list[str]) -> dict[str, Any]:  # fmt: skip
+def _with_example(detail: Detail, example: WorkedExample,
+                  own_styles: list[str]) -> Detail:  # fmt: skip
     """The example the LLM saw, on a prompt it wrote (not on one of a built-in style)."""
     if "style" in detail and detail["style"] not in own_styles:
         return detail
@@ -528,11 +538,10 @@ def _style_request(config: RunConfig, cls: ClassRecord,
 
 
 def _record(config: RunConfig, prompt_id: int, class_index: int, strategy: str, text: str,
-            detail: dict[str, Any], images: int) -> PromptRecord:  # fmt: skip
+            detail: Detail, images: int) -> PromptRecord:  # fmt: skip
     seeds = [derive_seed(config.seed, prompt_id, i) for i in range(images)]
-    record = {"prompt_id": prompt_id, "class_index": class_index, "strategy": strategy,
-              "text": text, **detail, "seed": seeds[0], "image_seeds": seeds}  # fmt: skip
-    return cast(PromptRecord, record)  # `detail`: the strategy's optional keys of a record
+    return {"prompt_id": prompt_id, "class_index": class_index, "strategy": strategy,
+            "text": text, **detail, "seed": seeds[0], "image_seeds": seeds}  # fmt: skip
 
 
 def _diversity(texts: dict[str, dict[int, list[str]]], embedder: Embedder,
