@@ -67,7 +67,8 @@ def latency_mode(latency: float, class_counts: list[int]) -> None:
     from diversynth.data.classes.catalog import load_classes
     from diversynth.models.diversity import Embedder
     from diversynth.run.rundir import RunDir
-    from diversynth.stages.prompts.stage import _llm_answers, strategy_counts
+    from diversynth.stages.prompts.budget import strategy_counts
+    from diversynth.stages.prompts.stage import _llm_answers
 
     names = [entry.raw_name for entry in load_classes(ClassesConfig(catalog="imagenet1k"))]
     rows = []

@@ -91,6 +91,42 @@ def test_plan_command_prints_a_table_and_json(
     ]
 
 
+def test_a_plan_adds_up_what_each_stage_estimates() -> None:
+    """Each stage declares its part (classes, prompts and images, LLM requests): the
+    offline demo's 10 classes, 10 prompts of 2 images a class, a CD and an SD request a
+    class, and a request a class more when the LLM names the classes."""
+    from diversynth import pipeline
+
+    config = load_config(OFFLINE_CONFIG, [])
+    found = pipeline.estimate(config, through="prompts")
+    assert (found.classes, found.prompts, found.images) == (10, 100, 200)
+    assert found.images_by_strategy == {"naive": 40, "cd": 100, "sd": 60}
+    assert found.llm_requests == 20 and found.llm_tokens_out == 20 * 180
+    assert found.shards == 0 and found.training is None  # later stages not asked
+    named = pipeline.estimate(load_config(OFFLINE_CONFIG, ["classes.disambiguate.llm=true"]),
+                              through="prompts")  # fmt: skip
+    assert named.llm_requests == 30 and named.llm_tokens_in > found.llm_tokens_in
+    contexts = pipeline.estimate(load_config(OFFLINE_CONFIG, ["prompts.shares={cd: 1.0}"]),
+                                 through="prompts")  # fmt: skip
+    assert contexts.llm_requests == 10 and contexts.images_by_strategy["cd"] == 200
+
+
+@pytest.mark.slow  # the classifier and the pipeline built on the meta device: 12 s
+def test_plan_json_of_a_run_with_real_data() -> None:
+    """`plan --json` of a config with a data section: the real images counted in
+    data.root (its train_limit here) and the whole run's counts."""
+    from typer.testing import CliRunner
+
+    from diversynth.commands.cli import app
+
+    result = CliRunner().invoke(app, ["plan", str(OFFLINE_CONFIG), "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert (plan["classes"], plan["images"], plan["shards"]) == (10, 200, 5)
+    assert plan["training"]["real_images"] == 6000
+    assert plan["training"]["real_source"] == "counted in data.root"
+
+
 def test_plan_of_a_hub_model_it_cannot_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = load_config(OFFLINE_CONFIG, ["generate.model=someone/unknown-model"])
@@ -124,8 +160,7 @@ def test_plan_prices_training_as_well_as_generation() -> None:
     synthetic): FLOPs counted on the meta device, images seen step by step, and hours from
     the measured training rate, with the measured loader's rate as the upper end (the
     plan command's table: test_plan_of_a_sweep_prices_the_pool_and_every_training)."""
-    from diversynth.commands.plan import CARDS
-    from diversynth.stages.train.cost import IMAGENET_TRAIN, measured_rates, training_cost
+    from diversynth.models.cost import CARDS, IMAGENET_TRAIN, measured_rates, training_cost
 
     config = load_config(REPO / "configs" / "imagenet-sd15.yaml", [])
     cost = training_cost(config, 1000, CARDS, synthetic=True)

@@ -16,8 +16,8 @@ from conftest import OFFLINE_CONFIG, cli, set_args
 from diversynth.models import diversity
 from diversynth.models.clip_tokens import clip_tokens
 from diversynth.models.diversity import mean_cosine_distance, vendi_score
+from diversynth.stages.prompts.budget import strategy_counts
 from diversynth.stages.prompts.quality import blocked, near_duplicate_mask
-from diversynth.stages.prompts.stage import strategy_counts
 
 
 def _prompts(run: Path) -> list[dict]:

@@ -37,7 +37,7 @@ from diversynth.run.rundir import (
     write_text,
 )
 from diversynth.stages import classes, evaluate, generate, leaks, prompts, report, train
-from diversynth.stages.declaration import Stage
+from diversynth.stages.declaration import Estimate, Stage
 
 
 class PipelineError(DiversynthError):
@@ -63,6 +63,18 @@ def _external(ref: str | Path) -> Any:
 STAGES: list[Stage] = [classes.STAGE, prompts.STAGE, generate.STAGE, leaks.STAGE, train.STAGE,
                       evaluate.STAGE, report.STAGE]  # fmt: skip
 STAGE_NAMES = [stage.name for stage in STAGES]
+
+
+def estimate(config: RunConfig, through: str | None = None) -> Estimate:
+    """What the run will make and ask for, each stage adding its part in order, up to and
+    including `through` (every stage: None)."""
+    found = Estimate()
+    for stage in STAGES:
+        if stage.estimate is not None:
+            stage.estimate(config, found)
+        if stage.name == through:
+            break
+    return found
 
 
 def parse_stage_list(text: str | None, option: str = "--stages") -> list[str]:

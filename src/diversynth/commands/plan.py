@@ -13,13 +13,14 @@ where a card or an architecture has no measurement the plan says which one it as
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diversynth.config import ConfigError, GenerateConfig, RunConfig, prompt_count_problem
+from diversynth import pipeline
+from diversynth.config import GenerateConfig, RunConfig
 from diversynth.errors import UsageError
+from diversynth.models.cost import CARDS, TrainingCost
 from diversynth.models.pipeline_traits import (
     call_defaults,
     classifier_free_on,
@@ -29,14 +30,10 @@ from diversynth.models.pipeline_traits import (
     text_to_image_classes,
 )
 from diversynth.run.progress import console
-from diversynth.stages.train.cost import TrainingCost, training_cost
 
 RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
-# dense fp16/bf16 tensor-core peaks (no sparsity), from the vendors' data sheets
-CARDS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
 # the measurement efficiency comes from (a card's figure where it has one)
 MEASURED = {"file": "generate_speed_gpu.json", "architecture": "UNet2DConditionModel"}
-CHARS_PER_TOKEN = 4  # English text in an LLM's tokenizer, roughly
 BYTES = (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3))
 
 
@@ -316,81 +313,18 @@ def measured_efficiency(results: Path = RESULTS) -> tuple[dict[str, float], str]
     return {card: rate / CARDS[card]}, f"SD 1.5 {s['size']} px, {s['steps']} steps, {s['dtype']}"
 
 
-# --- everything else ---------------------------------------------------------------------
-
-
-def _images(config: RunConfig, classes: int) -> tuple[int, int, list[int]]:
-    """(prompts, images, images per prompt) as the prompts stage will make them."""
-    from diversynth.stages.prompts.budget import class_budgets
-
-    cfg = config.prompts
-    real = None
-    if cfg.budget.kind != "uniform":
-        from diversynth.data.subset import real_train_counts
-
-        real = real_train_counts(config)
-    budgets = class_budgets(cfg, real, classes)
-    prompts = cfg.per_class * classes
-    images = sum(budgets)
-    per_prompt = [cfg.images_per_prompt] * prompts if cfg.budget.kind == "uniform" else []
-    return prompts, images, per_prompt
-
-
-def _llm(config: RunConfig, classes: int) -> tuple[int, int, int]:
-    """LLM requests, and tokens in and out (out: at most llm.max_tokens an answer)."""
-    from diversynth.stages.prompts.stage import strategy_counts
-
-    if config.llm is None:
-        return 0, 0, 0
-    counts = strategy_counts(config.prompts.per_class, config.prompts.shares)
-    per_class = int(counts["cd"] > 0) + int(counts["sd"] > 0)
-    per_class += int(bool(config.classes.disambiguate.llm))
-    requests = per_class * classes
-    tokens_in = requests * _request_tokens(config)
-    return requests, tokens_in, requests * config.llm.max_tokens
-
-
-def _request_tokens(config: RunConfig) -> int:
-    """Tokens of one context request for an ImageNet-like class, worked example included."""
-    from diversynth.stages.prompts.examples import EXAMPLES
-    from diversynth.stages.prompts.llm_requests import context_request
-
-    cfg = config.prompts
-    request = context_request(
-        "tench",
-        "freshwater dace-like game fish of Europe and western Asia",
-        cfg.cd_axes,
-        cfg.contexts_per_axis,
-        0,
-        256,
-        EXAMPLES[0],
-    )
-    return math.ceil(sum(len(text) for _, text in request.messages) / CHARS_PER_TOKEN)
+# --- the plan ----------------------------------------------------------------------------
 
 
 def make_plan(config: RunConfig) -> Plan:
-    from diversynth.data.classes.catalog import load_classes
-    from diversynth.run.artifacts.shard_plan import plan_shards
-    from diversynth.stages.generate.stage import SHARD_BYTES, estimated_bytes_per_image
-
-    classes = len(load_classes(config.classes))
-    problem = prompt_count_problem(config, classes)
-    if problem:
-        raise ConfigError(problem)
-    prompts, images, per_prompt = _images(config, classes)
-    gen = config.generate
-    size = gen.images_per_shard if gen else 1000
-    shards = len(plan_shards(per_prompt, size)) if per_prompt else math.ceil(images / size)
-    per_image = estimated_bytes_per_image(gen) if gen else 0.0
-    disk = per_image * images + (SHARD_BYTES * shards if gen else 0)
-    requests, tokens_in, tokens_out = _llm(config, classes)
-    plan = Plan(classes, prompts, images, shards, per_image, disk, requests, tokens_in,
-                tokens_out)  # fmt: skip
+    """The run's counts as its stages estimate them, and generation's FLOPs and hours."""
     console.print(f"plan: counting {config.train.model}'s FLOPs on the meta device",
                   highlight=False)  # fmt: skip
-    synthetic = gen is not None and config.train.uses_synthetic
-    plan.training = training_cost(config, classes, CARDS, synthetic)
-    plan.notes += plan.training.notes
+    found = pipeline.estimate(config)
+    plan = Plan(found.classes, found.prompts, found.images, found.shards, found.bytes_per_image,
+                found.disk_bytes, found.llm_requests, found.llm_tokens_in, found.llm_tokens_out,
+                training=found.training, notes=list(found.notes))  # fmt: skip
+    gen = config.generate
     if gen is None:
         plan.notes.append("no generate section: no generation to plan")
         return plan
@@ -408,7 +342,7 @@ def make_plan(config: RunConfig) -> Plan:
             source = f"no {card} measurement: {reference[0]}'s fraction of peak assumed"
         else:
             continue
-        plan.gpu_hours[card] = images * plan.flops_per_image / (peak * fraction) / 3600
+        plan.gpu_hours[card] = plan.images * plan.flops_per_image / (peak * fraction) / 3600
         plan.efficiency[card] = f"{fraction:.1%} of peak, {source}"
     denoiser = plan.components[0].cls
     if denoiser != MEASURED["architecture"]:

@@ -8,6 +8,7 @@ diffusers, timm) when called, so that listing the stages costs nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,9 @@ from diversynth.run.integrity import Damage
 from diversynth.run.rundir import RunDir, StageState, digest_json, sha256_file
 
 if TYPE_CHECKING:
-    from diversynth.config import RunConfig
+    from diversynth.config import RunConfig, Strategy
+    from diversynth.llm.base import ChatRequest
+    from diversynth.models.cost import TrainingCost
 
 # A run hook takes (config, run, **options) and returns the summary the state records; a
 # resumable one also takes the fingerprint (to tag partial work) and `forced`.
@@ -29,6 +32,7 @@ Inputs = Callable[["RunConfig"], list["str | Path | None"]]
 # how requests reach the LLM, not what it is asked or answers: changing them keeps the
 # classes and prompts (answers are cached by request)
 LLM_TRANSPORT = ("llm.max_in_flight", "llm.timeout", "llm.deadline", "llm.max_retries")
+CHARS_PER_TOKEN = 4  # English text in an LLM's tokenizer, roughly
 
 
 def subset_lists(config: RunConfig) -> list[str | Path | None]:
@@ -40,6 +44,35 @@ def subset_lists(config: RunConfig) -> list[str | Path | None]:
 def real_inputs(config: RunConfig) -> list[str | Path | None]:
     """The real data folder and any subset list files."""
     return [config.data.root, *subset_lists(config)] if config.data else []
+
+
+@dataclass
+class Estimate:
+    """What a run will amount to, before it runs (`diversynth plan`): each stage's
+    `estimate` hook fills in its part, in the pipeline's order, from the config and the
+    parts of the stages before it."""
+
+    classes: int = 0
+    prompts: int = 0
+    images: int = 0
+    images_per_prompt: list[int] = field(default_factory=list)  # empty: budgeted per class
+    images_by_strategy: dict[Strategy, int] = field(default_factory=dict)
+    shards: int = 0
+    bytes_per_image: float = 0.0
+    disk_bytes: float = 0.0
+    llm_requests: int = 0
+    llm_tokens_in: int = 0
+    llm_tokens_out: int = 0
+    training: TrainingCost | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def ask_llm(self, config: RunConfig, requests: int, like: ChatRequest) -> None:
+        """Count `requests` to the LLM as long as `like`, each answered with at most
+        llm.max_tokens."""
+        chars = sum(len(text) for _, text in like.messages)
+        self.llm_requests += requests
+        self.llm_tokens_in += requests * math.ceil(chars / CHARS_PER_TOKEN)
+        self.llm_tokens_out += requests * (config.llm.max_tokens if config.llm else 0)
 
 
 def _no_files(run: RunDir) -> list[Path]:
@@ -83,6 +116,8 @@ class Stage:
     # config sections left out of a digest of the stage's own settings (its fingerprint
     # less upstream outputs), handed to run() as `settings`; None: not handed
     settings_without: tuple[str, ...] | None = None
+    # (config, estimate): add what the stage will make and ask for (`diversynth plan`)
+    estimate: Callable[[RunConfig, Estimate], None] | None = None
 
     def execute(self, config: RunConfig, run: RunDir, fingerprint: str, forced: bool,
                 options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip

@@ -20,10 +20,10 @@ def pool_size_problem(sweep: Sweep) -> str | None:
     pool will make, found before any image is made, with the prompts.per_class that would
     be enough (uniform budgets: the others depend on the real counts, checked by the train
     stage)."""
-    from diversynth.data.classes.catalog import load_classes
-    from diversynth.stages.prompts.stage import strategy_counts
-    from diversynth.stages.train.cost import real_image_count
+    from diversynth import pipeline
+    from diversynth.models.cost import real_image_count
 
+    estimates: dict[str, pipeline.Estimate] = {}
     worst: tuple[float, str] | None = None
     for trial in sweep.trainings().values():
         config, pool = trial.config, sweep.pools[trial.pool]
@@ -31,11 +31,12 @@ def pool_size_problem(sweep: Sweep) -> str | None:
         real = real_image_count(config)[0] if scale else None
         if real is None or not scale or pool.prompts.budget.kind != "uniform":
             continue
-        prompts = pool.prompts
-        per_prompt = prompts.images_per_prompt * len(load_classes(pool.classes))
-        counts = strategy_counts(prompts.per_class, prompts.shares)
-        chosen = config.train.strategies or [s for s, n in counts.items() if n]
-        made = sum(counts.get(s, 0) for s in chosen) * per_prompt
+        if trial.pool not in estimates:
+            estimates[trial.pool] = pipeline.estimate(pool, through="prompts")
+        found, prompts = estimates[trial.pool], pool.prompts
+        chosen = config.train.strategies or [s for s, n in found.images_by_strategy.items() if n]
+        made = sum(found.images_by_strategy.get(s, 0) for s in chosen)
+        per_prompt = prompts.images_per_prompt * found.classes
         wanted = int(scale * real + 0.5)
         if wanted <= made:
             continue

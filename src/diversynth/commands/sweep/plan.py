@@ -7,9 +7,9 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from diversynth.commands.plan import CARDS, Plan, hours_span, make_plan
+from diversynth.commands.plan import Plan, hours_span, make_plan
 from diversynth.commands.sweep.spec import Sweep, trains_on_synthetic
-from diversynth.stages.train.cost import TrainingCost, training_cost
+from diversynth.models.cost import CARDS, TrainingCost, training_cost
 
 
 def plan_sweep(sweep: Sweep) -> tuple[dict[str, Plan], dict[str, TrainingCost]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from diversynth.stages.declaration import LLM_TRANSPORT, Stage, subset_lists
+from diversynth.stages.declaration import LLM_TRANSPORT, Estimate, Stage, subset_lists
 
 if TYPE_CHECKING:
     from diversynth.config import RunConfig
@@ -20,6 +20,20 @@ def _sections(config: RunConfig) -> tuple[str, ...]:
     if config.disambiguation_mode == "clip":
         sections += ("clip", "data")
     return sections
+
+
+def _estimate(config: RunConfig, estimate: Estimate) -> None:
+    """Every class of the list, and with LLM names a request a class at most (only the
+    ambiguous ones are asked)."""
+    from diversynth.data.classes.catalog import load_classes
+    from diversynth.stages.classes.llm_names import name_request
+
+    entries = load_classes(config.classes)
+    estimate.classes = len(entries)
+    rule = config.classes.disambiguate
+    if config.llm is not None and rule.llm and entries:
+        like = name_request(entries[0], [], rule.llm_names, 0, config.llm.max_tokens)
+        estimate.ask_llm(config, len(entries), like)
 
 
 def _run(config: RunConfig, run: RunDir) -> dict[str, Any]:
@@ -40,4 +54,5 @@ STAGE = Stage(
         c.classes.folder,
         *(subset_lists(c) if c.disambiguation_mode == "clip" else []),
     ],
+    estimate=_estimate,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from diversynth.stages.declaration import Stage
 from diversynth.stages.generate.stage import (
     discard_damaged,
+    estimate_generate,
     generate_is_complete,
     generate_output_digest,
     recorded_tar_sha,
@@ -37,4 +38,5 @@ STAGE = Stage(
     options=("max_shards", "allow_version_change"),
     # either engine, any number of workers: the same shards, so switching keeps them
     ignores=("generate.engine", "generate.ray"),
+    estimate=estimate_generate,
 )

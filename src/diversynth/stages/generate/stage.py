@@ -13,6 +13,7 @@ run that outlived its killed driver) is made again before the manifest is writte
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tarfile
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from diversynth.errors import DiversynthError, PartialStage
 from diversynth.models.diversity import print_diversity
 from diversynth.run.artifacts.manifest import image_flags, write_manifest
 from diversynth.run.artifacts.records import PromptRecord, read_classes, read_prompts
-from diversynth.run.artifacts.shard_plan import ShardSpec, planned_shards
+from diversynth.run.artifacts.shard_plan import ShardSpec, plan_shards, planned_shards
 from diversynth.run.artifacts.shards import (
     clean_leftovers,
     encode_jpeg,
@@ -43,6 +44,7 @@ from diversynth.run.artifacts.shards import (
 from diversynth.run.progress import console, progress_bar
 from diversynth.run.provenance import check_kept_work, made_with
 from diversynth.run.rundir import RunDir, Timer, digest_json, sha256_file, write_json
+from diversynth.stages.declaration import Estimate
 from diversynth.stages.generate.engines import Engine, open_engine
 from diversynth.stages.generate.image_diversity import ImageDiversity
 
@@ -330,6 +332,18 @@ def estimated_bytes_per_image(cfg: GenerateConfig) -> float:
     # two tar headers, the JSON member and the block padding, a row in the rows file and,
     # with CLIP scores, the image's CLIP embedding there (float16; 512 numbers for ViT-B)
     return jpeg + 4 * tarfile.BLOCKSIZE + 300 + (1024 if cfg.clip_score else 0)
+
+
+def estimate_generate(config: RunConfig, estimate: Estimate) -> None:
+    """Shards and disk for the images the prompts will ask for."""
+    gen = config.generate
+    size = gen.images_per_shard if gen else 1000
+    per_prompt = estimate.images_per_prompt
+    shards = plan_shards(per_prompt, size) if per_prompt else None
+    estimate.shards = len(shards) if shards is not None else math.ceil(estimate.images / size)
+    estimate.bytes_per_image = estimated_bytes_per_image(gen) if gen else 0.0
+    estimate.disk_bytes = estimate.bytes_per_image * estimate.images
+    estimate.disk_bytes += SHARD_BYTES * estimate.shards if gen else 0
 
 
 def check_disk(config: RunConfig, run: RunDir, todo: list[ShardSpec],

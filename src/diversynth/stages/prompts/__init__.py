@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diversynth.stages.declaration import LLM_TRANSPORT, Stage, real_inputs
+from diversynth.stages.declaration import LLM_TRANSPORT, Estimate, Stage, real_inputs
 
 if TYPE_CHECKING:
     from diversynth.config import RunConfig
@@ -38,6 +38,12 @@ def _inputs(config: RunConfig) -> list[str | Path | None]:
     return [*budgeted, *_tokenizers(config)]
 
 
+def _estimate(config: RunConfig, estimate: Estimate) -> None:
+    from diversynth.stages.prompts.budget import estimate_prompts
+
+    estimate_prompts(config, estimate)
+
+
 def _run(config: RunConfig, run: RunDir) -> dict[str, Any]:
     from diversynth.stages.prompts.stage import run_prompts
 
@@ -53,4 +59,5 @@ STAGE = Stage(
     outputs=lambda r: [r.prompts],
     ignores=LLM_TRANSPORT,
     inputs=_inputs,
+    estimate=_estimate,
 )

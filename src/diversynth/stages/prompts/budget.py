@@ -10,12 +10,63 @@ shares) and change how many images each prompt makes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from diversynth.config import ConfigError, PromptsConfig
+from diversynth.config import (
+    STRATEGIES,
+    ConfigError,
+    PromptsConfig,
+    RunConfig,
+    Strategy,
+    prompt_count_problem,
+)
 from diversynth.data.apportion import largest_remainder
+from diversynth.stages.declaration import Estimate
+
+# the class whose requests price the LLM's work in a plan (ImageNet's first)
+PRICED_CLASS = ("tench", "freshwater dace-like game fish of Europe and western Asia")
+
+
+def strategy_counts(per_class: int, shares: Mapping[Strategy, float]) -> dict[Strategy, int]:
+    """Prompts per strategy for one class: exactly `per_class`, split by largest remainder."""
+    split = largest_remainder(per_class, [shares.get(s, 0.0) for s in STRATEGIES])
+    return dict(zip(STRATEGIES, split, strict=True))
+
+
+def estimate_prompts(config: RunConfig, estimate: Estimate) -> None:
+    """Prompts and images as the stage will make them, and the LLM requests for the
+    contexts and styles (one a class and strategy, priced on a typical class)."""
+    from diversynth.stages.prompts.examples import EXAMPLES
+    from diversynth.stages.prompts.llm_requests import context_request, style_request
+
+    problem = prompt_count_problem(config, estimate.classes)
+    if problem:
+        raise ConfigError(problem)
+    cfg, classes = config.prompts, estimate.classes
+    real = None
+    if cfg.budget.kind != "uniform":
+        from diversynth.data.subset import real_train_counts
+
+        real = real_train_counts(config)
+    estimate.prompts = cfg.per_class * classes
+    estimate.images = int(sum(class_budgets(cfg, real, classes)))
+    counts = strategy_counts(cfg.per_class, cfg.shares)
+    if cfg.budget.kind == "uniform":  # other budgets spread a class's images by its count
+        estimate.images_per_prompt = [cfg.images_per_prompt] * estimate.prompts
+        estimate.images_by_strategy = {s: n * classes * cfg.images_per_prompt
+                                       for s, n in counts.items()}  # fmt: skip
+    if config.llm is None:
+        return
+    name, about = PRICED_CLASS
+    tokens = config.llm.max_tokens
+    if counts["cd"]:
+        estimate.ask_llm(config, classes, context_request(
+            name, about, cfg.cd_axes, cfg.contexts_per_axis, 0, tokens, EXAMPLES[0]))  # fmt: skip
+    if counts["sd"]:
+        estimate.ask_llm(config, classes, style_request(
+            name, cfg.styles_per_class, 0, tokens, EXAMPLES[0]))  # fmt: skip
 
 
 def class_budgets(cfg: PromptsConfig, real_counts: np.ndarray | None,

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 import numpy as np
 from rich.markup import escape
 
 from diversynth.config import STRATEGIES, ConfigError, RunConfig, Strategy
-from diversynth.data.apportion import largest_remainder
 from diversynth.errors import shown
 from diversynth.llm import BadAnswer, Flow, json_flow, open_llm
 from diversynth.llm.base import ChatRequest
@@ -39,7 +38,7 @@ from diversynth.run.progress import console, counting
 from diversynth.run.rundir import RunDir, write_jsonl
 from diversynth.run.seeding import derive_seed
 from diversynth.stages.prompts import compose, quality
-from diversynth.stages.prompts.budget import class_budgets, spread_images
+from diversynth.stages.prompts.budget import class_budgets, spread_images, strategy_counts
 from diversynth.stages.prompts.examples import (
     EXAMPLES,
     CopyCheck,
@@ -57,12 +56,6 @@ from diversynth.stages.prompts.styles import BUILTIN_STYLES
 
 RESAMPLE_ROUNDS = 3  # rounds of new context combinations before templates fill in
 SHORTFALL_SHOWN = 20  # classes whose shortfall the console lists (the summary has all)
-
-
-def strategy_counts(per_class: int, shares: Mapping[Strategy, float]) -> dict[Strategy, int]:
-    """Prompts per strategy for one class: exactly `per_class`, split by largest remainder."""
-    split = largest_remainder(per_class, [shares.get(s, 0.0) for s in STRATEGIES])
-    return dict(zip(STRATEGIES, split, strict=True))
 
 
 def _llm_seed(run_seed: int, class_index: int, salt: int) -> int:

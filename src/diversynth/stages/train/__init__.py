@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from diversynth.stages.declaration import Stage, real_inputs
+from diversynth.stages.declaration import Estimate, Stage, real_inputs
 
 if TYPE_CHECKING:
     from diversynth.config import RunConfig
@@ -17,6 +17,14 @@ def _run(config: RunConfig, run: RunDir, fingerprint: str, forced: bool = False,
     from diversynth.stages.train.loop import run_train
 
     return run_train(config, run, fingerprint, forced, allow_version_change)
+
+
+def _estimate(config: RunConfig, estimate: Estimate) -> None:
+    from diversynth.models.cost import CARDS, training_cost
+
+    synthetic = config.generate is not None and config.train.uses_synthetic
+    estimate.training = training_cost(config, estimate.classes, CARDS, synthetic)
+    estimate.notes += estimate.training.notes
 
 
 STAGE = Stage(
@@ -31,4 +39,5 @@ STAGE = Stage(
     inputs=real_inputs,
     resumable=True,
     options=("allow_version_change",),
+    estimate=_estimate,
 )

@@ -1,5 +1,6 @@
-"""What training will cost: FLOPs an image of the timm model at its image size (counted on
-the meta device: no weights, no memory), images seen, and GPU-hours per card.
+"""What work costs on a GPU: the cards' peak rates, and what training will cost: FLOPs an
+image of the timm model at its image size (counted on the meta device: no weights, no
+memory), images seen, and GPU-hours per card.
 
 Hours come from a measured rate (benchmarks/results/train_speed_gpu.json: ResNet-50,
 224 px, bf16 on an H100): the fraction of the card's peak the model reached there is
@@ -19,8 +20,10 @@ from typing import Any
 
 from diversynth.config import RunConfig
 
-RESULTS = Path(__file__).resolve().parents[4] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
 MEASURED_FILE = "train_speed_gpu.json"
+# dense fp16/bf16 tensor-core peaks (no sparsity), from the vendors' data sheets
+CARDS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
 # ImageNet-1k's training split: the count assumed for its catalog when no data is configured
 IMAGENET_TRAIN = 1_281_167
 
@@ -66,7 +69,7 @@ def real_image_count(config: RunConfig) -> tuple[int | None, str]:
     if config.data is not None and Path(config.data.root).exists():
         from diversynth.data.subset import real_train_counts
 
-        return sum(real_train_counts(config)), "counted in data.root"
+        return int(real_train_counts(config).sum()), "counted in data.root"
     if config.classes.catalog == "imagenet1k":
         return IMAGENET_TRAIN, "ImageNet-1k's training split; assumed: no data section"
     return None, "no data section: the real training set is unknown"
