@@ -41,17 +41,13 @@ from _results import machine, write_result
 from PIL import Image
 
 from diversynth.config import TrainConfig
+from diversynth.data.eval_sets import eval_transform
 from diversynth.data.real import FASHION_FILES, read_idx
 from diversynth.models.aux_bn import real_first
 from diversynth.models.classifier import convert_auxiliary
 from diversynth.models.recipes import RECIPES, with_recipe
 from diversynth.run.seeding import derive_seed
-from diversynth.stages.train.data import (
-    eval_transform,
-    model_preprocessing,
-    seeded,
-    train_transform,
-)
+from diversynth.stages.train.data import model_preprocessing, seeded, train_transform
 from diversynth.stages.train.mixing import DomainMixup
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -38,9 +38,9 @@ from _results import machine, write_result
 
 from diversynth.config import CD_AXES, LLMConfig
 from diversynth.llm.backends import OpenAIBackend
-from diversynth.models.assets import resolve_bundled
+from diversynth.llm.llamacpp import LlamaCppServer
 from diversynth.stages.prompts.llm_requests import context_request
-from diversynth.testing.llm_servers import LlamaCppServer
+from diversynth.testing.llm_servers import NativeLlamaServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,8 +48,8 @@ CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
 
 
-def timed(base_url: str, in_flight: int, round_index: int) -> float:
-    config = LLMConfig(backend="openai", model="smollm2", base_url=base_url,
+def timed(server: LlamaCppServer, in_flight: int, round_index: int) -> float:
+    config = LLMConfig(backend="openai", model=server.model, base_url=server.base_url,
                        max_in_flight=in_flight, json_mode="json_object", timeout=300)  # fmt: skip
     # the same requests for both settings within a round, new seeds each round
     requests = [context_request(n, None, CD_AXES, 2, 1000 * round_index + i, 160, None)
@@ -137,12 +137,15 @@ def main() -> None:
                                check=True, capture_output=True, text=True, cwd=ROOT)  # fmt: skip
         native = ROOT / built.stdout.strip().splitlines()[-1]
     times: dict[int, list[float]] = {1: [], args.in_flight: []}
-    gguf = resolve_bundled("bundled:smollm2")
-    with LlamaCppServer(gguf, native=native, parallel=args.in_flight) as server:
-        timed(server.base_url, 1, 99)  # warm-up (loads the model's pages)
+    llm = LLMConfig(backend="llamacpp", model="bundled:smollm2")
+    server = (
+        LlamaCppServer(llm) if native is None else NativeLlamaServer(llm, native, args.in_flight)
+    )
+    with server:
+        timed(server, 1, 99)  # warm-up (loads the model's pages)
         for r in range(args.rounds):
             for n in (1, args.in_flight) if r % 2 == 0 else (args.in_flight, 1):
-                times[n].append(timed(server.base_url, n, r))
+                times[n].append(timed(server, n, r))
                 print(f"round {r}: in flight {n}: {times[n][-1]:.2f} s", flush=True)
     serial, parallel = statistics.median(times[1]), statistics.median(times[args.in_flight])
     ratio = serial / parallel

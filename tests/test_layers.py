@@ -153,22 +153,37 @@ def test_the_modules_import_one_another_without_a_cycle() -> None:
     assert not cycles, f"modules that import one another: {cycles}"
 
 
+def _unresolved(found: Iterator[tuple[str, str | None, int]], where: str) -> Iterator[str]:
+    for module, imported, line in found:
+        try:
+            loaded = importlib.import_module(module)
+        except ImportError as exc:
+            yield f"{where}:{line}: {module} ({exc})"
+            continue
+        if imported and not hasattr(loaded, imported) and f"{module}.{imported}" not in MODULES:
+            yield f"{where}:{line}: {module} has no {imported}"
+
+
 def test_every_import_of_a_diversynth_name_resolves() -> None:
     """Lazy imports too (inside hooks and functions), which nothing else runs until the
     code path does: a moved function leaves no import behind that would fail there."""
     missing = []
     for name in MODULES:
-        if name.endswith("_llamacpp_child"):
-            continue
-        for module, imported, line in _imports(name):
-            where = f"{MODULES[name].relative_to(ROOT.parent)}:{line}"
-            try:
-                loaded = importlib.import_module(module)
-            except ImportError as exc:
-                missing.append(f"{where}: {module} ({exc})")
-                continue
-            if imported and not hasattr(loaded, imported) and f"{module}.{imported}" not in MODULES:
-                missing.append(f"{where}: {module} has no {imported}")
+        if not name.endswith("_llamacpp_child"):
+            where = str(MODULES[name].relative_to(ROOT.parent))
+            missing += _unresolved(_imports(name), where)
+    assert not missing, "\n".join(missing)
+
+
+def test_the_tests_and_benchmarks_import_only_what_the_package_has() -> None:
+    """A name moved or no longer re-exported fails here, not when a slow test or a GPU
+    benchmark first imports it."""
+    repo = ROOT.parents[1]
+    missing = []
+    for path in sorted([*(repo / "tests").glob("*.py"), *(repo / "benchmarks").rglob("*.py"),
+                        *(repo / "scripts").glob("*.py")]):  # fmt: skip
+        found = _imports_in(path.read_text(), "")
+        missing += _unresolved(found, str(path.relative_to(repo)))
     assert not missing, "\n".join(missing)
 
 

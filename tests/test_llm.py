@@ -19,7 +19,8 @@ from diversynth.llm import LLM, BadAnswer, ChatRequest, LLMError
 from diversynth.llm.backends import OpenAIBackend
 from diversynth.llm.cache import AnswerCache
 from diversynth.llm.chat_client import MIN_REPLY_BYTES
-from diversynth.testing.llm_servers import MisbehavingServer, chat_reply, free_port
+from diversynth.llm.llamacpp import free_port
+from diversynth.testing.llm_servers import MisbehavingServer, chat_reply
 
 STYLE_SCHEMA = {"type": "object", "properties": {"styles": {"type": "array"}}}
 

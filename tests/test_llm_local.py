@@ -19,9 +19,8 @@ from conftest import OFFLINE_CONFIG, REPO, cli, set_args
 from diversynth.config import LLMConfig
 from diversynth.llm import ChatRequest
 from diversynth.llm.backends import TransformersBackend
-from diversynth.llm.llamacpp import LlamaCppBackend
+from diversynth.llm.llamacpp import LlamaCppBackend, LlamaCppServer
 from diversynth.models.assets import resolve_bundled
-from diversynth.testing.llm_servers import LlamaCppServer
 
 # every test here loads SmolLM2 (in a llama.cpp server or transformers): seconds each
 pytestmark = pytest.mark.slow
@@ -128,7 +127,7 @@ def test_transformers_backend_reads_the_gguf_and_batches() -> None:
 
 @pytest.fixture(scope="module")
 def llama_server():
-    with LlamaCppServer(resolve_bundled("bundled:smollm2")) as server:
+    with LlamaCppServer(LLMConfig(backend="llamacpp", model="bundled:smollm2")) as server:
         yield server
 
 
@@ -136,7 +135,7 @@ def test_prompts_through_the_real_llamacpp_server(
     llama_server: LlamaCppServer, kit_overrides: list[str], tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    overrides = [*kit_overrides, "llm.backend=openai", "llm.model=smollm2",
+    overrides = [*kit_overrides, "llm.backend=openai", f"llm.model={llama_server.model}",
                  f"llm.base_url={llama_server.base_url}", "llm.json_mode=json_object",
                  "classes.names=[Sneaker, Bag]", "llm.max_tokens=120"]  # fmt: skip
     args = ["run", str(OFFLINE_CONFIG), "--out", str(out), "--stages", "classes,prompts"]
@@ -144,7 +143,7 @@ def test_prompts_through_the_real_llamacpp_server(
     assert result.returncode == 0, result.stderr
     prompts = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
     summary = json.loads((out / ".state" / "prompts.json").read_text())["summary"]
-    assert summary["llm"] == "openai:smollm2" and summary["llm_calls"] >= 4
+    assert summary["llm"] == f"openai:{llama_server.model}" and summary["llm_calls"] >= 4
     images = summary["images_per_strategy"]
     assert sum(images.values()) == 20 and images["naive"] >= 4
     for index in range(2):

@@ -346,3 +346,52 @@ def test_a_log_file_gets_whole_table_rows() -> None:
     narrow = subprocess.run([sys.executable, *probe], capture_output=True, text=True,
                             env={**env, "COLUMNS": "90"})  # fmt: skip
     assert int(narrow.stdout) == 90, narrow.stderr
+
+
+# Each stage's fingerprint (its config sections and outside inputs, upstream outputs left
+# out) for configs/offline.yaml with the overrides below, as the code before the stages
+# became folders (commit 14577ea, stage versions unchanged since) computed them. A run
+# directory's state records these: a change here makes every user's finished stages run
+# again. Bump a stage's version on purpose, and update the table then.
+_PORTABLE = ["generate.model=stable-diffusion-v1-5/stable-diffusion-v1-5",
+             "clip.model=ViT-B-32", "clip.pretrained=openai", "llm.backend=openai",
+             "llm.model=smollm2", "llm.base_url=http://127.0.0.1:9/v1"]  # fmt: skip
+_FINGERPRINTS_BEFORE = {
+    (): {
+        "classes": "2add56b639e16622adcc47a1bd6def8f8495829b9c1f3515b71cb352a0b53aed",
+        "prompts": "fa614dc47af984fa824cf3bb2cfa0383ea889cdb9a99feea6f382daa535e3ffe",
+        "generate": "2a737cbf8ee47c22dbbf4442a28d98a30a28d24c9a0deaf7f236bfeaa164b68a",
+        "leaks": "44e8a48db6b3f986401a948c9c4e7b37615c5af942222eff71e6283430673017",
+        "train": "918c2c05ef136fa4f356112109feb0a79130c61affde9af8d14541298c7fd966",
+        "evaluate": "22fb87ab505df814f6b53f367e5cb4ccb524085b6cbe30009c4e36ad71388c3b",
+        "report": "c1cf838f94f472cd9d0b4a27a5a6366d7c83ca6f248926e3a986ab350ad10661",
+    },
+    # then train.aux_bn=false
+    ("train.aux_norm=off",): {
+        "train": "2c6ea384aa6c9c523564cb5fa5fc904aa5b0d67199a8ec32ac9d09b6469fbb90",
+        "evaluate": "6404d61377da1ace255981399c8cf29ab8e5fc21240f9d0418c796572ac1e04e",
+    },
+    # then train.aux_bn=true with train.aux_norm=layernorm
+    ("train.aux_norm=layernorm", "train.model=vit_tiny_patch16_224"): {
+        "train": "cc955e20fe79f307572e3ca8f87fa1acd1299009a86b536b429a08a721b2f7a2",
+        "evaluate": "b8b84a8e0940e55f649306fa4ae83cc7000397617e2849f8124f83f021d48474",
+    },
+}
+
+
+@pytest.mark.parametrize("overrides", list(_FINGERPRINTS_BEFORE))
+def test_run_directories_made_by_earlier_versions_keep_their_fingerprints(
+    overrides: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So an old run resumes rather than starting over. Outside inputs enter as their
+    references (their file signatures differ from machine to machine)."""
+    from diversynth import pipeline
+    from diversynth.config import load_config
+    from diversynth.run.rundir import RunDir
+
+    monkeypatch.setattr(pipeline, "_external", str)
+    config = load_config(OFFLINE_CONFIG, [*_PORTABLE, *overrides])
+    run = RunDir(tmp_path)
+    now = {s.name: pipeline.fingerprint(s, config, run, upstream=False) for s in pipeline.STAGES}
+    expected = _FINGERPRINTS_BEFORE[overrides]
+    assert {name: now[name] for name in expected} == expected

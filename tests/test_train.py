@@ -21,12 +21,12 @@ from conftest import OFFLINE_CONFIG, REPO, set_args
 from safetensors.torch import load_file
 
 from diversynth.config import load_config
+from diversynth.llm.llamacpp import free_port
 from diversynth.pipeline import run_stages
 from diversynth.run.rundir import RunDir
 from diversynth.stages.train import synthetic
 from diversynth.stages.train.sampling import MixedBatches
 from diversynth.stages.train.synthetic import ShardImages, SyntheticDataError, select_images
-from diversynth.testing.llm_servers import free_port
 
 # a small, fast training job on the finished run's classes and shards
 SMALL = ["data.train_limit=128", "train.batch_size=32", "train.epochs=2",

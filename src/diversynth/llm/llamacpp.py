@@ -60,6 +60,13 @@ class LlamaCppServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    def __enter__(self) -> LlamaCppServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _command(self) -> list[str]:
         config = self.config
         command = [sys.executable, "-m", "diversynth.llm._llamacpp_child", str(os.getpid()),

@@ -7,18 +7,15 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from diversynth.llm.llamacpp import free_port, stop_server
+from diversynth.llm.llamacpp import LlamaCppServer
 
 
 def chat_reply(content: str, model: str = "test-model") -> dict[str, Any]:
@@ -176,53 +173,19 @@ class MisbehavingServer:
         self.httpd.server_close()
 
 
-class LlamaCppServer:
-    """`python -m llama_cpp.server` serving a GGUF file on a free loopback port; or, given
-    the path of llama.cpp's own `llama-server` binary, that server with `parallel` slots."""
+class NativeLlamaServer(LlamaCppServer):
+    """llama.cpp's own `llama-server` binary with `parallel` slots (llm.context tokens
+    each) in place of llama-cpp-python's server: the library's start, wait and stop."""
 
-    def __init__(self, model: Path, native: Path | None = None, parallel: int = 1) -> None:
-        self.model = model
-        self.native = native
+    def __init__(self, config: Any, binary: Path, parallel: int) -> None:
+        super().__init__(config)
+        self.binary = binary
         self.parallel = parallel
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        # a file, not a pipe: the server logs a lot, and a full pipe would block it
-        self.log = tempfile.TemporaryFile(mode="w+")
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __enter__(self) -> LlamaCppServer:
-        if self.native is not None:  # 2048 tokens of context per slot
-            command = [str(self.native), "--model", str(self.model), "--host", "127.0.0.1",
-                       "--port", str(self.port), "--ctx-size", str(2048 * self.parallel),
-                       "--parallel", str(self.parallel), "--alias", "smollm2"]  # fmt: skip
-        else:
-            command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model),
-                       "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048",
-                       "--model_alias", "smollm2"]  # fmt: skip
-        self.proc = subprocess.Popen(
-            command,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"llama.cpp server exited: {self.log.read()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("llama.cpp server did not start in 120 s")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            stop_server(self.proc)
-        self.log.close()
+    def _command(self) -> list[str]:
+        return [str(self.binary), "--model", str(self.config.model), "--host", "127.0.0.1",
+                "--port", str(self.port), "--ctx-size", str(self.config.context * self.parallel),
+                "--parallel", str(self.parallel), "--alias", self.model]  # fmt: skip
 
 
 if __name__ == "__main__":
