@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from diversynth.config.bounded_yaml import YamlError, load_yaml
+from diversynth.config.hashed_keys import leave_out_new_defaults
 from diversynth.data.userfiles import (
     CONFIG_BYTES,
     LIST_BYTES,
@@ -785,10 +786,12 @@ def _without_aux_bn(train: dict[str, Any]) -> dict[str, Any]:
 
 
 def fingerprinted(config: RunConfig) -> dict[str, Any]:
-    """The config as fingerprints and sweep identities hash it: the train section in the
-    form it had while `aux_bn` and `aux_norm` were two settings, so that runs and sweeps
-    made then keep their fingerprints (and are not trained again)."""
+    """The config as fingerprints and sweep identities hash it: keys added since the
+    hashed list was frozen only where set to other than their default (hashed_keys), and
+    the train section in the form it had while `aux_bn` and `aux_norm` were two settings,
+    so that runs and sweeps made before keep their fingerprints (and are not made again)."""
     data = config.model_dump(mode="json")
+    leave_out_new_defaults(config, data)
     train = data.get("train")
     if isinstance(train, dict) and "aux_norm" in train:  # (hashed with sorted keys)
         train["aux_bn"] = train["aux_norm"] != "off"

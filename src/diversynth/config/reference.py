@@ -18,7 +18,6 @@ import sys
 import tokenize
 import types
 import typing
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -28,6 +27,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from diversynth import config
+from diversynth.config.hashed_keys import sections_in
 
 GENERATED_BY = "scripts/config_reference.py"
 
@@ -235,22 +235,6 @@ def _type(tp: Any, metadata: tuple[Any, ...] = (), inner: bool = False) -> str:
     return name.get(tp, getattr(tp, "__name__", str(tp))) + suffix
 
 
-def _sections(tp: Any) -> Iterator[tuple[type[BaseModel], bool]]:
-    """The sections a field's type holds: (model, whether as the items of a list)."""
-    origin = get_origin(tp)
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        yield tp, False
-    elif origin is list:
-        for arg in get_args(tp):
-            for model, _ in _sections(arg):
-                yield model, True
-    elif origin is typing.Annotated:
-        yield from _sections(get_args(tp)[0])
-    elif origin in (typing.Union, types.UnionType):
-        for arg in get_args(tp):
-            yield from _sections(arg)
-
-
 def _default(field: FieldInfo) -> str:
     if field.is_required():
         return "required"
@@ -279,7 +263,7 @@ def _entry(model: type[BaseModel], name: str, key: str) -> tuple[str, tuple | No
     """A field's line, and (section, its key) when the field holds a section."""
     field = model.model_fields[name]
     comment, keywords = _field_source(model, name)
-    sections = list(_sections(field.annotation))
+    sections = list(sections_in(field.annotation))
     if sections:
         section, as_list = sections[0]
         shown = f"{key}[]" if as_list else key
