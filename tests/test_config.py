@@ -194,16 +194,23 @@ def test_a_setting_added_later_leaves_old_fingerprints_alone_until_it_is_set(
     from diversynth.config import hashed_keys as module
 
     frozen = module.hashed_keys()
-    added = {"train.label_smoothing", "train.ema", "evaluate.sets[].restrict"}
+    # llm.max_in_flight and prompts.embedder: defaults a validator turns into a number and a
+    # model path
+    added = {"train.label_smoothing", "train.ema", "evaluate.sets[].restrict",
+             "llm.max_in_flight", "prompts.embedder"}  # fmt: skip
     monkeypatch.setattr(module, "hashed_keys", lambda: frozen - added)
     sets = f"evaluate.sets=[{{name: sketch, root: {tmp_path}}}]"
     data = fingerprinted(load_config(OFFLINE_CONFIG, [sets]))
     assert "label_smoothing" not in data["train"] and "ema" not in data["train"]
+    assert "max_in_flight" not in data["llm"] and "embedder" not in data["prompts"]
     assert data["evaluate"]["sets"] == [{"name": "sketch", "root": str(tmp_path)}]
     assert data["train"]["optimizer"] == "sgd"  # a listed key at its default is hashed
+    given_as_default = fingerprinted(load_config(OFFLINE_CONFIG, ["train.label_smoothing=0"]))
+    assert "label_smoothing" not in given_as_default["train"]
     overrides = [sets.replace("}]", ", restrict: true}]"), "train.label_smoothing=0.1",
-                 "train.ema.decay=0.999"]  # fmt: skip
+                 "train.ema.decay=0.999", "llm.max_in_flight=4"]  # fmt: skip
     data = fingerprinted(load_config(OFFLINE_CONFIG, overrides))
+    assert data["llm"]["max_in_flight"] == 4
     assert data["train"]["label_smoothing"] == 0.1 and data["train"]["ema"]["decay"] == 0.999
     assert data["evaluate"]["sets"][0]["restrict"] is True
 

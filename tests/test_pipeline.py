@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import OFFLINE_CONFIG, cli, set_args
+from conftest import OFFLINE_CONFIG, REPO, cli, set_args
 from PIL import Image
 
 STAGES = ["classes", "prompts", "generate", "leaks", "train", "evaluate", "report"]
@@ -349,18 +350,20 @@ def test_a_log_file_gets_whole_table_rows() -> None:
 
 
 # Each stage's fingerprint (its config sections and outside inputs, upstream outputs left
-# out) for configs/offline.yaml with the overrides below, as the code before the stages
+# out) for configs/offline.yaml with the overrides below (no path that depends on where the
+# repository or its venv lies: those resolve to absolute paths), as the code before the stages
 # became folders (commit 14577ea, stage versions unchanged since) computed them. A run
 # directory's state records these: a change here makes every user's finished stages run
 # again. Bump a stage's version on purpose, and update the table then.
 _PORTABLE = ["generate.model=stable-diffusion-v1-5/stable-diffusion-v1-5",
              "clip.model=ViT-B-32", "clip.pretrained=openai", "llm.backend=openai",
-             "llm.model=smollm2", "llm.base_url=http://127.0.0.1:9/v1"]  # fmt: skip
+             "llm.model=smollm2", "llm.base_url=http://127.0.0.1:9/v1",
+             "prompts.embedder=sentence-transformers/all-MiniLM-L6-v2"]  # fmt: skip
 _FINGERPRINTS_BEFORE = {
     (): {
         "classes": "2add56b639e16622adcc47a1bd6def8f8495829b9c1f3515b71cb352a0b53aed",
-        "prompts": "fa614dc47af984fa824cf3bb2cfa0383ea889cdb9a99feea6f382daa535e3ffe",
-        "generate": "2a737cbf8ee47c22dbbf4442a28d98a30a28d24c9a0deaf7f236bfeaa164b68a",
+        "prompts": "8281442536dbc60d8ef2fccdf9fa442d88d899ed96df4f90ac34cf8439252b80",
+        "generate": "ff4726db51c3a629aff318dc0286d9864e3f83477592ce27b186795e29d87761",
         "leaks": "44e8a48db6b3f986401a948c9c4e7b37615c5af942222eff71e6283430673017",
         "train": "918c2c05ef136fa4f356112109feb0a79130c61affde9af8d14541298c7fd966",
         "evaluate": "22fb87ab505df814f6b53f367e5cb4ccb524085b6cbe30009c4e36ad71388c3b",
@@ -386,11 +389,13 @@ def test_run_directories_made_by_earlier_versions_keep_their_fingerprints(
     """So an old run resumes rather than starting over. Outside inputs enter as their
     references (their file signatures differ from machine to machine)."""
     from diversynth import pipeline
-    from diversynth.config import load_config
+    from diversynth.config import fingerprinted, load_config
     from diversynth.run.rundir import RunDir
 
     monkeypatch.setattr(pipeline, "_external", str)
     config = load_config(OFFLINE_CONFIG, [*_PORTABLE, *overrides])
+    hashed = json.dumps(fingerprinted(config))
+    assert str(REPO) not in hashed and sys.prefix not in hashed  # the same on any machine
     run = RunDir(tmp_path)
     now = {s.name: pipeline.fingerprint(s, config, run, upstream=False) for s in pipeline.STAGES}
     expected = _FINGERPRINTS_BEFORE[overrides]

@@ -156,6 +156,15 @@ def _bad(tmp_path: Path, kit_overrides: list[str], **fields: object) -> str:
         ({"vary": {"seed": [0]}, "base": "no-such.yaml"}, "no-such.yaml"),
         ({"vary": {"seed": [0]}, "exclude": [{"seed": 0}]}, "every combination is excluded"),
         ({"vary": {"seed": [0]}, "engine": "slurm"}, "engine: Input should be 'local' or 'ray'"),
+        (
+            {
+                "vary": {"train.synthetic_scale": [0.5], "prompts.per_class": [10, 2 * 10**6]},
+                "pool_by": ["prompts.per_class"],
+            },
+            "trial (train.synthetic_scale=0.5, prompts.per_class=2000000): prompts.per_class: "
+            "10 classes with per_class 2,000,000 make 20,000,000 prompts, above the bound of "
+            "10,000,000",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -169,6 +178,7 @@ def _bad(tmp_path: Path, kit_overrides: list[str], **fields: object) -> str:
         "no-base",
         "all-excluded",
         "engine",
+        "pool-beyond-the-bound",
     ],  # fmt: skip
 )
 def test_a_bad_sweep_is_one_line_and_writes_nothing(

@@ -68,6 +68,8 @@ STAGE_NAMES = [stage.name for stage in STAGES]
 def estimate(config: RunConfig, through: str | None = None) -> Estimate:
     """What the run will make and ask for, each stage adding its part in order, up to and
     including `through` (every stage: None)."""
+    if through is not None and through not in STAGE_NAMES:
+        raise ValueError(f"estimate: no stage {through!r}")
     found = Estimate()
     for stage in STAGES:
         if stage.estimate is not None:

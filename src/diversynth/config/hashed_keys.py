@@ -5,8 +5,8 @@ reads (pipeline.fingerprint). Hashing every key pydantic dumps would make each r
 that adds a setting change every fingerprint: every finished stage would run again, and
 generate would discard every shard as "made for other settings" (GPU hours). So a key
 that is not in hashed_keys.txt (the schema's keys when that list was frozen, 5 December
-2026) is left out of the hash while it holds its default; set to anything else, it
-counts like any other key.
+2026) is left out of the hash while a config does not set it (or sets its default); set
+to anything else, it counts like any other key.
 
 Never add to the list. A key removed or renamed changes fingerprints: map it back in
 `config.fingerprinted` (as train.aux_bn is), and the test of the list says so.
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 
 @cache
@@ -33,13 +34,13 @@ def hashed_keys() -> frozenset[str]:
 
 def leave_out_new_defaults(model: BaseModel, data: dict[str, Any], prefix: str = "") -> None:
     """Remove from `data` (`model` dumped as JSON) each key added since the list was
-    frozen that holds its default, at every depth (sections, and sections in lists)."""
+    frozen that is at its default, at every depth (sections, and sections in lists)."""
     for name, field in type(model).model_fields.items():
         if name not in data:
             continue
         key, value = prefix + name, getattr(model, name)
         if key not in hashed_keys():
-            if value == field.get_default(call_default_factory=True):
+            if _at_default(model, name, field):
                 del data[name]
             continue
         if isinstance(value, BaseModel) and isinstance(data[name], dict):
@@ -48,6 +49,16 @@ def leave_out_new_defaults(model: BaseModel, data: dict[str, Any], prefix: str =
             for item, dumped in zip(value, data[name], strict=True):
                 if isinstance(item, BaseModel) and isinstance(dumped, dict):
                     leave_out_new_defaults(item, dumped, key + "[].")
+
+
+def _at_default(model: BaseModel, name: str, field: FieldInfo) -> bool:
+    """Not given in the config (whatever a validator made of the default: a resolved
+    path, an "auto" filled in), or given as the default itself."""
+    if name not in model.model_fields_set:
+        return True
+    if field.default_factory_takes_validated_data:  # no default without the rest of the section
+        return False
+    return bool(getattr(model, name) == field.get_default(call_default_factory=True))
 
 
 def sections_in(tp: Any) -> Iterator[tuple[type[BaseModel], bool]]:

@@ -20,7 +20,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from diversynth.llm.base import Ask, ChatRequest, LLMError, OnAnswer, T
 from diversynth.llm.chat_client import ChatClient
@@ -60,8 +60,12 @@ class LlamaCppServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def __enter__(self) -> LlamaCppServer:
-        self.start()
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()  # and its temporary log
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

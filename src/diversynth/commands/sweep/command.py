@@ -21,9 +21,11 @@ def pool_size_problem(sweep: Sweep) -> str | None:
     be enough (uniform budgets: the others depend on the real counts, checked by the train
     stage)."""
     from diversynth import pipeline
+    from diversynth.config import ConfigError
     from diversynth.models.cost import real_image_count
+    from diversynth.stages.declaration import Estimate
 
-    estimates: dict[str, pipeline.Estimate] = {}
+    estimates: dict[str, Estimate] = {}
     worst: tuple[float, str] | None = None
     for trial in sweep.trainings().values():
         config, pool = trial.config, sweep.pools[trial.pool]
@@ -32,7 +34,10 @@ def pool_size_problem(sweep: Sweep) -> str | None:
         if real is None or not scale or pool.prompts.budget.kind != "uniform":
             continue
         if trial.pool not in estimates:
-            estimates[trial.pool] = pipeline.estimate(pool, through="prompts")
+            try:
+                estimates[trial.pool] = pipeline.estimate(pool, through="prompts")
+            except ConfigError as exc:  # a prompt count the pool's classes cannot take
+                raise SweepError(f"trial ({trial.label()}): {exc}") from None
         found, prompts = estimates[trial.pool], pool.prompts
         chosen = config.train.strategies or [s for s, n in found.images_by_strategy.items() if n]
         made = sum(found.images_by_strategy.get(s, 0) for s in chosen)

@@ -23,15 +23,15 @@ def _sections(config: RunConfig) -> tuple[str, ...]:
 
 
 def _estimate(config: RunConfig, estimate: Estimate) -> None:
-    """Every class of the list, and with LLM names a request a class at most (only the
-    ambiguous ones are asked)."""
+    """Every class of the list, and with LLM names a request a class (priced without the
+    confusable names the stage adds: a little low)."""
     from diversynth.data.classes.catalog import load_classes
     from diversynth.stages.classes.llm_names import name_request
 
     entries = load_classes(config.classes)
     estimate.classes = len(entries)
     rule = config.classes.disambiguate
-    if config.llm is not None and rule.llm and entries:
+    if config.llm is not None and rule.llm and config.disambiguation_mode != "off" and entries:
         like = name_request(entries[0], [], rule.llm_names, 0, config.llm.max_tokens)
         estimate.ask_llm(config, len(entries), like)
 
