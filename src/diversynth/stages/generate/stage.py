@@ -338,9 +338,11 @@ def estimate_generate(config: RunConfig, estimate: Estimate) -> None:
     """Shards and disk for the images the prompts will ask for."""
     gen = config.generate
     size = gen.images_per_shard if gen else 1000
-    per_prompt = estimate.images_per_prompt
-    shards = plan_shards(per_prompt, size) if per_prompt else None
-    estimate.shards = len(shards) if shards is not None else math.ceil(estimate.images / size)
+    per_prompt = estimate.images_per_prompt  # empty where a budget spreads them by class
+    if per_prompt:
+        estimate.shards = len(plan_shards(per_prompt, size))
+    else:
+        estimate.shards = math.ceil(estimate.images / size)
     estimate.bytes_per_image = estimated_bytes_per_image(gen) if gen else 0.0
     estimate.disk_bytes = estimate.bytes_per_image * estimate.images
     estimate.disk_bytes += SHARD_BYTES * estimate.shards if gen else 0
