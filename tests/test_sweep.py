@@ -27,7 +27,8 @@ from conftest import (
 )
 
 from diversynth.commands.sweep.spec import CONFIRM_ABOVE, expand, read_sweep
-from diversynth.run.rundir import RunDir
+from diversynth.pipeline import POOL_STAGES, TRIAL_STAGES
+from diversynth.run.rundir import RunDir, RunFileError
 
 # the finished run's pool: 1024 real training images; 20 naive, 50 cd, 30 sd images.
 # 8 synthetic images a step (of 64) fit the smallest scale's 10 images
@@ -216,7 +217,7 @@ def test_a_trial_run_directory_runs_only_the_training_stages(
     pool, trial = RunDir(tmp_path / "pool"), RunDir(tmp_path / "trial")
     pool.claim()
     trial.claim()
-    trial.use_pool(pool)
+    trial.use_pool(pool, POOL_STAGES)
     again = RunDir(trial.root)  # the record is read back: the pool is the trial's inputs
     assert again.pool is not None and again.pool.root.resolve() == pool.root.resolve()
     assert again.manifest.resolve() == pool.root.resolve() / "manifest.parquet"
@@ -232,6 +233,46 @@ def test_a_trial_run_directory_runs_only_the_training_stages(
         *set_args(kit_overrides),
     )
     assert "its generate stage(s) run there" in line
+
+
+def test_a_trial_on_several_processes_trains_under_torchrun_then_runs_the_rest(
+    tmp_path: Path,
+) -> None:
+    from diversynth.commands.sweep.runner import trial_commands
+
+    run = RunDir(tmp_path / "trial")
+    (alone,) = trial_commands(run, processes=1)
+    assert alone[alone.index("--stages") + 1] == "train,evaluate,report"
+    train, rest = trial_commands(run, processes=2)
+    assert train[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    assert train[6:9] == ["-m", "diversynth", "train"]
+    assert rest[rest.index("--stages") + 1] == "evaluate,report"
+
+
+def test_the_pool_record_names_the_stages_that_lie_in_the_pool(tmp_path: Path) -> None:
+    """The stages that declare themselves pooled lie in the pool, the rest in the trial; a
+    record written before it named them stands for the four pool stages of then."""
+    assert POOL_STAGES == ("classes", "prompts", "generate", "leaks")
+    assert TRIAL_STAGES == ("train", "evaluate", "report")
+    pool, trial = RunDir(tmp_path / "pool"), RunDir(tmp_path / "trial")
+    pool.claim()
+    trial.claim()
+    trial.use_pool(pool, ["classes", "prompts"])
+    record = trial.state_dir / "pool.json"
+    assert json.loads(record.read_text()) == {"path": "../pool", "stages": ["classes", "prompts"]}
+    again = RunDir(trial.root)
+    assert again.home("prompts").root.resolve() == pool.root.resolve()
+    assert again.home("generate") is again and again.home("train") is again
+
+    record.write_text(json.dumps({"path": "../pool"}))  # as written before stages were named
+    earlier = RunDir(trial.root)
+    assert [earlier.home(s) is earlier for s in (*POOL_STAGES, *TRIAL_STAGES)] == [
+        False, False, False, False, True, True, True,
+    ]  # fmt: skip
+    for damaged in ({"path": "../pool", "stages": "classes"}, {"path": 3}, ["../pool"]):
+        record.write_text(json.dumps(damaged))
+        with pytest.raises(RunFileError, match="pool.json: not a pool record"):
+            _ = RunDir(trial.root).pool
 
 
 # ---------------------------------------------------------------- end to end (slow)

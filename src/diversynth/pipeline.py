@@ -63,6 +63,9 @@ def _external(ref: str | Path) -> Any:
 STAGES: list[Stage] = [classes.STAGE, prompts.STAGE, generate.STAGE, leaks.STAGE, train.STAGE,
                       evaluate.STAGE, report.STAGE]  # fmt: skip
 STAGE_NAMES = [stage.name for stage in STAGES]
+# a sweep's pool run makes these once; each trial runs the rest on the pool's outputs
+POOL_STAGES = tuple(stage.name for stage in STAGES if stage.pooled)
+TRIAL_STAGES = tuple(stage.name for stage in STAGES if not stage.pooled)
 
 
 def estimate(config: RunConfig, through: str | None = None) -> Estimate:

@@ -213,9 +213,10 @@ def _real_data_problems(config: RunConfig, stages: list[str],
     trains = bool({"train", "evaluate"} & set(stages)) and subset is not None
     if config.data is None or not (budgeted or trains):
         return []
-    from diversynth.data.subset import chosen_listing, real_train_counts
+    from diversynth.data.subset import chosen_listing
     from diversynth.errors import UsageError
-    from diversynth.stages.prompts.budget import class_budgets
+    from diversynth.stages import prompts
+    from diversynth.stages.declaration import Estimate
 
     try:
         if trains:
@@ -225,8 +226,8 @@ def _real_data_problems(config: RunConfig, stages: list[str],
                 problem = _real_batch_problem(config, len(train))
                 if problem:
                     return [f"train.batch_size: {problem}"]
-        if budgeted:
-            class_budgets(config.prompts, real_train_counts(config), len(classes))
+        if budgeted and prompts.STAGE.estimate is not None:  # it spreads the budget
+            prompts.STAGE.estimate(config, Estimate(classes=len(classes)))
     except UsageError as exc:  # DataError, ConfigError, a list file that is no file
         return str(exc).splitlines()
     return []

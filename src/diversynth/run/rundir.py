@@ -165,10 +165,11 @@ RUN_MARKER = "run"
 _STAGES_BEFORE_MARKER = ("classes", "prompts", "generate", "leaks", "train", "evaluate", "report")
 # Files of the shard folder that are not shards
 PLAN_FILE, INFO_FILE = "plan.json", "_info.json"
-# The stages whose outputs a sweep's trials read from a pool run, and the record
-# (.state/pool.json) that points a trial at its pool
-POOL_STAGES = ("classes", "prompts", "generate", "leaks")
+# The record (.state/pool.json) that points a sweep's trial at its pool run and names the
+# stages whose outputs and records lie there
 POOL_RECORD = "pool.json"
+# what a pool record from before it named its stages stands for
+_POOL_STAGES_BEFORE_LISTED = ("classes", "prompts", "generate", "leaks")
 
 
 class RunDirError(UsageError):
@@ -189,11 +190,13 @@ _RUN_LOCK = LockWords(
 class RunDir:
     """Paths of one run's artifacts, and the per-stage state records."""
 
-    def __init__(self, root: str | Path, pool: RunDir | None = None) -> None:
+    def __init__(self, root: str | Path, pool: RunDir | None = None,
+                 pooled: Iterable[str] = ()) -> None:  # fmt: skip
         self.root = Path(root)
-        # a trial of a sweep reads the pool stages' outputs and records from another run
+        # a trial of a sweep reads the `pooled` stages' outputs and records from another run
         # (`pool`, or the one its .state/pool.json names) and writes only its own stages'
         self._pool: RunDir | None | bool = pool if pool is not None else False
+        self._pooled = frozenset(pooled)
 
     @property
     def pool(self) -> RunDir | None:
@@ -204,25 +207,32 @@ class RunDir:
             record = self.state_dir / POOL_RECORD
             if record.is_file():
                 try:
-                    rel = json.loads(record.read_text())["path"]
-                except (ValueError, KeyError, TypeError):
+                    found = json.loads(record.read_text())
+                    rel = found["path"]
+                    stages = found.get("stages", _POOL_STAGES_BEFORE_LISTED)
+                    if not (isinstance(rel, str) and isinstance(stages, list | tuple)
+                            and all(isinstance(s, str) for s in stages)):  # fmt: skip
+                        raise TypeError
+                except (ValueError, KeyError, TypeError, AttributeError):
                     raise RunFileError(f"{record}: not a pool record; " + DAMAGED_HINT) from None
                 self._pool = RunDir(os.path.normpath(self.root / rel))
+                self._pooled = frozenset(stages)
         assert self._pool is not True
         return self._pool or None
 
-    def use_pool(self, pool: RunDir) -> None:
-        """Record that this run trains on `pool`'s images (a path relative to this run,
-        so a sweep folder can be moved whole)."""
+    def use_pool(self, pool: RunDir, stages: Iterable[str]) -> None:
+        """Record that this run reads `stages`' outputs from `pool` (a path relative to
+        this run, so a sweep folder can be moved whole)."""
         rel = os.path.relpath(pool.root.resolve(), self.root.resolve())
-        write_json(self.state_dir / POOL_RECORD, {"path": rel})
-        self._pool = pool
+        pooled = frozenset(stages)
+        write_json(self.state_dir / POOL_RECORD, {"path": rel, "stages": sorted(pooled)})
+        self._pool, self._pooled = pool, pooled
 
     def home(self, stage: str) -> RunDir:
-        """The run that holds `stage`'s outputs and record: the pool for a trial's pool
+        """The run that holds `stage`'s outputs and record: the pool for a trial's pooled
         stages, else this one."""
         pool = self.pool
-        return pool if pool is not None and stage in POOL_STAGES else self
+        return pool if pool is not None and stage in self._pooled else self
 
     @property
     def _made(self) -> RunDir:

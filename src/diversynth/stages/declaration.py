@@ -118,6 +118,8 @@ class Stage:
     settings_without: tuple[str, ...] | None = None
     # (config, estimate): add what the stage will make and ask for (`diversynth plan`)
     estimate: Callable[[RunConfig, Estimate], None] | None = None
+    # a sweep makes it once, in a pool run whose trials read its outputs and record
+    pooled: bool = False
 
     def execute(self, config: RunConfig, run: RunDir, fingerprint: str, forced: bool,
                 options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip

@@ -11,11 +11,9 @@ from pathlib import Path
 from diversynth.commands.sweep.spec import Trial
 from diversynth.data.userfiles import first_entries
 from diversynth.errors import UsageError
+from diversynth.pipeline import POOL_STAGES, TRIAL_STAGES
 from diversynth.run.lock import LockWords, hold
 from diversynth.run.rundir import RunDir
-
-TRIAL_STAGES = ("train", "evaluate", "report")
-
 
 SWEEP_RECORD = "sweep.json"
 
@@ -36,7 +34,8 @@ class SweepDir:
         return RunDir(self.root / "pools" / pool_id)
 
     def trial(self, trial: Trial) -> RunDir:
-        return RunDir(self.root / "trials" / trial.id, pool=self.pool(trial.pool))
+        return RunDir(self.root / "trials" / trial.id, pool=self.pool(trial.pool),
+                      pooled=POOL_STAGES)  # fmt: skip
 
     def claim(self) -> None:
         """The folder must be new, empty or a sweep folder: a sweep writes pools, trials

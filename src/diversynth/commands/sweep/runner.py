@@ -32,7 +32,6 @@ from typing import Any
 
 from diversynth.commands.sweep.folder import (
     FAILED_RECORD,
-    TRIAL_STAGES,
     SweepDir,
     SweepFolderError,
     trial_state,
@@ -40,8 +39,9 @@ from diversynth.commands.sweep.folder import (
 from diversynth.commands.sweep.spec import Sweep, Trial
 from diversynth.config import dump_config
 from diversynth.errors import DiversynthError
+from diversynth.pipeline import POOL_STAGES, STAGES, TRIAL_STAGES
 from diversynth.run.progress import console
-from diversynth.run.rundir import POOL_STAGES, RunDir, write_json, write_text
+from diversynth.run.rundir import RunDir, write_json, write_text
 
 
 class SweepRunError(DiversynthError):
@@ -51,13 +51,14 @@ class SweepRunError(DiversynthError):
 def up_to_date(trial: Trial, run: RunDir) -> bool:
     """Whether the trial's stages finished with the config and pool they have now (the
     pipeline's own fingerprints: a pool made again makes its trials train again)."""
-    from diversynth.pipeline import STAGE_NAMES, STAGES, fingerprint
+    from diversynth.pipeline import fingerprint
 
     if trial_state(run) != "done":
         return False
-    for name in TRIAL_STAGES:
-        state = run.read_state(name)
-        stage = STAGES[STAGE_NAMES.index(name)]
+    for stage in STAGES:
+        if stage.pooled:
+            continue
+        state = run.read_state(stage.name)
         if state is None or state.fingerprint != fingerprint(stage, trial.config, run):
             return False
     return True
@@ -83,7 +84,9 @@ def trial_commands(run: RunDir, processes: int = 1) -> list[list[str]]:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", str(processes)]  # fmt: skip
     train = [*torchrun, "-m", "diversynth", "train", str(run.config), "--out", str(run.root)]
-    return [train, run_stages(TRIAL_STAGES[1:])]
+    at = TRIAL_STAGES.index("train")  # trained under torchrun, the trial's other stages not
+    before, after = TRIAL_STAGES[:at], TRIAL_STAGES[at + 1 :]
+    return [*([run_stages(before)] if before else []), train, run_stages(after)]
 
 
 def run_trial_process(run_root: str, env: dict[str, str], processes: int = 1) -> tuple[int, str]:
@@ -114,7 +117,7 @@ def prepare_trial(sweep: Sweep, folder: SweepDir, trial: Trial) -> RunDir:
     """The trial's run directory, its pool recorded and its config written."""
     run = folder.trial(trial)
     run.claim()
-    run.use_pool(folder.pool(trial.pool))
+    run.use_pool(folder.pool(trial.pool), POOL_STAGES)
     text = dump_config(trial.config)
     if not run.config.is_file() or run.config.read_text() != text:
         write_text(run.config, text)
@@ -193,8 +196,8 @@ def run_sweep(sweep: Sweep, folder: SweepDir, runner: Runner) -> dict[str, str]:
         })  # fmt: skip
         for pool_id, config in sweep.pools.items():
             console.print(f"[bold]pool {pool_id}[/bold]: the stages before training")
-            stages = [s for s in POOL_STAGES if s not in ("generate", "leaks")
-                      or getattr(config, _needs(s)) is not None]  # fmt: skip
+            stages = [stage.name for stage in STAGES if stage.pooled
+                      and all(getattr(config, s) is not None for s in stage.requires)]  # fmt: skip
             run_stages(config, folder.pool(pool_id), stages=stages)
         todo = []
         for trial in sweep.trainings().values():
@@ -246,11 +249,6 @@ def _worst_classes(sweep: Sweep, folder: SweepDir) -> list[dict[str, Any]]:
             for t in sweep.trainings().values()
             if (run := folder.trial(t)).eval.is_file() and t.pool == first.pool]  # fmt: skip
     return worst_classes(runs, names)
-
-
-def _needs(stage: str) -> str:
-    """The config section a pool stage cannot run without."""
-    return {"generate": "generate", "leaks": "data"}[stage]
 
 
 def read_record(folder: SweepDir) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from diversynth.config.bounded_yaml import YamlError, load_yaml
 from diversynth.data.userfiles import UserFileError, read_user_text
 from diversynth.errors import shown
 from diversynth.run.ray_cluster import checked_address
-from diversynth.run.rundir import POOL_STAGES, digest_json
+from diversynth.run.rundir import digest_json
 
 # trials a sweep may hold without --yes (each one a training run)
 CONFIRM_ABOVE = 64
@@ -309,15 +309,15 @@ def real_only(config: RunConfig) -> RunConfig:
 def pool_signature(config: RunConfig, base_seed: int) -> str:
     """The settings the pool stages read, with the pool's seed: equal signatures make
     the same classes, prompts, images and leak check."""
-    from diversynth.pipeline import STAGE_NAMES, STAGES
+    from diversynth.pipeline import STAGES
 
     data = fingerprinted(config)
     data["seed"] = base_seed
     sections: dict[str, Any] = {}
-    for name in POOL_STAGES:
-        stage = STAGES[STAGE_NAMES.index(name)]
-        names = stage.sections(config) if callable(stage.sections) else stage.sections
-        sections[name] = {s: data.get(s) for s in names}
+    for stage in STAGES:
+        if stage.pooled:
+            names = stage.sections(config) if callable(stage.sections) else stage.sections
+            sections[stage.name] = {s: data.get(s) for s in names}
     # the leaks stage compares the images with these sets
     sections["leaks"]["sets"] = data["evaluate"]["sets"]
     return digest_json(sections)

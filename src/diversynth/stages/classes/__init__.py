@@ -45,6 +45,7 @@ def _run(config: RunConfig, run: RunDir) -> dict[str, Any]:
 STAGE = Stage(
     "classes",
     version=2,
+    pooled=True,
     run=_run,
     sections=_sections,
     outputs=lambda r: [r.classes],

@@ -15,6 +15,7 @@ from diversynth.stages.generate.stage import (
 STAGE = Stage(
     "generate",
     version=1,
+    pooled=True,
     run=run_generate,
     sections=("generate", "clip", "prompts"),
     requires=("generate",),

@@ -21,6 +21,7 @@ def _run(config: RunConfig, run: RunDir) -> dict[str, Any]:
 STAGE = Stage(
     "leaks",
     version=1,
+    pooled=True,
     run=_run,
     sections=("leaks", "clip", "data"),
     requires=("data",),

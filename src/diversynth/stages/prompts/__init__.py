@@ -53,6 +53,7 @@ def _run(config: RunConfig, run: RunDir) -> dict[str, Any]:
 STAGE = Stage(
     "prompts",
     version=2,
+    pooled=True,
     run=_run,
     sections=_sections,
     needs=("classes",),
