@@ -203,9 +203,10 @@ class RunDir:
         """The run whose classes, prompts, images and leaks this one trains on, when it is
         a sweep's trial; None for a run that makes its own."""
         if self._pool is False:
-            self._pool = None
             record = self.state_dir / POOL_RECORD
-            if record.is_file():
+            if not record.is_file():
+                self._pool = None
+            else:  # a damaged record raises on every call, not just the first
                 try:
                     found = json.loads(record.read_text())
                     rel = found["path"]
