@@ -154,8 +154,7 @@ def run_stages(
         f"{section}: required by the {stage.name} stage (or leave {stage.name} out of --stages)"
         for stage in STAGES
         if stage.name in selected
-        for section in stage.requires
-        if getattr(config, section) is None
+        for section in stage.missing_sections(config)
     ]
     if missing:
         raise PipelineError("\n".join(missing))

@@ -133,6 +133,10 @@ class Stage:
     def sections_in(self, config: RunConfig) -> tuple[str, ...]:
         return self.sections(config) if callable(self.sections) else self.sections
 
+    def missing_sections(self, config: RunConfig) -> list[str]:
+        """The `requires` sections the config leaves out: the stage cannot run without them."""
+        return [section for section in self.requires if getattr(config, section) is None]
+
     def reads_in(self, config: RunConfig) -> tuple[str, ...]:
         return self.reads(config) if callable(self.reads) else self.reads
 

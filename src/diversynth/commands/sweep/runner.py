@@ -196,8 +196,8 @@ def run_sweep(sweep: Sweep, folder: SweepDir, runner: Runner) -> dict[str, str]:
         })  # fmt: skip
         for pool_id, config in sweep.pools.items():
             console.print(f"[bold]pool {pool_id}[/bold]: the stages before training")
-            stages = [stage.name for stage in STAGES if stage.pooled
-                      and all(getattr(config, s) is not None for s in stage.requires)]  # fmt: skip
+            stages = [stage.name for stage in STAGES
+                      if stage.pooled and not stage.missing_sections(config)]  # fmt: skip
             run_stages(config, folder.pool(pool_id), stages=stages)
         todo = []
         for trial in sweep.trainings().values():

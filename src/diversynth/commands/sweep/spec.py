@@ -316,8 +316,7 @@ def pool_signature(config: RunConfig, base_seed: int) -> str:
     sections: dict[str, Any] = {}
     for stage in STAGES:
         if stage.pooled:
-            names = stage.sections(config) if callable(stage.sections) else stage.sections
-            sections[stage.name] = {s: data.get(s) for s in names}
+            sections[stage.name] = {s: data.get(s) for s in stage.sections_in(config)}
     # the leaks stage compares the images with these sets
     sections["leaks"]["sets"] = data["evaluate"]["sets"]
     return digest_json(sections)
