@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import OFFLINE_CONFIG, cli, set_args
+from conftest import OFFLINE_CONFIG, cli, invoke, one_line, set_args
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from diversynth.run.rundir import read_jsonl
+from diversynth.run.rundir import RunDir, read_jsonl
 from diversynth.stages.report.browser import chromium, file_url
 
 HOSTILE = "<img src=x onerror=alert(1)>\"'&"
@@ -136,6 +136,19 @@ def test_thumbnails_are_made_once(run_copy: Path) -> None:
     result = cli("report", "--run", str(run_copy))
     assert result.returncode == 0, result.stderr
     assert {t: t.stat().st_mtime_ns for t in thumbs} == before
+
+
+@pytest.mark.slow
+def test_reports_written_elsewhere_read_one_run_at_once(run_copy: Path, tmp_path: Path) -> None:
+    """Two reports of one run into other folders both run; a report into the run's own
+    folder waits for the readers."""
+    with RunDir(run_copy).lock(shared=True):  # another report reading the run meanwhile
+        code, errors, output = invoke("report", "--run", str(run_copy), "--out",
+                                      str(tmp_path / "site"))  # fmt: skip
+        assert code == 0 and not errors, output
+        assert (tmp_path / "site" / "index.html").is_file()
+        line = one_line(1, "report", "--run", str(run_copy))
+        assert f"another diversynth process is working in {run_copy}" in line
 
 
 @pytest.mark.slow

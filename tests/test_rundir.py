@@ -49,16 +49,18 @@ def _holder(root: Path) -> dict[str, object]:
     return json.loads((root / RECORD_FILE).read_text())
 
 
-def _holding(root: Path) -> subprocess.Popen[str]:
-    """A process of this host that holds the run's lock until its stdin closes."""
+def _holding(root: Path, shared: bool = False) -> subprocess.Popen[str]:
+    """A process of this host that holds the run's lock (`shared`: as a reader) until its
+    stdin closes."""
     code = (
         "import sys\nfrom diversynth.run.rundir import RunDir\n"
-        "with RunDir(sys.argv[1]).lock():\n"
+        "with RunDir(sys.argv[1]).lock(shared=sys.argv[2] == 'shared'):\n"
         "    print('held', flush=True)\n"
         "    sys.stdin.read()\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    argv = [sys.executable, "-c", code, str(root), "shared" if shared else "alone"]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline() == "held\n"
     return proc
 
@@ -204,3 +206,43 @@ def test_a_holder_whose_record_is_taken_over_says_so(
             time.sleep(0.02)
     assert "pid 4242 on node-c" in said
     assert _holder(tmp_path)["host"] == "node-c"  # not its record to remove
+
+
+def _release(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()
+    assert proc.wait(timeout=10) == 0
+
+
+def test_readers_share_a_run_and_a_writer_waits_for_them(tmp_path: Path) -> None:
+    """Two reports of one run written elsewhere at once both run; the pipeline is refused
+    while they read, and takes the run once they are done."""
+    reader = _holding(tmp_path, shared=True)
+    try:
+        assert not (tmp_path / RECORD_FILE).exists()  # a reader leaves no record
+        with RunDir(tmp_path).lock(shared=True):
+            pass
+        with pytest.raises(RunBusyError, match="another diversynth process is working"):
+            with RunDir(tmp_path).lock():
+                pass
+    finally:
+        _release(reader)
+    with RunDir(tmp_path).lock():
+        assert _holder(tmp_path)["pid"] == os.getpid()
+
+
+def test_a_reader_is_refused_while_a_writer_of_any_host_holds_the_run(tmp_path: Path) -> None:
+    writer = _holding(tmp_path)
+    try:
+        with pytest.raises(RunBusyError) as caught, RunDir(tmp_path).lock(shared=True):
+            pass
+        assert f"(pid {writer.pid} on {socket.gethostname()}" in str(caught.value)
+    finally:
+        _release(writer)
+    record = _record(tmp_path)  # a writer of another host: only its record is seen here
+    with pytest.raises(RunBusyError, match="pid 4242 on node-b"):
+        with RunDir(tmp_path).lock(shared=True):
+            pass
+    _record(tmp_path, lease=-5)  # its lease lapsed: the host is gone
+    with RunDir(tmp_path).lock(shared=True):
+        assert record.is_file()  # left for the next writer to take over, saying so

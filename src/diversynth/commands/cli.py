@@ -443,8 +443,8 @@ def report(
         dirs[0].check_confined()  # RUN/report/ is written
     try:
         with contextlib.ExitStack() as locks:  # no stage rewrites a run while it is read
-            for run in dirs:
-                locks.enter_context(run.lock())
+            for run in dirs:  # runs only read (the site goes to --out) are shared
+                locks.enter_context(run.lock(shared=out is not None))
             facts = [load_run(run.root) for run in dirs]
             settings = ReportConfig.model_validate(facts[0].config.get("report") or {})
             if len(facts) == 1:

@@ -8,6 +8,11 @@ holder renews while it works and removes when it ends. A process killed on this 
 leaves a record whose flock is free: the next process takes it over at once. A host that
 crashes leaves a record whose lease lapses: after that any host takes it over, saying
 so; before, `--break-lock` does.
+
+A process that only reads the folder (a report written elsewhere) may share it with other
+readers: it takes the flock shared and writes no record, so a writer waits for the readers
+of its host, and a reader is refused while a writer of any host holds the folder. A reader
+of another host, where the file system carries no flocks, is not seen by a writer.
 """
 
 from __future__ import annotations
@@ -137,9 +142,10 @@ def lease_seconds() -> float:
 
 @contextlib.contextmanager
 def hold(folder: Path, words: LockWords, break_lock: bool = False,
-         lease_s: float | None = None) -> Iterator[None]:  # fmt: skip
+         lease_s: float | None = None, shared: bool = False) -> Iterator[None]:  # fmt: skip
     """Hold `folder`'s lock for the block, or raise `words.error`. `break_lock` takes over
-    a record of another host whatever its lease (never a flock held by a live process). A
+    a record of another host whatever its lease (never a flock held by a live process).
+    `shared`: for a process that only reads the folder; other readers may hold it too. A
     folder on a read-only disk or archive is locked through a read-only handle of its
     lock file, with no record; with no lock file there, not locked: no process can
     change it."""
@@ -151,11 +157,15 @@ def hold(folder: Path, words: LockWords, break_lock: bool = False,
         return
     with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             # held by a live process (of another host too, where the file system carries
-            # flocks): nothing to take over
+            # flocks): nothing to take over. A writer finds no record of readers.
             raise words.error(_busy(words, folder, _live_holder(record), lapses=False)) from None
+        if shared:
+            _refuse_a_writer_elsewhere(record, folder, words)
+            yield
+            return
         lease = None
         if handle.writable():
             me = Holder.me(lease_s)
@@ -166,6 +176,15 @@ def hold(folder: Path, words: LockWords, break_lock: bool = False,
         finally:
             if lease is not None:
                 lease.release()
+
+
+def _refuse_a_writer_elsewhere(record: Path, folder: Path, words: LockWords) -> None:
+    """For a reader holding the flock shared: refuse while the record names a writer of
+    another host whose lease runs (one of this host would hold the flock); a record left
+    by a process that ended stays for the next writer to take over."""
+    held = _read(record)[1]
+    if held is not None and not held.local() and held.expires > time.time():
+        raise words.error(_busy(words, folder, held))
 
 
 def _open(path: Path) -> IO[str] | None:

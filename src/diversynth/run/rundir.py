@@ -332,18 +332,20 @@ class RunDir:
     state_dir = property(lambda self: self.root / ".state")
 
     @contextlib.contextmanager
-    def lock(self, break_lock: bool = False) -> Iterator[None]:
+    def lock(self, break_lock: bool = False, shared: bool = False) -> Iterator[None]:
         """One process at a time works in a run directory (the pipeline, a report build),
         from this host or another sharing the folder (run_lock: an flock, and a record
         with a lease for the hosts the flock does not reach). `break_lock` takes over
-        another host's record before its lease lapses. A run on a read-only disk or
-        archive is locked through a read-only handle of its lock file, or, with no lock
-        file at all, not locked: no process can change it there."""
+        another host's record before its lease lapses. `shared`: for a process that only
+        reads the run (a report written elsewhere); readers share it, a writer waits for
+        them. A run on a read-only disk or archive is locked through a read-only handle of
+        its lock file, or, with no lock file at all, not locked: no process can change it
+        there."""
         path = self.root / LOCK_FILE
         if path.is_symlink() or (path.exists() and not path.is_file()):  # a FIFO would block
             raise RunDirError(f"{str(path)!r} is not a regular file (diversynth makes it as "
                               "one): remove it")  # fmt: skip
-        with hold(self.root, _RUN_LOCK, break_lock):
+        with hold(self.root, _RUN_LOCK, break_lock, shared=shared):
             yield
 
     def state_path(self, stage: str) -> Path:
