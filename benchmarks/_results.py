@@ -44,13 +44,31 @@ def median_seconds(fn: Callable[[], Any], device: Any, repeats: int, warmup: int
     return statistics.median(times)
 
 
+def cpu() -> str:
+    """The CPU's model and widest vector units (machines of one kind differ: AVX2 only,
+    AVX-512, AMX), with the CPU count."""
+    model, flags = platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux
+        pass
+    units = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AMX", "amx_tile"))
+             if flag in flags]  # fmt: skip
+    return f"{model} ({', '.join(units) or 'no AVX2'}), {os.cpu_count()} CPUs"
+
+
 def machine() -> str:
-    """CPU count, GPU name (the card matters for every GPU figure), torch version."""
+    """CPU, GPU name (the card matters for every GPU figure), torch version."""
     import torch
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")  # fmt: skip
+    return f"{cpu()}, {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def write_result(name: str, result: dict[str, Any], show: bool = True) -> Path:

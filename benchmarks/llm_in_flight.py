@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,7 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _results import machine, write_result
+from _results import cpu, machine, write_result
 
 from diversynth.config import CD_AXES, LLMConfig
 from diversynth.llm.backends import OpenAIBackend
@@ -159,7 +157,7 @@ def main() -> None:
             else "python -m llama_cpp.server"
         )
         + ", SmolLM2-135M-Instruct Q4_1 GGUF",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "machine": f"{cpu()}, no GPU",
         "requests": len(CLASSES),
         "seconds": {str(k): v for k, v in times.items()},
         "median_seconds": {"1": serial, str(args.in_flight): parallel},

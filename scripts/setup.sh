@@ -19,10 +19,8 @@ TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
 LOCK=requirements-lock.txt
 # compilers: llama-cpp-python builds from source; chromium: the report tests run a real browser
 DEBIAN_PACKAGES=(dataset-fashion-mnist wordnet-base cmake g++ chromium chromium-driver)
-# llama.cpp for any x86-64 CPU with AVX2 rather than for this one (-march=native): no
-# AVX-512 and no AMX kernels (ggml's AMX matrix product crashed at the first decode on one
-# CPU that has AMX; the same release built this way ran there).
-LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+# LLAMA_CMAKE_ARGS: llama.cpp for any x86-64 CPU with AVX2, not for this one
+source scripts/llama_cmake_args.sh
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
@@ -49,7 +47,7 @@ if ! compgen -G "$wheels/llama_cpp_python-$llama_version-*.whl" >/dev/null; then
 fi
 
 stamp=.venv/.diversynth-setup
-want=$(cat pyproject.toml scripts/setup.sh "$LOCK" | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml scripts/setup.sh scripts/llama_cmake_args.sh "$LOCK" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${pip[@]}" install -q -c "$LOCK" --upgrade pip
   # --only-binary: llama-cpp-python comes from the wheel above, never built here
