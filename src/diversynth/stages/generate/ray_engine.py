@@ -295,7 +295,13 @@ def _make_shards(
                 "folder": str(folder),
             },
             batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(rows))),
+            # one shard at a time per worker: a shard is long work with small inputs, so a
+            # second one queued behind a busy worker only waits there while another worker
+            # (one still loading its models, say) could take it; img2dataset's workers too
+            # take a shard when free
+            compute=ray.data.ActorPoolStrategy(
+                size=min(cfg.workers, len(rows)), max_tasks_in_flight_per_actor=1
+            ),
             num_gpus=gpus,
             num_cpus=cfg.cpus_per_worker,
             # a worker lost with its node starts again elsewhere, and its shard is made again
