@@ -119,9 +119,7 @@ def test_a_live_holder_on_this_host_is_refused_even_with_break_lock(tmp_path: Pa
         assert f"(pid {proc.pid} on {socket.gethostname()}, since" in str(caught.value)
         assert "--break-lock" not in str(caught.value)  # nothing to break: it is alive
     finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        assert proc.wait(timeout=10) == 0
+        _release(proc)
     assert not (tmp_path / RECORD_FILE).exists()  # removed as it ended
 
 

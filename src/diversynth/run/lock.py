@@ -163,7 +163,10 @@ def hold(folder: Path, words: LockWords, break_lock: bool = False,
             # flocks): nothing to take over. A writer finds no record of readers.
             raise words.error(_busy(words, folder, _live_holder(record), lapses=False)) from None
         if shared:
-            _refuse_a_writer_elsewhere(record, folder, words)
+            # refused while a writer of another host holds the record (one of this host
+            # would hold the flock); a reader takes nothing over: a record left by a
+            # process that ended stays for the next writer
+            _judge(_read(record)[1], folder, words, break_lock=False)
             yield
             return
         lease = None
@@ -176,15 +179,6 @@ def hold(folder: Path, words: LockWords, break_lock: bool = False,
         finally:
             if lease is not None:
                 lease.release()
-
-
-def _refuse_a_writer_elsewhere(record: Path, folder: Path, words: LockWords) -> None:
-    """For a reader holding the flock shared: refuse while the record names a writer of
-    another host whose lease runs (one of this host would hold the flock); a record left
-    by a process that ended stays for the next writer to take over."""
-    held = _read(record)[1]
-    if held is not None and not held.local() and held.expires > time.time():
-        raise words.error(_busy(words, folder, held))
 
 
 def _open(path: Path) -> IO[str] | None:
